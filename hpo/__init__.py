@@ -1,0 +1,1 @@
+"""hpo: hyperparameter optimization for PyTorch models on Optuna, skorch and scikit-learn."""

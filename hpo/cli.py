@@ -1,0 +1,218 @@
+"""The ``hpo`` command: a thin Typer app, each command one library call.
+
+Every command takes ``--storage URL``; without it ``HPO_STORAGE``, else ``sqlite:///hpo.db``.
+An ``HpoError`` is printed as one message (exit 2 for a bad spec, else 1), never a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections import Counter
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, Callable, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from hpo.errors import HpoError
+
+app = typer.Typer(
+    help="Hyperparameter optimization for PyTorch models: declared studies, skorch nets, "
+    "K-fold CV, many workers on one Optuna storage.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True)
+out = Console()
+
+StorageOption = Annotated[
+    str | None,
+    typer.Option("--storage", help="Optuna storage URL. Default: $HPO_STORAGE, else "
+                 "sqlite:///hpo.db.", show_default=False),
+]
+TrialsOption = Annotated[
+    int | None,
+    typer.Option("--trials", min=1, help="The study's trial budget instead of the spec's."),
+]
+HeartbeatOption = Annotated[
+    float | None,
+    typer.Option("--heartbeat", min=0, help="Seconds between trial heartbeats (0: off). "
+                 "Default: $HPO_HEARTBEAT, else 30."),
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _reports_errors(command: F) -> F:
+    @wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except HpoError as error:
+            err.print(f"[bold red]error:[/] {error}", highlight=False, markup=True)
+            raise typer.Exit(error.exit_code) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _storage(url: str | None) -> Any:
+    from hpo.storage import open_storage, resolve_storage_url
+
+    return open_storage(resolve_storage_url(url))
+
+
+@app.command()
+@_reports_errors
+def run(
+    spec_file: Annotated[Path, typer.Argument(help="A study file, e.g. studies/digits-mlp-tpe.yaml")],
+    workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="Local worker processes.")] = 1,
+    trials: TrialsOption = None,
+    storage: StorageOption = None,
+    heartbeat: HeartbeatOption = None,
+    results: Annotated[Path, typer.Option(help="Folder for <study>/best_params.csv.")] = Path("results"),
+) -> None:
+    """Register a study and run it to its budget with local workers; print the best trial."""
+    from hpo.export import read_best_params
+    from hpo.runner import run_study
+    from hpo.storage import resolve_storage_url
+
+    result = run_study(spec_file, resolve_storage_url(storage), workers=workers, trials=trials,
+                       results_dir=results, heartbeat_seconds=heartbeat, console=err)
+    states = ", ".join(f"{n} {s}" for s, n in sorted(result.states.items()))
+    err.print(f"{result.study}: {states} in {result.seconds:.1f} s")
+    if result.best_params_csv is None:
+        err.print("[bold red]no trial completed[/]; see why with: "
+                  f"hpo export {result.study} --all --out trials.csv")
+        raise typer.Exit(1)
+    table = Table(title=f"best trial of {result.study}")
+    table.add_column("parameter")
+    table.add_column("value")
+    import pandas as pd
+
+    row = pd.read_csv(result.best_params_csv).iloc[0]
+    table.add_row("trial", str(row["trial"]))
+    table.add_row("value", f"{row['value']:.6g}")
+    for key, value in read_best_params(result.best_params_csv).items():
+        table.add_row(key, str(value))
+    out.print(table)
+    out.print(f"best parameters written to {result.best_params_csv}")
+    if any(code != 0 for code in result.worker_exit_codes):
+        err.print(f"[yellow]worker exit codes: {result.worker_exit_codes}[/]")
+        raise typer.Exit(1)
+
+
+@app.command()
+@_reports_errors
+def register(
+    spec_file: Annotated[Path, typer.Argument(help="A study file to validate and register.")],
+    storage: StorageOption = None,
+) -> None:
+    """Validate a study file and register it (a no-op when the same spec is already there)."""
+    from hpo.spec import load_spec
+    from hpo.study import register_study
+
+    spec = load_spec(spec_file)
+    registration = register_study(spec, _storage(storage))
+    if registration.created:
+        out.print(f"registered {spec.name} ({registration.enqueued} trials enqueued, "
+                  f"budget {spec.n_trials})")
+    else:
+        out.print(f"{spec.name} is already registered with this spec; nothing to do")
+
+
+@app.command()
+@_reports_errors
+def worker(
+    study: Annotated[str, typer.Option("--study", help="Name of a registered study.")],
+    storage: StorageOption = None,
+    trials: TrialsOption = None,
+    index: Annotated[int | None, typer.Option("--index", min=0, help="Worker number; 0 "
+                     "replays the spec's seed exactly. Default: a fresh seed.")] = None,
+    heartbeat: HeartbeatOption = None,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="Torch CPU threads. "
+                       "Default: all cores.")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="cuda or cpu. Default: cuda "
+                      "when a GPU is visible.")] = None,
+) -> None:
+    """Pull trials of a study from the storage until its budget is spent."""
+    from hpo.storage import resolve_storage_url
+    from hpo.worker import run_worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
+                        stream=sys.stderr)
+    summary = run_worker(study, resolve_storage_url(storage), trials=trials,
+                         worker_index=index, heartbeat_seconds=heartbeat, threads=threads,
+                         device=device)
+    done = ", ".join(f"{n} {s}" for s, n in sorted(summary.states.items())) or "no trials"
+    err.print(f"worker {index if index is not None else '-'} of {study}: {done}")
+
+
+@app.command()
+@_reports_errors
+def studies(storage: StorageOption = None) -> None:
+    """List the studies in the storage with their trials and best values."""
+    import optuna
+
+    table = Table()
+    for column in ("study", "direction", "trials", "states", "best"):
+        table.add_column(column)
+    for summary in sorted(optuna.get_all_study_summaries(_storage(storage)),
+                          key=lambda s: s.study_name):
+        study = optuna.load_study(study_name=summary.study_name, storage=_storage(storage))
+        states = Counter(t.state.name for t in study.get_trials(deepcopy=False))
+        best = summary.best_trial
+        table.add_row(summary.study_name, summary.direction.name.lower(),
+                      str(summary.n_trials), ", ".join(f"{n} {s}" for s, n in states.items()),
+                      "-" if best is None else f"{best.value:.6g} (trial {best.number})")
+    out.print(table)
+
+
+@app.command()
+@_reports_errors
+def export(
+    study: Annotated[str, typer.Argument(help="Name of a registered study.")],
+    out_file: Annotated[Path, typer.Option("--out", help="CSV, or JSON by suffix.")] = Path(
+        "best_params.csv"),
+    all_trials: Annotated[bool, typer.Option("--all", help="Every trial, not only the best.")] = False,
+    storage: StorageOption = None,
+) -> None:
+    """Write the best parameters (or every trial) of a study to CSV or JSON."""
+    from hpo.export import export_study
+
+    path = export_study(_storage(storage), study, out_file, all_trials=all_trials)
+    out.print(f"wrote {path}")
+
+
+@app.command()
+@_reports_errors
+def delete(
+    study: Annotated[str, typer.Argument(help="Name of a registered study.")],
+    storage: StorageOption = None,
+) -> None:
+    """Delete a study and all its trials."""
+    from hpo.study import delete_study
+
+    delete_study(_storage(storage), study)
+    out.print(f"deleted {study}")
+
+
+@app.command()
+@_reports_errors
+def dashboard(
+    storage: StorageOption = None,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+) -> None:
+    """Serve optuna-dashboard on the storage (127.0.0.1:8080 unless told otherwise)."""
+    from optuna_dashboard import run_server
+
+    err.print(f"optuna-dashboard on http://{host}:{port}/ (Ctrl-C to stop)")
+    run_server(_storage(storage), host=host, port=port)
+
+
+def main() -> None:
+    app()

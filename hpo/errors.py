@@ -1,0 +1,46 @@
+"""Every error hpo raises on purpose, in one place.
+
+The tree::
+
+    HpoError                    anything hpo reports as one clear message, never a traceback
+    ├── SpecError               a study file is malformed; lists every problem at once (exit 2)
+    ├── StudyError              a study is missing, or registered with a different spec
+    ├── StorageError            a storage URL cannot be used
+    └── DatasetError            a dataset is unknown, missing, or malformed
+
+The CLI catches ``HpoError`` and prints its message; anything else is a bug and keeps its
+traceback.
+"""
+
+from __future__ import annotations
+
+
+class HpoError(Exception):
+    """Base of every error hpo raises for the user to act on."""
+
+    exit_code = 1
+
+
+class SpecError(HpoError):
+    """A study spec is invalid. ``problems`` holds one line per problem."""
+
+    exit_code = 2
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(f"  - {problem}" for problem in problems)
+        noun = "problem" if len(problems) == 1 else "problems"
+        super().__init__(f"{source}: {len(problems)} {noun} in the study spec:\n{lines}")
+
+
+class StudyError(HpoError):
+    """A study cannot be found, or conflicts with what the storage already holds."""
+
+
+class StorageError(HpoError):
+    """A storage URL is malformed or names a backend hpo cannot open."""
+
+
+class DatasetError(HpoError):
+    """A dataset is unknown, its files are missing, or its contents are malformed."""

@@ -1,0 +1,228 @@
+"""skorch nets for hpo: names mapped to classes, seeded, and fed by whole-tensor batches.
+
+``TunedClassifier`` and ``TunedRegressor`` are ordinary skorch nets (``clone``,
+``set_params`` and ``cross_val_score`` work on them) with four additions, each an
+estimator parameter so an exported CSV row can be applied with ``set_params(**row)``:
+
+- ``optimizer`` may be a name (``adam``, ``sgd``, ``adamax``, ``rmsprop``);
+- ``random_state`` seeds torch when the net initializes, so a fit is reproducible and two
+  clones fit identically;
+- ``early_stopping_patience`` adds skorch's ``EarlyStopping`` on the validation loss;
+- batches are sliced from whole tensors (``TensorBatches``) instead of being collated from
+  per-sample ``Dataset.__getitem__`` calls, which dominates the cost of small nets (skorch#1100).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from skorch import NeuralNetClassifier, NeuralNetRegressor
+from skorch.callbacks import EarlyStopping
+from skorch.dataset import Dataset, ValidSplit
+from torch import nn
+
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "adamax": torch.optim.Adamax,
+    "sgd": torch.optim.SGD,
+    "rmsprop": torch.optim.RMSprop,
+}
+
+#: Net-level keys a spec may set besides ``module__*`` and ``optimizer__*``.
+NET_PARAMS: frozenset[str] = frozenset(
+    {"lr", "batch_size", "max_epochs", "optimizer", "early_stopping_patience",
+     "validation_fraction"}
+)
+
+
+def resolve_optimizer(optimizer: str | type[torch.optim.Optimizer]) -> type[torch.optim.Optimizer]:
+    """Map an optimizer name to its class; a class passes through unchanged."""
+    if not isinstance(optimizer, str):
+        return optimizer
+    try:
+        return OPTIMIZERS[optimizer]
+    except KeyError:
+        raise ValueError(
+            f"Unknown optimizer {optimizer!r}; use one of {', '.join(OPTIMIZERS)}."
+        ) from None
+
+
+def default_device() -> str:
+    """``cuda`` when a GPU is visible to torch, else ``cpu``."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class TensorBatches:
+    """Mini-batches sliced from whole tensors, a drop-in for skorch's ``DataLoader``.
+
+    The data is turned into tensors once, on ``device``, when skorch builds the iterator
+    (once per fit or predict), so an epoch costs one ``randperm`` and one index per batch.
+
+    Args:
+        dataset: a skorch ``Dataset`` over arrays, or a ``torch.utils.data.Subset`` of one
+            (what skorch's ``ValidSplit`` returns).
+        batch_size: rows per batch; the last batch may be smaller.
+        shuffle: draw a new order every epoch from torch's global generator (seeded by the
+            net's ``random_state``). Default: False.
+        device: where the tensors live; ``None`` keeps them on the CPU.
+    """
+
+    def __init__(
+        self,
+        dataset: Any,
+        batch_size: int,
+        shuffle: bool = False,
+        device: str | None = None,
+        **_: Any,
+    ) -> None:
+        X, y = _arrays_of(dataset)
+        self.X = torch.as_tensor(X, device=device)
+        self.y = None if y is None else torch.as_tensor(y, device=device)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+
+    def __len__(self) -> int:
+        return (len(self.X) + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        n = len(self.X)
+        if self.shuffle:
+            order = torch.randperm(n).to(self.X.device)
+            for start in range(0, n, self.batch_size):
+                index = order[start : start + self.batch_size]
+                yield self.X[index], None if self.y is None else self.y[index]
+        else:
+            for start in range(0, n, self.batch_size):
+                stop = start + self.batch_size
+                yield self.X[start:stop], None if self.y is None else self.y[start:stop]
+
+
+def _arrays_of(dataset: Any) -> tuple[Any, Any]:
+    if isinstance(dataset, torch.utils.data.Subset):
+        X, y = _arrays_of(dataset.dataset)
+        index = np.asarray(dataset.indices)
+        return X[index], None if y is None else y[index]
+    if isinstance(dataset, Dataset):
+        return dataset.X, dataset.y
+    raise TypeError(
+        f"TensorBatches needs a skorch Dataset over arrays, got {type(dataset).__name__}; "
+        "pass iterator_train=torch.utils.data.DataLoader for other datasets."
+    )
+
+
+class _TunedNet:
+    """What ``TunedClassifier`` and ``TunedRegressor`` add to skorch's nets; see their docs."""
+
+    default_criterion: type[nn.Module]
+
+    def __init__(
+        self,
+        module: Any,
+        *args: Any,
+        criterion: Any = None,
+        optimizer: Any = "adam",
+        random_state: int | None = 0,
+        early_stopping_patience: int | None = None,
+        validation_fraction: float = 0.2,
+        train_split: Any = None,
+        iterator_train: Any = TensorBatches,
+        iterator_valid: Any = TensorBatches,
+        verbose: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(  # type: ignore[call-arg]
+            module, *args, criterion=criterion or self.default_criterion, optimizer=optimizer,
+            train_split=train_split, iterator_train=iterator_train,
+            iterator_valid=iterator_valid, verbose=verbose, **kwargs,
+        )
+        self.random_state = random_state
+        self.early_stopping_patience = early_stopping_patience
+        self.validation_fraction = validation_fraction
+
+    def initialize(self) -> Any:
+        if self.random_state is not None:
+            torch.manual_seed(self.random_state)
+        return super().initialize()  # type: ignore[misc]
+
+    def get_default_callbacks(self) -> list[tuple[str, Any]]:
+        callbacks = list(super().get_default_callbacks())  # type: ignore[misc]
+        if not self.verbose:  # type: ignore[attr-defined]
+            # PrintLog formats a table every epoch even when it prints nothing.
+            callbacks = [(name, cb) for name, cb in callbacks if name != "print_log"]
+        if self.early_stopping_patience is not None:
+            callbacks.append(
+                ("early_stopping",
+                 EarlyStopping(patience=self.early_stopping_patience, load_best=True))
+            )
+        return callbacks
+
+    def initialize_optimizer(self, triggered_directly: Any = None) -> Any:
+        named_parameters = self.get_all_learnable_params()  # type: ignore[attr-defined]
+        args, kwargs = self.get_params_for_optimizer(  # type: ignore[attr-defined]
+            "optimizer", named_parameters
+        )
+        self.optimizer_ = resolve_optimizer(self.optimizer)(*args, **kwargs)
+        return self
+
+    def get_iterator(self, dataset: Any, training: bool = False) -> Any:
+        prefix = "iterator_train" if training else "iterator_valid"
+        iterator = getattr(self, prefix)
+        kwargs = self.get_params_for(prefix)  # type: ignore[attr-defined]
+        kwargs.setdefault("batch_size", self.batch_size)  # type: ignore[attr-defined]
+        if kwargs["batch_size"] == -1:
+            kwargs["batch_size"] = len(dataset)
+        if iterator is TensorBatches:
+            kwargs.setdefault("shuffle", training)
+            kwargs.setdefault("device", self.device)  # type: ignore[attr-defined]
+        return iterator(dataset, **kwargs)
+
+    def get_split_datasets(self, X: Any, y: Any = None, **fit_params: Any) -> Any:
+        # A validation split is only worth its data when early stopping reads it.
+        if self.train_split is None and self.early_stopping_patience is not None:
+            stratified = isinstance(self, NeuralNetClassifier)
+            self.train_split = ValidSplit(
+                self.validation_fraction, stratified=stratified, random_state=self.random_state
+            )
+            try:
+                return super().get_split_datasets(X, y, **fit_params)  # type: ignore[misc]
+            finally:
+                self.train_split = None
+        return super().get_split_datasets(X, y, **fit_params)  # type: ignore[misc]
+
+
+class TunedClassifier(_TunedNet, NeuralNetClassifier):
+    """skorch ``NeuralNetClassifier`` with hpo's defaults.
+
+    Args:
+        module: the ``nn.Module`` class (``hpo.models.MLP``, ``CNN``) or an instance.
+        criterion: default ``nn.CrossEntropyLoss`` (the module returns logits).
+        optimizer: a name from ``OPTIMIZERS`` or a class. Default: ``"adam"``.
+        random_state: seed for weights, shuffling and dropout; ``None`` leaves torch's global
+            generator alone. Default: 0.
+        early_stopping_patience: epochs without a better validation loss before stopping, the
+            best weights restored; ``None`` disables it and uses no validation data. Default:
+            None.
+        validation_fraction: share of the training data held out for early stopping when
+            ``train_split`` is None. Default: 0.2.
+        train_split: skorch's; default None (all training data is trained on).
+        iterator_train, iterator_valid: default ``TensorBatches``; training batches are
+            shuffled every epoch.
+        verbose: default 0.
+        **kwargs: any other skorch ``NeuralNet`` argument (``lr``, ``max_epochs``,
+            ``batch_size``, ``module__*``, ``optimizer__*``, ``device``, ...).
+    """
+
+    default_criterion = nn.CrossEntropyLoss
+
+
+class TunedRegressor(_TunedNet, NeuralNetRegressor):
+    """skorch ``NeuralNetRegressor`` with hpo's defaults; see ``TunedClassifier``.
+
+    The criterion defaults to ``nn.MSELoss``; targets are float32 of shape (n, 1).
+    """
+
+    default_criterion = nn.MSELoss

@@ -1,0 +1,126 @@
+"""``hpo run``: a whole study on one machine, from its file to ``best_params.csv``.
+
+Registers the study, starts N ``hpo worker`` processes on the same storage, shows trials done
+out of the budget and the best score so far, and when the workers are done writes
+``results/<study>/best_params.csv``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from hpo.export import export_study
+from hpo.spec import load_spec
+from hpo.storage import open_storage
+from hpo.study import register_study
+from hpo.worker import default_threads
+
+POLL_SECONDS = 0.5
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a local run produced."""
+
+    study: str
+    best_params_csv: Path | None
+    states: dict[str, int]
+    seconds: float
+    worker_exit_codes: list[int]
+
+
+def run_study(
+    spec_path: str | Path,
+    storage_url: str,
+    *,
+    workers: int = 1,
+    trials: int | None = None,
+    results_dir: str | Path = "results",
+    heartbeat_seconds: float | None = None,
+    console: Console | None = None,
+) -> RunResult:
+    """Register ``spec_path`` and run it to its budget with ``workers`` local processes.
+
+    Args:
+        spec_path: a study file (``studies/*.yaml``).
+        storage_url: the storage to register into and run on.
+        workers: worker processes, each with ``cores // workers`` torch threads. Default: 1.
+        trials: the study's budget instead of the spec's. Default: the spec's.
+        results_dir: where ``<study>/best_params.csv`` goes. Default: ``results``.
+        heartbeat_seconds: passed to each worker (``--heartbeat``).
+        console: where progress goes. Default: stderr.
+
+    Raises:
+        SpecError, StudyError: from registration, before any worker starts.
+    """
+    console = console or Console(stderr=True)
+    spec = load_spec(spec_path)
+    storage = open_storage(storage_url)
+    registration = register_study(spec, storage)
+    if not registration.created:
+        console.print(f"study [bold]{spec.name}[/] already registered; resuming it")
+    budget = trials or spec.n_trials
+    threads = default_threads(workers)
+    started = time.perf_counter()
+    command = [sys.executable, "-m", "hpo", "worker", "--study", spec.name,
+               "--storage", storage_url, "--threads", str(threads)]
+    if trials:
+        command += ["--trials", str(trials)]
+    if heartbeat_seconds is not None:
+        command += ["--heartbeat", str(heartbeat_seconds)]
+    processes = [subprocess.Popen([*command, "--index", str(i)], env=_worker_env(threads))
+                 for i in range(workers)]
+    study = optuna.load_study(study_name=spec.name, storage=storage)
+    try:
+        _show_progress(study, budget, processes, console)
+    except KeyboardInterrupt:
+        for process in processes:
+            process.terminate()
+        raise
+    finally:
+        exit_codes = [process.wait() for process in processes]
+    states = Counter(t.state.name for t in study.get_trials(deepcopy=False))
+    best_csv = None
+    if states[TrialState.COMPLETE.name]:
+        best_csv = export_study(storage, spec.name, Path(results_dir) / spec.name /
+                                "best_params.csv")
+    return RunResult(spec.name, best_csv, dict(states), time.perf_counter() - started,
+                     exit_codes)
+
+
+def _worker_env(threads: int) -> dict[str, str]:
+    # OpenMP/MKL read these before torch.set_num_threads runs; unset, each worker would start
+    # a thread per core and the workers would fight over the cores.
+    return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+
+
+def _show_progress(
+    study: optuna.Study, budget: int, processes: list[subprocess.Popen[bytes]], console: Console
+) -> None:
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[best]}"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task(study.study_name, total=budget, best="best: -")
+        while True:
+            running = any(process.poll() is None for process in processes)
+            trials = study.get_trials(deepcopy=False,
+                                      states=(TrialState.COMPLETE, TrialState.PRUNED))
+            completed = [t for t in trials if t.state == TrialState.COMPLETE]
+            best = "best: -"
+            if completed:
+                best = f"best: {study.best_value:.4f} (trial {study.best_trial.number})"
+            progress.update(task, completed=min(len(trials), budget), best=best)
+            if not running:
+                return
+            time.sleep(POLL_SECONDS)

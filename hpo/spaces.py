@@ -1,0 +1,149 @@
+"""Search spaces: the spec's parameters as Optuna distributions, sampled or expanded to a grid.
+
+A bound may name an earlier parameter (``high: module__hidden1``); it is resolved against the
+values already drawn for the trial, so ``module__hidden2 <= module__hidden1`` always holds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import optuna
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Bound = float | str
+
+
+class _Param(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def references(self) -> list[str]:
+        """Names of earlier parameters this one's bounds refer to."""
+        return [b for b in (getattr(self, "low", None), getattr(self, "high", None))
+                if isinstance(b, str)]
+
+
+class _RangeParam(_Param):
+    low: Bound
+    high: Bound
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _check_range(self) -> _RangeParam:
+        step = getattr(self, "step", None)
+        if isinstance(self.low, float | int) and isinstance(self.high, float | int):
+            if self.low > self.high:
+                raise ValueError(
+                    f"`low <= high` must hold, but got (low={self.low}, high={self.high}); "
+                    "swap them"
+                )
+        if self.log and isinstance(self.low, float | int) and self.low <= 0:
+            raise ValueError(f"a log scale needs low > 0, but got low={self.low}")
+        if self.log and step not in (None, 1):
+            raise ValueError("`step` and `log` cannot be combined; drop one of them")
+        if step is not None and step <= 0:
+            raise ValueError(f"`step` must be > 0, but got step={step}")
+        return self
+
+
+class IntParam(_RangeParam):
+    """An integer in [low, high], optionally on a log scale or a step grid."""
+
+    type: Literal["int"]
+    low: int | str
+    high: int | str
+    step: int = 1
+
+
+class FloatParam(_RangeParam):
+    """A float in [low, high], optionally on a log scale or a step grid."""
+
+    type: Literal["float"]
+    step: float | None = None
+
+
+class CategoricalParam(_Param):
+    """One of a list of choices (numbers, strings, booleans or null)."""
+
+    type: Literal["categorical"]
+    choices: list[None | bool | int | float | str] = Field(min_length=1)
+
+
+Param = Annotated[IntParam | FloatParam | CategoricalParam, Field(discriminator="type")]
+
+
+def _resolve(bound: Bound, values: Mapping[str, Any]) -> Any:
+    return values[bound] if isinstance(bound, str) else bound
+
+
+def suggest(trial: optuna.Trial, space: Mapping[str, Param]) -> dict[str, Any]:
+    """Draw every parameter of ``space`` in order, resolving bounds that name earlier ones.
+
+    Returns:
+        The drawn values, keyed by the spec's parameter names (skorch ``set_params`` keys).
+    """
+    values: dict[str, Any] = {}
+    for name, param in space.items():
+        if isinstance(param, CategoricalParam):
+            values[name] = trial.suggest_categorical(name, param.choices)
+            continue
+        low, high = _resolve(param.low, values), _resolve(param.high, values)
+        if isinstance(param, IntParam):
+            values[name] = trial.suggest_int(
+                name, int(low), int(high), step=param.step, log=param.log
+            )
+        else:
+            values[name] = trial.suggest_float(
+                name, float(low), float(high), step=param.step, log=param.log
+            )
+    return values
+
+
+def _grid_values(param: Param, low: Any, high: Any) -> list[Any]:
+    if isinstance(param, CategoricalParam):
+        return list(param.choices)
+    if isinstance(param, IntParam):
+        if param.log:
+            raise ValueError("an int on a log scale has no grid; give a step instead of log")
+        return list(range(int(low), int(high) + 1, param.step))
+    if param.step is None:
+        raise ValueError("a float range needs `step` to form a grid")
+    count = int(math.floor((high - low) / param.step + 1e-9)) + 1
+    return [float(v) for v in np.round(low + param.step * np.arange(count), 12)]
+
+
+def grid_size_error(name: str, param: Param) -> str | None:
+    """Why ``param`` cannot be part of a grid, or None when it can."""
+    if isinstance(param, FloatParam) and param.step is None:
+        return f"space.{name}: a grid needs a finite set of values; give this float a `step`"
+    if isinstance(param, IntParam) and param.log:
+        return f"space.{name}: a grid cannot walk a log scale; drop `log` and give a `step`"
+    return None
+
+
+def expand_grid(space: Mapping[str, Param]) -> Iterator[dict[str, Any]]:
+    """Every point of the grid over ``space``, in order; bounds naming earlier parameters cut
+    the points where they would not hold."""
+
+    def expand(names: list[str], values: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        if not names:
+            yield dict(values)
+            return
+        name, rest = names[0], names[1:]
+        param = space[name]
+        low = _resolve(getattr(param, "low", 0), values)
+        high = _resolve(getattr(param, "high", 0), values)
+        for value in _grid_values(param, low, high):
+            values[name] = value
+            yield from expand(rest, values)
+        values.pop(name, None)
+
+    yield from expand(list(space), {})
+
+
+def grid_points(space: Mapping[str, Param]) -> list[dict[str, Any]]:
+    """The whole grid as a list (see ``expand_grid``)."""
+    return list(expand_grid(space))

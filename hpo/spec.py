@@ -1,0 +1,380 @@
+"""``StudySpec``: a study as declared in ``studies/*.yaml``, validated all at once.
+
+``load_spec(path)`` reads a YAML file and either returns a ``StudySpec`` or raises one
+``SpecError`` that lists every problem with its key and a way to fix it. The spec travels to
+workers inside the storage as JSON (``to_json`` / ``from_json``), so a worker needs no copy of
+the file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import json
+from collections.abc import Iterable, Mapping
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+import optuna
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from sklearn.metrics import get_scorer_names
+
+from hpo.data import DATASETS, dataset_options
+from hpo.errors import SpecError
+from hpo.models import ACTIVATIONS, MODELS, WEIGHT_INITS
+from hpo.nets import NET_PARAMS, OPTIMIZERS
+from hpo.spaces import CategoricalParam, Param, expand_grid, grid_points, grid_size_error
+
+MAX_GRID_POINTS = 100_000
+
+#: Parameters whose values are names, and the names each accepts.
+NAMED_VALUES: dict[str, Iterable[str]] = {
+    "optimizer": OPTIMIZERS,
+    "module__activation": ACTIVATIONS,
+    "module__weight_init": WEIGHT_INITS,
+}
+
+SAMPLERS = ("grid", "random", "tpe")
+PRUNERS = ("none", "median", "hyperband")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatasetSpec(BaseModel):
+    """Which dataset, and its loader's options (``path``, ``root``, ``download``, ...)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: str
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class SamplerSpec(_Section):
+    """``grid``, ``random`` or ``tpe``; ``options`` go to the Optuna sampler's constructor."""
+
+    name: Literal["grid", "random", "tpe"] = "tpe"
+    seed: int | None = 0
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class PrunerSpec(_Section):
+    """``none``, ``median`` or ``hyperband``; ``options`` go to the Optuna pruner."""
+
+    name: Literal["none", "median", "hyperband"] = "none"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class CVSpec(_Section):
+    """K-fold cross-validation: ``KFold``, or ``StratifiedKFold`` when ``stratified``."""
+
+    folds: int = Field(default=5, ge=2)
+    shuffle: bool = True
+    seed: int | None = 0
+    stratified: bool = False
+
+
+class BudgetSpec(_Section):
+    """How many trials the whole study runs (across all workers), and an optional timeout in
+    seconds per worker. A grid's budget defaults to its number of points."""
+
+    trials: int | None = Field(default=None, ge=1)
+    timeout: float | None = Field(default=None, gt=0)
+
+
+class StudySpec(_Section):
+    """A study: what to tune, on which data, how to search and how to score."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=200)
+    description: str = ""
+    model: Literal["mlp", "cnn", "regressor"]
+    dataset: DatasetSpec
+    sampler: SamplerSpec = SamplerSpec()
+    pruner: PrunerSpec = PrunerSpec()
+    direction: Literal["maximize", "minimize"] = "maximize"
+    scoring: str
+    cv: CVSpec = CVSpec()
+    budget: BudgetSpec = BudgetSpec()
+    fixed: dict[str, Any] = Field(default_factory=dict)
+    space: dict[str, Param] = Field(default_factory=dict)
+    enqueue: list[dict[str, Any]] = Field(default_factory=list)
+
+    @property
+    def n_trials(self) -> int:
+        """The study's trial budget: ``budget.trials``, or the grid's size for a grid."""
+        if self.budget.trials is not None:
+            return self.budget.trials
+        return len(self.enqueue) + len(grid_points(self.space))
+
+    def to_json(self) -> str:
+        return self.model_dump_json()
+
+    @classmethod
+    def from_json(cls, text: str) -> StudySpec:
+        return cls.model_validate_json(text)
+
+
+def load_spec(path: str | Path) -> StudySpec:
+    """Read and validate a study file.
+
+    Raises:
+        SpecError: the file is missing, is not YAML, or breaks any rule; every problem found
+            is listed in the one error.
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise SpecError(str(path), ["the file does not exist; studies live in studies/*.yaml"])
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(error, "problem", None) or str(error)
+        raise SpecError(str(path), [f"{where}YAML syntax error: {problem}"]) from None
+    return parse_spec(raw, source=str(path))
+
+
+def parse_spec(raw: Any, source: str = "<spec>") -> StudySpec:
+    """Validate an already-parsed mapping; see ``load_spec``."""
+    if not isinstance(raw, dict):
+        raise SpecError(source, ["the file must hold a mapping of keys (name: ..., model: ...)"])
+    problems: list[str] = []
+    spec: StudySpec | None = None
+    try:
+        spec = StudySpec.model_validate(raw)
+    except ValidationError as error:
+        problems.extend(_describe(error))
+    problems.extend(_semantic_problems(raw))
+    if spec is not None and not problems and spec.sampler.name == "grid":
+        problems.extend(_grid_budget_problems(spec))
+    if problems:
+        raise SpecError(source, list(dict.fromkeys(problems)))
+    assert spec is not None
+    return spec
+
+
+def _describe(error: ValidationError) -> list[str]:
+    problems = []
+    for item in error.errors():
+        loc = [str(part) for part in item["loc"] if not str(part).startswith(("int", "float",
+                                                                               "categorical"))]
+        key = ".".join(loc) or "(top level)"
+        kind = item["type"]
+        if kind == "extra_forbidden":
+            problems.append(f"{key}: unknown key{_did_you_mean(loc[-1], _siblings(loc))}")
+        elif kind == "missing":
+            problems.append(f"{key}: required key is missing")
+        elif kind in ("union_tag_not_found", "union_tag_invalid"):
+            problems.append(f"{key}.type: must be one of int, float, categorical")
+        elif kind == "literal_error":
+            problems.append(f"{key}: {item['msg'].lower()}, got {item['input']!r}")
+        else:
+            message = item["msg"].removeprefix("Value error, ")
+            problems.append(f"{key}: {message}")
+    return problems
+
+
+def _siblings(loc: list[str]) -> list[str]:
+    model: type[BaseModel] = StudySpec
+    for part in loc[:-1]:
+        field = model.model_fields.get(part)
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def _did_you_mean(word: str, candidates: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+@cache
+def _constructor_args(cls: type) -> tuple[str, ...]:
+    parameters = inspect.signature(cls).parameters
+    return tuple(n for n in parameters if n not in ("self", "input_shape", "n_outputs")
+                 and parameters[n].kind is not inspect.Parameter.VAR_KEYWORD)
+
+
+@cache
+def _optimizer_args() -> tuple[str, ...]:
+    names: set[str] = set()
+    for cls in OPTIMIZERS.values():
+        names.update(n for n in inspect.signature(cls).parameters if n not in ("params", "lr"))
+    return tuple(sorted(names))
+
+
+def allowed_keys(model: str) -> list[str]:
+    """Every parameter key a spec may set for ``model`` (skorch ``set_params`` keys)."""
+    module_keys = [f"module__{n}" for n in _constructor_args(MODELS[model])]
+    optimizer_keys = [f"optimizer__{n}" for n in _optimizer_args()]
+    return sorted(NET_PARAMS) + module_keys + optimizer_keys
+
+
+def _semantic_problems(raw: Mapping[str, Any]) -> list[str]:
+    problems: list[str] = []
+    model = raw.get("model")
+    fixed = raw.get("fixed") if isinstance(raw.get("fixed"), dict) else {}
+    raw_space = raw.get("space") if isinstance(raw.get("space"), dict) else {}
+    space = _valid_params(raw_space)
+
+    if model in MODELS:
+        allowed = allowed_keys(model)
+        for section, keys in (("fixed", fixed), ("space", raw_space)):
+            for key in keys:
+                if key not in allowed:
+                    problems.append(
+                        f"{section}.{key}: not a parameter of the {model} net"
+                        f"{_did_you_mean(key, allowed)} (module__* keys are the model's "
+                        "constructor arguments; see hpo/models.py)"
+                    )
+    for key in set(fixed) & set(raw_space):
+        problems.append(f"fixed.{key}: also in space; keep it in one of the two")
+
+    for key, names in NAMED_VALUES.items():
+        values: list[Any] = []
+        if key in fixed:
+            values.append(fixed[key])
+        param = space.get(key)
+        if isinstance(param, CategoricalParam):
+            values.extend(param.choices)
+        for value in values:
+            if value not in names:
+                where = "fixed" if key in fixed else "space"
+                problems.append(
+                    f"{where}.{key}: unknown name {value!r}{_did_you_mean(str(value), names)} "
+                    f"(valid: {', '.join(names)})"
+                )
+
+    earlier: list[str] = []
+    for name, param in space.items():
+        for ref in param.references():
+            if ref not in earlier or isinstance(space[ref], CategoricalParam):
+                problems.append(
+                    f"space.{name}: bound {ref!r} must name an earlier int or float parameter "
+                    f"in space{_did_you_mean(ref, earlier)}"
+                )
+        earlier.append(name)
+
+    scoring = raw.get("scoring")
+    if isinstance(scoring, str) and scoring not in get_scorer_names():
+        problems.append(
+            f"scoring: {scoring!r} is not a scikit-learn scorer name"
+            f"{_did_you_mean(scoring, get_scorer_names())} (see sklearn.metrics.get_scorer_names)"
+        )
+    if raw.get("direction") == "minimize" and isinstance(scoring, str):
+        problems.append(
+            "direction: scikit-learn scorers are greater-is-better (neg_mean_squared_error is "
+            "the negated MSE), so the direction must be maximize; remove `direction`"
+        )
+
+    problems.extend(_dataset_problems(raw.get("dataset")))
+    problems.extend(_search_problems(raw, space))
+    problems.extend(_enqueue_problems(raw.get("enqueue"), raw_space, space))
+    return problems
+
+
+def _valid_params(raw_space: Mapping[str, Any]) -> dict[str, Param]:
+    adapter: TypeAdapter[Param] = TypeAdapter(Param)
+    space = {}
+    for name, value in raw_space.items():
+        try:
+            space[name] = adapter.validate_python(value)
+        except ValidationError:
+            pass  # reported by the whole-spec validation
+    return space
+
+
+def _dataset_problems(dataset: Any) -> list[str]:
+    if not isinstance(dataset, dict) or not isinstance(dataset.get("name"), str):
+        return []
+    name = dataset["name"]
+    if name not in DATASETS:
+        return [f"dataset.name: unknown dataset {name!r}{_did_you_mean(name, DATASETS)} "
+                f"(valid: {', '.join(DATASETS)})"]
+    options = dataset_options(name)
+    return [
+        f"dataset.{key}: not an option of the {name} dataset{_did_you_mean(key, options)} "
+        f"(valid: {', '.join(sorted(options)) or 'none'})"
+        for key in dataset if key != "name" and key not in options
+    ]
+
+
+def _search_problems(raw: Mapping[str, Any], space: Mapping[str, Param]) -> list[str]:
+    problems = []
+    sampler = raw.get("sampler") if isinstance(raw.get("sampler"), dict) else {}
+    pruner = raw.get("pruner") if isinstance(raw.get("pruner"), dict) else {}
+    budget = raw.get("budget") if isinstance(raw.get("budget"), dict) else {}
+    sampler_name = sampler.get("name", "tpe")
+    if sampler_name == "grid":
+        for name, param in space.items():
+            error = grid_size_error(name, param)
+            if error:
+                problems.append(error)
+    elif sampler_name in SAMPLERS and "trials" not in budget:
+        problems.append("budget.trials: required for a random or tpe search (e.g. trials: 40)")
+    sampler_classes = {"random": optuna.samplers.RandomSampler,
+                       "tpe": optuna.samplers.TPESampler}
+    pruner_classes = {"median": optuna.pruners.MedianPruner,
+                      "hyperband": optuna.pruners.HyperbandPruner}
+    for section, name, classes in (("sampler", sampler_name, sampler_classes),
+                                   ("pruner", pruner.get("name", "none"), pruner_classes)):
+        options = (sampler if section == "sampler" else pruner).get("options") or {}
+        if not isinstance(options, dict):
+            continue
+        accepted = _constructor_args(classes[name]) if name in classes else ()
+        for key in options:
+            if key not in accepted or key == "seed":
+                problems.append(
+                    f"{section}.options.{key}: not an option of the {name} {section}"
+                    f"{_did_you_mean(key, accepted)} (valid: {', '.join(accepted) or 'none'})"
+                )
+    return problems
+
+
+def _enqueue_problems(
+    enqueue: Any, raw_space: Mapping[str, Any], space: Mapping[str, Param]
+) -> list[str]:
+    if not isinstance(enqueue, list):
+        return []
+    problems = []
+    for i, point in enumerate(enqueue):
+        if not isinstance(point, dict):
+            continue
+        for key, value in point.items():
+            if key not in raw_space:
+                problems.append(f"enqueue[{i}].{key}: not a parameter in space"
+                                f"{_did_you_mean(key, raw_space)}")
+            elif isinstance(space.get(key), CategoricalParam):
+                choices = space[key].choices  # type: ignore[union-attr]
+                if value not in choices:
+                    problems.append(f"enqueue[{i}].{key}: {value!r} is not one of {choices}")
+        missing = [key for key in raw_space if key not in point]
+        if missing:
+            problems.append(f"enqueue[{i}]: give a value for every parameter in space; "
+                            f"missing {', '.join(missing)}")
+    return problems
+
+
+def _grid_budget_problems(spec: StudySpec) -> list[str]:
+    points = 0
+    for points, _ in enumerate(expand_grid(spec.space), start=1):
+        if points > MAX_GRID_POINTS:
+            return [f"space: the grid has more than {MAX_GRID_POINTS} points; coarsen the steps "
+                    "or use the random or tpe sampler"]
+    total = points + len(spec.enqueue)
+    if spec.budget.trials is not None and spec.budget.trials != total:
+        return [f"budget.trials: a grid runs each of its {total} points once, but "
+                f"trials={spec.budget.trials}; remove budget.trials"]
+    return []
+
+
+def spec_json_equal(a: str, b: str) -> bool:
+    """Whether two stored specs describe the same study (key order ignored)."""
+    return json.loads(a) == json.loads(b)

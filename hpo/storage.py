@@ -1,0 +1,169 @@
+"""Where studies live: URL resolution, engine settings, the claim lock and trial heartbeats.
+
+Precedence for the storage URL: the ``--storage`` flag, else ``HPO_STORAGE``, else
+``sqlite:///hpo.db`` in the working directory.
+
+Workers claim trials under ``claim_lock``: a file lock beside a SQLite database, a session
+advisory lock on PostgreSQL. Optuna's own pop of a WAITING trial is not atomic on SQLite
+(optuna#4002) and a budget checked outside a lock overshoots with parallel workers; under the
+lock, counting and claiming are one step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from hpo.errors import StorageError
+
+DEFAULT_STORAGE = "sqlite:///hpo.db"
+DEFAULT_HEARTBEAT = 30.0
+#: How many times a trial whose worker died is run again before it stays FAIL.
+MAX_RETRY = 3
+
+
+def resolve_storage_url(flag: str | None = None) -> str:
+    """The storage URL: ``flag``, else ``$HPO_STORAGE``, else ``sqlite:///hpo.db``."""
+    return flag or os.environ.get("HPO_STORAGE") or DEFAULT_STORAGE
+
+
+def resolve_heartbeat(flag: float | None = None) -> float:
+    """Seconds between a running trial's heartbeats: ``flag``, else ``$HPO_HEARTBEAT``, else 30.
+
+    A trial whose heartbeat is older than twice this is taken as abandoned and run again.
+    """
+    if flag is not None:
+        return flag
+    value = os.environ.get("HPO_HEARTBEAT")
+    try:
+        return float(value) if value else DEFAULT_HEARTBEAT
+    except ValueError:
+        raise StorageError(f"HPO_HEARTBEAT must be a number of seconds, got {value!r}") from None
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URL, or None for any other storage."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database:
+        return None
+    if parsed.database == ":memory:":
+        return None
+    return Path(parsed.database)
+
+
+def open_storage(url: str, heartbeat: float | None = None) -> optuna.storages.BaseStorage:
+    """Open an Optuna storage with settings that survive many workers and long trials.
+
+    SQLite gets WAL journaling and a 60 s busy timeout; server databases get
+    ``pool_pre_ping`` and hourly connection recycling, so a worker reconnects after the
+    server restarts. With ``heartbeat`` (seconds), stale trials are failed and re-queued.
+
+    Raises:
+        StorageError: the URL is malformed or its driver is missing.
+    """
+    try:
+        backend = make_url(url).get_backend_name()
+    except ArgumentError:
+        raise StorageError(
+            f"cannot parse storage URL {url!r}; expected e.g. sqlite:///hpo.db or "
+            "postgresql+psycopg://user:password@host/db"
+        ) from None
+    if backend == "sqlite":
+        engine_kwargs: dict[str, object] = {"connect_args": {"timeout": 60}}
+        path = sqlite_path(url)
+        if path is not None:
+            _enable_wal(path)
+    else:
+        engine_kwargs = {"pool_pre_ping": True, "pool_recycle": 3600}
+    heartbeat_kwargs: dict[str, object] = {}
+    if heartbeat:
+        heartbeat_kwargs = {
+            "heartbeat_interval": max(1, round(heartbeat)),
+            "grace_period": max(2, round(2 * heartbeat)),
+            "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
+        }
+    try:
+        return RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat_kwargs)
+    except ImportError as error:
+        raise StorageError(f"cannot open {backend} storage: {error}") from None
+
+
+def _enable_wal(path: Path) -> None:
+    # WAL lets readers (the dashboard, progress polling) run beside a writer; the mode is
+    # stored in the file, so setting it once per process is enough.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    connection = sqlite3.connect(path, timeout=60)
+    try:
+        connection.execute("PRAGMA journal_mode=WAL")
+    finally:
+        connection.close()
+
+
+_process_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def claim_lock(storage: optuna.storages.BaseStorage, study_name: str) -> Iterator[None]:
+    """Hold the study's claim lock: one worker at a time counts and claims trials."""
+    url = str(storage.engine.url) if isinstance(storage, RDBStorage) else ""
+    path = sqlite_path(url) if url.startswith("sqlite") else None
+    with _process_lock:
+        if path is not None:
+            with open(f"{path}.lock", "a") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(handle, fcntl.LOCK_UN)
+        elif isinstance(storage, RDBStorage) and storage.engine.dialect.name == "postgresql":
+            key = int.from_bytes(hashlib.sha256(study_name.encode()).digest()[:8], "big",
+                                 signed=True)
+            with storage.engine.connect() as connection:
+                connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+                try:
+                    yield
+                finally:
+                    connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+                    connection.commit()
+        else:
+            yield
+
+
+@contextlib.contextmanager
+def heartbeat(storage: optuna.storages.BaseStorage, trial_id: int) -> Iterator[None]:
+    """Record the trial's heartbeat in a background thread while the block runs.
+
+    Does nothing when the storage has no heartbeat configured.
+    """
+    if not isinstance(storage, RDBStorage) or storage.get_heartbeat_interval() is None:
+        yield
+        return
+    interval = storage.get_heartbeat_interval()
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            with contextlib.suppress(Exception):  # a dropped connection retries next beat
+                storage.record_heartbeat(trial_id)
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()

@@ -1,0 +1,164 @@
+"""Studies in the storage: register (idempotent), load, list, delete.
+
+A registered study carries its validated spec in ``user_attrs["hpo_spec"]`` (JSON) and the hpo
+version that wrote it, so a worker anywhere needs only the study name and the storage. A grid
+study has every point enqueued as a WAITING trial at registration, so each point runs once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+
+import optuna
+
+from hpo.errors import StudyError
+from hpo.spaces import grid_points
+from hpo.spec import StudySpec, spec_json_equal
+
+SPEC_ATTR = "hpo_spec"
+VERSION_ATTR = "hpo_version"
+
+
+def hpo_version() -> str:
+    try:
+        return version("hpo")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def make_sampler(spec: StudySpec, worker_index: int | None = 0) -> optuna.samplers.BaseSampler:
+    """The spec's sampler, seeded for this worker.
+
+    Worker 0 uses the spec's seed as it is, so a one-worker study is reproducible; other
+    workers derive their own seed from it, so N workers do not replay the same start-up
+    samples (optuna#4714). ``worker_index=None`` (a worker started on its own) draws one.
+    A grid's points are all enqueued at registration, so its workers only ever pop them.
+    """
+    seed = spec.sampler.seed
+    if seed is not None and worker_index != 0:
+        salt = str(worker_index) if worker_index is not None else os.urandom(8).hex()
+        seed = int.from_bytes(hashlib.sha256(f"{seed}:{salt}".encode()).digest()[:4], "big")
+    if spec.sampler.name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, **spec.sampler.options)
+    return optuna.samplers.RandomSampler(seed=seed, **spec.sampler.options)
+
+
+def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
+    """The spec's pruner; trials report the running mean score after each fold."""
+    if spec.pruner.name == "median":
+        options = {"n_warmup_steps": 1, **spec.pruner.options}
+        return optuna.pruners.MedianPruner(**options)
+    if spec.pruner.name == "hyperband":
+        options = {"min_resource": 1, "max_resource": spec.cv.folds, **spec.pruner.options}
+        return optuna.pruners.HyperbandPruner(**options)
+    return optuna.pruners.NopPruner()
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What ``register_study`` did: created the study, or found the same one."""
+
+    name: str
+    created: bool
+    enqueued: int
+
+
+def register_study(spec: StudySpec, storage: optuna.storages.BaseStorage) -> Registration:
+    """Create the study for ``spec``, or do nothing if the same spec is already registered.
+
+    Raises:
+        StudyError: a study of that name exists with a different spec.
+    """
+    spec_json = spec.to_json()
+    existing = _find(storage, spec.name)
+    if existing is not None:
+        stored = existing.user_attrs.get(SPEC_ATTR)
+        if stored is not None:
+            if spec_json_equal(stored, spec_json):
+                return Registration(spec.name, created=False, enqueued=0)
+            raise StudyError(
+                f"study {spec.name!r} is already registered with a different spec "
+                f"({_differences(stored, spec_json)}). Give the changed study a new `name`, "
+                f"or delete the old one first: hpo delete {spec.name}"
+            )
+        # A study without a spec is a registration that died half-way: start it again.
+        optuna.delete_study(study_name=spec.name, storage=storage)
+
+    study = optuna.create_study(
+        study_name=spec.name, storage=storage, direction=spec.direction,
+        sampler=make_sampler(spec), pruner=make_pruner(spec),
+    )
+    points = [*spec.enqueue]
+    if spec.sampler.name == "grid":
+        points += grid_points(spec.space)
+    for point in points:
+        study.enqueue_trial(point, skip_if_exists=False)
+    # Written last: a study is registered once its spec is there.
+    study.set_user_attr(VERSION_ATTR, hpo_version())
+    study.set_user_attr(SPEC_ATTR, spec_json)
+    return Registration(spec.name, created=True, enqueued=len(points))
+
+
+def _differences(stored: str, new: str) -> str:
+    import json
+
+    old_spec, new_spec = json.loads(stored), json.loads(new)
+    changed = [key for key in sorted(set(old_spec) | set(new_spec))
+               if old_spec.get(key) != new_spec.get(key)]
+    return "changed: " + ", ".join(changed)
+
+
+def _find(storage: optuna.storages.BaseStorage, name: str) -> optuna.study.StudySummary | None:
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        if summary.study_name == name:
+            return summary
+    return None
+
+
+def load_spec_from_storage(storage: optuna.storages.BaseStorage, name: str) -> StudySpec:
+    """The spec a study was registered with.
+
+    Raises:
+        StudyError: no such study, or it was not registered by hpo.
+    """
+    summary = _find(storage, name)
+    if summary is None:
+        names = list_study_names(storage)
+        known = f"; registered studies: {', '.join(names)}" if names else ""
+        raise StudyError(f"no study named {name!r} in this storage{known}. "
+                         "Register it first: hpo register studies/<file>.yaml")
+    stored = summary.user_attrs.get(SPEC_ATTR)
+    if stored is None:
+        raise StudyError(f"study {name!r} has no hpo spec: it was not registered by hpo, or its "
+                         f"registration did not finish. Register it again: hpo register FILE")
+    return StudySpec.from_json(stored)
+
+
+def load_study(
+    storage: optuna.storages.BaseStorage, name: str, worker_index: int | None = 0
+) -> tuple[optuna.Study, StudySpec]:
+    """The Optuna study with the spec's sampler (seeded for ``worker_index``) and pruner."""
+    spec = load_spec_from_storage(storage, name)
+    study = optuna.load_study(
+        study_name=name, storage=storage,
+        sampler=make_sampler(spec, worker_index), pruner=make_pruner(spec),
+    )
+    return study, spec
+
+
+def list_study_names(storage: optuna.storages.BaseStorage) -> list[str]:
+    return sorted(s.study_name for s in optuna.get_all_study_summaries(storage, False))
+
+
+def delete_study(storage: optuna.storages.BaseStorage, name: str) -> None:
+    """Delete a study and all its trials.
+
+    Raises:
+        StudyError: no such study.
+    """
+    if _find(storage, name) is None:
+        raise StudyError(f"no study named {name!r} in this storage")
+    optuna.delete_study(study_name=name, storage=storage)

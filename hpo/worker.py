@@ -1,0 +1,206 @@
+"""The worker loop: claim a trial, score it, write the result back, until the budget is spent.
+
+A worker needs only a study name and a storage URL; the spec comes from the storage and the
+data is loaded once per process. The budget is the study's, shared by every worker: under the
+claim lock a worker counts the trials that are done, running or waiting, and only then takes
+one. An exception inside a trial marks that trial FAIL with the reason and the worker goes on.
+SIGTERM (what docker-compose and Kubernetes send) ends the running fit at the next batch; that
+trial is marked FAIL and its configuration queued again for another worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+import torch
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+
+from hpo.data import load_dataset
+from hpo.nets import default_device
+from hpo.objective import WorkerStopped, check_compatible, evaluate
+from hpo.spec import StudySpec
+from hpo.storage import claim_lock, heartbeat, open_storage, resolve_heartbeat
+from hpo.study import load_study
+
+logger = logging.getLogger("hpo.worker")
+
+# hpo drives heartbeats itself around ask/tell (optuna only does inside Study.optimize).
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+FAIL_REASON_ATTR = "fail_reason"
+#: Seconds between looks at the study while other workers finish the last trials.
+POLL_SECONDS = 1.0
+
+
+@dataclass
+class WorkerSummary:
+    """What one worker did."""
+
+    study: str
+    worker_index: int | None
+    states: Counter[str] = field(default_factory=Counter)
+    stopped_by_signal: bool = False
+
+
+@dataclass
+class _Claim:
+    """What the worker may do next: run ``trial``, wait for others, or finish."""
+
+    trial: optuna.Trial | None = None
+    wait: bool = False
+    reason: str = ""
+
+
+def default_threads(workers: int) -> int:
+    """Torch threads per worker: the cores shared out, at least one.
+
+    Small nets are dominated by per-step overhead, so one thread per worker and one worker
+    per core beats several threads fighting over the same cores.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) // max(1, workers))
+
+
+def run_worker(
+    study_name: str,
+    storage_url: str,
+    *,
+    trials: int | None = None,
+    worker_index: int | None = None,
+    heartbeat_seconds: float | None = None,
+    threads: int | None = None,
+    device: str | None = None,
+) -> WorkerSummary:
+    """Pull trials of ``study_name`` until the study's budget is spent.
+
+    Args:
+        study_name: a study registered with ``hpo register``.
+        storage_url: where it lives.
+        trials: the study's budget instead of the spec's (for smoke runs). Default: the spec's.
+        worker_index: 0 replays the spec's sampler seed exactly; other indexes derive their
+            own; None (a worker started on its own) draws a fresh seed. Default: None.
+        heartbeat_seconds: see ``hpo.storage.resolve_heartbeat``; 0 disables it.
+        threads: torch CPU threads. Default: all cores.
+        device: ``cuda`` or ``cpu``. Default: ``cuda`` when a GPU is visible.
+
+    Raises:
+        HpoError: the study or its dataset cannot be loaded.
+    """
+    storage = open_storage(storage_url, heartbeat=resolve_heartbeat(heartbeat_seconds))
+    study, spec = load_study(storage, study_name, worker_index)
+    data = load_dataset(spec.dataset.name, **spec.dataset.options)
+    check_compatible(spec, data)
+    if threads:
+        torch.set_num_threads(threads)
+    device = device or default_device()
+    budget = trials or spec.n_trials
+    summary = WorkerSummary(study_name, worker_index)
+    deadline = time.monotonic() + spec.budget.timeout if spec.budget.timeout else None
+
+    with _StopFlag() as stop:
+        while not stop.requested:
+            if deadline is not None and time.monotonic() > deadline:
+                logger.info("budget.timeout reached; stopping")
+                break
+            claim = _claim_trial(study, spec, budget, storage)
+            if claim.wait:
+                time.sleep(POLL_SECONDS)
+                continue
+            if claim.trial is None:
+                logger.info("%s: %s", study_name, claim.reason)
+                break
+            state = _run_trial(study, claim.trial, spec, data, device, stop)
+            summary.states[state.name] += 1
+    summary.stopped_by_signal = stop.requested
+    return summary
+
+
+def _claim_trial(
+    study: optuna.Study, spec: StudySpec, budget: int, storage: optuna.storages.BaseStorage
+) -> _Claim:
+    with claim_lock(storage, study.study_name):
+        optuna.storages.fail_stale_trials(study)
+        counts = Counter(t.state for t in study.get_trials(deepcopy=False))
+        done = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
+        running, waiting = counts[TrialState.RUNNING], counts[TrialState.WAITING]
+        if waiting and done + running < budget:
+            return _Claim(trial=study.ask())
+        if spec.sampler.name == "grid" or done + running >= budget:
+            if running and done < budget and _can_wait(storage):
+                return _Claim(wait=True)  # a running trial may still fail and be re-queued
+            return _Claim(reason=f"nothing left to run: {done} of {budget} trials finished")
+        if counts[TrialState.FAIL] >= max(budget, 10) + counts[TrialState.COMPLETE]:
+            return _Claim(reason=f"stopping: {counts[TrialState.FAIL]} trials failed; "
+                                 "see their fail_reason with: hpo export NAME --all")
+        return _Claim(trial=study.ask())
+
+
+def _can_wait(storage: optuna.storages.BaseStorage) -> bool:
+    # Without heartbeats a dead worker's trial stays RUNNING forever; don't wait on it.
+    return isinstance(storage, optuna.storages.RDBStorage) and bool(
+        storage.get_heartbeat_interval()
+    )
+
+
+def _run_trial(
+    study: optuna.Study, trial: optuna.Trial, spec: StudySpec, data: Any, device: str,
+    stop: _StopFlag,
+) -> TrialState:
+    started = time.perf_counter()
+    storage = study._storage
+    with heartbeat(storage, trial._trial_id):
+        try:
+            value = evaluate(trial, spec, data, device, should_stop=lambda: stop.requested)
+        except optuna.TrialPruned:
+            state = TrialState.PRUNED
+            study.tell(trial, state=state)
+        except WorkerStopped:
+            trial.set_user_attr(FAIL_REASON_ATTR, "worker stopped by SIGTERM; re-queued")
+            study.tell(trial, state=TrialState.FAIL)
+            RetryHeartbeatStaleTrialCallback(max_retry=None)(study, study._storage.get_trial(
+                trial._trial_id))
+            logger.warning("trial %d stopped by SIGTERM and re-queued", trial.number)
+            return TrialState.FAIL
+        except Exception as error:  # one bad configuration never ends the worker
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            reason = f"{type(error).__name__}: {error}"
+            trial.set_user_attr(FAIL_REASON_ATTR, reason)
+            study.tell(trial, state=TrialState.FAIL)
+            logger.warning("trial %d FAIL: %s", trial.number, reason)
+            return TrialState.FAIL
+        else:
+            state = TrialState.COMPLETE
+            study.tell(trial, value)
+    logger.info("trial %d %s in %.1f s", trial.number, state.name,
+                time.perf_counter() - started)
+    return state
+
+
+class _StopFlag:
+    """Set by SIGTERM or SIGINT while entered; the fit in progress checks it every batch."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+    def __enter__(self) -> _StopFlag:
+        self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
