@@ -9,9 +9,10 @@ from __future__ import annotations
 import logging
 import sys
 from collections import Counter
+from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import Annotated, Any, Callable, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -31,8 +32,11 @@ out = Console()
 
 StorageOption = Annotated[
     str | None,
-    typer.Option("--storage", help="Optuna storage URL. Default: $HPO_STORAGE, else "
-                 "sqlite:///hpo.db.", show_default=False),
+    typer.Option(
+        "--storage",
+        help="Optuna storage URL. Default: $HPO_STORAGE, else sqlite:///hpo.db.",
+        show_default=False,
+    ),
 ]
 TrialsOption = Annotated[
     int | None,
@@ -40,8 +44,11 @@ TrialsOption = Annotated[
 ]
 HeartbeatOption = Annotated[
     float | None,
-    typer.Option("--heartbeat", min=0, help="Seconds between trial heartbeats (0: off). "
-                 "Default: $HPO_HEARTBEAT, else 30."),
+    typer.Option(
+        "--heartbeat",
+        min=0,
+        help="Seconds between trial heartbeats (0: off). Default: $HPO_HEARTBEAT, else 30.",
+    ),
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -68,25 +75,40 @@ def _storage(url: str | None) -> Any:
 @app.command()
 @_reports_errors
 def run(
-    spec_file: Annotated[Path, typer.Argument(help="A study file, e.g. studies/digits-mlp-tpe.yaml")],
-    workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="Local worker processes.")] = 1,
+    spec_file: Annotated[
+        Path, typer.Argument(help="A study file, e.g. studies/digits-mlp-tpe.yaml")
+    ],
+    workers: Annotated[
+        int, typer.Option("--workers", "-w", min=1, help="Local worker processes.")
+    ] = 1,
     trials: TrialsOption = None,
     storage: StorageOption = None,
     heartbeat: HeartbeatOption = None,
-    results: Annotated[Path, typer.Option(help="Folder for <study>/best_params.csv.")] = Path("results"),
+    results: Annotated[Path, typer.Option(help="Folder for <study>/best_params.csv.")] = Path(
+        "results"
+    ),
 ) -> None:
     """Register a study and run it to its budget with local workers; print the best trial."""
     from hpo.export import read_best_params
     from hpo.runner import run_study
     from hpo.storage import resolve_storage_url
 
-    result = run_study(spec_file, resolve_storage_url(storage), workers=workers, trials=trials,
-                       results_dir=results, heartbeat_seconds=heartbeat, console=err)
+    result = run_study(
+        spec_file,
+        resolve_storage_url(storage),
+        workers=workers,
+        trials=trials,
+        results_dir=results,
+        heartbeat_seconds=heartbeat,
+        console=err,
+    )
     states = ", ".join(f"{n} {s}" for s, n in sorted(result.states.items()))
     err.print(f"{result.study}: {states} in {result.seconds:.1f} s")
     if result.best_params_csv is None:
-        err.print("[bold red]no trial completed[/]; see why with: "
-                  f"hpo export {result.study} --all --out trials.csv")
+        err.print(
+            "[bold red]no trial completed[/]; see why with: "
+            f"hpo export {result.study} --all --out trials.csv"
+        )
         raise typer.Exit(1)
     table = Table(title=f"best trial of {result.study}")
     table.add_column("parameter")
@@ -118,8 +140,10 @@ def register(
     spec = load_spec(spec_file)
     registration = register_study(spec, _storage(storage))
     if registration.created:
-        out.print(f"registered {spec.name} ({registration.enqueued} trials enqueued, "
-                  f"budget {spec.n_trials})")
+        out.print(
+            f"registered {spec.name} ({registration.enqueued} trials enqueued, "
+            f"budget {spec.n_trials})"
+        )
     else:
         out.print(f"{spec.name} is already registered with this spec; nothing to do")
 
@@ -130,23 +154,39 @@ def worker(
     study: Annotated[str, typer.Option("--study", help="Name of a registered study.")],
     storage: StorageOption = None,
     trials: TrialsOption = None,
-    index: Annotated[int | None, typer.Option("--index", min=0, help="Worker number; 0 "
-                     "replays the spec's seed exactly. Default: a fresh seed.")] = None,
+    index: Annotated[
+        int | None,
+        typer.Option(
+            "--index",
+            min=0,
+            help="Worker number; 0 replays the spec's seed exactly. Default: a fresh seed.",
+        ),
+    ] = None,
     heartbeat: HeartbeatOption = None,
-    threads: Annotated[int | None, typer.Option("--threads", min=1, help="Torch CPU threads. "
-                       "Default: all cores.")] = None,
-    device: Annotated[str | None, typer.Option("--device", help="cuda or cpu. Default: cuda "
-                      "when a GPU is visible.")] = None,
+    threads: Annotated[
+        int | None, typer.Option("--threads", min=1, help="Torch CPU threads. Default: all cores.")
+    ] = None,
+    device: Annotated[
+        str | None,
+        typer.Option("--device", help="cuda or cpu. Default: cuda when a GPU is visible."),
+    ] = None,
 ) -> None:
     """Pull trials of a study from the storage until its budget is spent."""
     from hpo.storage import resolve_storage_url
     from hpo.worker import run_worker
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
-                        stream=sys.stderr)
-    summary = run_worker(study, resolve_storage_url(storage), trials=trials,
-                         worker_index=index, heartbeat_seconds=heartbeat, threads=threads,
-                         device=device)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr
+    )
+    summary = run_worker(
+        study,
+        resolve_storage_url(storage),
+        trials=trials,
+        worker_index=index,
+        heartbeat_seconds=heartbeat,
+        threads=threads,
+        device=device,
+    )
     done = ", ".join(f"{n} {s}" for s, n in sorted(summary.states.items())) or "no trials"
     err.print(f"worker {index if index is not None else '-'} of {study}: {done}")
 
@@ -160,14 +200,19 @@ def studies(storage: StorageOption = None) -> None:
     table = Table()
     for column in ("study", "direction", "trials", "states", "best"):
         table.add_column(column)
-    for summary in sorted(optuna.get_all_study_summaries(_storage(storage)),
-                          key=lambda s: s.study_name):
+    for summary in sorted(
+        optuna.get_all_study_summaries(_storage(storage)), key=lambda s: s.study_name
+    ):
         study = optuna.load_study(study_name=summary.study_name, storage=_storage(storage))
         states = Counter(t.state.name for t in study.get_trials(deepcopy=False))
         best = summary.best_trial
-        table.add_row(summary.study_name, summary.direction.name.lower(),
-                      str(summary.n_trials), ", ".join(f"{n} {s}" for s, n in states.items()),
-                      "-" if best is None else f"{best.value:.6g} (trial {best.number})")
+        table.add_row(
+            summary.study_name,
+            summary.direction.name.lower(),
+            str(summary.n_trials),
+            ", ".join(f"{n} {s}" for s, n in states.items()),
+            "-" if best is None else f"{best.value:.6g} (trial {best.number})",
+        )
     out.print(table)
 
 
@@ -176,8 +221,11 @@ def studies(storage: StorageOption = None) -> None:
 def export(
     study: Annotated[str, typer.Argument(help="Name of a registered study.")],
     out_file: Annotated[Path, typer.Option("--out", help="CSV, or JSON by suffix.")] = Path(
-        "best_params.csv"),
-    all_trials: Annotated[bool, typer.Option("--all", help="Every trial, not only the best.")] = False,
+        "best_params.csv"
+    ),
+    all_trials: Annotated[
+        bool, typer.Option("--all", help="Every trial, not only the best.")
+    ] = False,
     storage: StorageOption = None,
 ) -> None:
     """Write the best parameters (or every trial) of a study to CSV or JSON."""

@@ -31,10 +31,17 @@ def best_params_frame(study: optuna.Study, spec: StudySpec) -> pd.DataFrame:
     try:
         best = study.best_trial
     except ValueError:
-        raise StudyError(f"study {study.study_name!r} has no completed trial yet; run a worker "
-                         f"first: hpo worker --study {study.study_name}") from None
-    row = {"study": study.study_name, "trial": best.number, "value": best.value,
-           **spec.fixed, **best.params}
+        raise StudyError(
+            f"study {study.study_name!r} has no completed trial yet; run a worker "
+            f"first: hpo worker --study {study.study_name}"
+        ) from None
+    row = {
+        "study": study.study_name,
+        "trial": best.number,
+        "value": best.value,
+        **spec.fixed,
+        **best.params,
+    }
     return pd.DataFrame([row])
 
 
@@ -44,17 +51,19 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     for trial in study.get_trials(deepcopy=False):
         duration = trial.duration.total_seconds() if trial.duration else None
         attrs = trial.user_attrs
-        rows.append({
-            "number": trial.number,
-            "state": trial.state.name,
-            "value": trial.value if trial.state == TrialState.COMPLETE else None,
-            "fold_scores": json.dumps(attrs.get("fold_scores", [])),
-            "score_std": attrs.get("score_std"),
-            "duration_s": duration,
-            "device": attrs.get("device"),
-            "fail_reason": attrs.get("fail_reason"),
-            **trial.params,
-        })
+        rows.append(
+            {
+                "number": trial.number,
+                "state": trial.state.name,
+                "value": trial.value if trial.state == TrialState.COMPLETE else None,
+                "fold_scores": json.dumps(attrs.get("fold_scores", [])),
+                "score_std": attrs.get("score_std"),
+                "duration_s": duration,
+                "device": attrs.get("device"),
+                "fail_reason": attrs.get("fail_reason"),
+                **trial.params,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -84,5 +93,8 @@ def read_best_params(path: str | Path) -> dict[str, object]:
     """The net parameters of a ``best_params.csv``, ready for ``net.set_params(**params)``."""
     row = pd.read_csv(path).iloc[0].to_dict()
     params = {key: value for key, value in row.items() if key not in BEST_META_COLUMNS}
-    return {key: (value.item() if hasattr(value, "item") else value)
-            for key, value in params.items() if not pd.isna(value)}
+    return {
+        key: (value.item() if hasattr(value, "item") else value)
+        for key, value in params.items()
+        if not pd.isna(value)
+    }

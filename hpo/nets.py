@@ -34,8 +34,14 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
 
 #: Net-level keys a spec may set besides ``module__*`` and ``optimizer__*``.
 NET_PARAMS: frozenset[str] = frozenset(
-    {"lr", "batch_size", "max_epochs", "optimizer", "early_stopping_patience",
-     "validation_fraction"}
+    {
+        "lr",
+        "batch_size",
+        "max_epochs",
+        "optimizer",
+        "early_stopping_patience",
+        "validation_fraction",
+    }
 )
 
 
@@ -135,9 +141,15 @@ class _TunedNet:
         **kwargs: Any,
     ) -> None:
         super().__init__(  # type: ignore[call-arg]
-            module, *args, criterion=criterion or self.default_criterion, optimizer=optimizer,
-            train_split=train_split, iterator_train=iterator_train,
-            iterator_valid=iterator_valid, verbose=verbose, **kwargs,
+            module,
+            *args,
+            criterion=criterion or self.default_criterion,
+            optimizer=optimizer,
+            train_split=train_split,
+            iterator_train=iterator_train,
+            iterator_valid=iterator_valid,
+            verbose=verbose,
+            **kwargs,
         )
         self.random_state = random_state
         self.early_stopping_patience = early_stopping_patience
@@ -155,8 +167,10 @@ class _TunedNet:
             callbacks = [(name, cb) for name, cb in callbacks if name != "print_log"]
         if self.early_stopping_patience is not None:
             callbacks.append(
-                ("early_stopping",
-                 EarlyStopping(patience=self.early_stopping_patience, load_best=True))
+                (
+                    "early_stopping",
+                    EarlyStopping(patience=self.early_stopping_patience, load_best=True),
+                )
             )
         return callbacks
 

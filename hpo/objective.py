@@ -45,14 +45,20 @@ def check_compatible(spec: StudySpec, data: DataSplits) -> None:
         HpoError: naming the key to change.
     """
     if spec.model == "regressor" and data.task != "regression":
-        raise HpoError(f"model: regressor needs a regression dataset, but {data.name!r} is a "
-                       "classification dataset; use model: mlp or cnn")
+        raise HpoError(
+            f"model: regressor needs a regression dataset, but {data.name!r} is a "
+            "classification dataset; use model: mlp or cnn"
+        )
     if spec.cv.stratified and data.task == "regression":
-        raise HpoError(f"cv.stratified: stratified folds need class labels, but {data.name!r} "
-                       "is a regression dataset; remove cv.stratified")
+        raise HpoError(
+            f"cv.stratified: stratified folds need class labels, but {data.name!r} "
+            "is a regression dataset; remove cv.stratified"
+        )
     if spec.model == "cnn" and len(data.input_shape) != 3:
-        raise HpoError(f"model: cnn needs images (channels, height, width), but {data.name!r} "
-                       f"has rows of shape {data.input_shape}; use model: mlp")
+        raise HpoError(
+            f"model: cnn needs images (channels, height, width), but {data.name!r} "
+            f"has rows of shape {data.input_shape}; use model: mlp"
+        )
 
 
 def build_net(
@@ -90,7 +96,11 @@ class StopCheck(Callback):
 
 
 def _fold_scores(
-    net: Any, X: np.ndarray, y: np.ndarray, folds: BaseCrossValidator, scoring: str,
+    net: Any,
+    X: np.ndarray,
+    y: np.ndarray,
+    folds: BaseCrossValidator,
+    scoring: str,
     should_stop: Callable[[], bool] | None,
 ) -> Iterator[tuple[float, float, int]]:
     scorer = get_scorer(scoring)
@@ -111,7 +121,10 @@ def _fold_scores(
 
 
 def evaluate(
-    trial: optuna.Trial, spec: StudySpec, data: DataSplits, device: str,
+    trial: optuna.Trial,
+    spec: StudySpec,
+    data: DataSplits,
+    device: str,
     should_stop: Callable[[], bool] | None = None,
 ) -> float:
     """Score one trial's configuration by K-fold cross-validation on the training split.
@@ -129,8 +142,9 @@ def evaluate(
     scores: list[float] = []
     seconds: list[float] = []
     epochs: list[int] = []
-    folds = _fold_scores(net, data.X_train, data.y_train, make_folds(spec), spec.scoring,
-                         should_stop)
+    folds = _fold_scores(
+        net, data.X_train, data.y_train, make_folds(spec), spec.scoring, should_stop
+    )
     for fold, (score, fit_seconds, fold_epochs) in enumerate(folds):
         scores.append(score)
         seconds.append(round(fit_seconds, 4))

@@ -73,14 +73,26 @@ def run_study(
     budget = trials or spec.n_trials
     threads = default_threads(workers)
     started = time.perf_counter()
-    command = [sys.executable, "-m", "hpo", "worker", "--study", spec.name,
-               "--storage", storage_url, "--threads", str(threads)]
+    command = [
+        sys.executable,
+        "-m",
+        "hpo",
+        "worker",
+        "--study",
+        spec.name,
+        "--storage",
+        storage_url,
+        "--threads",
+        str(threads),
+    ]
     if trials:
         command += ["--trials", str(trials)]
     if heartbeat_seconds is not None:
         command += ["--heartbeat", str(heartbeat_seconds)]
-    processes = [subprocess.Popen([*command, "--index", str(i)], env=_worker_env(threads))
-                 for i in range(workers)]
+    processes = [
+        subprocess.Popen([*command, "--index", str(i)], env=_worker_env(threads))
+        for i in range(workers)
+    ]
     study = optuna.load_study(study_name=spec.name, storage=storage)
     try:
         _show_progress(study, budget, processes, console)
@@ -93,10 +105,10 @@ def run_study(
     states = Counter(t.state.name for t in study.get_trials(deepcopy=False))
     best_csv = None
     if states[TrialState.COMPLETE.name]:
-        best_csv = export_study(storage, spec.name, Path(results_dir) / spec.name /
-                                "best_params.csv")
-    return RunResult(spec.name, best_csv, dict(states), time.perf_counter() - started,
-                     exit_codes)
+        best_csv = export_study(
+            storage, spec.name, Path(results_dir) / spec.name / "best_params.csv"
+        )
+    return RunResult(spec.name, best_csv, dict(states), time.perf_counter() - started, exit_codes)
 
 
 def _worker_env(threads: int) -> dict[str, str]:
@@ -108,14 +120,20 @@ def _worker_env(threads: int) -> dict[str, str]:
 def _show_progress(
     study: optuna.Study, budget: int, processes: list[subprocess.Popen[bytes]], console: Console
 ) -> None:
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[best]}"), TimeElapsedColumn())
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[best]}"),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task(study.study_name, total=budget, best="best: -")
         while True:
             running = any(process.poll() is None for process in processes)
-            trials = study.get_trials(deepcopy=False,
-                                      states=(TrialState.COMPLETE, TrialState.PRUNED))
+            trials = study.get_trials(
+                deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)
+            )
             completed = [t for t in trials if t.state == TrialState.COMPLETE]
             best = "best: -"
             if completed:

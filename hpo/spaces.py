@@ -22,8 +22,11 @@ class _Param(BaseModel):
 
     def references(self) -> list[str]:
         """Names of earlier parameters this one's bounds refer to."""
-        return [b for b in (getattr(self, "low", None), getattr(self, "high", None))
-                if isinstance(b, str)]
+        return [
+            b
+            for b in (getattr(self, "low", None), getattr(self, "high", None))
+            if isinstance(b, str)
+        ]
 
 
 class _RangeParam(_Param):
@@ -42,7 +45,8 @@ class _RangeParam(_Param):
                 )
         if self.log and isinstance(self.low, float | int) and self.low <= 0:
             raise ValueError(f"a log scale needs low > 0, but got low={self.low}")
-        if self.log and step not in (None, 1):
+        int_default_step = isinstance(self, IntParam) and step == 1
+        if self.log and step is not None and not int_default_step:
             raise ValueError("`step` and `log` cannot be combined; drop one of them")
         if step is not None and step <= 0:
             raise ValueError(f"`step` must be > 0, but got step={step}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import json
+import re
 from collections.abc import Iterable, Mapping
 from functools import cache
 from pathlib import Path
@@ -25,7 +26,15 @@ from hpo.data import DATASETS, dataset_options
 from hpo.errors import SpecError
 from hpo.models import ACTIVATIONS, MODELS, WEIGHT_INITS
 from hpo.nets import NET_PARAMS, OPTIMIZERS
-from hpo.spaces import CategoricalParam, Param, expand_grid, grid_points, grid_size_error
+from hpo.spaces import (
+    CategoricalParam,
+    FloatParam,
+    IntParam,
+    Param,
+    expand_grid,
+    grid_points,
+    grid_size_error,
+)
 
 MAX_GRID_POINTS = 100_000
 
@@ -119,6 +128,18 @@ class StudySpec(_Section):
         return cls.model_validate_json(text)
 
 
+class _SpecLoader(yaml.SafeLoader):
+    """YAML 1.1 reads ``1e-3`` (no dot) as a string; read it as the float YAML 1.2 and
+    every user mean."""
+
+
+_SpecLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
 def load_spec(path: str | Path) -> StudySpec:
     """Read and validate a study file.
 
@@ -128,9 +149,19 @@ def load_spec(path: str | Path) -> StudySpec:
     """
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_SpecLoader)
     except FileNotFoundError:
-        raise SpecError(str(path), ["the file does not exist; studies live in studies/*.yaml"])
+        raise SpecError(
+            str(path), ["the file does not exist; studies live in studies/*.yaml"]
+        ) from None
+    except IsADirectoryError:
+        raise SpecError(
+            str(path), ["this is a folder; give one study file, e.g. studies/digits-mlp-tpe.yaml"]
+        ) from None
+    except UnicodeDecodeError as error:
+        raise SpecError(
+            str(path), [f"the file is not UTF-8 text ({error.reason} at byte {error.start})"]
+        ) from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -158,28 +189,40 @@ def parse_spec(raw: Any, source: str = "<spec>") -> StudySpec:
     return spec
 
 
+#: Parts of a pydantic error location that name a union's arm, not a key of the file.
+_ARM_TAGS = frozenset({"int", "float", "categorical", "str", "bool", "none", "is-instance"})
+
+
 def _describe(error: ValidationError) -> list[str]:
-    problems = []
+    problems: dict[str, str] = {}
     for item in error.errors():
-        loc = [str(part) for part in item["loc"] if not str(part).startswith(("int", "float",
-                                                                               "categorical"))]
+        loc = [
+            str(part)
+            for part in item["loc"]
+            if str(part) not in _ARM_TAGS and "[" not in str(part)
+        ]
         key = ".".join(loc) or "(top level)"
         kind = item["type"]
         if kind == "extra_forbidden":
-            problems.append(f"{key}: unknown key{_did_you_mean(loc[-1], _siblings(loc))}")
+            message = f"unknown key{_did_you_mean(loc[-1], _siblings(loc))}"
         elif kind == "missing":
-            problems.append(f"{key}: required key is missing")
+            message = "required key is missing"
         elif kind in ("union_tag_not_found", "union_tag_invalid"):
-            problems.append(f"{key}.type: must be one of int, float, categorical")
+            key, message = f"{key}.type", "must be one of int, float, categorical"
         elif kind == "literal_error":
-            problems.append(f"{key}: {item['msg'].lower()}, got {item['input']!r}")
+            message = f"{item['msg'].lower()}, got {item['input']!r}"
         else:
             message = item["msg"].removeprefix("Value error, ")
-            problems.append(f"{key}: {message}")
-    return problems
+        # A value failing every arm of a union (int | str) is one problem: keep the first.
+        problems.setdefault(key, f"{key}: {message}")
+    return list(problems.values())
 
 
 def _siblings(loc: list[str]) -> list[str]:
+    if len(loc) == 3 and loc[0] == "space":
+        return sorted(
+            {f for cls in (IntParam, FloatParam, CategoricalParam) for f in cls.model_fields}
+        )
     model: type[BaseModel] = StudySpec
     for part in loc[:-1]:
         field = model.model_fields.get(part)
@@ -190,16 +233,20 @@ def _siblings(loc: list[str]) -> list[str]:
     return list(model.model_fields)
 
 
-def _did_you_mean(word: str, candidates: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+def _did_you_mean(word: object, candidates: Iterable[str]) -> str:
+    close = difflib.get_close_matches(str(word), list(candidates), n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
 @cache
 def _constructor_args(cls: type) -> tuple[str, ...]:
     parameters = inspect.signature(cls).parameters
-    return tuple(n for n in parameters if n not in ("self", "input_shape", "n_outputs")
-                 and parameters[n].kind is not inspect.Parameter.VAR_KEYWORD)
+    return tuple(
+        n
+        for n in parameters
+        if n not in ("self", "input_shape", "n_outputs")
+        and parameters[n].kind is not inspect.Parameter.VAR_KEYWORD
+    )
 
 
 @cache
@@ -245,7 +292,7 @@ def _semantic_problems(raw: Mapping[str, Any]) -> list[str]:
         if isinstance(param, CategoricalParam):
             values.extend(param.choices)
         for value in values:
-            if value not in names:
+            if not isinstance(value, str) or value not in names:
                 where = "fixed" if key in fixed else "space"
                 problems.append(
                     f"{where}.{key}: unknown name {value!r}{_did_you_mean(str(value), names)} "
@@ -261,6 +308,7 @@ def _semantic_problems(raw: Mapping[str, Any]) -> list[str]:
                     f"in space{_did_you_mean(ref, earlier)}"
                 )
         earlier.append(name)
+        problems.extend(_reference_range_problems(name, param, space))
 
     scoring = raw.get("scoring")
     if isinstance(scoring, str) and scoring not in get_scorer_names():
@@ -280,6 +328,32 @@ def _semantic_problems(raw: Mapping[str, Any]) -> list[str]:
     return problems
 
 
+def _reference_range_problems(name: str, param: Param, space: Mapping[str, Param]) -> list[str]:
+    """A bound naming another parameter must hold for every value that one can take."""
+    if isinstance(param, CategoricalParam):
+        return []
+    low, high = param.low, param.high
+    if isinstance(high, str) and not isinstance(low, str):
+        ref = space.get(high)
+        ref_low = getattr(ref, "low", None)
+        if isinstance(ref_low, int | float) and ref_low < low:
+            return [
+                f"space.{name}: `low <= high` must hold for every draw, but low={low} and "
+                f"high={high} can be as low as {ref_low}; raise {high}'s low to {low} or "
+                f"lower this low"
+            ]
+    if isinstance(low, str) and not isinstance(high, str):
+        ref = space.get(low)
+        ref_high = getattr(ref, "high", None)
+        if isinstance(ref_high, int | float) and ref_high > high:
+            return [
+                f"space.{name}: `low <= high` must hold for every draw, but high={high} and "
+                f"low={low} can be as high as {ref_high}; lower {low}'s high to {high} or "
+                f"raise this high"
+            ]
+    return []
+
+
 def _valid_params(raw_space: Mapping[str, Any]) -> dict[str, Param]:
     adapter: TypeAdapter[Param] = TypeAdapter(Param)
     space = {}
@@ -296,14 +370,28 @@ def _dataset_problems(dataset: Any) -> list[str]:
         return []
     name = dataset["name"]
     if name not in DATASETS:
-        return [f"dataset.name: unknown dataset {name!r}{_did_you_mean(name, DATASETS)} "
-                f"(valid: {', '.join(DATASETS)})"]
+        return [
+            f"dataset.name: unknown dataset {name!r}{_did_you_mean(name, DATASETS)} "
+            f"(valid: {', '.join(DATASETS)})"
+        ]
     options = dataset_options(name)
-    return [
+    problems = [
         f"dataset.{key}: not an option of the {name} dataset{_did_you_mean(key, options)} "
         f"(valid: {', '.join(sorted(options)) or 'none'})"
-        for key in dataset if key != "name" and key not in options
+        for key in dataset
+        if key != "name" and key not in options
     ]
+    required = [
+        p.name
+        for p in inspect.signature(DATASETS[name]).parameters.values()
+        if p.default is inspect.Parameter.empty and p.kind is p.KEYWORD_ONLY
+    ]
+    problems += [
+        f"dataset.{key}: required by the {name} dataset; add it"
+        for key in required
+        if key not in dataset
+    ]
+    return problems
 
 
 def _search_problems(raw: Mapping[str, Any], space: Mapping[str, Param]) -> list[str]:
@@ -319,18 +407,25 @@ def _search_problems(raw: Mapping[str, Any], space: Mapping[str, Param]) -> list
                 problems.append(error)
     elif sampler_name in SAMPLERS and "trials" not in budget:
         problems.append("budget.trials: required for a random or tpe search (e.g. trials: 40)")
-    sampler_classes = {"random": optuna.samplers.RandomSampler,
-                       "tpe": optuna.samplers.TPESampler}
-    pruner_classes = {"median": optuna.pruners.MedianPruner,
-                      "hyperband": optuna.pruners.HyperbandPruner}
-    for section, name, classes in (("sampler", sampler_name, sampler_classes),
-                                   ("pruner", pruner.get("name", "none"), pruner_classes)):
+    sampler_classes = {"random": optuna.samplers.RandomSampler, "tpe": optuna.samplers.TPESampler}
+    pruner_classes = {
+        "median": optuna.pruners.MedianPruner,
+        "hyperband": optuna.pruners.HyperbandPruner,
+    }
+    for section, name, classes in (
+        ("sampler", sampler_name, sampler_classes),
+        ("pruner", pruner.get("name", "none"), pruner_classes),
+    ):
         options = (sampler if section == "sampler" else pruner).get("options") or {}
         if not isinstance(options, dict):
             continue
         accepted = _constructor_args(classes[name]) if name in classes else ()
         for key in options:
-            if key not in accepted or key == "seed":
+            if key == "seed":
+                problems.append(
+                    f"{section}.options.seed: the seed goes in {section}.seed, not in options"
+                )
+            elif key not in accepted:
                 problems.append(
                     f"{section}.options.{key}: not an option of the {name} {section}"
                     f"{_did_you_mean(key, accepted)} (valid: {', '.join(accepted) or 'none'})"
@@ -349,29 +444,54 @@ def _enqueue_problems(
             continue
         for key, value in point.items():
             if key not in raw_space:
-                problems.append(f"enqueue[{i}].{key}: not a parameter in space"
-                                f"{_did_you_mean(key, raw_space)}")
+                problems.append(
+                    f"enqueue[{i}].{key}: not a parameter in space{_did_you_mean(key, raw_space)}"
+                )
             elif isinstance(space.get(key), CategoricalParam):
                 choices = space[key].choices  # type: ignore[union-attr]
                 if value not in choices:
                     problems.append(f"enqueue[{i}].{key}: {value!r} is not one of {choices}")
+            elif key in space:
+                problems.extend(
+                    _enqueued_range_problems(f"enqueue[{i}].{key}", space[key], value, point)
+                )
         missing = [key for key in raw_space if key not in point]
         if missing:
-            problems.append(f"enqueue[{i}]: give a value for every parameter in space; "
-                            f"missing {', '.join(missing)}")
+            problems.append(
+                f"enqueue[{i}]: give a value for every parameter in space; "
+                f"missing {', '.join(missing)}"
+            )
     return problems
+
+
+def _enqueued_range_problems(
+    where: str, param: Param, value: Any, point: Mapping[str, Any]
+) -> list[str]:
+    low = point.get(param.low) if isinstance(param.low, str) else param.low  # type: ignore[union-attr]
+    high = point.get(param.high) if isinstance(param.high, str) else param.high  # type: ignore[union-attr]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return [f"{where}: {value!r} is not a number"]
+    if isinstance(param, IntParam) and not float(value).is_integer():
+        return [f"{where}: {value!r} is not an integer"]
+    if isinstance(low, int | float) and isinstance(high, int | float) and not low <= value <= high:
+        return [f"{where}: {value!r} is outside the range [{low}, {high}]"]
+    return []
 
 
 def _grid_budget_problems(spec: StudySpec) -> list[str]:
     points = 0
     for points, _ in enumerate(expand_grid(spec.space), start=1):
         if points > MAX_GRID_POINTS:
-            return [f"space: the grid has more than {MAX_GRID_POINTS} points; coarsen the steps "
-                    "or use the random or tpe sampler"]
+            return [
+                f"space: the grid has more than {MAX_GRID_POINTS} points; coarsen the steps "
+                "or use the random or tpe sampler"
+            ]
     total = points + len(spec.enqueue)
     if spec.budget.trials is not None and spec.budget.trials != total:
-        return [f"budget.trials: a grid runs each of its {total} points once, but "
-                f"trials={spec.budget.trials}; remove budget.trials"]
+        return [
+            f"budget.trials: a grid runs each of its {total} points once, but "
+            f"trials={spec.budget.trials}; remove budget.trials"
+        ]
     return []
 
 

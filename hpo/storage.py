@@ -18,10 +18,12 @@ import os
 import sqlite3
 import threading
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -92,7 +94,9 @@ def open_storage(url: str, heartbeat: float | None = None) -> optuna.storages.Ba
         heartbeat_kwargs = {
             "heartbeat_interval": max(1, round(heartbeat)),
             "grace_period": max(2, round(2 * heartbeat)),
-            "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
+            "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(
+                max_retry=MAX_RETRY
+            ),
         }
     try:
         return RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat_kwargs)
@@ -111,14 +115,25 @@ def _enable_wal(path: Path) -> None:
         connection.close()
 
 
+def rdb_backend(storage: optuna.storages.BaseStorage) -> RDBStorage | None:
+    """The ``RDBStorage`` behind ``storage`` (Optuna wraps it in a cache inside a Study)."""
+    backend = getattr(storage, "_backend", storage)
+    return backend if isinstance(backend, RDBStorage) else None
+
+
+def heartbeat_enabled(storage: optuna.storages.BaseStorage) -> bool:
+    backend = rdb_backend(storage)
+    return backend is not None and bool(backend.get_heartbeat_interval())
+
+
 _process_lock = threading.Lock()
 
 
 @contextlib.contextmanager
 def claim_lock(storage: optuna.storages.BaseStorage, study_name: str) -> Iterator[None]:
     """Hold the study's claim lock: one worker at a time counts and claims trials."""
-    url = str(storage.engine.url) if isinstance(storage, RDBStorage) else ""
-    path = sqlite_path(url) if url.startswith("sqlite") else None
+    backend = rdb_backend(storage)
+    path = sqlite_path(str(backend.engine.url)) if backend is not None else None
     with _process_lock:
         if path is not None:
             with open(f"{path}.lock", "a") as handle:
@@ -127,10 +142,11 @@ def claim_lock(storage: optuna.storages.BaseStorage, study_name: str) -> Iterato
                     yield
                 finally:
                     fcntl.flock(handle, fcntl.LOCK_UN)
-        elif isinstance(storage, RDBStorage) and storage.engine.dialect.name == "postgresql":
-            key = int.from_bytes(hashlib.sha256(study_name.encode()).digest()[:8], "big",
-                                 signed=True)
-            with storage.engine.connect() as connection:
+        elif backend is not None and backend.engine.dialect.name == "postgresql":
+            key = int.from_bytes(
+                hashlib.sha256(study_name.encode()).digest()[:8], "big", signed=True
+            )
+            with backend.engine.connect() as connection:
                 connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
                 try:
                     yield
@@ -147,16 +163,17 @@ def heartbeat(storage: optuna.storages.BaseStorage, trial_id: int) -> Iterator[N
 
     Does nothing when the storage has no heartbeat configured.
     """
-    if not isinstance(storage, RDBStorage) or storage.get_heartbeat_interval() is None:
+    backend = rdb_backend(storage)
+    if backend is None or not backend.get_heartbeat_interval():
         yield
         return
-    interval = storage.get_heartbeat_interval()
+    interval = backend.get_heartbeat_interval()
     stop = threading.Event()
 
     def beat() -> None:
         while True:
             with contextlib.suppress(Exception):  # a dropped connection retries next beat
-                storage.record_heartbeat(trial_id)
+                backend.record_heartbeat(trial_id)
             if stop.wait(interval):
                 return
 
@@ -167,3 +184,41 @@ def heartbeat(storage: optuna.storages.BaseStorage, trial_id: int) -> Iterator[N
     finally:
         stop.set()
         thread.join()
+
+
+def fail_stale_trials(study: optuna.Study) -> list[int]:
+    """Fail and re-queue the RUNNING trials whose worker is gone.
+
+    Optuna's ``fail_stale_trials`` catches a trial whose heartbeat went quiet, but never one
+    that died before its first beat (killed between claim and beat). Such a trial counts as
+    stale once it has been RUNNING longer than the grace period without any heartbeat.
+
+    Returns:
+        The trial ids failed here (the orphans; Optuna's own are not listed).
+    """
+    optuna.storages.fail_stale_trials(study)
+    storage = rdb_backend(study._storage)
+    if storage is None or not storage.get_heartbeat_interval():
+        return []
+    grace = storage.grace_period or 2 * storage.get_heartbeat_interval()
+    cutoff = datetime.now() - timedelta(seconds=grace)
+    query = text(
+        "SELECT t.trial_id, t.datetime_start FROM trials t "
+        "LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id "
+        "WHERE t.study_id = :study_id AND t.state = 'RUNNING' AND h.trial_id IS NULL"
+    )
+    with storage.engine.connect() as connection:
+        rows = connection.execute(query, {"study_id": study._study_id}).all()
+    orphans = []
+    for trial_id, started in rows:
+        if isinstance(started, str):
+            started = datetime.fromisoformat(started)
+        if started is not None and started < cutoff:
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                if storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                    orphans.append(trial_id)
+    callback = storage.get_heartbeat_stale_trial_callback()
+    for trial_id in orphans:
+        if callback is not None:
+            callback(study, storage.get_trial(trial_id))
+    return orphans

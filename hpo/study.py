@@ -88,8 +88,11 @@ def register_study(spec: StudySpec, storage: optuna.storages.BaseStorage) -> Reg
         optuna.delete_study(study_name=spec.name, storage=storage)
 
     study = optuna.create_study(
-        study_name=spec.name, storage=storage, direction=spec.direction,
-        sampler=make_sampler(spec), pruner=make_pruner(spec),
+        study_name=spec.name,
+        storage=storage,
+        direction=spec.direction,
+        sampler=make_sampler(spec),
+        pruner=make_pruner(spec),
     )
     points = [*spec.enqueue]
     if spec.sampler.name == "grid":
@@ -106,8 +109,11 @@ def _differences(stored: str, new: str) -> str:
     import json
 
     old_spec, new_spec = json.loads(stored), json.loads(new)
-    changed = [key for key in sorted(set(old_spec) | set(new_spec))
-               if old_spec.get(key) != new_spec.get(key)]
+    changed = [
+        key
+        for key in sorted(set(old_spec) | set(new_spec))
+        if old_spec.get(key) != new_spec.get(key)
+    ]
     return "changed: " + ", ".join(changed)
 
 
@@ -128,12 +134,16 @@ def load_spec_from_storage(storage: optuna.storages.BaseStorage, name: str) -> S
     if summary is None:
         names = list_study_names(storage)
         known = f"; registered studies: {', '.join(names)}" if names else ""
-        raise StudyError(f"no study named {name!r} in this storage{known}. "
-                         "Register it first: hpo register studies/<file>.yaml")
+        raise StudyError(
+            f"no study named {name!r} in this storage{known}. "
+            "Register it first: hpo register studies/<file>.yaml"
+        )
     stored = summary.user_attrs.get(SPEC_ATTR)
     if stored is None:
-        raise StudyError(f"study {name!r} has no hpo spec: it was not registered by hpo, or its "
-                         f"registration did not finish. Register it again: hpo register FILE")
+        raise StudyError(
+            f"study {name!r} has no hpo spec: it was not registered by hpo, or its "
+            f"registration did not finish. Register it again: hpo register FILE"
+        )
     return StudySpec.from_json(stored)
 
 
@@ -143,8 +153,10 @@ def load_study(
     """The Optuna study with the spec's sampler (seeded for ``worker_index``) and pruner."""
     spec = load_spec_from_storage(storage, name)
     study = optuna.load_study(
-        study_name=name, storage=storage,
-        sampler=make_sampler(spec, worker_index), pruner=make_pruner(spec),
+        study_name=name,
+        storage=storage,
+        sampler=make_sampler(spec, worker_index),
+        pruner=make_pruner(spec),
     )
     return study, spec
 

@@ -28,7 +28,14 @@ from hpo.data import load_dataset
 from hpo.nets import default_device
 from hpo.objective import WorkerStopped, check_compatible, evaluate
 from hpo.spec import StudySpec
-from hpo.storage import claim_lock, heartbeat, open_storage, resolve_heartbeat
+from hpo.storage import (
+    claim_lock,
+    fail_stale_trials,
+    heartbeat,
+    heartbeat_enabled,
+    open_storage,
+    resolve_heartbeat,
+)
 from hpo.study import load_study
 
 logger = logging.getLogger("hpo.worker")
@@ -129,31 +136,44 @@ def _claim_trial(
     study: optuna.Study, spec: StudySpec, budget: int, storage: optuna.storages.BaseStorage
 ) -> _Claim:
     with claim_lock(storage, study.study_name):
-        optuna.storages.fail_stale_trials(study)
+        fail_stale_trials(study)
         counts = Counter(t.state for t in study.get_trials(deepcopy=False))
         done = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
         running, waiting = counts[TrialState.RUNNING], counts[TrialState.WAITING]
         if waiting and done + running < budget:
-            return _Claim(trial=study.ask())
+            return _Claim(trial=_ask(study, storage))
         if spec.sampler.name == "grid" or done + running >= budget:
             if running and done < budget and _can_wait(storage):
                 return _Claim(wait=True)  # a running trial may still fail and be re-queued
             return _Claim(reason=f"nothing left to run: {done} of {budget} trials finished")
         if counts[TrialState.FAIL] >= max(budget, 10) + counts[TrialState.COMPLETE]:
-            return _Claim(reason=f"stopping: {counts[TrialState.FAIL]} trials failed; "
-                                 "see their fail_reason with: hpo export NAME --all")
-        return _Claim(trial=study.ask())
+            return _Claim(
+                reason=f"stopping: {counts[TrialState.FAIL]} trials failed; "
+                "see their fail_reason with: hpo export NAME --all"
+            )
+        return _Claim(trial=_ask(study, storage))
+
+
+def _ask(study: optuna.Study, storage: optuna.storages.BaseStorage) -> optuna.Trial:
+    trial = study.ask()
+    if heartbeat_enabled(storage):
+        # The first beat goes in while the claim lock is still held, so a worker killed now
+        # leaves a trial that fail_stale_trials recognises.
+        storage.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
+    return trial
 
 
 def _can_wait(storage: optuna.storages.BaseStorage) -> bool:
     # Without heartbeats a dead worker's trial stays RUNNING forever; don't wait on it.
-    return isinstance(storage, optuna.storages.RDBStorage) and bool(
-        storage.get_heartbeat_interval()
-    )
+    return heartbeat_enabled(storage)
 
 
 def _run_trial(
-    study: optuna.Study, trial: optuna.Trial, spec: StudySpec, data: Any, device: str,
+    study: optuna.Study,
+    trial: optuna.Trial,
+    spec: StudySpec,
+    data: Any,
+    device: str,
     stop: _StopFlag,
 ) -> TrialState:
     started = time.perf_counter()
@@ -167,8 +187,9 @@ def _run_trial(
         except WorkerStopped:
             trial.set_user_attr(FAIL_REASON_ATTR, "worker stopped by SIGTERM; re-queued")
             study.tell(trial, state=TrialState.FAIL)
-            RetryHeartbeatStaleTrialCallback(max_retry=None)(study, study._storage.get_trial(
-                trial._trial_id))
+            RetryHeartbeatStaleTrialCallback(max_retry=None)(
+                study, study._storage.get_trial(trial._trial_id)
+            )
             logger.warning("trial %d stopped by SIGTERM and re-queued", trial.number)
             return TrialState.FAIL
         except Exception as error:  # one bad configuration never ends the worker
@@ -182,8 +203,7 @@ def _run_trial(
         else:
             state = TrialState.COMPLETE
             study.tell(trial, value)
-    logger.info("trial %d %s in %.1f s", trial.number, state.name,
-                time.perf_counter() - started)
+    logger.info("trial %d %s in %.1f s", trial.number, state.name, time.perf_counter() - started)
     return state
 
 
@@ -198,7 +218,9 @@ class _StopFlag:
         self.requested = True
 
     def __enter__(self) -> _StopFlag:
-        self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+        self._previous = {
+            s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)
+        }
         return self
 
     def __exit__(self, *exc: object) -> None:

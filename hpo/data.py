@@ -1,0 +1,516 @@
+"""The dataset registry: a name and its options in, arrays with a held-out test split out.
+
+The search sees only ``X_train``/``y_train`` (and ``X_valid``/``y_valid`` where a dataset has a
+fixed validation split); ``X_test``/``y_test`` are kept back for the final report. Every loader
+takes keyword-only options, so a study spec's ``dataset`` mapping is passed straight through
+`load_dataset`.
+
+Arrays follow what skorch expects: float32 features of shape ``(n, *input_shape)``, int64 class
+labels ``0 .. n_classes - 1`` of shape ``(n,)``, float32 regression targets of shape ``(n, 1)``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn import datasets as sk_datasets
+from sklearn.model_selection import train_test_split
+
+from hpo.errors import DatasetError
+
+TASKS: tuple[str, ...] = ("classification", "regression")
+
+# Integer labels with more distinct values than this are taken as a regression target.
+MAX_INFERRED_CLASSES = 100
+
+SYNTHETIC_TRAIN_INTERVALS: tuple[tuple[float, float], ...] = ((0.0, 0.3), (0.45, 0.7), (0.85, 1.0))
+
+MNIST_FILES: tuple[str, ...] = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+
+@dataclass(frozen=True)
+class DataSplits:
+    """One dataset, split for a search and for the final held-out test.
+
+    Attributes:
+        name: The registry name the data was loaded under.
+        task: ``"classification"`` or ``"regression"``.
+        X_train: float32 features, shape ``(n, *input_shape)``.
+        y_train: int64 labels ``(n,)`` for classification; float32 targets ``(n, 1)`` for
+            regression.
+        X_test: Held-out features the search never sees.
+        y_test: Held-out labels or targets.
+        input_shape: ``(C, H, W)`` for images, ``(n_features,)`` for tables.
+        n_classes: Number of classes; None for regression.
+        X_valid: A fixed validation split for early stopping, when the dataset has one.
+        y_valid: Labels or targets of ``X_valid``.
+    """
+
+    name: str
+    task: str
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_test: np.ndarray
+    y_test: np.ndarray
+    input_shape: tuple[int, ...]
+    n_classes: int | None
+    X_valid: np.ndarray | None = None
+    y_valid: np.ndarray | None = None
+
+
+def load_digits() -> DataSplits:
+    """scikit-learn's bundled 8x8 digits, split in file order.
+
+    Pixels are scaled to ``[0, 1]``; shape ``(1, 8, 8)``. Train is the first 1000 images,
+    validation the next 350, test the remaining 447. The split is fixed so every study on
+    ``digits`` is scored on the same images.
+    """
+    bunch = sk_datasets.load_digits()
+    X = (bunch.data / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)
+    y = bunch.target.astype(np.int64)
+    return DataSplits(
+        name="digits",
+        task="classification",
+        X_train=X[:1000],
+        y_train=y[:1000],
+        X_valid=X[1000:1350],
+        y_valid=y[1000:1350],
+        X_test=X[1350:],
+        y_test=y[1350:],
+        input_shape=(1, 8, 8),
+        n_classes=10,
+    )
+
+
+def load_diabetes(*, test_size: float = 0.2, seed: int = 0) -> DataSplits:
+    """scikit-learn's bundled diabetes regression data (442 patients, 10 features).
+
+    Features are standardized with the mean and standard deviation of the train split only, so
+    nothing about the test split leaks into training. The target (disease progression, about
+    25 to 346) is left in its own units.
+
+    Args:
+        test_size: Fraction of rows held out for the test split. Default 0.2.
+        seed: Seed of the random split. Default 0.
+    """
+    bunch = sk_datasets.load_diabetes(scaled=False)
+    X_train, X_test, y_train, y_test = _split(
+        "diabetes", bunch.data, bunch.target, test_size=test_size, seed=seed
+    )
+    mean = X_train.mean(axis=0)
+    std = X_train.std(axis=0)
+    return DataSplits(
+        name="diabetes",
+        task="regression",
+        X_train=((X_train - mean) / std).astype(np.float32),
+        y_train=y_train.astype(np.float32).reshape(-1, 1),
+        X_test=((X_test - mean) / std).astype(np.float32),
+        y_test=y_test.astype(np.float32).reshape(-1, 1),
+        input_shape=(X_train.shape[1],),
+        n_classes=None,
+    )
+
+
+def synthetic_function(x: np.ndarray) -> np.ndarray:
+    """The noise-free target of ``synthetic_regression``: ``sin(2 pi x) * (1 + x)``."""
+    return np.sin(2 * np.pi * x) * (1 + x)
+
+
+def load_synthetic_regression(
+    *, n_train: int = 300, n_test: int = 200, noise: float = 0.1, seed: int = 0
+) -> DataSplits:
+    """A noisy 1-D function on ``[0, 1]`` with gaps in the training data.
+
+    Training x are drawn uniformly from ``[0, 0.3]``, ``[0.45, 0.7]`` and ``[0.85, 1.0]`` and
+    their targets carry Gaussian noise. Test x are drawn uniformly from the whole of ``[0, 1]``
+    and their targets are noise-free, so the test error measures how well a model interpolates
+    into the gaps, with zero as the best possible score.
+
+    Args:
+        n_train: Number of training points, at least 1. Default 300.
+        n_test: Number of test points, at least 1. Default 200.
+        noise: Standard deviation of the training noise, at least 0. Default 0.1.
+        seed: Seed of the random draws. Default 0.
+    """
+    if n_train < 1 or n_test < 1:
+        raise DatasetError(
+            f"synthetic_regression: `n_train >= 1` and `n_test >= 1` must hold, but got "
+            f"n_train={n_train}, n_test={n_test}."
+        )
+    if noise < 0:
+        raise DatasetError(f"synthetic_regression: `noise >= 0` must hold, but got {noise}.")
+    rng = np.random.default_rng(seed)
+    # Draw along the intervals laid end to end, then shift each point into its own interval,
+    # so each interval gets points in proportion to its length.
+    lows = np.array([low for low, _ in SYNTHETIC_TRAIN_INTERVALS])
+    lengths = np.array([high - low for low, high in SYNTHETIC_TRAIN_INTERVALS])
+    offsets = np.concatenate([[0.0], np.cumsum(lengths)[:-1]])
+    u = rng.uniform(0.0, lengths.sum(), size=n_train)
+    interval = np.searchsorted(offsets, u, side="right") - 1
+    x_train = lows[interval] + (u - offsets[interval])
+    y_train = synthetic_function(x_train) + rng.normal(0.0, noise, size=n_train)
+    x_test = rng.uniform(0.0, 1.0, size=n_test)
+    return DataSplits(
+        name="synthetic_regression",
+        task="regression",
+        X_train=x_train.astype(np.float32).reshape(-1, 1),
+        y_train=y_train.astype(np.float32).reshape(-1, 1),
+        X_test=x_test.astype(np.float32).reshape(-1, 1),
+        y_test=synthetic_function(x_test).astype(np.float32).reshape(-1, 1),
+        input_shape=(1,),
+        n_classes=None,
+    )
+
+
+def load_npz(
+    *, path: str, task: str | None = None, test_size: float = 0.2, seed: int = 0
+) -> DataSplits:
+    """Arrays from a NumPy ``.npz`` file.
+
+    The file must hold ``X`` (features, one row per sample, any trailing shape) and ``y``
+    (labels or targets). If it also holds ``X_test`` and ``y_test`` they are the test split;
+    otherwise a random ``test_size`` fraction of ``X``/``y`` is held out.
+
+    Args:
+        path: Path of the ``.npz`` file. Required.
+        task: classification, regression, or None to infer: integer-valued (or non-numeric)
+            ``y`` with at most 100 distinct values is classification. Default None.
+        test_size: Fraction held out when the file has no test arrays. Default 0.2.
+        seed: Seed of the random split. Default 0.
+    """
+    name = f"npz {path}"
+    if not os.path.isfile(path):
+        raise DatasetError(
+            f"{name}: file not found. It must be a .npz file holding arrays X and y, and "
+            "optionally X_test and y_test."
+        )
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+    except (OSError, ValueError) as error:
+        # ValueError also covers object arrays, which would need unsafe pickle loading.
+        raise DatasetError(f"{name}: cannot read the file as .npz: {error}") from error
+    missing = [key for key in ("X", "y") if key not in arrays]
+    if missing or (("X_test" in arrays) != ("y_test" in arrays)):
+        raise DatasetError(
+            f"{name}: the file must hold arrays X and y, and optionally both X_test and y_test, "
+            f"but it holds {', '.join(sorted(arrays)) or 'nothing'}."
+        )
+    return _from_arrays(
+        "npz",
+        name,
+        arrays["X"],
+        arrays["y"],
+        arrays.get("X_test"),
+        arrays.get("y_test"),
+        task=task,
+        test_size=test_size,
+        seed=seed,
+    )
+
+
+def load_csv(
+    *, path: str, target: str, task: str | None = None, test_size: float = 0.2, seed: int = 0
+) -> DataSplits:
+    """A table from a CSV file with a header row; every column but ``target`` is a feature.
+
+    Feature columns must be numeric and complete; the target may hold class names.
+
+    Args:
+        path: Path of the CSV file. Required.
+        target: Name of the target column. Required.
+        task: classification, regression, or None to infer as for `load_npz`. Default None.
+        test_size: Fraction of rows held out for the test split. Default 0.2.
+        seed: Seed of the random split. Default 0.
+    """
+    # pandas is slow to import and only this loader needs it.
+    import pandas as pd
+
+    name = f"csv {path}"
+    if not os.path.isfile(path):
+        raise DatasetError(f"{name}: file not found.")
+    frame = pd.read_csv(path)
+    if target not in frame.columns:
+        raise DatasetError(
+            f"{name}: target column {target!r} not found; the columns are "
+            f"{', '.join(map(str, frame.columns))}."
+        )
+    features = frame.drop(columns=[target])
+    non_numeric = [
+        str(column)
+        for column in features.columns
+        if not pd.api.types.is_numeric_dtype(features[column])
+        or pd.api.types.is_bool_dtype(features[column])
+    ]
+    if non_numeric:
+        raise DatasetError(
+            f"{name}: feature columns must be numeric, but {', '.join(non_numeric)} "
+            "are not; encode them or drop them from the file."
+        )
+    incomplete = [str(column) for column in frame.columns if frame[column].isna().any()]
+    if incomplete:
+        raise DatasetError(f"{name}: columns {', '.join(incomplete)} have missing values.")
+    return _from_arrays(
+        "csv",
+        name,
+        features.to_numpy(),
+        frame[target].to_numpy(),
+        None,
+        None,
+        task=task,
+        test_size=test_size,
+        seed=seed,
+    )
+
+
+def load_mnist(
+    *,
+    root: str = "data",
+    download: bool = False,
+    max_train: int | None = None,
+    max_test: int | None = None,
+) -> DataSplits:
+    """MNIST handwritten digits through ``torchvision.datasets.MNIST``.
+
+    Pixels are scaled to ``[0, 1]``; shape ``(1, 28, 28)``; 60000 train and 10000 test images.
+
+    Args:
+        root: Folder holding ``MNIST/raw/`` with the four uncompressed IDX files. Default
+            ``"data"``.
+        download: Whether to download missing files (needs network access). Default False.
+        max_train: Keep only the first this many training images, for quick runs. Default None
+            (all).
+        max_test: Keep only the first this many test images. Default None (all).
+    """
+    return _load_torchvision("mnist", "MNIST", root, download, max_train, max_test)
+
+
+def load_fashion_mnist(
+    *,
+    root: str = "data",
+    download: bool = False,
+    max_train: int | None = None,
+    max_test: int | None = None,
+) -> DataSplits:
+    """Zalando's Fashion-MNIST through ``torchvision.datasets.FashionMNIST``.
+
+    Same layout and options as `load_mnist`, with files under ``FashionMNIST/raw/``.
+
+    Args:
+        root: Folder holding ``FashionMNIST/raw/``. Default ``"data"``.
+        download: Whether to download missing files (needs network access). Default False.
+        max_train: Keep only the first this many training images. Default None (all).
+        max_test: Keep only the first this many test images. Default None (all).
+    """
+    return _load_torchvision("fashion_mnist", "FashionMNIST", root, download, max_train, max_test)
+
+
+DATASETS: dict[str, Callable[..., DataSplits]] = {
+    "digits": load_digits,
+    "diabetes": load_diabetes,
+    "synthetic_regression": load_synthetic_regression,
+    "npz": load_npz,
+    "csv": load_csv,
+    "mnist": load_mnist,
+    "fashion_mnist": load_fashion_mnist,
+}
+
+
+def dataset_options(name: str) -> set[str]:
+    """The keyword options the loader of dataset ``name`` accepts, without loading anything.
+
+    Raises:
+        DatasetError: If ``name`` is not a registered dataset.
+    """
+    return set(inspect.signature(_loader(name)).parameters)
+
+
+def load_dataset(name: str, **options: Any) -> DataSplits:
+    """Load dataset ``name`` with the loader's keyword ``options``.
+
+    Args:
+        name: A key of `DATASETS`: digits, diabetes, synthetic_regression, npz, csv, mnist or
+            fashion_mnist.
+        **options: The loader's options; see each ``load_<name>`` function.
+
+    Raises:
+        DatasetError: If the name or an option is unknown, a required option is missing, or the
+            data cannot be read.
+    """
+    parameters = inspect.signature(_loader(name)).parameters
+    problems = []
+    for option in sorted(set(options) - set(parameters)):
+        hint = difflib.get_close_matches(option, parameters, n=1)
+        suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
+        problems.append(f"unknown option {option!r}{suggestion}")
+    required = [key for key, p in parameters.items() if p.default is inspect.Parameter.empty]
+    problems += [f"missing required option {key!r}" for key in required if key not in options]
+    if problems:
+        accepted = ", ".join(sorted(parameters)) or "none"
+        raise DatasetError(
+            f"dataset {name!r}: {'; '.join(problems)}. Its options are: {accepted}."
+        )
+    return DATASETS[name](**options)
+
+
+def _loader(name: str) -> Callable[..., DataSplits]:
+    if name not in DATASETS:
+        hint = difflib.get_close_matches(name, DATASETS, n=1)
+        suggestion = f" Did you mean {hint[0]!r}?" if hint else ""
+        raise DatasetError(
+            f"Unknown dataset {name!r}.{suggestion} The datasets are: {', '.join(DATASETS)}."
+        )
+    return DATASETS[name]
+
+
+def _split(
+    name: str, X: np.ndarray, y: np.ndarray, *, test_size: float, seed: int
+) -> list[np.ndarray]:
+    try:
+        return train_test_split(X, y, test_size=test_size, random_state=seed)
+    except ValueError as error:
+        raise DatasetError(f"{name}: cannot hold out test_size={test_size}: {error}") from error
+
+
+def _infer_task(y: np.ndarray) -> str:
+    if y.dtype.kind not in "biuf":
+        return "classification"
+    integer_valued = y.dtype.kind in "biu" or bool(np.all(np.mod(y, 1) == 0))
+    if integer_valued and len(np.unique(y)) <= MAX_INFERRED_CLASSES:
+        return "classification"
+    return "regression"
+
+
+def _from_arrays(
+    name: str,
+    where: str,
+    X: np.ndarray,
+    y: np.ndarray,
+    X_test: np.ndarray | None,
+    y_test: np.ndarray | None,
+    *,
+    task: str | None,
+    test_size: float,
+    seed: int,
+) -> DataSplits:
+    """Check, split, encode and convert user-supplied arrays; ``where`` prefixes messages."""
+    if task is not None and task not in TASKS:
+        raise DatasetError(
+            f"{where}: `task` must be one of {', '.join(TASKS)} or null, but got {task!r}."
+        )
+    pairs = [("X", X, "y", y)]
+    if X_test is not None:
+        pairs.append(("X_test", X_test, "y_test", y_test))
+    for x_key, features, y_key, labels in pairs:
+        if features.ndim < 2:
+            raise DatasetError(
+                f"{where}: {x_key} must have shape (n_samples, *input_shape), but has shape "
+                f"{features.shape}."
+            )
+        if labels.ndim == 2 and labels.shape[1] == 1:
+            labels = labels.reshape(-1)
+        if labels.ndim != 1 or len(labels) != len(features):
+            raise DatasetError(
+                f"{where}: {y_key} must have shape ({len(features)},) to match {x_key}, but has "
+                f"shape {labels.shape}."
+            )
+        if features.dtype.kind not in "biuf":
+            raise DatasetError(
+                f"{where}: {x_key} must be numeric, but has dtype {features.dtype}."
+            )
+    if X_test is not None and X_test.shape[1:] != X.shape[1:]:
+        raise DatasetError(
+            f"{where}: X_test rows must have the shape of X rows, {X.shape[1:]}, but have "
+            f"{X_test.shape[1:]}."
+        )
+    y = y.reshape(len(y))
+    if X_test is None or y_test is None:
+        X, X_test, y, y_test = _split(where, X, y, test_size=test_size, seed=seed)
+    else:
+        y_test = y_test.reshape(len(y_test))
+
+    task = task or _infer_task(np.concatenate([y, y_test]))
+    n_classes = None
+    if task == "classification":
+        # Encode over both splits so a class seen only in the test split still gets a code.
+        classes, codes = np.unique(np.concatenate([y, y_test]), return_inverse=True)
+        y, y_test = codes[: len(y)].astype(np.int64), codes[len(y) :].astype(np.int64)
+        n_classes = len(classes)
+    else:
+        if y.dtype.kind not in "biuf":
+            raise DatasetError(f"{where}: a regression target must be numeric, got {y.dtype}.")
+        y = y.astype(np.float32).reshape(-1, 1)
+        y_test = y_test.astype(np.float32).reshape(-1, 1)
+    return DataSplits(
+        name=name,
+        task=task,
+        X_train=X.astype(np.float32),
+        y_train=y,
+        X_test=X_test.astype(np.float32),
+        y_test=y_test,
+        input_shape=tuple(int(size) for size in X.shape[1:]),
+        n_classes=n_classes,
+    )
+
+
+def _load_torchvision(
+    name: str,
+    folder: str,
+    root: str,
+    download: bool,
+    max_train: int | None,
+    max_test: int | None,
+) -> DataSplits:
+    for option, value in (("max_train", max_train), ("max_test", max_test)):
+        if value is not None and value < 1:
+            raise DatasetError(f"{name}: `{option}` must be a positive integer, got {value}.")
+    # torchvision is slow to import and only the image datasets need it.
+    from torchvision import datasets as tv_datasets
+
+    dataset_class = getattr(tv_datasets, folder)
+    raw = Path(root) / folder / "raw"
+    try:
+        train = dataset_class(root, train=True, download=download)
+        test = dataset_class(root, train=False, download=download)
+    except RuntimeError as error:
+        if download:
+            raise DatasetError(f"{name}: could not download into {raw}: {error}") from error
+        raise DatasetError(
+            f"{name}: files not found; expected {', '.join(MNIST_FILES)} in {raw}. Set "
+            "`download: true` in the dataset spec to fetch them (needs network access), or "
+            "change `root`."
+        ) from error
+    except AssertionError as error:
+        # torchvision's IDX reader checks the header with asserts.
+        raise DatasetError(f"{name}: the IDX files in {raw} are malformed.") from error
+
+    def images(data: Any, limit: int | None) -> np.ndarray:
+        array = data[:limit].numpy().astype(np.float32) / 255.0
+        return array.reshape(len(array), 1, *array.shape[1:])
+
+    def labels(targets: Any, limit: int | None) -> np.ndarray:
+        return targets[:limit].numpy().astype(np.int64)
+
+    X_train = images(train.data, max_train)
+    return DataSplits(
+        name=name,
+        task="classification",
+        X_train=X_train,
+        y_train=labels(train.targets, max_train),
+        X_test=images(test.data, max_test),
+        y_test=labels(test.targets, max_test),
+        input_shape=tuple(int(size) for size in X_train.shape[1:]),
+        n_classes=len(train.classes),
+    )

@@ -1,0 +1,513 @@
+"""Study specs: every shipped study loads, and a bad one is reported all at once, by key."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import REPO, run_hpo, tiny_spec
+
+from hpo.errors import SpecError
+from hpo.spec import StudySpec, load_spec, parse_spec
+
+STUDIES = sorted((REPO / "studies").glob("*.yaml"))
+
+
+def problems_of(raw: Any) -> list[str]:
+    with pytest.raises(SpecError) as info:
+        parse_spec(raw)
+    return info.value.problems
+
+
+def grid_spec(**overrides: Any) -> dict[str, Any]:
+    """``tiny_spec`` on a grid: 2 optimizers x 3 widths, no budget.trials."""
+    spec = tiny_spec(
+        sampler={"name": "grid"},
+        budget={},
+        space={
+            "optimizer": {"type": "categorical", "choices": ["adam", "sgd"]},
+            "module__hidden1": {"type": "int", "low": 8, "high": 24, "step": 8},
+        },
+    )
+    spec.update(overrides)
+    return spec
+
+
+# --- valid specs ---------------------------------------------------------------------------
+
+
+def test_studies_folder_is_not_empty() -> None:
+    assert len(STUDIES) >= 1
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=[p.stem for p in STUDIES])
+def test_every_shipped_study_loads_and_round_trips(path: Path) -> None:
+    spec = load_spec(path)
+    assert spec.name == path.stem
+    assert spec.n_trials >= 1
+    assert StudySpec.from_json(spec.to_json()) == spec
+
+
+def test_parse_tiny_spec() -> None:
+    spec = parse_spec(tiny_spec())
+    assert spec.name == "tiny-digits"
+    assert spec.model == "mlp"
+    assert spec.dataset.name == "digits" and spec.dataset.options == {}
+    assert spec.sampler.name == "random"
+    assert spec.cv.folds == 2
+    assert spec.direction == "maximize"
+    assert spec.fixed == {"max_epochs": 3, "batch_size": 128}
+    assert list(spec.space) == ["module__hidden1", "lr"]
+
+
+def test_load_spec_reads_what_write_spec_wrote(write_spec: Callable[..., Path]) -> None:
+    assert load_spec(write_spec()) == parse_spec(tiny_spec())
+
+
+def test_json_round_trip_keeps_every_section() -> None:
+    spec = parse_spec(
+        tiny_spec(
+            dataset={"name": "csv", "path": "data/table.csv", "target": "y", "test_size": 0.25},
+            pruner={"name": "median", "options": {"n_startup_trials": 2}},
+            space={
+                "module__hidden1": {"type": "int", "low": 8, "high": 32, "step": 8},
+                "module__hidden2": {"type": "int", "low": 4, "high": "module__hidden1"},
+                "lr": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True},
+                "module__batch_norm": {"type": "categorical", "choices": [True, False]},
+                "optimizer__momentum": {"type": "categorical", "choices": [0, 0.9, None]},
+            },
+            enqueue=[
+                {
+                    "module__hidden1": 16,
+                    "module__hidden2": 8,
+                    "lr": 0.01,
+                    "module__batch_norm": False,
+                    "optimizer__momentum": None,
+                }
+            ],
+        )
+    )
+    again = StudySpec.from_json(spec.to_json())
+    assert again == spec
+    assert again.dataset.options == {"path": "data/table.csv", "target": "y", "test_size": 0.25}
+    # A JSON round trip must not turn True into 1 or 0 into 0.0.
+    assert again.space["module__batch_norm"].choices == [True, False]  # type: ignore[union-attr]
+    assert [type(c) for c in again.space["optimizer__momentum"].choices] == [  # type: ignore
+        int,
+        float,
+        type(None),
+    ]
+
+
+@pytest.mark.parametrize("trials", [1, 4, 40])
+def test_n_trials_of_random_is_the_budget(trials: int) -> None:
+    assert parse_spec(tiny_spec(budget={"trials": trials})).n_trials == trials
+
+
+@pytest.mark.parametrize(
+    ("enqueue", "n_trials"),
+    [
+        ([], 6),
+        ([{"optimizer": "adam", "module__hidden1": 16}], 7),
+        (
+            [
+                {"optimizer": "adam", "module__hidden1": 16},
+                {"optimizer": "sgd", "module__hidden1": 24},
+            ],
+            8,
+        ),
+    ],
+)
+def test_n_trials_of_grid_is_grid_size_plus_enqueued(
+    enqueue: list[dict[str, Any]], n_trials: int
+) -> None:
+    assert parse_spec(grid_spec(enqueue=enqueue)).n_trials == n_trials
+    # A budget that agrees with the grid is accepted too.
+    assert parse_spec(grid_spec(enqueue=enqueue, budget={"trials": n_trials})).n_trials == n_trials
+
+
+def test_n_trials_of_shipped_grid_study() -> None:
+    # 2 widths x 2 depths x 3 activations x 2 optimizers, plus the enqueued warm start.
+    assert load_spec(REPO / "studies" / "regression-grid.yaml").n_trials == 24 + 1
+
+
+# --- one SpecError with every problem ------------------------------------------------------
+
+
+def test_every_problem_is_reported_at_once_with_its_key() -> None:
+    raw = tiny_spec(
+        samplr={"name": "tpe"},
+        colour="red",
+        dataset={"name": "digitz"},
+        scoring="acuracy",
+        fixed={"max_epochs": 3, "optimizer": "adamm"},
+        space={
+            "module__hidden1": {"type": "int", "low": 8, "high": 32},
+            "module__hiden1": {"type": "int", "low": 8, "high": 16},
+            "module__dropout": {"type": "float", "low": 0.9, "high": 0.1},
+            "module__hidden2": {"type": "int", "low": 4, "high": "module__hiddn1"},
+        },
+    )
+    problems = problems_of(raw)
+
+    def problem(key: str) -> str:
+        found = [p for p in problems if p.startswith(f"{key}:")]
+        assert len(found) == 1, (key, problems)
+        return found[0]
+
+    assert "did you mean 'sampler'?" in problem("samplr")
+    assert problem("colour") == "colour: unknown key"  # nothing close: no guess
+    assert "did you mean 'digits'?" in problem("dataset.name")
+    assert "'digitz'" in problem("dataset.name")
+    assert "did you mean 'accuracy'?" in problem("scoring")
+    assert "'acuracy'" in problem("scoring")
+    assert "did you mean 'adam'?" in problem("fixed.optimizer")
+    assert "'adamm'" in problem("fixed.optimizer")
+    assert "did you mean 'module__hidden1'?" in problem("space.module__hiden1")
+    assert "(low=0.9, high=0.1)" in problem("space.module__dropout")
+    assert "'module__hiddn1'" in problem("space.module__hidden2")
+    assert "did you mean 'module__hidden1'?" in problem("space.module__hidden2")
+    assert len(problems) == 8, problems
+
+
+def test_spec_error_message_lists_every_problem_and_the_source(
+    write_spec: Callable[..., Path],
+) -> None:
+    path = write_spec(scoring="acuracy", dataset={"name": "digitz"})
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    error = info.value
+    assert error.source == str(path)
+    assert len(error.problems) == 2
+    message = str(error)
+    assert message.startswith(f"{path}: 2 problems")
+    for problem in error.problems:
+        assert f"  - {problem}" in message
+
+
+@pytest.mark.parametrize(
+    ("raw", "key", "fragments"),
+    [
+        (
+            {k: v for k, v in tiny_spec().items() if k != "name"},
+            "name",
+            ["required key is missing"],
+        ),
+        (
+            {k: v for k, v in tiny_spec().items() if k != "model"},
+            "model",
+            ["required key is missing"],
+        ),
+        (
+            {k: v for k, v in tiny_spec().items() if k != "scoring"},
+            "scoring",
+            ["required key is missing"],
+        ),
+        (tiny_spec(model="mlpp"), "model", ["'mlp', 'cnn' or 'regressor'", "'mlpp'"]),
+        (tiny_spec(sampler={"name": "tpee"}), "sampler.name", ["'tpe'", "'tpee'"]),
+        (
+            grid_spec(space={"lr": {"type": "float", "low": 1e-3, "high": 1e-1}}),
+            "space.lr",
+            ["grid", "step"],
+        ),
+        (
+            grid_spec(
+                space={"module__hidden1": {"type": "int", "low": 8, "high": 64, "log": True}}
+            ),
+            "space.module__hidden1",
+            ["grid", "log"],
+        ),
+        (grid_spec(budget={"trials": 5}), "budget.trials", ["6 points", "trials=5"]),
+        (tiny_spec(sampler={"name": "random"}, budget={}), "budget.trials", ["required"]),
+        (tiny_spec(sampler={"name": "tpe"}, budget={}), "budget.trials", ["required"]),
+        (
+            tiny_spec(sampler={"name": "tpe"}, budget={"timeout": 60}),
+            "budget.trials",
+            ["required"],
+        ),
+        (tiny_spec(budget={"trials": 0}), "budget.trials", ["greater than or equal to 1"]),
+        (
+            tiny_spec(budget={"trials": 4, "timout": 60}),
+            "budget.timout",
+            ["unknown key", "did you mean 'timeout'?"],
+        ),
+        (
+            tiny_spec(dataset={"name": "digits", "path": "x.npz"}),
+            "dataset.path",
+            ["not an option of the digits dataset"],
+        ),
+        (
+            tiny_spec(dataset={"name": "csv", "path": "t.csv", "target": "y", "task_": "x"}),
+            "dataset.task_",
+            ["not an option of the csv dataset", "did you mean 'task'?"],
+        ),
+        (tiny_spec(direction="minimize"), "direction", ["maximize"]),
+        (tiny_spec(fixed={"lr": 0.01}), "fixed.lr", ["also in space"]),
+        (
+            tiny_spec(fixed={"module__hiden2": 8}),
+            "fixed.module__hiden2",
+            ["not a parameter of the mlp net", "did you mean 'module__hidden2'?"],
+        ),
+        (
+            tiny_spec(fixed={"module__activation": "relu6"}),
+            "fixed.module__activation",
+            ["unknown name 'relu6'", "did you mean 'relu'?"],
+        ),
+        (
+            tiny_spec(space={"optimizer": {"type": "categorical", "choices": ["adam", "sdg"]}}),
+            "space.optimizer",
+            ["unknown name 'sdg'", "did you mean 'sgd'?"],
+        ),
+        (
+            tiny_spec(space={"lr": {"type": "flaot", "low": 0.1, "high": 1.0}}),
+            "space.lr.type",
+            ["int, float, categorical"],
+        ),
+        (
+            tiny_spec(
+                space={
+                    "module__hidden2": {"type": "int", "low": 4, "high": "module__hidden1"},
+                    "module__hidden1": {"type": "int", "low": 8, "high": 32},
+                }
+            ),
+            "space.module__hidden2",
+            ["'module__hidden1'", "earlier"],
+        ),
+        (
+            tiny_spec(
+                space={
+                    "optimizer": {"type": "categorical", "choices": ["adam"]},
+                    "lr": {"type": "float", "low": 0.001, "high": "optimizer"},
+                }
+            ),
+            "space.lr",
+            ["'optimizer'", "int or float"],
+        ),
+        (
+            tiny_spec(enqueue=[{"module__hidden1": 16, "lr": 0.01, "module__hiden1": 8}]),
+            "enqueue[0].module__hiden1",
+            ["not a parameter in space", "did you mean 'module__hidden1'?"],
+        ),
+        (tiny_spec(enqueue=[{"module__hidden1": 16}]), "enqueue[0]", ["missing lr"]),
+        (
+            grid_spec(
+                enqueue=[
+                    {"optimizer": "adam", "module__hidden1": 8},
+                    {"optimizer": "nadam", "module__hidden1": 8},
+                ]
+            ),
+            "enqueue[1].optimizer",
+            ["'nadam' is not one of ['adam', 'sgd']"],
+        ),
+        (
+            tiny_spec(sampler={"name": "tpe", "options": {"n_startup": 3}}),
+            "sampler.options.n_startup",
+            ["not an option of the tpe sampler", "did you mean 'n_startup_trials'?"],
+        ),
+        (
+            grid_spec(sampler={"name": "grid", "options": {"n_startup_trials": 3}}),
+            "sampler.options.n_startup_trials",
+            ["not an option of the grid sampler"],
+        ),
+        (
+            tiny_spec(pruner={"name": "median", "options": {"n_warmup": 3}}),
+            "pruner.options.n_warmup",
+            ["not an option of the median pruner", "did you mean 'n_warmup_steps'?"],
+        ),
+        (tiny_spec(cv={"folds": 1}), "cv.folds", ["greater than or equal to 2"]),
+        (
+            tiny_spec(cv={"folds": 3, "stratifed": True}),
+            "cv.stratifed",
+            ["did you mean 'stratified'?"],
+        ),
+        (tiny_spec(name="my study"), "name", ["pattern"]),
+    ],
+    ids=[
+        "missing-name",
+        "missing-model",
+        "missing-scoring",
+        "unknown-model",
+        "unknown-sampler",
+        "grid-continuous-float",
+        "grid-int-log",
+        "grid-budget-disagrees",
+        "random-no-budget",
+        "tpe-no-budget",
+        "tpe-timeout-only",
+        "zero-trials",
+        "budget-typo",
+        "dataset-option-digits",
+        "dataset-option-csv",
+        "direction-minimize",
+        "fixed-and-space",
+        "fixed-unknown-param",
+        "fixed-unknown-activation",
+        "choice-unknown-optimizer",
+        "param-type-typo",
+        "bound-names-later-param",
+        "bound-names-categorical",
+        "enqueue-unknown-key",
+        "enqueue-missing-key",
+        "enqueue-bad-choice",
+        "sampler-option",
+        "grid-sampler-option",
+        "pruner-option",
+        "cv-folds-1",
+        "cv-typo",
+        "name-with-space",
+    ],
+)
+def test_single_problem_names_its_key(raw: Any, key: str, fragments: list[str]) -> None:
+    problems = problems_of(raw)
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(f"{key}: ") or problems[0].startswith(f"{key}."), problems
+    for fragment in fragments:
+        assert fragment in problems[0]
+
+
+def test_yaml_syntax_error_gives_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: x\nmodel: mlp\nspace:\n  lr: {type: float, low: 0.1\n  x: 1\n")
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    assert info.value.source == str(path)
+    [problem] = info.value.problems
+    assert re.match(r"line 5, column \d+: YAML syntax error", problem), problem
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("- name: x\n- model: mlp\n", "must hold a mapping"),
+        ("just a sentence\n", "must hold a mapping"),
+        ("", "must hold a mapping"),
+    ],
+    ids=["list", "scalar", "empty"],
+)
+def test_file_that_is_not_a_mapping(tmp_path: Path, text: str, fragment: str) -> None:
+    path = tmp_path / "study.yaml"
+    path.write_text(text)
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    [problem] = info.value.problems
+    assert fragment in problem
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(SpecError) as info:
+        load_spec(tmp_path / "nope.yaml")
+    assert info.value.source == str(tmp_path / "nope.yaml")
+    [problem] = info.value.problems
+    assert "does not exist" in problem
+
+
+# --- edge cases found in review ---------------------------------------------------------
+
+
+def test_fixed_named_value_given_as_list_is_a_spec_error() -> None:
+    problems = problems_of(tiny_spec(fixed={"optimizer": ["adam"]}))
+    assert any(p.startswith("fixed.optimizer:") for p in problems)
+
+
+@pytest.mark.parametrize("section", ["fixed", "dataset"])
+def test_non_string_key_is_a_spec_error(section: str) -> None:
+    raw = tiny_spec()
+    raw[section] = {**raw[section], 1: 2}
+    problems = problems_of(raw)
+    assert any(p.startswith(f"{section}.1:") for p in problems)
+
+
+def test_directory_instead_of_file_is_a_spec_error(tmp_path: Path) -> None:
+    with pytest.raises(SpecError):
+        load_spec(tmp_path)
+
+
+def test_fractional_int_bound_is_one_problem() -> None:
+    problems = problems_of(
+        tiny_spec(space={"module__hidden1": {"type": "int", "low": 1.5, "high": 8}})
+    )
+    assert len(problems) == 1, problems
+    assert problems[0].startswith("space.module__hidden1.low: ")
+
+
+def test_seed_in_sampler_options_points_to_sampler_seed() -> None:
+    [problem] = problems_of(tiny_spec(sampler={"name": "tpe", "options": {"seed": 3}}))
+    assert problem.startswith("sampler.options.seed: ")
+    assert "did you mean 'seed'" not in problem
+    assert "sampler.seed" in problem.removeprefix("sampler.options.seed: ")
+
+
+def test_typo_inside_space_parameter_gets_a_suggestion() -> None:
+    [problem] = problems_of(
+        tiny_spec(space={"lr": {"type": "float", "low": 1e-3, "high": 1e-1, "logg": True}})
+    )
+    assert problem.startswith("space.lr.logg: unknown key")
+    assert "did you mean 'log'?" in problem
+
+
+def test_exponent_without_dot_is_read_as_a_number(write_spec: Callable[..., Path]) -> None:
+    path = write_spec()
+    path.write_text(path.read_text().replace("low: 0.001", "low: 1e-3"))
+    assert "low: 1e-3" in path.read_text()
+    try:
+        spec = load_spec(path)
+    except SpecError as error:
+        # Rejecting it is fine too, if the message says how to write the number.
+        assert "1.0e-3" in " ".join(error.problems), error.problems
+    else:
+        assert spec.space["lr"].low == 1e-3  # type: ignore[union-attr]
+
+
+def test_bound_that_cannot_hold_is_a_spec_error() -> None:
+    problems = problems_of(
+        tiny_spec(
+            space={
+                "module__hidden1": {"type": "int", "low": 8, "high": 32},
+                "module__hidden2": {"type": "int", "low": 16, "high": "module__hidden1"},
+            }
+        )
+    )
+    assert any(p.startswith("space.module__hidden2:") for p in problems), problems
+
+
+def test_missing_required_dataset_option_is_a_spec_error() -> None:
+    problems = problems_of(tiny_spec(dataset={"name": "csv", "path": "t.csv"}))
+    assert any(p.startswith("dataset") and "target" in p for p in problems), problems
+
+
+def test_enqueue_value_out_of_range_is_a_spec_error() -> None:
+    problems = problems_of(tiny_spec(enqueue=[{"module__hidden1": 1000, "lr": 0.01}]))
+    assert any(p.startswith("enqueue[0].module__hidden1:") for p in problems), problems
+
+
+# --- the CLI -------------------------------------------------------------------------------
+
+
+def test_cli_register_bad_spec_exits_2_listing_every_problem_and_writes_nothing(
+    write_spec: Callable[..., Path], tmp_path: Path, sqlite_url: str
+) -> None:
+    path = write_spec(
+        samplr={"name": "tpe"},
+        scoring="acuracy",
+        dataset={"name": "digitz"},
+        fixed={"optimizer": "adamm"},
+    )
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    assert len(info.value.problems) == 4
+
+    result = run_hpo("register", str(path), "--storage", sqlite_url, timeout=120)
+
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    # Rich wraps long lines at the console width, so compare without whitespace.
+    stderr = "".join(result.stderr.split())
+    assert "".join(str(path).split()) in stderr
+    for problem in info.value.problems:
+        assert "".join(problem.split()) in stderr
+    # The spec is checked before the storage is opened: not even an empty database is left.
+    assert not (tmp_path / "hpo.db").exists()
+    assert sqlite_url.endswith(str(tmp_path / "hpo.db"))

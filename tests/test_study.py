@@ -1,0 +1,108 @@
+"""Registration: idempotent, refuses a changed spec, enqueues a grid, carries the spec."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from conftest import tiny_spec
+from optuna.trial import TrialState
+
+from hpo.errors import StudyError
+from hpo.spec import parse_spec
+from hpo.storage import open_storage
+from hpo.study import (
+    delete_study,
+    list_study_names,
+    load_spec_from_storage,
+    load_study,
+    make_sampler,
+    register_study,
+)
+
+GRID = {
+    "name": "tiny-grid",
+    "sampler": {"name": "grid"},
+    "budget": {},
+    "space": {
+        "module__hidden1": {"type": "int", "low": 8, "high": 16, "step": 8},
+        "lr": {"type": "categorical", "choices": [0.01, 0.1]},
+        "module__activation": {"type": "categorical", "choices": ["relu", "tanh"]},
+    },
+}
+
+
+def test_register_stores_the_spec_and_a_worker_can_load_it(sqlite_url: str) -> None:
+    spec = parse_spec(tiny_spec())
+    storage = open_storage(sqlite_url)
+    registration = register_study(spec, storage)
+    assert registration.created
+    assert load_spec_from_storage(open_storage(sqlite_url), spec.name) == spec
+    study, loaded = load_study(storage, spec.name)
+    assert loaded == spec
+    assert study.direction == optuna.study.StudyDirection.MAXIMIZE
+    assert list_study_names(storage) == [spec.name]
+
+
+def test_registering_the_same_spec_again_is_a_no_op(sqlite_url: str) -> None:
+    spec = parse_spec(tiny_spec(**GRID))
+    storage = open_storage(sqlite_url)
+    register_study(spec, storage)
+    again = register_study(parse_spec(tiny_spec(**GRID)), storage)
+    assert not again.created
+    assert len(optuna.load_study(study_name=spec.name, storage=storage).trials) == 8
+
+
+def test_a_changed_spec_under_the_same_name_is_refused(sqlite_url: str) -> None:
+    storage = open_storage(sqlite_url)
+    register_study(parse_spec(tiny_spec()), storage)
+    changed = parse_spec(tiny_spec(budget={"trials": 9}))
+    with pytest.raises(StudyError, match=r"different spec \(changed: budget\).*new `name`"):
+        register_study(changed, storage)
+    assert load_spec_from_storage(storage, "tiny-digits").budget.trials == 4
+
+
+def test_a_grid_is_enqueued_point_by_point_with_warm_starts_first(sqlite_url: str) -> None:
+    warm = {"module__hidden1": 12, "lr": 0.1, "module__activation": "relu"}
+    spec = parse_spec(tiny_spec(**GRID, enqueue=[warm]))
+    storage = open_storage(sqlite_url)
+    assert register_study(spec, storage).enqueued == 9
+    trials = optuna.load_study(study_name=spec.name, storage=storage).trials
+    assert all(t.state == TrialState.WAITING for t in trials)
+    points = [t.system_attrs["fixed_params"] for t in trials]
+    assert points[0] == warm
+    assert len({tuple(sorted(p.items())) for p in points[1:]}) == 8
+    assert spec.n_trials == 9
+
+
+def test_a_half_written_registration_is_redone(sqlite_url: str) -> None:
+    storage = open_storage(sqlite_url)
+    optuna.create_study(study_name="tiny-digits", storage=storage)  # no spec attribute
+    with pytest.raises(StudyError, match="registration did not finish"):
+        load_spec_from_storage(storage, "tiny-digits")
+    assert register_study(parse_spec(tiny_spec()), storage).created
+
+
+def test_unknown_studies_are_named_with_the_known_ones(sqlite_url: str) -> None:
+    storage = open_storage(sqlite_url)
+    register_study(parse_spec(tiny_spec()), storage)
+    with pytest.raises(StudyError, match="no study named 'nope'.*tiny-digits"):
+        load_spec_from_storage(storage, "nope")
+    delete_study(storage, "tiny-digits")
+    assert list_study_names(storage) == []
+
+
+def test_worker_zero_replays_the_seed_and_others_draw_different_points() -> None:
+    spec = parse_spec(tiny_spec(sampler={"name": "random", "seed": 3}))
+
+    def first_points(worker_index: int | None) -> list[dict]:
+        study = optuna.create_study(sampler=make_sampler(spec, worker_index))
+        for _ in range(3):
+            trial = study.ask()
+            trial.suggest_float("lr", 1e-3, 1e-1, log=True)
+            study.tell(trial, 0.0)
+        return [t.params for t in study.trials]
+
+    assert first_points(0) == first_points(0)
+    assert first_points(1) == first_points(1)
+    assert first_points(0) != first_points(1)
+    assert first_points(None) != first_points(None)

@@ -1,0 +1,165 @@
+"""Real worker processes on a real SQLite file: a shared budget, a grid run once, failures,
+SIGTERM and SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+from conftest import run_hpo, tiny_spec
+from optuna.trial import TrialState
+
+from hpo.spec import load_spec
+from hpo.storage import open_storage
+from hpo.study import register_study
+
+
+def register(path: Path, url: str) -> str:
+    spec = load_spec(path)
+    register_study(spec, open_storage(url))
+    return spec.name
+
+
+def start_worker(name: str, url: str, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "hpo",
+            "worker",
+            "--study",
+            name,
+            "--storage",
+            url,
+            "--threads",
+            "1",
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+
+
+def states(name: str, url: str) -> Counter[TrialState]:
+    study = optuna.load_study(study_name=name, storage=url)
+    return Counter(t.state for t in study.get_trials(deepcopy=False))
+
+
+def wait_for_running_trial(name: str, url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if states(name, url)[TrialState.RUNNING]:
+            return
+        time.sleep(0.2)
+    raise AssertionError("no trial started running")
+
+
+def test_two_workers_share_one_budget(write_spec: Callable[..., Path], sqlite_url: str) -> None:
+    name = register(write_spec(budget={"trials": 7}), sqlite_url)
+    workers = [start_worker(name, sqlite_url, "--index", str(i)) for i in range(2)]
+    logs = [w.communicate(timeout=240)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], logs
+    assert states(name, sqlite_url) == {TrialState.COMPLETE: 7}
+    # both workers took part, so the budget really was shared
+    assert all("COMPLETE" in log for log in logs), logs
+
+
+def test_a_grid_runs_every_point_exactly_once_with_two_workers(
+    write_spec: Callable[..., Path], sqlite_url: str
+) -> None:
+    space = {
+        "module__hidden1": {"type": "int", "low": 8, "high": 24, "step": 8},
+        "lr": {"type": "categorical", "choices": [0.01, 0.03, 0.1]},
+    }
+    name = register(write_spec(sampler={"name": "grid"}, budget={}, space=space), sqlite_url)
+    workers = [start_worker(name, sqlite_url, "--index", str(i)) for i in range(2)]
+    for w in workers:
+        w.communicate(timeout=240)
+    trials = optuna.load_study(study_name=name, storage=sqlite_url).trials
+    points = Counter(
+        (t.params["module__hidden1"], t.params["lr"])
+        for t in trials
+        if t.state == TrialState.COMPLETE
+    )
+    assert points == Counter({(h, lr): 1 for h in (8, 16, 24) for lr in (0.01, 0.03, 0.1)})
+    assert len(trials) == 9
+
+
+def test_a_failing_trial_is_marked_fail_with_its_reason_and_the_worker_goes_on(
+    write_spec: Callable[..., Path], sqlite_url: str
+) -> None:
+    spec = tiny_spec(
+        model="regressor",
+        dataset={"name": "synthetic_regression"},
+        scoring="neg_mean_squared_error",
+        sampler={"name": "grid"},
+        budget={},
+        fixed={"max_epochs": 3, "batch_size": 16, "optimizer": "sgd"},
+        space={"lr": {"type": "categorical", "choices": [1.0e7, 0.01, 1.0e8]}},
+    )
+    name = register(write_spec(spec), sqlite_url)
+    result = run_hpo("worker", "--study", name, "--storage", sqlite_url, "--index", "0")
+    assert result.returncode == 0, result.stderr
+    trials = optuna.load_study(study_name=name, storage=sqlite_url).trials
+    by_lr = {t.params["lr"]: t for t in trials}
+    assert by_lr[0.01].state == TrialState.COMPLETE
+    for lr in (1.0e7, 1.0e8):
+        assert by_lr[lr].state == TrialState.FAIL
+        assert "diverged" in by_lr[lr].user_attrs["fail_reason"]
+    assert "Traceback" not in result.stderr
+
+
+def test_sigterm_stops_the_worker_and_requeues_its_trial(
+    write_spec: Callable[..., Path], sqlite_url: str
+) -> None:
+    name = register(
+        write_spec(budget={"trials": 2}, fixed={"max_epochs": 2000, "batch_size": 16}), sqlite_url
+    )
+    worker = start_worker(name, sqlite_url, "--index", "0")
+    wait_for_running_trial(name, sqlite_url)
+    time.sleep(1.0)
+    sent = time.monotonic()
+    worker.send_signal(signal.SIGTERM)
+    log = worker.communicate(timeout=30)[0]
+    assert time.monotonic() - sent < 10, log
+    assert worker.returncode == 0, log
+    trials = optuna.load_study(study_name=name, storage=sqlite_url).trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
+    assert "SIGTERM" in trials[0].user_attrs["fail_reason"]
+    assert trials[1].params == trials[0].params
+
+
+def test_a_killed_workers_trial_is_detected_by_heartbeat_and_rerun(
+    write_spec: Callable[..., Path], sqlite_url: str
+) -> None:
+    name = register(
+        write_spec(budget={"trials": 3}, fixed={"max_epochs": 40, "batch_size": 32}), sqlite_url
+    )
+    victim = start_worker(name, sqlite_url, "--index", "0", "--heartbeat", "1")
+    wait_for_running_trial(name, sqlite_url)
+    time.sleep(1.0)  # let it draw its parameters, so the re-run can be checked against them
+    victim.kill()
+    victim.communicate()
+    assert states(name, sqlite_url)[TrialState.RUNNING] == 1
+
+    rescuer = start_worker(name, sqlite_url, "--index", "1", "--heartbeat", "1")
+    log = rescuer.communicate(timeout=240)[0]
+    assert rescuer.returncode == 0, log
+    trials = optuna.load_study(study_name=name, storage=sqlite_url).trials
+    final = Counter(t.state for t in trials)
+    assert final[TrialState.COMPLETE] == 3
+    assert final[TrialState.RUNNING] == 0
+    killed = trials[0]
+    assert killed.state == TrialState.FAIL
+    retried = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number]
+    assert killed.params
+    assert len(retried) == 1 and retried[0].params == killed.params
