@@ -1,0 +1,159 @@
+"""The hpo command as a user runs it: run, register, worker, studies, export, delete, dashboard;
+and Optuna's own CLI reading what hpo wrote."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import run_hpo
+
+from hpo.data import load_dataset
+from hpo.export import read_best_params
+from hpo.models import MLP
+from hpo.nets import TunedClassifier
+
+
+def test_run_registers_runs_two_workers_and_writes_the_best_params(
+    write_spec: Callable[..., Path], tmp_path: Path, sqlite_url: str
+) -> None:
+    path = write_spec(budget={"trials": 5})
+    result = run_hpo("run", str(path), "--workers", "2", "--storage", sqlite_url, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "5 COMPLETE" in result.stderr
+    assert "best trial of tiny-digits" in result.stdout
+    best = pd.read_csv(tmp_path / "results" / "tiny-digits" / "best_params.csv")
+    assert list(best.columns[:3]) == ["study", "trial", "value"]
+    assert {"module__hidden1", "lr", "max_epochs", "batch_size"} <= set(best.columns)
+    assert 0.5 < best["value"][0] <= 1.0
+
+    # Optuna's own CLI lists the trials, with the spec's parameter names
+    optuna_cli = Path(sys.executable).with_name("optuna")
+    listed = subprocess.run(
+        [str(optuna_cli), "trials", "--study-name", "tiny-digits", "--storage", sqlite_url,
+         "-f", "json"], capture_output=True, text=True, timeout=120,
+    )
+    assert listed.returncode == 0, listed.stderr
+    trials = json.loads(listed.stdout)
+    assert len(trials) == 5
+    assert {"module__hidden1", "lr"} <= set(trials[0]["params"])
+
+    # the same file again resumes: nothing new to run, the same answer
+    again = run_hpo("run", str(path), "--storage", sqlite_url, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "already registered" in again.stderr
+
+
+def test_a_best_row_configures_a_fresh_skorch_net(
+    write_spec: Callable[..., Path], tmp_path: Path, sqlite_url: str
+) -> None:
+    path = write_spec(budget={"trials": 2}, fixed={"max_epochs": 3, "batch_size": 128,
+                                                  "optimizer": "adamax"})
+    assert run_hpo("register", str(path), "--storage", sqlite_url).returncode == 0
+    assert run_hpo("worker", "--study", "tiny-digits", "--storage", sqlite_url,
+                   "--index", "0").returncode == 0
+    out = tmp_path / "best.csv"
+    exported = run_hpo("export", "tiny-digits", "--out", str(out), "--storage", sqlite_url)
+    assert exported.returncode == 0, exported.stderr
+
+    params = read_best_params(out)
+    data = load_dataset("digits")
+    net = TunedClassifier(MLP, module__input_shape=data.input_shape, module__n_outputs=10)
+    net.set_params(**params)
+    net.fit(data.X_train, data.y_train)
+    assert net.module_.layers[1].out_features == params["module__hidden1"]
+    assert type(net.optimizer_).__name__ == "Adamax"
+    assert net.optimizer_.param_groups[0]["lr"] == pytest.approx(params["lr"])
+
+    all_out = tmp_path / "trials.csv"
+    assert run_hpo("export", "tiny-digits", "--all", "--out", str(all_out),
+                   "--storage", sqlite_url).returncode == 0
+    trials = pd.read_csv(all_out)
+    assert list(trials["state"]) == ["COMPLETE", "COMPLETE"]
+    assert len(json.loads(trials["fold_scores"][0])) == 2
+
+
+def test_studies_lists_and_delete_removes(write_spec: Callable[..., Path],
+                                          sqlite_url: str) -> None:
+    run_hpo("register", str(write_spec()), "--storage", sqlite_url)
+    listed = run_hpo("studies", "--storage", sqlite_url, env={"COLUMNS": "200"})
+    assert listed.returncode == 0 and "tiny-digits" in listed.stdout
+    assert run_hpo("delete", "tiny-digits", "--storage", sqlite_url).returncode == 0
+    missing = run_hpo("worker", "--study", "tiny-digits", "--storage", sqlite_url)
+    assert missing.returncode == 1
+    assert "no study named 'tiny-digits'" in " ".join(missing.stderr.split())
+    assert "Traceback" not in missing.stderr
+
+
+def test_storage_is_the_flag_else_hpo_storage_else_hpo_db_here(
+    write_spec: Callable[..., Path], tmp_path: Path
+) -> None:
+    spec_file = str(write_spec())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    from_env = f"sqlite:///{tmp_path / 'from-env.db'}"
+    from_flag = f"sqlite:///{tmp_path / 'from-flag.db'}"
+
+    assert run_hpo("register", spec_file, cwd=elsewhere, env={"HPO_STORAGE": ""}).returncode == 0
+    assert (elsewhere / "hpo.db").exists()
+    assert run_hpo("register", spec_file, env={"HPO_STORAGE": from_env}).returncode == 0
+    assert (tmp_path / "from-env.db").exists()
+    assert run_hpo("register", spec_file, "--storage", from_flag,
+                   env={"HPO_STORAGE": from_env}).returncode == 0
+    assert (tmp_path / "from-flag.db").exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_dashboard_serves_the_study_on_localhost(write_spec: Callable[..., Path],
+                                                 sqlite_url: str) -> None:
+    run_hpo("register", str(write_spec()), "--storage", sqlite_url)
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "hpo", "dashboard", "--storage", sqlite_url, "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        body = None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and body is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies",
+                                            timeout=2) as response:
+                    body = json.load(response)
+            except OSError:
+                time.sleep(0.5)
+        assert body is not None, "dashboard did not answer"
+        assert [s["study_name"] for s in body["study_summaries"]] == ["tiny-digits"]
+        # bound to loopback only
+        listening = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True,
+                                   text=True)
+        if listening.returncode == 0 and listening.stdout.strip():
+            assert "127.0.0.1" in listening.stdout
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def test_unknown_option_prints_usage_not_a_traceback() -> None:
+    result = run_hpo("run", "--nope")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "No such option" in result.stderr
+
