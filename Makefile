@@ -21,8 +21,10 @@ run: setup
 lint: setup
 	$(BIN)/ruff check hpo tests benchmarks
 
+# The tests need a real PostgreSQL (installed from Debian's packages when missing) and
+# Chromium for the HTML report; both are set up here so CI and a fresh clone run everything.
 test: setup
-	$(BIN)/python -m pytest -q
+	HPO_TEST_POSTGRES_URL="$$(bash scripts/postgres.sh start)" $(BIN)/python -m pytest -q
 
 clean:
 	rm -rf $(VENV) hpo.db hpo.db-* results

@@ -20,11 +20,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
+import sqlalchemy.exc
 import torch
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from hpo.data import load_dataset
+from hpo.errors import HpoError
 from hpo.nets import default_device
 from hpo.objective import WorkerStopped, check_compatible, evaluate
 from hpo.spec import StudySpec
@@ -47,6 +49,14 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 FAIL_REASON_ATTR = "fail_reason"
 #: Seconds between looks at the study while other workers finish the last trials.
 POLL_SECONDS = 1.0
+#: How long a worker keeps retrying an unreachable storage before it gives up.
+MAX_OUTAGE_SECONDS = 600.0
+#: Errors of a storage that is down or restarting, as opposed to errors of a trial.
+STORAGE_ERRORS = (
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    optuna.exceptions.StorageInternalError,
+)
 
 
 @dataclass
@@ -114,19 +124,25 @@ def run_worker(
     summary = WorkerSummary(study_name, worker_index)
     deadline = time.monotonic() + spec.budget.timeout if spec.budget.timeout else None
 
+    outage = _Outage()
     with _StopFlag() as stop:
         while not stop.requested:
             if deadline is not None and time.monotonic() > deadline:
                 logger.info("budget.timeout reached; stopping")
                 break
-            claim = _claim_trial(study, spec, budget, storage)
-            if claim.wait:
-                time.sleep(POLL_SECONDS)
+            try:
+                claim = _claim_trial(study, spec, budget, storage)
+                if claim.wait:
+                    time.sleep(POLL_SECONDS)
+                    continue
+                if claim.trial is None:
+                    logger.info("%s: %s", study_name, claim.reason)
+                    break
+                state = _run_trial(study, claim.trial, spec, data, device, stop)
+            except STORAGE_ERRORS as error:
+                outage.wait(error)
                 continue
-            if claim.trial is None:
-                logger.info("%s: %s", study_name, claim.reason)
-                break
-            state = _run_trial(study, claim.trial, spec, data, device, stop)
+            outage.reset()
             summary.states[state.name] += 1
     summary.stopped_by_signal = stop.requested
     return summary
@@ -181,6 +197,10 @@ def _run_trial(
     with heartbeat(storage, trial._trial_id):
         try:
             value = evaluate(trial, spec, data, device, should_stop=lambda: stop.requested)
+        except STORAGE_ERRORS:
+            # Not the configuration's fault: the trial stays RUNNING, its heartbeat stops, and
+            # once stale it is re-queued with the same parameters.
+            raise
         except optuna.TrialPruned:
             state = TrialState.PRUNED
             study.tell(trial, state=state)
@@ -205,6 +225,28 @@ def _run_trial(
             study.tell(trial, value)
     logger.info("trial %d %s in %.1f s", trial.number, state.name, time.perf_counter() - started)
     return state
+
+
+class _Outage:
+    """Backs off while the storage is unreachable; gives up after ``MAX_OUTAGE_SECONDS``."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+        self.delay = 0.5
+
+    def wait(self, error: BaseException) -> None:
+        now = time.monotonic()
+        self.since = self.since or now
+        if now - self.since > MAX_OUTAGE_SECONDS:
+            raise HpoError(f"the storage has been unreachable for {now - self.since:.0f} s "
+                           f"({type(error).__name__}); is the database up?") from error
+        logger.warning("storage unreachable (%s); retrying in %.1f s",
+                       str(error).splitlines()[0][:200], self.delay)
+        time.sleep(self.delay)
+        self.delay = min(self.delay * 2, 10.0)
+
+    def reset(self) -> None:
+        self.since, self.delay = None, 0.5
 
 
 class _StopFlag:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,52 @@ def tiny_spec(**overrides: Any) -> dict[str, Any]:
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'hpo.db'}"
+
+
+def postgres_base_url() -> str | None:
+    """The test cluster's URL: ``HPO_TEST_POSTGRES_URL``, else the one scripts/postgres.sh
+    started. In CI a missing server is an error, never a skip."""
+    url = os.environ.get("HPO_TEST_POSTGRES_URL")
+    if not url:
+        found = subprocess.run(
+            ["bash", str(REPO / "scripts" / "postgres.sh"), "url"], capture_output=True, text=True
+        )
+        url = found.stdout.strip() if found.returncode == 0 else None
+    if not url:
+        if os.environ.get("CI"):
+            pytest.fail(
+                "CI must run the PostgreSQL tests: run them with `make test`, which "
+                "starts the server (scripts/postgres.sh start)"
+            )
+        return None
+    return url
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    base = postgres_base_url()
+    if base is None:
+        pytest.skip("no PostgreSQL: run `make test` or scripts/postgres.sh start")
+    import sqlalchemy
+
+    name = f"hpo_test_{uuid.uuid4().hex[:12]}"
+    admin = sqlalchemy.create_engine(base, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
+    with admin.connect() as connection:
+        connection.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield base.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as connection:
+            connection.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage_url(request: pytest.FixtureRequest) -> str:
+    """Each storage kind hpo supports for many workers: a test using this runs on both."""
+    fixture = "sqlite_url" if request.param == "sqlite" else "postgres_url"
+    return request.getfixturevalue(fixture)
 
 
 @pytest.fixture

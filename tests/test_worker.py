@@ -1,5 +1,5 @@
-"""Real worker processes on a real SQLite file: a shared budget, a grid run once, failures,
-SIGTERM and SIGKILL."""
+"""Real worker processes on real SQLite and PostgreSQL storages: a shared budget, a grid run
+once, failures, SIGTERM, SIGKILL and a database restart."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import optuna
-from conftest import run_hpo, tiny_spec
+from conftest import REPO, run_hpo, tiny_spec
 from optuna.trial import TrialState
 
 from hpo.spec import load_spec
@@ -63,28 +63,43 @@ def wait_for_running_trial(name: str, url: str, timeout: float = 60) -> None:
     raise AssertionError("no trial started running")
 
 
-def test_two_workers_share_one_budget(write_spec: Callable[..., Path], sqlite_url: str) -> None:
-    name = register(write_spec(budget={"trials": 7}), sqlite_url)
-    workers = [start_worker(name, sqlite_url, "--index", str(i)) for i in range(2)]
+def test_four_workers_run_exactly_the_studys_budget(
+    write_spec: Callable[..., Path], storage_url: str
+) -> None:
+    name = register(
+        write_spec(budget={"trials": 20}, fixed={"max_epochs": 1, "batch_size": 256}), storage_url
+    )
+    workers = [start_worker(name, storage_url, "--index", str(i)) for i in range(4)]
     logs = [w.communicate(timeout=240)[0] for w in workers]
-    assert [w.returncode for w in workers] == [0, 0], logs
-    assert states(name, sqlite_url) == {TrialState.COMPLETE: 7}
-    # both workers took part, so the budget really was shared
-    assert all("COMPLETE" in log for log in logs), logs
+    assert [w.returncode for w in workers] == [0, 0, 0, 0], logs
+    assert states(name, storage_url) == {TrialState.COMPLETE: 20}
+    # the workers really shared the budget: more than one of them ran trials
+    assert sum("COMPLETE" in log for log in logs) >= 2, logs
+    # and they did not replay each other's seeded samples
+    trials = optuna.load_study(study_name=name, storage=storage_url).trials
+    assert len({(t.params["module__hidden1"], t.params["lr"]) for t in trials}) == 20
 
 
-def test_a_grid_runs_every_point_exactly_once_with_two_workers(
-    write_spec: Callable[..., Path], sqlite_url: str
+def test_a_grid_runs_every_point_exactly_once_with_four_workers(
+    write_spec: Callable[..., Path], storage_url: str
 ) -> None:
     space = {
         "module__hidden1": {"type": "int", "low": 8, "high": 24, "step": 8},
         "lr": {"type": "categorical", "choices": [0.01, 0.03, 0.1]},
     }
-    name = register(write_spec(sampler={"name": "grid"}, budget={}, space=space), sqlite_url)
-    workers = [start_worker(name, sqlite_url, "--index", str(i)) for i in range(2)]
+    name = register(
+        write_spec(
+            sampler={"name": "grid"},
+            budget={},
+            space=space,
+            fixed={"max_epochs": 1, "batch_size": 256},
+        ),
+        storage_url,
+    )
+    workers = [start_worker(name, storage_url, "--index", str(i)) for i in range(4)]
     for w in workers:
         w.communicate(timeout=240)
-    trials = optuna.load_study(study_name=name, storage=sqlite_url).trials
+    trials = optuna.load_study(study_name=name, storage=storage_url).trials
     points = Counter(
         (t.params["module__hidden1"], t.params["lr"])
         for t in trials
@@ -95,7 +110,7 @@ def test_a_grid_runs_every_point_exactly_once_with_two_workers(
 
 
 def test_a_failing_trial_is_marked_fail_with_its_reason_and_the_worker_goes_on(
-    write_spec: Callable[..., Path], sqlite_url: str
+    write_spec: Callable[..., Path], storage_url: str
 ) -> None:
     spec = tiny_spec(
         model="regressor",
@@ -106,10 +121,10 @@ def test_a_failing_trial_is_marked_fail_with_its_reason_and_the_worker_goes_on(
         fixed={"max_epochs": 3, "batch_size": 16, "optimizer": "sgd"},
         space={"lr": {"type": "categorical", "choices": [1.0e7, 0.01, 1.0e8]}},
     )
-    name = register(write_spec(spec), sqlite_url)
-    result = run_hpo("worker", "--study", name, "--storage", sqlite_url, "--index", "0")
+    name = register(write_spec(spec), storage_url)
+    result = run_hpo("worker", "--study", name, "--storage", storage_url, "--index", "0")
     assert result.returncode == 0, result.stderr
-    trials = optuna.load_study(study_name=name, storage=sqlite_url).trials
+    trials = optuna.load_study(study_name=name, storage=storage_url).trials
     by_lr = {t.params["lr"]: t for t in trials}
     assert by_lr[0.01].state == TrialState.COMPLETE
     for lr in (1.0e7, 1.0e8):
@@ -119,42 +134,42 @@ def test_a_failing_trial_is_marked_fail_with_its_reason_and_the_worker_goes_on(
 
 
 def test_sigterm_stops_the_worker_and_requeues_its_trial(
-    write_spec: Callable[..., Path], sqlite_url: str
+    write_spec: Callable[..., Path], storage_url: str
 ) -> None:
     name = register(
-        write_spec(budget={"trials": 2}, fixed={"max_epochs": 2000, "batch_size": 16}), sqlite_url
+        write_spec(budget={"trials": 2}, fixed={"max_epochs": 2000, "batch_size": 16}), storage_url
     )
-    worker = start_worker(name, sqlite_url, "--index", "0")
-    wait_for_running_trial(name, sqlite_url)
+    worker = start_worker(name, storage_url, "--index", "0")
+    wait_for_running_trial(name, storage_url)
     time.sleep(1.0)
     sent = time.monotonic()
     worker.send_signal(signal.SIGTERM)
     log = worker.communicate(timeout=30)[0]
     assert time.monotonic() - sent < 10, log
     assert worker.returncode == 0, log
-    trials = optuna.load_study(study_name=name, storage=sqlite_url).trials
+    trials = optuna.load_study(study_name=name, storage=storage_url).trials
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
     assert "SIGTERM" in trials[0].user_attrs["fail_reason"]
     assert trials[1].params == trials[0].params
 
 
 def test_a_killed_workers_trial_is_detected_by_heartbeat_and_rerun(
-    write_spec: Callable[..., Path], sqlite_url: str
+    write_spec: Callable[..., Path], storage_url: str
 ) -> None:
     name = register(
-        write_spec(budget={"trials": 3}, fixed={"max_epochs": 40, "batch_size": 32}), sqlite_url
+        write_spec(budget={"trials": 3}, fixed={"max_epochs": 40, "batch_size": 32}), storage_url
     )
-    victim = start_worker(name, sqlite_url, "--index", "0", "--heartbeat", "1")
-    wait_for_running_trial(name, sqlite_url)
+    victim = start_worker(name, storage_url, "--index", "0", "--heartbeat", "1")
+    wait_for_running_trial(name, storage_url)
     time.sleep(1.0)  # let it draw its parameters, so the re-run can be checked against them
     victim.kill()
     victim.communicate()
-    assert states(name, sqlite_url)[TrialState.RUNNING] == 1
+    assert states(name, storage_url)[TrialState.RUNNING] == 1
 
-    rescuer = start_worker(name, sqlite_url, "--index", "1", "--heartbeat", "1")
+    rescuer = start_worker(name, storage_url, "--index", "1", "--heartbeat", "1")
     log = rescuer.communicate(timeout=240)[0]
     assert rescuer.returncode == 0, log
-    trials = optuna.load_study(study_name=name, storage=sqlite_url).trials
+    trials = optuna.load_study(study_name=name, storage=storage_url).trials
     final = Counter(t.state for t in trials)
     assert final[TrialState.COMPLETE] == 3
     assert final[TrialState.RUNNING] == 0
@@ -163,3 +178,29 @@ def test_a_killed_workers_trial_is_detected_by_heartbeat_and_rerun(
     retried = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number]
     assert killed.params
     assert len(retried) == 1 and retried[0].params == killed.params
+
+
+def test_workers_ride_out_a_postgresql_restart(
+    write_spec: Callable[..., Path], postgres_url: str
+) -> None:
+    name = register(
+        write_spec(budget={"trials": 12}, fixed={"max_epochs": 15, "batch_size": 64}), postgres_url
+    )
+    workers = [
+        start_worker(name, postgres_url, "--index", str(i), "--heartbeat", "2") for i in range(2)
+    ]
+    wait_for_running_trial(name, postgres_url)
+    time.sleep(2.0)
+    restarted = subprocess.run(
+        ["bash", str(REPO / "scripts" / "postgres.sh"), "restart"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert restarted.returncode == 0, restarted.stderr
+    logs = [w.communicate(timeout=300)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], logs
+    final = states(name, postgres_url)
+    assert final[TrialState.COMPLETE] == 12, (final, logs)
+    assert final[TrialState.RUNNING] == 0
+    assert any("storage unreachable" in log for log in logs), logs
