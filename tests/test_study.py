@@ -31,29 +31,29 @@ GRID = {
 }
 
 
-def test_register_stores_the_spec_and_a_worker_can_load_it(sqlite_url: str) -> None:
+def test_register_stores_the_spec_and_a_worker_can_load_it(storage_url: str) -> None:
     spec = parse_spec(tiny_spec())
-    storage = open_storage(sqlite_url)
+    storage = open_storage(storage_url)
     registration = register_study(spec, storage)
     assert registration.created
-    assert load_spec_from_storage(open_storage(sqlite_url), spec.name) == spec
+    assert load_spec_from_storage(open_storage(storage_url), spec.name) == spec
     study, loaded = load_study(storage, spec.name)
     assert loaded == spec
     assert study.direction == optuna.study.StudyDirection.MAXIMIZE
     assert list_study_names(storage) == [spec.name]
 
 
-def test_registering_the_same_spec_again_is_a_no_op(sqlite_url: str) -> None:
+def test_registering_the_same_spec_again_is_a_no_op(storage_url: str) -> None:
     spec = parse_spec(tiny_spec(**GRID))
-    storage = open_storage(sqlite_url)
+    storage = open_storage(storage_url)
     register_study(spec, storage)
     again = register_study(parse_spec(tiny_spec(**GRID)), storage)
     assert not again.created
     assert len(optuna.load_study(study_name=spec.name, storage=storage).trials) == 8
 
 
-def test_a_changed_spec_under_the_same_name_is_refused(sqlite_url: str) -> None:
-    storage = open_storage(sqlite_url)
+def test_a_changed_spec_under_the_same_name_is_refused(storage_url: str) -> None:
+    storage = open_storage(storage_url)
     register_study(parse_spec(tiny_spec()), storage)
     changed = parse_spec(tiny_spec(budget={"trials": 9}))
     with pytest.raises(StudyError, match=r"different spec \(changed: budget\).*new `name`"):
@@ -61,10 +61,10 @@ def test_a_changed_spec_under_the_same_name_is_refused(sqlite_url: str) -> None:
     assert load_spec_from_storage(storage, "tiny-digits").budget.trials == 4
 
 
-def test_a_grid_is_enqueued_point_by_point_with_warm_starts_first(sqlite_url: str) -> None:
+def test_a_grid_is_enqueued_point_by_point_with_warm_starts_first(storage_url: str) -> None:
     warm = {"module__hidden1": 12, "lr": 0.1, "module__activation": "relu"}
     spec = parse_spec(tiny_spec(**GRID, enqueue=[warm]))
-    storage = open_storage(sqlite_url)
+    storage = open_storage(storage_url)
     assert register_study(spec, storage).enqueued == 9
     trials = optuna.load_study(study_name=spec.name, storage=storage).trials
     assert all(t.state == TrialState.WAITING for t in trials)
@@ -74,16 +74,16 @@ def test_a_grid_is_enqueued_point_by_point_with_warm_starts_first(sqlite_url: st
     assert spec.n_trials == 9
 
 
-def test_a_half_written_registration_is_redone(sqlite_url: str) -> None:
-    storage = open_storage(sqlite_url)
+def test_a_half_written_registration_is_redone(storage_url: str) -> None:
+    storage = open_storage(storage_url)
     optuna.create_study(study_name="tiny-digits", storage=storage)  # no spec attribute
     with pytest.raises(StudyError, match="registration did not finish"):
         load_spec_from_storage(storage, "tiny-digits")
     assert register_study(parse_spec(tiny_spec()), storage).created
 
 
-def test_unknown_studies_are_named_with_the_known_ones(sqlite_url: str) -> None:
-    storage = open_storage(sqlite_url)
+def test_unknown_studies_are_named_with_the_known_ones(storage_url: str) -> None:
+    storage = open_storage(storage_url)
     register_study(parse_spec(tiny_spec()), storage)
     with pytest.raises(StudyError, match="no study named 'nope'.*tiny-digits"):
         load_spec_from_storage(storage, "nope")
