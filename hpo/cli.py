@@ -248,6 +248,20 @@ def delete(
     out.print(f"deleted {study}")
 
 
+@app.command("storage-proxy")
+@_reports_errors
+def storage_proxy(
+    storage: StorageOption = None,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 13000,
+) -> None:
+    """Serve a database storage to workers over gRPC (workers use --storage grpc://HOST:PORT)."""
+    from hpo.storage import resolve_storage_url, serve_storage_proxy
+
+    err.print(f"Optuna gRPC storage proxy on grpc://{host}:{port} (Ctrl-C to stop)")
+    serve_storage_proxy(resolve_storage_url(storage), host=host, port=port)
+
+
 @app.command()
 @_reports_errors
 def dashboard(

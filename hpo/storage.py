@@ -20,6 +20,7 @@ import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
@@ -72,9 +73,14 @@ def open_storage(url: str, heartbeat: float | None = None) -> optuna.storages.Ba
     ``pool_pre_ping`` and hourly connection recycling, so a worker reconnects after the
     server restarts. With ``heartbeat`` (seconds), stale trials are failed and re-queued.
 
+    ``grpc://host:port`` connects to an ``hpo storage-proxy``; heartbeats do not pass through
+    it, so a trial whose worker is killed there stays RUNNING (see README).
+
     Raises:
         StorageError: the URL is malformed or its driver is missing.
     """
+    if url.startswith("grpc://"):
+        return _open_grpc(url)
     try:
         backend = make_url(url).get_backend_name()
     except ArgumentError:
@@ -102,6 +108,43 @@ def open_storage(url: str, heartbeat: float | None = None) -> optuna.storages.Ba
         return RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat_kwargs)
     except ImportError as error:
         raise StorageError(f"cannot open {backend} storage: {error}") from None
+
+
+def _open_grpc(url: str) -> optuna.storages.BaseStorage:
+    address = urlsplit(url)
+    if not address.hostname or not address.port:
+        raise StorageError(
+            f"a gRPC storage URL needs a host and a port, e.g. grpc://127.0.0.1:13000; got {url!r}"
+        )
+    try:
+        from optuna.storages import GrpcStorageProxy
+    except ImportError as error:
+        raise StorageError(f"cannot use {url}: {error}") from None
+    return GrpcStorageProxy(host=address.hostname, port=address.port)
+
+
+def serve_storage_proxy(storage_url: str, host: str = "127.0.0.1", port: int = 13000) -> None:
+    """Serve ``storage_url`` (PostgreSQL, usually) to workers as ``grpc://host:port``.
+
+    One proxy holds a few database connections on behalf of any number of workers, for
+    studies with more workers than one database serves comfortably. Blocks until stopped.
+    """
+    from optuna.storages import run_grpc_proxy_server
+
+    if storage_url.startswith("grpc://"):
+        raise StorageError("the proxy needs a database URL to serve, not another proxy")
+    run_grpc_proxy_server(open_storage(storage_url), host=host, port=port)
+
+
+def has_claim_lock(storage: optuna.storages.BaseStorage) -> bool:
+    """Whether ``claim_lock`` really serialises workers for this storage (not through gRPC)."""
+    backend = rdb_backend(storage)
+    if backend is None:
+        return False
+    return (
+        backend.engine.dialect.name == "postgresql"
+        or sqlite_path(str(backend.engine.url)) is not None
+    )
 
 
 def _enable_wal(path: Path) -> None:

@@ -33,6 +33,7 @@ from hpo.spec import StudySpec
 from hpo.storage import (
     claim_lock,
     fail_stale_trials,
+    has_claim_lock,
     heartbeat,
     heartbeat_enabled,
     open_storage,
@@ -157,7 +158,7 @@ def _claim_trial(
         done = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
         running, waiting = counts[TrialState.RUNNING], counts[TrialState.WAITING]
         if waiting and done + running < budget:
-            return _Claim(trial=_ask(study, storage))
+            return _claim_next(study, spec, budget, storage)
         if spec.sampler.name == "grid" or done + running >= budget:
             if running and done < budget and _can_wait(storage):
                 return _Claim(wait=True)  # a running trial may still fail and be re-queued
@@ -167,7 +168,35 @@ def _claim_trial(
                 reason=f"stopping: {counts[TrialState.FAIL]} trials failed; "
                 "see their fail_reason with: hpo export NAME --all"
             )
-        return _Claim(trial=_ask(study, storage))
+        return _claim_next(study, spec, budget, storage)
+
+
+def _claim_next(
+    study: optuna.Study, spec: StudySpec, budget: int, storage: optuna.storages.BaseStorage
+) -> _Claim:
+    """Pop a WAITING trial or start a new one; without a claim lock, step back from a race."""
+    trial = _ask(study, storage)
+    if has_claim_lock(storage) or not _is_surplus(study, spec, trial, budget):
+        return _Claim(trial=trial)
+    trial.set_user_attr(
+        FAIL_REASON_ATTR,
+        "surplus: another worker claimed the same slot at the same moment (no claim lock "
+        "through the gRPC proxy); nothing was run",
+    )
+    study.tell(trial, state=TrialState.FAIL)
+    return _Claim(wait=True)
+
+
+def _is_surplus(study: optuna.Study, spec: StudySpec, trial: optuna.Trial, budget: int) -> bool:
+    # Without a lock (the gRPC proxy) two workers may claim the last slot, or the last grid
+    # point, together. Both see both trials afterwards; the later one steps back. A grid
+    # trial that popped no enqueued point is a fresh sample, never part of the grid.
+    frozen = study._storage.get_trial(trial._trial_id)
+    if spec.sampler.name == "grid" and "fixed_params" not in frozen.system_attrs:
+        return True
+    live = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+    numbers = sorted(t.number for t in study.get_trials(deepcopy=False, states=live))
+    return trial.number in numbers[budget:]
 
 
 def _ask(study: optuna.Study, storage: optuna.storages.BaseStorage) -> optuna.Trial:
@@ -238,10 +267,15 @@ class _Outage:
         now = time.monotonic()
         self.since = self.since or now
         if now - self.since > MAX_OUTAGE_SECONDS:
-            raise HpoError(f"the storage has been unreachable for {now - self.since:.0f} s "
-                           f"({type(error).__name__}); is the database up?") from error
-        logger.warning("storage unreachable (%s); retrying in %.1f s",
-                       str(error).splitlines()[0][:200], self.delay)
+            raise HpoError(
+                f"the storage has been unreachable for {now - self.since:.0f} s "
+                f"({type(error).__name__}); is the database up?"
+            ) from error
+        logger.warning(
+            "storage unreachable (%s); retrying in %.1f s",
+            str(error).splitlines()[0][:200],
+            self.delay,
+        )
         time.sleep(self.delay)
         self.delay = min(self.delay * 2, 10.0)
 
