@@ -16,6 +16,7 @@ import signal
 import time
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +26,7 @@ import torch
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from hpo.data import load_dataset
+from hpo.data import DataSplits, load_dataset
 from hpo.errors import HpoError
 from hpo.nets import default_device
 from hpo.objective import WorkerStopped, check_compatible, evaluate
@@ -42,6 +43,9 @@ from hpo.storage import (
 from hpo.study import load_study
 
 logger = logging.getLogger("hpo.worker")
+
+#: What scores a trial: (trial, spec, data, device, should_stop) -> value.
+Objective = Callable[[optuna.Trial, StudySpec, DataSplits, str, Callable[[], bool]], float]
 
 # hpo drives heartbeats itself around ask/tell (optuna only does inside Study.optimize).
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
@@ -98,6 +102,7 @@ def run_worker(
     heartbeat_seconds: float | None = None,
     threads: int | None = None,
     device: str | None = None,
+    objective: Objective = evaluate,
 ) -> WorkerSummary:
     """Pull trials of ``study_name`` until the study's budget is spent.
 
@@ -110,6 +115,8 @@ def run_worker(
         heartbeat_seconds: see ``hpo.storage.resolve_heartbeat``; 0 disables it.
         threads: torch CPU threads. Default: all cores.
         device: ``cuda`` or ``cpu``. Default: ``cuda`` when a GPU is visible.
+        objective: scores one trial; ``hpo.objective.evaluate`` (K-fold CV of the skorch
+            net) unless a benchmark measures the storage alone.
 
     Raises:
         HpoError: the study or its dataset cannot be loaded.
@@ -139,7 +146,7 @@ def run_worker(
                 if claim.trial is None:
                     logger.info("%s: %s", study_name, claim.reason)
                     break
-                state = _run_trial(study, claim.trial, spec, data, device, stop)
+                state = _run_trial(study, claim.trial, spec, data, device, stop, objective)
             except STORAGE_ERRORS as error:
                 outage.wait(error)
                 continue
@@ -220,12 +227,13 @@ def _run_trial(
     data: Any,
     device: str,
     stop: _StopFlag,
+    objective: Objective,
 ) -> TrialState:
     started = time.perf_counter()
     storage = study._storage
     with heartbeat(storage, trial._trial_id):
         try:
-            value = evaluate(trial, spec, data, device, should_stop=lambda: stop.requested)
+            value = objective(trial, spec, data, device, lambda: stop.requested)
         except STORAGE_ERRORS:
             # Not the configuration's fault: the trial stays RUNNING, its heartbeat stops, and
             # once stale it is re-queued with the same parameters.
