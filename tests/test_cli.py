@@ -4,18 +4,14 @@ and Optuna's own CLI reading what hpo wrote."""
 from __future__ import annotations
 
 import json
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import run_hpo
+from conftest import free_port, get_json, run_hpo, served
 
 from hpo.data import load_dataset
 from hpo.export import read_best_params
@@ -39,8 +35,19 @@ def test_run_registers_runs_two_workers_and_writes_the_best_params(
     # Optuna's own CLI lists the trials, with the spec's parameter names
     optuna_cli = Path(sys.executable).with_name("optuna")
     listed = subprocess.run(
-        [str(optuna_cli), "trials", "--study-name", "tiny-digits", "--storage", sqlite_url,
-         "-f", "json"], capture_output=True, text=True, timeout=120,
+        [
+            str(optuna_cli),
+            "trials",
+            "--study-name",
+            "tiny-digits",
+            "--storage",
+            sqlite_url,
+            "-f",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert listed.returncode == 0, listed.stderr
     trials = json.loads(listed.stdout)
@@ -56,11 +63,16 @@ def test_run_registers_runs_two_workers_and_writes_the_best_params(
 def test_a_best_row_configures_a_fresh_skorch_net(
     write_spec: Callable[..., Path], tmp_path: Path, sqlite_url: str
 ) -> None:
-    path = write_spec(budget={"trials": 2}, fixed={"max_epochs": 3, "batch_size": 128,
-                                                  "optimizer": "adamax"})
+    path = write_spec(
+        budget={"trials": 2}, fixed={"max_epochs": 3, "batch_size": 128, "optimizer": "adamax"}
+    )
     assert run_hpo("register", str(path), "--storage", sqlite_url).returncode == 0
-    assert run_hpo("worker", "--study", "tiny-digits", "--storage", sqlite_url,
-                   "--index", "0").returncode == 0
+    assert (
+        run_hpo(
+            "worker", "--study", "tiny-digits", "--storage", sqlite_url, "--index", "0"
+        ).returncode
+        == 0
+    )
     out = tmp_path / "best.csv"
     exported = run_hpo("export", "tiny-digits", "--out", str(out), "--storage", sqlite_url)
     assert exported.returncode == 0, exported.stderr
@@ -75,15 +87,20 @@ def test_a_best_row_configures_a_fresh_skorch_net(
     assert net.optimizer_.param_groups[0]["lr"] == pytest.approx(params["lr"])
 
     all_out = tmp_path / "trials.csv"
-    assert run_hpo("export", "tiny-digits", "--all", "--out", str(all_out),
-                   "--storage", sqlite_url).returncode == 0
+    assert (
+        run_hpo(
+            "export", "tiny-digits", "--all", "--out", str(all_out), "--storage", sqlite_url
+        ).returncode
+        == 0
+    )
     trials = pd.read_csv(all_out)
     assert list(trials["state"]) == ["COMPLETE", "COMPLETE"]
     assert len(json.loads(trials["fold_scores"][0])) == 2
 
 
-def test_studies_lists_and_delete_removes(write_spec: Callable[..., Path],
-                                          sqlite_url: str) -> None:
+def test_studies_lists_and_delete_removes(
+    write_spec: Callable[..., Path], sqlite_url: str
+) -> None:
     run_hpo("register", str(write_spec()), "--storage", sqlite_url)
     listed = run_hpo("studies", "--storage", sqlite_url, env={"COLUMNS": "200"})
     assert listed.returncode == 0 and "tiny-digits" in listed.stdout
@@ -107,48 +124,39 @@ def test_storage_is_the_flag_else_hpo_storage_else_hpo_db_here(
     assert (elsewhere / "hpo.db").exists()
     assert run_hpo("register", spec_file, env={"HPO_STORAGE": from_env}).returncode == 0
     assert (tmp_path / "from-env.db").exists()
-    assert run_hpo("register", spec_file, "--storage", from_flag,
-                   env={"HPO_STORAGE": from_env}).returncode == 0
+    assert (
+        run_hpo(
+            "register", spec_file, "--storage", from_flag, env={"HPO_STORAGE": from_env}
+        ).returncode
+        == 0
+    )
     assert (tmp_path / "from-flag.db").exists()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def test_dashboard_serves_the_study_on_localhost(write_spec: Callable[..., Path],
-                                                 sqlite_url: str) -> None:
+def test_dashboard_serves_the_study_on_localhost(
+    write_spec: Callable[..., Path], sqlite_url: str
+) -> None:
     run_hpo("register", str(write_spec()), "--storage", sqlite_url)
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "hpo", "dashboard", "--storage", sqlite_url, "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    try:
-        body = None
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and body is None:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies",
-                                            timeout=2) as response:
-                    body = json.load(response)
-            except OSError:
-                time.sleep(0.5)
-        assert body is not None, "dashboard did not answer"
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "hpo",
+        "dashboard",
+        "--storage",
+        sqlite_url,
+        "--port",
+        str(port),
+    ]
+    with served(command):
+        body = get_json(f"http://127.0.0.1:{port}/api/studies")
         assert [s["study_name"] for s in body["study_summaries"]] == ["tiny-digits"]
         # bound to loopback only
-        listening = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True,
-                                   text=True)
+        listening = subprocess.run(
+            ["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True
+        )
         if listening.returncode == 0 and listening.stdout.strip():
             assert "127.0.0.1" in listening.stdout
-    finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
 
 
 def test_unknown_option_prints_usage_not_a_traceback() -> None:
@@ -156,4 +164,3 @@ def test_unknown_option_prints_usage_not_a_traceback() -> None:
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "No such option" in result.stderr
-

@@ -3,22 +3,17 @@ command run as a plain process against the real local PostgreSQL (hostname and e
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pytest
 import yaml
-from conftest import REPO, tiny_spec
+from conftest import REPO, free_port, get_json, served, tiny_spec
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
@@ -46,11 +41,13 @@ def service_process(name: str, env: dict[str, str], postgres: str) -> tuple[list
     service = SERVICES[name]
     command = [interpolate(part, env) for part in service["command"]]
     assert command[0] == "hpo"
-    environment = {key: interpolate(str(value), env)
-                   for key, value in service["environment"].items()}
+    environment = {
+        key: interpolate(str(value), env) for key, value in service["environment"].items()
+    }
     url = make_url(postgres)
     environment["HPO_STORAGE"] = environment["HPO_STORAGE"].replace(
-        "@postgres:5432/", f"@{url.host}:{url.port}/")
+        "@postgres:5432/", f"@{url.host}:{url.port}/"
+    )
     return [sys.executable, "-m", "hpo", *command[1:]], {**os.environ, **environment}
 
 
@@ -67,15 +64,10 @@ def test_the_compose_file_keeps_the_database_private_and_secrets_out() -> None:
     assert gpu["profiles"] == ["gpu"]
     assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
     assert SERVICES["worker"]["depends_on"]["register"]["condition"] == (
-        "service_completed_successfully")
+        "service_completed_successfully"
+    )
     assert (REPO / "workers" / "Dockerfile").exists()
     assert "POSTGRES_PASSWORD=" in (REPO / ".env.example").read_text()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_register_worker_and_dashboard_services_run_against_postgresql(
@@ -85,48 +77,45 @@ def test_register_worker_and_dashboard_services_run_against_postgresql(
     (tmp_path / "studies").mkdir()
     spec = tiny_spec(name="compose-study", budget={"trials": 4})
     (tmp_path / "studies" / "compose.yaml").write_text(yaml.safe_dump(spec))
-    env = {"POSTGRES_USER": url.username, "POSTGRES_PASSWORD": url.password,
-           "POSTGRES_DB": url.database, "HPO_STUDY_FILE": "compose.yaml",
-           "HPO_STUDY": "compose-study", "HPO_HEARTBEAT": "5"}
+    env = {
+        "POSTGRES_USER": url.username,
+        "POSTGRES_PASSWORD": url.password,
+        "POSTGRES_DB": url.database,
+        "HPO_STUDY_FILE": "compose.yaml",
+        "HPO_STUDY": "compose-study",
+        "HPO_HEARTBEAT": "5",
+    }
 
     command, environment = service_process("register", env, postgres_url)
-    registered = subprocess.run(command, env=environment, cwd=tmp_path, capture_output=True,
-                                text=True, timeout=120)
+    registered = subprocess.run(
+        command, env=environment, cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
     assert registered.returncode == 0, registered.stderr
 
     command, environment = service_process("worker", env, postgres_url)
-    workers = [subprocess.Popen(command, env=environment, cwd=tmp_path, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-               for _ in range(2)]  # two replicas
+    workers = [
+        subprocess.Popen(
+            command,
+            env=environment,
+            cwd=tmp_path,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for _ in range(2)
+    ]  # two replicas
     logs = [w.communicate(timeout=240)[0] for w in workers]
     assert [w.returncode for w in workers] == [0, 0], logs
     study = optuna.load_study(study_name="compose-study", storage=postgres_url)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
 
     command, environment = service_process("dashboard", env, postgres_url)
-    port = _free_port()
+    port = free_port()
     command = [*command[:-1], str(port)]  # --port: the container's 8080 may be taken here
     command[command.index("0.0.0.0")] = "127.0.0.1"  # the container's published mapping
-    dashboard = subprocess.Popen(command, env=environment, cwd=tmp_path, text=True,
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        body = None
-        deadline = time.monotonic() + 60
-        while body is None and time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies",
-                                            timeout=2) as response:
-                    body = json.load(response)
-            except OSError:
-                time.sleep(0.5)
-        assert body is not None, "dashboard did not answer"
+    with served(command, env=environment, cwd=tmp_path):
+        body = get_json(f"http://127.0.0.1:{port}/api/studies")
         assert [s["study_name"] for s in body["study_summaries"]] == ["compose-study"]
-    finally:
-        dashboard.send_signal(signal.SIGINT)
-        try:
-            dashboard.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            dashboard.kill()
 
 
 def test_a_missing_password_is_refused_before_anything_starts() -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import REPO, run_hpo, tiny_spec
+from conftest import REPO, free_port, run_hpo, tiny_spec
 from optuna.trial import TrialState
 
 from hpo.spec import load_spec
@@ -207,30 +207,38 @@ def test_workers_ride_out_a_postgresql_restart(
     assert any("storage unreachable" in log for log in logs), logs
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.parametrize("sampler", ["random", "grid"])
 def test_workers_through_the_grpc_proxy_keep_the_budget(
     write_spec: Callable[..., Path], postgres_url: str, sampler: str
 ) -> None:
-    port = _free_port()
+    port = free_port()
     proxy = subprocess.Popen(
-        [sys.executable, "-m", "hpo", "storage-proxy", "--storage", postgres_url,
-         "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "hpo",
+            "storage-proxy",
+            "--storage",
+            postgres_url,
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     grpc_url = f"grpc://127.0.0.1:{port}"
     try:
         overrides: dict = {"budget": {"trials": 8}}
         if sampler == "grid":
-            overrides = {"sampler": {"name": "grid"}, "budget": {}, "space": {
-                "module__hidden1": {"type": "int", "low": 8, "high": 32, "step": 8},
-                "lr": {"type": "categorical", "choices": [0.01, 0.1]}}}
+            overrides = {
+                "sampler": {"name": "grid"},
+                "budget": {},
+                "space": {
+                    "module__hidden1": {"type": "int", "low": 8, "high": 32, "step": 8},
+                    "lr": {"type": "categorical", "choices": [0.01, 0.1]},
+                },
+            }
         path = write_spec(fixed={"max_epochs": 1, "batch_size": 256}, **overrides)
         registered = run_hpo("register", str(path), "--storage", grpc_url)
         assert registered.returncode == 0, registered.stderr
@@ -244,7 +252,10 @@ def test_workers_through_the_grpc_proxy_keep_the_budget(
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(complete) == 8
     # anything else is a surplus claim that stepped back, never a second run of a point
-    assert all("surplus" in t.user_attrs.get("fail_reason", "") for t in trials
-               if t.state != TrialState.COMPLETE)
+    assert all(
+        "surplus" in t.user_attrs.get("fail_reason", "")
+        for t in trials
+        if t.state != TrialState.COMPLETE
+    )
     if sampler == "grid":
         assert len({(t.params["module__hidden1"], t.params["lr"]) for t in complete}) == 8
