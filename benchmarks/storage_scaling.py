@@ -76,26 +76,23 @@ def _worker(url: str, name: str, index: int) -> None:
 
 
 def run_study(url: str, workers: int, trials: int) -> float:
-    """Seconds for ``workers`` processes to finish a ``trials``-trial study on ``url``."""
+    """Seconds from the first trial's start to the last trial's end, ``workers`` processes
+    sharing a ``trials``-trial study on ``url`` (process start-up and imports excluded)."""
     name = f"bench-{uuid.uuid4().hex[:8]}"
     register_study(make_spec(name, trials), open_storage(url))
     context = multiprocessing.get_context("spawn")
     processes = [context.Process(target=_worker, args=(url, name, i)) for i in range(workers)]
-    # time from the moment every worker is ready would need a barrier; start-up (imports,
-    # data) is measured separately and subtracted below
-    started = time.perf_counter()
     for process in processes:
         process.start()
     for process in processes:
         process.join()
-    seconds = time.perf_counter() - started
-    states = [
-        t.state for t in optuna.load_study(study_name=name, storage=open_storage(url)).trials
-    ]
-    done = states.count(optuna.trial.TrialState.COMPLETE)
-    assert done == trials, f"{done} trials complete, expected {trials}"
-    SURPLUS[url] = SURPLUS.get(url, 0) + len(states) - done
-    return seconds
+    finished = optuna.load_study(study_name=name, storage=open_storage(url)).trials
+    complete = [t for t in finished if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == trials, f"{len(complete)} trials complete, expected {trials}"
+    SURPLUS[url] = SURPLUS.get(url, 0) + len(finished) - len(complete)
+    first = min(t.datetime_start for t in complete if t.datetime_start)
+    last = max(t.datetime_complete for t in complete if t.datetime_complete)
+    return (last - first).total_seconds()
 
 
 @contextmanager
@@ -169,28 +166,18 @@ def storage(kind: str) -> Iterator[str]:
             yield proxy_url
 
 
-def startup_seconds(url: str, workers: int) -> float:
-    """What a study of one trial per worker costs: process start, imports, data, first claim."""
-    return run_study(url, workers, workers)
-
-
 def scaling(kinds: list[str], worker_counts: list[int], trials: int) -> None:
     print(f"\n## Workers ({trials} trials per study, trivial objective)\n")
-    print(
-        "| storage | workers | wall s | start-up s | trials/s | overhead ms/trial | "
-        "surplus claims |"
-    )
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| storage | workers | seconds | trials/s | overhead ms/trial | surplus claims |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for kind in kinds:
         for workers in worker_counts:
             with storage(kind) as url:
-                startup = startup_seconds(url, workers)
-                wall = run_study(url, workers, trials)
-            busy = max(wall - startup, 1e-9)
+                busy = run_study(url, workers, trials)
+                surplus = SURPLUS.get(url, 0)
             print(
-                f"| {kind} | {workers} | {wall:.1f} | {startup:.1f} | "
-                f"{trials / busy:.1f} | {1000 * busy * workers / trials:.1f} | "
-                f"{SURPLUS.get(url, 0)} |",
+                f"| {kind} | {workers} | {busy:.1f} | {trials / busy:.1f} | "
+                f"{1000 * busy * workers / trials:.1f} | {surplus} |",
                 flush=True,
             )
 
