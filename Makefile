@@ -24,6 +24,7 @@ lint: setup
 # The tests need a real PostgreSQL (installed from Debian's packages when missing) and
 # Chromium for the HTML report; both are set up here so CI and a fresh clone run everything.
 test: setup
+	bash scripts/ensure-chromium.sh
 	HPO_TEST_POSTGRES_URL="$$(bash scripts/postgres.sh start)" $(BIN)/python -m pytest -q
 
 clean:
