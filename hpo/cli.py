@@ -197,13 +197,12 @@ def studies(storage: StorageOption = None) -> None:
     """List the studies in the storage with their trials and best values."""
     import optuna
 
+    opened = _storage(storage)
     table = Table()
     for column in ("study", "direction", "trials", "states", "best"):
         table.add_column(column)
-    for summary in sorted(
-        optuna.get_all_study_summaries(_storage(storage)), key=lambda s: s.study_name
-    ):
-        study = optuna.load_study(study_name=summary.study_name, storage=_storage(storage))
+    for summary in sorted(optuna.get_all_study_summaries(opened), key=lambda s: s.study_name):
+        study = optuna.load_study(study_name=summary.study_name, storage=opened)
         states = Counter(t.state.name for t in study.get_trials(deepcopy=False))
         best = summary.best_trial
         table.add_row(

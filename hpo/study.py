@@ -8,6 +8,7 @@ study has every point enqueued as a WAITING trial at registration, so each point
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -106,8 +107,6 @@ def register_study(spec: StudySpec, storage: optuna.storages.BaseStorage) -> Reg
 
 
 def _differences(stored: str, new: str) -> str:
-    import json
-
     old_spec, new_spec = json.loads(stored), json.loads(new)
     changed = [
         key
