@@ -275,5 +275,33 @@ def dashboard(
     run_server(_storage(storage), host=host, port=port)
 
 
+@app.command()
+@_reports_errors
+def refit(
+    study: Annotated[str, typer.Argument(help="Name of a registered study.")],
+    storage: StorageOption = None,
+    results: Annotated[Path, typer.Option(help="Folder for <study>/model.pt and metrics.")] = Path(
+        "results"
+    ),
+    device: Annotated[
+        str | None,
+        typer.Option("--device", help="cuda or cpu. Default: cuda when a GPU is visible."),
+    ] = None,
+) -> None:
+    """Retrain the best configuration on the whole training split; score it once on the test."""
+    from hpo.refit import refit_study
+
+    result = refit_study(_storage(storage), study, results_dir=results, device=device)
+    table = Table(title=f"{study}: trial {result.trial} refit in {result.seconds:.1f} s")
+    table.add_column("metric")
+    table.add_column("value")
+    table.add_row("CV score (search)", f"{result.cv_score:.6g}")
+    for key, value in result.metrics.items():
+        table.add_row(f"test {key.replace('_', ' ')}", f"{value:.6g}")
+    table.add_row("epochs", str(result.epochs))
+    out.print(table)
+    out.print(f"weights, metrics and learning curves written to {result.folder}")
+
+
 def main() -> None:
     app()

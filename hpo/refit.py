@@ -1,0 +1,241 @@
+"""Refit: the best configuration retrained on the whole training split, judged once on the test.
+
+``refit_study`` takes the study's best trial, merges its parameters over the spec's ``fixed``
+ones, fits one net on every training row (a validation split is used only for early stopping:
+the dataset's fixed one where it has one, else skorch's ``ValidSplit``), and scores it once on
+the held-out test split the search never saw. It writes under ``results/<study>/``:
+
+- ``model.pt``: the weights, from skorch ``save_params`` (load them with
+  ``net.initialize(); net.load_params(f_params=...)`` on a net built with ``params.json``);
+- ``params.json``: the configuration as skorch ``set_params`` keys;
+- ``metrics.json``: the test metrics, the CV score they stand beside, epochs and seconds;
+- ``history.json``: train and validation loss per epoch (the learning curves);
+- ``confusion_matrix.csv``: true classes in rows, predicted in columns (classification only).
+
+The test metrics also go into the study's user_attrs (``test_accuracy``, ``test_log_loss``;
+``test_mse``, ``test_r2``; and ``test_score``, the spec's own scorer), so optuna-dashboard shows
+them beside the CV score.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    get_scorer,
+    log_loss,
+    mean_squared_error,
+    r2_score,
+)
+
+from hpo.data import DataSplits, load_dataset
+from hpo.errors import HpoError
+from hpo.nets import default_device
+from hpo.objective import build_net, check_compatible
+from hpo.study import load_study
+
+MODEL_FILE = "model.pt"
+PARAMS_FILE = "params.json"
+METRICS_FILE = "metrics.json"
+HISTORY_FILE = "history.json"
+CONFUSION_FILE = "confusion_matrix.csv"
+
+#: Prefix of the study user_attrs that hold the test metrics.
+TEST_ATTR_PREFIX = "test_"
+
+
+@dataclass(frozen=True)
+class RefitResult:
+    """What ``refit_study`` trained, how it scored on the test split, and where it saved it.
+
+    Attributes:
+        study: The study's name.
+        trial: Number of the best trial whose configuration was refit.
+        cv_score: That trial's mean cross-validation score.
+        params: The configuration (fixed merged with searched), skorch ``set_params`` keys.
+        metrics: Test metrics: ``accuracy`` and ``log_loss`` (classification) or ``mse`` and
+            ``r2`` (regression), and ``score``, the spec's scorer on the test split.
+        epochs: Epochs the final fit ran.
+        seconds: Wall time of the final fit.
+        folder: Where the files went.
+        files: Each file written, by kind (``model``, ``params``, ``metrics``, ``history``,
+            ``confusion_matrix``).
+    """
+
+    study: str
+    trial: int
+    cv_score: float
+    params: dict[str, Any]
+    metrics: dict[str, float]
+    epochs: int
+    seconds: float
+    folder: Path
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+def refit_study(
+    storage: optuna.storages.BaseStorage,
+    name: str,
+    *,
+    results_dir: str | Path = "results",
+    device: str | None = None,
+) -> RefitResult:
+    """Retrain the best configuration of study ``name`` and score it once on the test split.
+
+    Args:
+        storage: The storage the study lives in.
+        name: A registered study with at least one completed trial.
+        results_dir: Parent folder; files go to ``<results_dir>/<name>/``. Default ``results``.
+        device: ``cuda`` or ``cpu``. Default: ``cuda`` when a GPU is visible.
+
+    Returns:
+        The metrics and the paths written.
+
+    Raises:
+        StudyError: No such study.
+        HpoError: No trial has completed, the dataset cannot be loaded, or the fit diverged.
+    """
+    study, spec = load_study(storage, name)
+    best = _best_trial(study)
+    params = {**spec.fixed, **best.params}
+    data = load_dataset(spec.dataset.name, **spec.dataset.options)
+    check_compatible(spec, data)
+
+    net = build_net(spec, data, params, device or default_device())
+    started = time.perf_counter()
+    net.fit(data.X_train, data.y_train)
+    seconds = time.perf_counter() - started
+    history = _history(net)
+    if not all(math.isfinite(row["train_loss"]) for row in history):
+        raise HpoError(
+            f"refit of {name!r} (trial {best.number}) diverged: the training loss became "
+            f"{history[-1]['train_loss']}; the configuration was unstable on the whole "
+            "training split"
+        )
+
+    metrics = {"score": float(get_scorer(spec.scoring)(net, data.X_test, data.y_test))}
+    confusion: pd.DataFrame | None = None
+    if data.task == "classification":
+        more, confusion = _classification_metrics(net, data)
+        metrics.update(more)
+    else:
+        metrics.update(_regression_metrics(net, data))
+
+    folder = Path(results_dir) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {
+        "model": folder / MODEL_FILE,
+        "params": folder / PARAMS_FILE,
+        "metrics": folder / METRICS_FILE,
+        "history": folder / HISTORY_FILE,
+    }
+    net.save_params(f_params=str(files["model"]))
+    _write_json(files["params"], params)
+    _write_json(files["history"], history)
+    _write_json(
+        files["metrics"],
+        {
+            "study": name,
+            "trial": best.number,
+            "scoring": spec.scoring,
+            "cv_score": best.value,
+            "test": metrics,
+            "n_train": len(data.X_train),
+            "n_valid": None if data.X_valid is None else len(data.X_valid),
+            "n_test": len(data.X_test),
+            "epochs": len(history),
+            "fit_seconds": round(seconds, 3),
+        },
+    )
+    if confusion is not None:
+        files["confusion_matrix"] = folder / CONFUSION_FILE
+        confusion.to_csv(files["confusion_matrix"])
+
+    for key, value in metrics.items():
+        study.set_user_attr(f"{TEST_ATTR_PREFIX}{key}", value)
+    study.set_user_attr("refit_trial", best.number)
+
+    return RefitResult(
+        study=name,
+        trial=best.number,
+        cv_score=float(best.value),  # type: ignore[arg-type]
+        params=params,
+        metrics=metrics,
+        epochs=len(history),
+        seconds=seconds,
+        folder=folder,
+        files=files,
+    )
+
+
+def _best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
+    try:
+        return study.best_trial
+    except ValueError:
+        raise HpoError(
+            f"study {study.study_name!r} has no completed trial to refit; run it first: "
+            f"hpo worker --study {study.study_name}"
+        ) from None
+
+
+def _history(net: Any) -> list[dict[str, float]]:
+    """Per epoch: the epoch number, train loss, validation loss (when there was validation
+    data) and seconds."""
+    rows = []
+    for entry in net.history:
+        row = {"epoch": int(entry["epoch"]), "train_loss": float(entry["train_loss"])}
+        if "valid_loss" in entry:
+            row["valid_loss"] = float(entry["valid_loss"])
+        row["seconds"] = round(float(entry["dur"]), 4)
+        rows.append(row)
+    return rows
+
+
+def _classification_metrics(net: Any, data: DataSplits) -> tuple[dict[str, float], pd.DataFrame]:
+    assert data.n_classes is not None
+    classes = list(range(data.n_classes))
+    # float64 rows summing to 1, which log_loss checks more strictly than float32 softmax gives.
+    proba = np.asarray(net.predict_proba(data.X_test), dtype=np.float64)
+    proba /= proba.sum(axis=1, keepdims=True)
+    predicted = proba.argmax(axis=1)
+    metrics = {
+        "accuracy": float(accuracy_score(data.y_test, predicted)),
+        "log_loss": float(log_loss(data.y_test, proba, labels=classes)),
+    }
+    matrix = confusion_matrix(data.y_test, predicted, labels=classes)
+    frame = pd.DataFrame(
+        matrix,
+        index=pd.Index(classes, name="true"),
+        columns=pd.Index(classes, name="predicted"),
+    )
+    return metrics, frame
+
+
+def _regression_metrics(net: Any, data: DataSplits) -> dict[str, float]:
+    predicted = np.asarray(net.predict(data.X_test)).reshape(len(data.y_test), -1)
+    return {
+        "mse": float(mean_squared_error(data.y_test, predicted)),
+        "r2": float(r2_score(data.y_test, predicted)),
+    }
+
+
+def _write_json(path: Path, value: Any) -> None:
+    path.write_text(json.dumps(value, indent=2, default=_jsonable) + "\n", encoding="utf-8")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, tuple | set):
+        return list(value)
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")

@@ -1,0 +1,144 @@
+"""hpo refit: the best configuration retrained on the training split and judged on the test."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+from conftest import run_hpo, tiny_spec
+
+from hpo.data import load_dataset
+from hpo.errors import HpoError
+from hpo.objective import build_net
+from hpo.refit import refit_study
+from hpo.spec import parse_spec
+from hpo.storage import open_storage
+from hpo.study import register_study
+from hpo.worker import run_worker
+
+
+def run_study(url: str, raw: dict[str, Any], trials: int | None = None) -> optuna.Study:
+    """Register ``raw`` and run it to its budget with one in-process worker."""
+    spec = parse_spec(raw)
+    storage = open_storage(url)
+    register_study(spec, storage)
+    run_worker(spec.name, url, trials=trials, worker_index=0, heartbeat_seconds=0, threads=1)
+    return optuna.load_study(study_name=spec.name, storage=storage)
+
+
+def classification_spec() -> dict[str, Any]:
+    # Early stopping makes the fit use digits' fixed validation split, so history has both
+    # curves.
+    return tiny_spec(
+        name="refit-digits",
+        budget={"trials": 2},
+        fixed={"max_epochs": 6, "batch_size": 128, "early_stopping_patience": 3},
+    )
+
+
+def regression_spec() -> dict[str, Any]:
+    return tiny_spec(
+        name="refit-regression",
+        model="regressor",
+        dataset={"name": "synthetic_regression", "n_train": 80, "n_test": 50},
+        scoring="neg_mean_squared_error",
+        budget={"trials": 2},
+        fixed={"max_epochs": 5, "batch_size": 20, "module__depth": 2},
+        space={
+            "module__units": {"type": "int", "low": 4, "high": 16},
+            "lr": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True},
+        },
+    )
+
+
+def test_refit_classification_scores_the_best_trial_on_the_test_split(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    study = run_study(sqlite_url, classification_spec())
+    best = study.best_trial
+
+    result = refit_study(open_storage(sqlite_url), "refit-digits", results_dir=tmp_path / "r")
+
+    folder = tmp_path / "r" / "refit-digits"
+    assert result.folder == folder
+    assert result.trial == best.number and result.cv_score == pytest.approx(best.value)
+    assert result.params == {**classification_spec()["fixed"], **best.params}
+    assert json.loads((folder / "params.json").read_text()) == result.params
+    assert set(result.metrics) == {"score", "accuracy", "log_loss"}
+    assert result.metrics["score"] == result.metrics["accuracy"]  # the spec scores accuracy
+    assert 0.0 <= result.metrics["accuracy"] <= 1.0 and result.metrics["log_loss"] > 0
+
+    # The saved weights reproduce the reported test accuracy in a fresh net.
+    spec = parse_spec(classification_spec())
+    data = load_dataset("digits")
+    net = build_net(spec, data, result.params, "cpu")
+    net.initialize()
+    net.load_params(f_params=str(folder / "model.pt"))
+    accuracy = float(np.mean(net.predict(data.X_test) == data.y_test))
+    assert accuracy == pytest.approx(result.metrics["accuracy"])
+
+    confusion = pd.read_csv(folder / "confusion_matrix.csv", index_col=0)
+    assert confusion.shape == (10, 10)
+    assert confusion.to_numpy().sum() == len(data.y_test) == 447
+    assert np.trace(confusion.to_numpy()) / 447 == pytest.approx(result.metrics["accuracy"])
+    assert confusion.loc[3].sum() == np.sum(data.y_test == 3)  # rows are the true classes
+
+    history = json.loads((folder / "history.json").read_text())
+    assert len(history) == result.epochs >= 1
+    assert [row["epoch"] for row in history] == list(range(1, len(history) + 1))
+    assert all({"train_loss", "valid_loss"} <= set(row) for row in history)
+
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["test"] == result.metrics and metrics["trial"] == best.number
+    assert metrics["n_train"] == 1000 and metrics["n_valid"] == 350 and metrics["n_test"] == 447
+
+    attrs = optuna.load_study(study_name="refit-digits", storage=sqlite_url).user_attrs
+    assert attrs["test_accuracy"] == result.metrics["accuracy"]
+    assert attrs["test_log_loss"] == result.metrics["log_loss"]
+    assert attrs["refit_trial"] == best.number
+
+
+def test_refit_regression_reports_mse_and_r2(sqlite_url: str, tmp_path: Path) -> None:
+    run_study(sqlite_url, regression_spec())
+
+    result = refit_study(open_storage(sqlite_url), "refit-regression", results_dir=tmp_path)
+
+    assert set(result.metrics) == {"score", "mse", "r2"}
+    assert result.metrics["mse"] == pytest.approx(-result.metrics["score"], rel=1e-5)
+    assert result.metrics["mse"] > 0 and result.metrics["r2"] <= 1.0
+    folder = tmp_path / "refit-regression"
+    assert not (folder / "confusion_matrix.csv").exists()
+    assert (folder / "model.pt").stat().st_size > 0
+    # No early stopping: the whole training split is trained on and nothing is validated.
+    history = json.loads((folder / "history.json").read_text())
+    assert len(history) == 5 and all("valid_loss" not in row for row in history)
+    attrs = optuna.load_study(study_name="refit-regression", storage=sqlite_url).user_attrs
+    assert attrs["test_mse"] == result.metrics["mse"]
+    assert attrs["test_r2"] == result.metrics["r2"]
+
+
+def test_refit_without_a_completed_trial_is_a_clear_error(sqlite_url: str, tmp_path: Path) -> None:
+    register_study(parse_spec(classification_spec()), open_storage(sqlite_url))
+    with pytest.raises(HpoError, match="no completed trial to refit"):
+        refit_study(open_storage(sqlite_url), "refit-digits", results_dir=tmp_path)
+    assert not (tmp_path / "refit-digits").exists()
+
+
+def test_cli_refit(sqlite_url: str, tmp_path: Path) -> None:
+    register_study(parse_spec(classification_spec()), open_storage(sqlite_url))
+    empty = run_hpo("refit", "refit-digits", "--storage", sqlite_url, cwd=tmp_path)
+    assert empty.returncode == 1
+    assert "no completed trial to refit" in empty.stderr and "Traceback" not in empty.stderr
+
+    run_worker("refit-digits", sqlite_url, worker_index=0, heartbeat_seconds=0, threads=1)
+    done = run_hpo(
+        "refit", "refit-digits", "--storage", sqlite_url, "--results", "out", cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    assert "test accuracy" in done.stdout
+    assert (tmp_path / "out" / "refit-digits" / "model.pt").exists()
