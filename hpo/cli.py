@@ -303,5 +303,27 @@ def refit(
     out.print(f"weights, metrics and learning curves written to {result.folder}")
 
 
+@app.command()
+@_reports_errors
+def report(
+    study: Annotated[str, typer.Argument(help="Name of a registered study.")],
+    out_file: Annotated[
+        Path | None,
+        typer.Option("--out", help="HTML file. Default: <results>/<study>/report.html."),
+    ] = None,
+    storage: StorageOption = None,
+    results: Annotated[
+        Path, typer.Option(help="Where hpo refit wrote <study>/ (learning curves, confusion).")
+    ] = Path("results"),
+) -> None:
+    """Write one self-contained HTML report (plotly, works offline) of a study."""
+    from hpo.report import write_report
+
+    written = write_report(_storage(storage), study, out=out_file, results_dir=results)
+    out.print(f"wrote {written.path} ({len(written.figures)} figures)")
+    for title, note in written.notes.items():
+        err.print(f"[yellow]{title}:[/] {note}", highlight=False)
+
+
 def main() -> None:
     app()

@@ -1,0 +1,303 @@
+"""One self-contained HTML report of a study: the search, and the refit when it has run.
+
+``write_report`` draws Optuna's plotly figures (optimization history, parameter importances,
+parallel coordinates, slices, the running mean score after each fold) and, when ``hpo refit``
+has left ``history.json`` and ``confusion_matrix.csv`` in ``results/<study>/``, the learning
+curves and the confusion matrix. plotly.js is embedded once, so the file opens offline and
+needs no CDN. A figure that cannot be drawn (parameter importances need two completed trials
+and a parameter that varies) becomes a short note, never an error.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import warnings
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+import plotly.graph_objects as go
+from optuna import visualization
+from optuna.trial import TrialState
+
+from hpo.refit import CONFUSION_FILE, HISTORY_FILE, METRICS_FILE, TEST_ATTR_PREFIX
+from hpo.spec import StudySpec
+from hpo.study import load_study
+
+REPORT_FILE = "report.html"
+FIGURE_HEIGHT = 460
+
+
+@dataclass(frozen=True)
+class Report:
+    """What ``write_report`` wrote.
+
+    Attributes:
+        path: The HTML file.
+        figures: Titles of the figures drawn, in page order.
+        notes: Why each figure that was left out is missing, by title.
+    """
+
+    path: Path
+    figures: list[str] = field(default_factory=list)
+    notes: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Section:
+    title: str
+    figure: go.Figure | None = None
+    note: str = ""
+
+
+def write_report(
+    storage: optuna.storages.BaseStorage,
+    name: str,
+    *,
+    out: str | Path | None = None,
+    results_dir: str | Path = "results",
+) -> Report:
+    """Write the HTML report of study ``name``.
+
+    Args:
+        storage: The storage the study lives in.
+        name: A registered study; it may have no completed trial yet (the figures then say so).
+        out: The HTML file to write. Default ``<results_dir>/<name>/report.html``.
+        results_dir: Where ``hpo refit`` wrote ``<name>/``; its learning curves and confusion
+            matrix are added when present. Default ``results``.
+
+    Returns:
+        The path written, the figures drawn and the notes for those left out.
+
+    Raises:
+        StudyError: No such study.
+    """
+    study, spec = load_study(storage, name)
+    refit_folder = Path(results_dir) / name
+    path = Path(out) if out is not None else refit_folder / REPORT_FILE
+
+    with warnings.catch_warnings():
+        # Optuna warns about what the notes already say (too few trials, empty figures).
+        warnings.simplefilter("ignore")
+        sections = [*_search_sections(study), *_refit_sections(refit_folder)]
+
+    parts: list[str] = []
+    plotly_js_written = False
+    for section in sections:
+        parts.append(f"<section><h2>{html.escape(section.title)}</h2>")
+        if section.figure is not None:
+            section.figure.update_layout(
+                height=FIGURE_HEIGHT, title=None, margin={"t": 30, "b": 50}
+            )
+            parts.append(
+                section.figure.to_html(
+                    full_html=False,
+                    include_plotlyjs=not plotly_js_written,
+                    config={"displaylogo": False, "responsive": True},
+                )
+            )
+            plotly_js_written = True
+        else:
+            parts.append(f'<p class="note">{html.escape(section.note)}</p>')
+        parts.append("</section>")
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        _PAGE.format(
+            title=html.escape(f"hpo report: {name}"),
+            summary=_summary(study, spec, refit_folder),
+            body="\n".join(parts),
+            css=_CSS,
+        ),
+        encoding="utf-8",
+    )
+    return Report(
+        path=path,
+        figures=[s.title for s in sections if s.figure is not None],
+        notes={s.title: s.note for s in sections if s.figure is None},
+    )
+
+
+def _search_sections(study: optuna.Study) -> list[_Section]:
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        note = "No trial has completed yet: run the study first (hpo worker --study NAME)."
+        titles = (
+            "Optimization history",
+            "Parameter importances",
+            "Parallel coordinates",
+            "Slices",
+            "Running mean score after each fold",
+        )
+        return [_Section(title, note=note) for title in titles]
+
+    varying = _varying_params(complete)
+    no_params = "No searched parameter takes more than one value, so there is nothing to plot."
+    sections = [
+        _plotted("Optimization history", visualization.plot_optimization_history, study),
+    ]
+    if len(complete) < 2:
+        sections.append(
+            _Section(
+                "Parameter importances",
+                note="Parameter importances need at least 2 completed trials; "
+                f"this study has {len(complete)}.",
+            )
+        )
+    elif not varying:
+        sections.append(_Section("Parameter importances", note=no_params))
+    else:
+        sections.append(
+            _plotted("Parameter importances", visualization.plot_param_importances, study, varying)
+        )
+    for title, plot in (
+        ("Parallel coordinates", visualization.plot_parallel_coordinate),
+        ("Slices", visualization.plot_slice),
+    ):
+        if varying:
+            sections.append(_plotted(title, plot, study, varying))
+        else:
+            sections.append(_Section(title, note=no_params))
+    folds = _plotted(
+        "Running mean score after each fold", visualization.plot_intermediate_values, study
+    )
+    if folds.figure is not None:
+        folds.figure.update_xaxes(title_text="fold (0 = first)", dtick=1)
+        folds.figure.update_yaxes(title_text="mean score of the folds so far")
+    sections.append(folds)
+    return sections
+
+
+def _varying_params(trials: list[optuna.trial.FrozenTrial]) -> list[str]:
+    values: dict[str, set[str]] = {}
+    for trial in trials:
+        for key, value in trial.params.items():
+            values.setdefault(key, set()).add(repr(value))
+    return [key for key, seen in values.items() if len(seen) > 1]
+
+
+def _plotted(
+    title: str,
+    plot: Callable[..., go.Figure],
+    study: optuna.Study,
+    params: list[str] | None = None,
+) -> _Section:
+    try:
+        figure = plot(study) if params is None else plot(study, params=params)
+    except (ValueError, RuntimeError, ZeroDivisionError) as error:
+        return _Section(title, note=f"Optuna could not draw this figure: {error}")
+    if not figure.data:
+        return _Section(title, note="Nothing to draw: no trial recorded what this figure shows.")
+    return _Section(title, figure=figure)
+
+
+def _refit_sections(folder: Path) -> list[_Section]:
+    history_path = folder / HISTORY_FILE
+    if not history_path.is_file():
+        return [
+            _Section(
+                "Learning curves",
+                note="The best configuration has not been refit yet; run hpo refit NAME, "
+                "then write the report again to add its learning curves and confusion matrix.",
+            )
+        ]
+    history = pd.DataFrame(json.loads(history_path.read_text(encoding="utf-8")))
+    curves = go.Figure()
+    for column, label in (("train_loss", "training loss"), ("valid_loss", "validation loss")):
+        if column in history:
+            curves.add_trace(
+                go.Scatter(x=history["epoch"], y=history[column], mode="lines+markers", name=label)
+            )
+    curves.update_layout(xaxis_title="epoch", yaxis_title="loss", template="plotly_white")
+    sections = [_Section("Learning curves (refit)", figure=curves)]
+
+    confusion_path = folder / CONFUSION_FILE
+    if confusion_path.is_file():
+        matrix = pd.read_csv(confusion_path, index_col=0)
+        labels = [str(c) for c in matrix.columns]
+        heatmap = go.Figure(
+            go.Heatmap(
+                z=matrix.to_numpy(),
+                x=labels,
+                y=[str(i) for i in matrix.index],
+                text=matrix.to_numpy(),
+                texttemplate="%{text}",
+                colorscale="Blues",
+                hovertemplate="true %{y}, predicted %{x}: %{z}<extra></extra>",
+            )
+        )
+        heatmap.update_layout(template="plotly_white")
+        heatmap.update_xaxes(title_text="predicted class", type="category")
+        heatmap.update_yaxes(title_text="true class", type="category", autorange="reversed")
+        sections.append(_Section("Confusion matrix on the test split (refit)", figure=heatmap))
+    return sections
+
+
+def _summary(study: optuna.Study, spec: StudySpec, refit_folder: Path) -> str:
+    trials = study.get_trials(deepcopy=False)
+    states = Counter(t.state.name for t in trials)
+    rows: list[tuple[str, str]] = [
+        ("model", spec.model),
+        ("dataset", spec.dataset.name),
+        ("sampler", spec.sampler.name),
+        ("pruner", spec.pruner.name),
+        ("scoring", f"{spec.scoring} ({spec.cv.folds}-fold CV, greater is better)"),
+        ("trials", ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "none yet"),
+    ]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    if complete:
+        best = study.best_trial
+        rows.append(("best CV score", f"{best.value:.6g} (trial {best.number})"))
+        params = {**spec.fixed, **best.params}
+        rows.append(("best configuration", ", ".join(f"{k}={_fmt(v)}" for k, v in params.items())))
+    test = {
+        k.removeprefix(TEST_ATTR_PREFIX): v
+        for k, v in study.user_attrs.items()
+        if k.startswith(TEST_ATTR_PREFIX)
+    }
+    metrics_path = refit_folder / METRICS_FILE
+    if metrics_path.is_file():
+        test = json.loads(metrics_path.read_text(encoding="utf-8")).get("test", test)
+    if test:
+        rows.append(("test split (refit)", ", ".join(f"{k} {_fmt(v)}" for k, v in test.items())))
+    cells = "\n".join(
+        f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows
+    )
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return f'<table class="summary">{cells}</table><p class="stamp">written {stamp}</p>'
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+h1 { font-size: 1.6em; } h2 { font-size: 1.2em; margin-top: 2em; }
+table.summary { border-collapse: collapse; }
+table.summary th, table.summary td { text-align: left; padding: 0.25em 1em 0.25em 0;
+  vertical-align: top; border-bottom: 1px solid #eee; }
+p.note { color: #666; font-style: italic; }
+p.stamp { color: #999; font-size: 0.85em; }
+"""
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>{title}</title>
+<style>{css}</style>
+</head>
+<body>
+<h1>{title}</h1>
+{summary}
+{body}
+</body>
+</html>
+"""

@@ -1,0 +1,167 @@
+"""hpo report: one self-contained HTML file, checked by rendering it in headless Chromium.
+
+Chromium is Debian's ``chromium`` package (``scripts/ensure-chromium.sh`` installs it). It
+renders the file with every host name unresolvable, so a figure that needed a CDN would stay
+blank.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from conftest import run_hpo, tiny_spec
+from PIL import Image
+
+from hpo.refit import refit_study
+from hpo.report import write_report
+from hpo.spec import parse_spec
+from hpo.storage import open_storage
+from hpo.study import register_study
+from hpo.worker import run_worker
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+SEARCH_FIGURES = [
+    "Optimization history",
+    "Parameter importances",
+    "Parallel coordinates",
+    "Slices",
+    "Running mean score after each fold",
+]
+REFIT_FIGURES = ["Learning curves (refit)", "Confusion matrix on the test split (refit)"]
+
+
+def report_spec(trials: int) -> dict[str, Any]:
+    return tiny_spec(
+        name="report-digits",
+        budget={"trials": trials},
+        fixed={"max_epochs": 4, "batch_size": 128, "early_stopping_patience": 2},
+    )
+
+
+def run_study(url: str, raw: dict[str, Any]) -> None:
+    spec = parse_spec(raw)
+    register_study(spec, open_storage(url))
+    run_worker(spec.name, url, worker_index=0, heartbeat_seconds=0, threads=1)
+
+
+def chromium(*args: str, profile: Path) -> subprocess.CompletedProcess[str]:
+    if not CHROMIUM.exists():
+        if os.environ.get("CI"):
+            pytest.fail("CI must render the report: run scripts/ensure-chromium.sh first")
+        pytest.skip("no chromium: run scripts/ensure-chromium.sh")
+    return subprocess.run(
+        [
+            str(CHROMIUM),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            # Offline: no host name resolves, so nothing can come from a CDN.
+            "--host-resolver-rules=MAP * ~NOTFOUND",
+            f"--user-data-dir={profile}",
+            "--virtual-time-budget=20000",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def rendered_dom(page: Path, tmp_path: Path) -> str:
+    done = chromium("--dump-dom", page.resolve().as_uri(), profile=tmp_path / "profile-dom")
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def count_class(dom: str, name: str) -> int:
+    return len(re.findall(rf'class="(?:[^"]* )?{re.escape(name)}(?: [^"]*)?"', dom))
+
+
+def test_report_renders_every_figure_offline(sqlite_url: str, tmp_path: Path) -> None:
+    run_study(sqlite_url, report_spec(trials=3))
+    refit_study(open_storage(sqlite_url), "report-digits", results_dir=tmp_path / "results")
+
+    report = write_report(
+        open_storage(sqlite_url), "report-digits", results_dir=tmp_path / "results"
+    )
+
+    assert report.path == tmp_path / "results" / "report-digits" / "report.html"
+    assert report.figures == SEARCH_FIGURES + REFIT_FIGURES and report.notes == {}
+    text = report.path.read_text()
+    assert not re.search(r"<script[^>]+src=", text), "plotly.js must be embedded, not linked"
+    assert text.count("<script") >= 1 + len(report.figures)  # the library once, then figures
+    assert "test split (refit)" in text and "accuracy" in text
+
+    dom = rendered_dom(report.path, tmp_path)
+    # plotly adds these classes only once a figure has been drawn.
+    assert count_class(dom, "js-plotly-plot") == len(report.figures)
+    assert count_class(dom, "plot-container") == len(report.figures)
+    assert count_class(dom, "main-svg") >= 2 * len(report.figures)
+    for title in report.figures:
+        assert f"<h2>{title}</h2>" in dom
+
+    shot = tmp_path / "report.png"
+    done = chromium(
+        f"--screenshot={shot}",
+        "--window-size=1280,4200",
+        report.path.resolve().as_uri(),
+        profile=tmp_path / "profile-shot",
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    image = Image.open(shot).convert("RGB")
+    colors = image.getcolors(maxcolors=1 << 20) or []
+    painted = sum(count for count, rgb in colors if rgb != (255, 255, 255))
+    assert len(colors) > 200, "a page of plots has many colours; a blank one has a few"
+    assert painted > 0.1 * image.width * image.height
+
+
+def test_report_notes_what_one_trial_cannot_show(sqlite_url: str, tmp_path: Path) -> None:
+    run_study(sqlite_url, report_spec(trials=1))
+    out = tmp_path / "one.html"
+
+    report = write_report(open_storage(sqlite_url), "report-digits", out=out, results_dir=tmp_path)
+
+    assert report.path == out and out.is_file()
+    assert "Optimization history" in report.figures
+    assert "at least 2 completed trials" in report.notes["Parameter importances"]
+    assert "hpo refit" in report.notes["Learning curves"]
+    assert not any("refit)" in title for title in report.figures)
+    text = out.read_text()
+    assert "at least 2 completed trials" in text and "hpo refit" in text
+
+
+def test_report_of_a_study_without_completed_trials(sqlite_url: str, tmp_path: Path) -> None:
+    register_study(parse_spec(report_spec(trials=2)), open_storage(sqlite_url))
+    study = optuna.load_study(study_name="report-digits", storage=sqlite_url)
+    study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)
+
+    report = write_report(open_storage(sqlite_url), "report-digits", results_dir=tmp_path)
+
+    assert report.figures == []
+    assert set(report.notes) == {*SEARCH_FIGURES, "Learning curves"}
+    assert "No trial has completed yet" in report.notes["Slices"]
+    assert "1 FAIL" in report.path.read_text()
+
+
+def test_cli_report(sqlite_url: str, tmp_path: Path) -> None:
+    missing = run_hpo("report", "nope", "--storage", sqlite_url, cwd=tmp_path)
+    assert missing.returncode == 1 and "no study named 'nope'" in missing.stderr
+
+    register_study(parse_spec(report_spec(trials=2)), open_storage(sqlite_url))
+    done = run_hpo(
+        "report", "report-digits", "--storage", sqlite_url, "--out", "r.html", cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    assert "r.html" in done.stdout and (tmp_path / "r.html").is_file()
