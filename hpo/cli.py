@@ -325,5 +325,33 @@ def report(
         err.print(f"[yellow]{title}:[/] {note}", highlight=False)
 
 
+@app.command()
+@_reports_errors
+def enqueue(
+    study: Annotated[str, typer.Argument(help="Name of a registered study.")],
+    assignments: Annotated[
+        list[str],
+        typer.Argument(
+            help="The point as key=value pairs, one per searched parameter; values are read "
+            "as YAML scalars (0.01, 1e-3, 64, true, adam).",
+            show_default=False,
+        ),
+    ],
+    storage: StorageOption = None,
+) -> None:
+    """Queue a configuration (a warm start) to run before new samples; it is one of the
+    budget's trials."""
+    from hpo.enqueue import enqueue_point, parse_assignments
+
+    queued = enqueue_point(_storage(storage), study, parse_assignments(assignments))
+    out.print(f"enqueued trial {queued.trial} of {study}")
+    if not queued.within_budget:
+        err.print(
+            f"[yellow]the budget of {queued.budget} trials is already taken; run the point "
+            f"with: hpo worker --study {study} --trials {queued.taken}[/]",
+            highlight=False,
+        )
+
+
 def main() -> None:
     app()
