@@ -50,6 +50,7 @@ def test_registry_names() -> None:
         "csv",
         "mnist",
         "fashion_mnist",
+        "svhn",
     }
 
 
@@ -345,8 +346,9 @@ def test_unknown_and_missing_options_are_listed_at_once() -> None:
         ("synthetic_regression", {"n_train", "n_test", "noise", "seed"}),
         ("npz", {"path", "task", "test_size", "seed"}),
         ("csv", {"path", "target", "task", "test_size", "seed"}),
-        ("mnist", {"root", "download", "max_train", "max_test"}),
-        ("fashion_mnist", {"root", "download", "max_train", "max_test"}),
+        ("mnist", {"root", "download", "max_train", "max_test", "test_fraction"}),
+        ("fashion_mnist", {"root", "download", "max_train", "max_test", "test_fraction"}),
+        ("svhn", {"root", "download", "max_train", "max_test"}),
     ],
 )
 def test_dataset_options(name: str, options: set[str]) -> None:
