@@ -10,6 +10,14 @@ estimator parameter so an exported CSV row can be applied with ``set_params(**ro
 - ``early_stopping_patience`` adds skorch's ``EarlyStopping`` on the validation loss;
 - batches are sliced from whole tensors (``TensorBatches``) instead of being collated from
   per-sample ``Dataset.__getitem__`` calls, which dominates the cost of small nets (skorch#1100).
+
+Small nets spend as much time in skorch's per-batch bookkeeping as in the arithmetic, so the
+nets also trim what skorch does per batch without changing what a fit computes: callbacks are
+called only for the hooks they implement, modules switch between train and eval mode only
+when the mode changes, the batch losses stay on the device until the epoch ends (``.item()``
+per batch would wait for a GPU after every step), and predictions and validation losses run
+in batches of ``EVAL_BATCH_ROWS``. ``tests/test_nets.py`` checks that a fit scores as plain
+skorch does.
 """
 
 from __future__ import annotations
@@ -20,8 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 from skorch import NeuralNetClassifier, NeuralNetRegressor
-from skorch.callbacks import EarlyStopping
-from skorch.dataset import Dataset, ValidSplit
+from skorch.callbacks import Callback, EarlyStopping
+from skorch.dataset import Dataset, ValidSplit, get_len
 from torch import nn
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
@@ -31,6 +39,12 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "sgd": torch.optim.SGD,
     "rmsprop": torch.optim.RMSprop,
 }
+
+#: Rows per batch when a net predicts or computes its validation loss through
+#: ``TensorBatches`` and ``iterator_valid__batch_size`` is not set. Nothing is kept for a
+#: backward pass, and in eval mode a row's output does not depend on the rows beside it, so a
+#: bigger batch changes only the per-batch overhead (and the last bits of float rounding).
+EVAL_BATCH_ROWS = 1024
 
 #: Net-level keys a spec may set besides ``module__*`` and ``optimizer__*``.
 NET_PARAMS: frozenset[str] = frozenset(
@@ -66,7 +80,8 @@ class TensorBatches:
     """Mini-batches sliced from whole tensors, a drop-in for skorch's ``DataLoader``.
 
     The data is turned into tensors once, on ``device``, when skorch builds the iterator
-    (once per fit or predict), so an epoch costs one ``randperm`` and one index per batch.
+    (once per fit or predict; data already on ``device`` is not copied), so an epoch costs
+    one ``randperm``, one gather and a slice per batch.
 
     Args:
         dataset: a skorch ``Dataset`` over arrays, or a ``torch.utils.data.Subset`` of one
@@ -95,16 +110,15 @@ class TensorBatches:
         return (len(self.X) + self.batch_size - 1) // self.batch_size
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-        n = len(self.X)
+        X, y = self.X, self.y
         if self.shuffle:
-            order = torch.randperm(n).to(self.X.device)
-            for start in range(0, n, self.batch_size):
-                index = order[start : start + self.batch_size]
-                yield self.X[index], None if self.y is None else self.y[index]
-        else:
-            for start in range(0, n, self.batch_size):
-                stop = start + self.batch_size
-                yield self.X[start:stop], None if self.y is None else self.y[start:stop]
+            # One gather per epoch, then contiguous slices: the same batches as gathering
+            # each batch on its own, for one copy instead of one per batch.
+            order = torch.randperm(len(X)).to(X.device)
+            X, y = X[order], None if y is None else y[order]
+        for start in range(0, len(X), self.batch_size):
+            stop = start + self.batch_size
+            yield X[start:stop], None if y is None else y[start:stop]
 
 
 def _arrays_of(dataset: Any) -> tuple[Any, Any]:
@@ -158,6 +172,10 @@ class _TunedNet:
     def initialize(self) -> Any:
         if self.random_state is not None:
             torch.manual_seed(self.random_state)
+        if str(self.device).startswith("cuda"):  # type: ignore[attr-defined]
+            # Every batch of a fit has the same shape (but the last), so the fastest
+            # convolution algorithm is worth finding once.
+            torch.backends.cudnn.benchmark = True
         return super().initialize()  # type: ignore[misc]
 
     def get_default_callbacks(self) -> list[tuple[str, Any]]:
@@ -186,13 +204,79 @@ class _TunedNet:
         prefix = "iterator_train" if training else "iterator_valid"
         iterator = getattr(self, prefix)
         kwargs = self.get_params_for(prefix)  # type: ignore[attr-defined]
-        kwargs.setdefault("batch_size", self.batch_size)  # type: ignore[attr-defined]
-        if kwargs["batch_size"] == -1:
-            kwargs["batch_size"] = len(dataset)
+        batch_size = self.batch_size  # type: ignore[attr-defined]
         if iterator is TensorBatches:
             kwargs.setdefault("shuffle", training)
             kwargs.setdefault("device", self.device)  # type: ignore[attr-defined]
+            if not training and batch_size != -1:
+                batch_size = max(batch_size, EVAL_BATCH_ROWS)
+        kwargs.setdefault("batch_size", batch_size)
+        if kwargs["batch_size"] == -1:
+            kwargs["batch_size"] = len(dataset)
         return iterator(dataset, **kwargs)
+
+    def run_single_epoch(
+        self, iterator: Any, training: bool, prefix: str, step_fn: Any, **fit_params: Any
+    ) -> None:
+        # skorch's own loop, except that each batch's loss is recorded as a tensor and turned
+        # into a float once the epoch is over: one wait for the device per epoch, not per
+        # batch. Epoch-level scores (train_loss, valid_loss) are computed after this returns,
+        # from the floats.
+        if iterator is None:
+            return
+        history = self.history  # type: ignore[attr-defined]
+        loss_key, size_key = prefix + "_loss", prefix + "_batch_size"
+        rows: list[dict[str, Any]] = []
+        losses: list[torch.Tensor] = []
+        for batch in iterator:
+            self.notify("on_batch_begin", batch=batch, training=training)
+            step = step_fn(batch, **fit_params)
+            loss = step["loss"].detach()
+            history.record_batch(loss_key, loss)
+            batch_size = get_len(batch[0]) if isinstance(batch, (tuple, list)) else get_len(batch)
+            history.record_batch(size_key, batch_size)
+            rows.append(history[-1]["batches"][-1])
+            losses.append(loss)
+            self.notify("on_batch_end", batch=batch, training=training, **step)
+        if losses:
+            values = torch.stack([loss.float().reshape(()) for loss in losses]).tolist()
+            for row, value in zip(rows, values, strict=True):
+                row[loss_key] = value
+        history.record(prefix + "_batch_count", len(losses))
+
+    def notify(self, method_name: str, **cb_kwargs: Any) -> None:
+        # skorch calls every callback's hook for every batch, though most callbacks inherit
+        # Callback's no-op for most hooks; calling only the hooks a callback implements
+        # changes nothing but the time.
+        getattr(self, method_name)(self, **cb_kwargs)
+        for callback in self._callbacks_implementing(method_name):
+            getattr(callback, method_name)(self, **cb_kwargs)
+
+    def _callbacks_implementing(self, method_name: str) -> list[Any]:
+        callbacks = self.callbacks_  # type: ignore[attr-defined]
+        cache = getattr(self, "hook_cache_", None)
+        if cache is None or cache[0] is not callbacks:
+            # callbacks_ is replaced, never changed in place, when callbacks are initialized.
+            # The trailing underscore keeps the cache out of get_params (and so out of clone).
+            cache = (callbacks, {})
+            self.hook_cache_ = cache
+        hooked = cache[1].get(method_name)
+        if hooked is None:
+            no_op = getattr(Callback, method_name, None)
+            hooked = [
+                callback
+                for _, callback in callbacks
+                if no_op is None or getattr(type(callback), method_name, None) is not no_op
+            ]
+            cache[1][method_name] = hooked
+        return hooked
+
+    def _set_training(self, training: bool = True) -> None:
+        # skorch sets the mode of every submodule before every batch; only a switch needs it.
+        for name in self._modules + self._criteria:  # type: ignore[attr-defined]
+            module = getattr(self, name + "_")
+            if isinstance(module, nn.Module) and module.training != training:
+                module.train(training)
 
     def get_split_datasets(self, X: Any, y: Any = None, **fit_params: Any) -> Any:
         # A validation split is only worth its data when early stopping reads it.

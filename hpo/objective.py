@@ -5,17 +5,24 @@ exactly what ``sklearn.model_selection.cross_val_score(net, X, y, cv=folds, scor
 does, but one fold at a time: after each fold the running mean goes to ``trial.report`` so a
 median or hyperband pruner can stop a bad trial before its last fold. (optuna-integration's
 ``SkorchPruningCallback`` would report per epoch, but it breaks ``sklearn.clone``.)
+
+The training arrays become tensors on the trial's device once per worker process
+(``resident_training_data``), and each fold is gathered from them there, so no fold copies its
+data from the host. Fold scores, fit seconds and epochs go to the storage once per trial, not
+once per fold: each write is a round trip to the database.
 """
 
 from __future__ import annotations
 
 import math
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 import optuna
+import torch
 from sklearn.base import clone
 from sklearn.metrics import get_scorer
 from sklearn.model_selection import BaseCrossValidator, KFold, StratifiedKFold
@@ -95,21 +102,46 @@ class StopCheck(Callback):
             raise WorkerStopped
 
 
+#: The last ``resident_training_data``: (the data it was made from, device, tensors).
+_resident: tuple[weakref.ref[DataSplits], str, tuple[torch.Tensor, torch.Tensor]] | None = None
+
+
+def resident_training_data(data: DataSplits, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``X_train`` and ``y_train`` as tensors on ``device``, made once per worker process.
+
+    A worker scores every trial on the same data, so it is moved to the device once (on the
+    CPU the tensors share the arrays' memory) and each fold is indexed from it in place.
+    """
+    global _resident
+    if _resident is not None:
+        source, resident_device, tensors = _resident
+        if source() is data and resident_device == device:
+            return tensors
+    tensors = (
+        torch.as_tensor(data.X_train, device=device),
+        torch.as_tensor(data.y_train, device=device),
+    )
+    _resident = (weakref.ref(data), device, tensors)
+    return tensors
+
+
 def _fold_scores(
     net: Any,
-    X: np.ndarray,
-    y: np.ndarray,
+    data: DataSplits,
+    device: str,
     folds: BaseCrossValidator,
     scoring: str,
     should_stop: Callable[[], bool] | None,
 ) -> Iterator[tuple[float, float, int]]:
     scorer = get_scorer(scoring)
-    for fold, (train, test) in enumerate(folds.split(X, y)):
+    X, y = resident_training_data(data, device)
+    for fold, (train, test) in enumerate(folds.split(data.X_train, data.y_train)):
         fold_net = clone(net)
         if should_stop is not None:
             fold_net.set_params(callbacks=[("stop_check", StopCheck(should_stop))])
+        train_rows = torch.as_tensor(train, device=X.device)
         started = time.perf_counter()
-        fold_net.fit(X[train], y[train])
+        fold_net.fit(X[train_rows], y[train_rows])
         seconds = time.perf_counter() - started
         losses = fold_net.history[:, "train_loss"]
         if not all(math.isfinite(loss) for loss in losses):
@@ -117,7 +149,10 @@ def _fold_scores(
                 f"the training loss became {losses[-1]} in fold {fold}: the configuration "
                 "diverged (a lower lr or a smaller init usually helps)"
             )
-        yield float(scorer(fold_net, X[test], y[test])), seconds, len(fold_net.history)
+        # The scorer compares predictions with y on the host, as cross_val_score does.
+        test_rows = torch.as_tensor(test, device=X.device)
+        score = scorer(fold_net, X[test_rows], data.y_train[test])
+        yield float(score), seconds, len(fold_net.history)
 
 
 def evaluate(
@@ -131,7 +166,7 @@ def evaluate(
 
     Reports the running mean after each fold and raises ``optuna.TrialPruned`` when the
     pruner says so. Fold scores, their std, fit seconds, epochs and the device end in the
-    trial's user_attrs.
+    trial's user_attrs (the fold lists also when the trial is pruned or fails part-way).
 
     Returns:
         The mean fold score (greater is better, as for every scikit-learn scorer).
@@ -139,21 +174,25 @@ def evaluate(
     params = {**spec.fixed, **suggest(trial, spec.space)}
     net = build_net(spec, data, params, device)
     trial.set_user_attr("device", device)
+    # Asking a NopPruner costs a storage read per fold and always answers no.
+    pruner = getattr(getattr(trial, "study", None), "pruner", None)
+    may_prune = not isinstance(pruner, optuna.pruners.NopPruner)
     scores: list[float] = []
     seconds: list[float] = []
     epochs: list[int] = []
-    folds = _fold_scores(
-        net, data.X_train, data.y_train, make_folds(spec), spec.scoring, should_stop
-    )
-    for fold, (score, fit_seconds, fold_epochs) in enumerate(folds):
-        scores.append(score)
-        seconds.append(round(fit_seconds, 4))
-        epochs.append(fold_epochs)
-        trial.set_user_attr("fold_scores", scores)
-        trial.set_user_attr("fit_seconds", seconds)
-        trial.set_user_attr("epochs", epochs)
-        trial.report(float(np.mean(scores)), step=fold)
-        if fold + 1 < spec.cv.folds and trial.should_prune():
-            raise optuna.TrialPruned(f"pruned after fold {fold}: mean {np.mean(scores):.4f}")
+    folds = _fold_scores(net, data, device, make_folds(spec), spec.scoring, should_stop)
+    try:
+        for fold, (score, fit_seconds, fold_epochs) in enumerate(folds):
+            scores.append(score)
+            seconds.append(round(fit_seconds, 4))
+            epochs.append(fold_epochs)
+            trial.report(float(np.mean(scores)), step=fold)
+            if may_prune and fold + 1 < spec.cv.folds and trial.should_prune():
+                raise optuna.TrialPruned(f"pruned after fold {fold}: mean {np.mean(scores):.4f}")
+    finally:
+        if scores:
+            trial.set_user_attr("fold_scores", scores)
+            trial.set_user_attr("fit_seconds", seconds)
+            trial.set_user_attr("epochs", epochs)
     trial.set_user_attr("score_std", float(np.std(scores)))
     return float(np.mean(scores))

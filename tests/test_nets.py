@@ -1,0 +1,242 @@
+"""hpo's fast path scores as plain skorch does, and TensorBatches batches as a DataLoader does.
+
+The fast path is everything ``TunedClassifier`` / ``TunedRegressor`` change about a fit for
+speed: ``TensorBatches`` instead of skorch's ``DataLoader``, callbacks called only for the hooks
+they implement, no per-batch mode switch, batch losses kept on the device until the epoch ends,
+and bigger evaluation batches. With shuffling off and the same seed, a fit must train and score
+as plain skorch does, up to float rounding.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.metrics import get_scorer
+from sklearn.model_selection import KFold
+from skorch import NeuralNetClassifier, NeuralNetRegressor
+from skorch.callbacks import Callback
+from skorch.dataset import Dataset, ValidSplit
+from torch import nn
+from torch.utils.data import Subset
+
+from hpo.data import load_dataset
+from hpo.models import CNN, MLP
+from hpo.nets import TensorBatches, TunedClassifier, TunedRegressor
+
+SEED = 0
+
+
+def _digits(n: int = 300) -> tuple[np.ndarray, np.ndarray]:
+    data = load_dataset("digits")
+    return data.X_train[:n], data.y_train[:n]
+
+
+def _cases() -> list[Any]:
+    X, y = _digits()
+    reg = load_dataset("synthetic_regression")
+    mlp = {"module__hidden1": 32, "module__hidden2": 16}
+    cnn = {"module__conv1": 4, "module__conv2": 8, "module__hidden1": 16}
+    as_float = y.astype(np.float32).reshape(-1, 1)  # a CNN regressing the digit's value
+    return [
+        pytest.param(
+            TunedClassifier, NeuralNetClassifier, MLP, mlp, X, y, "accuracy", id="clf-mlp"
+        ),
+        pytest.param(
+            TunedClassifier, NeuralNetClassifier, CNN, cnn, X, y, "accuracy", id="clf-cnn"
+        ),
+        pytest.param(
+            TunedRegressor,
+            NeuralNetRegressor,
+            MLP,
+            {"module__hidden1": 16},
+            reg.X_train,
+            reg.y_train,
+            "neg_mean_squared_error",
+            id="reg-mlp",
+        ),
+        pytest.param(
+            TunedRegressor,
+            NeuralNetRegressor,
+            CNN,
+            cnn,
+            X,
+            as_float,
+            "neg_mean_squared_error",
+            id="reg-cnn",
+        ),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("tuned_class", "plain_class", "module", "module_params", "X", "y", "scoring"), _cases()
+)
+def test_fast_path_scores_like_plain_skorch(
+    tuned_class: Any,
+    plain_class: Any,
+    module: type[nn.Module],
+    module_params: dict[str, Any],
+    X: np.ndarray,
+    y: np.ndarray,
+    scoring: str,
+) -> None:
+    n_outputs = 1 if tuned_class is TunedRegressor else 10
+    common = {
+        "module__input_shape": X.shape[1:],
+        "module__n_outputs": n_outputs,
+        "lr": 0.01,
+        "batch_size": 32,
+        "max_epochs": 4,
+        **module_params,
+    }
+    folds = KFold(3, shuffle=True, random_state=SEED)
+    fast = tuned_class(module, iterator_train__shuffle=False, random_state=SEED, **common)
+    # Plain skorch: DataLoader batches (collated row by row), every callback hook, a mode
+    # switch per batch; seeded as the tuned net seeds itself, just before each fit.
+    plain = plain_class(
+        module,
+        criterion=tuned_class.default_criterion,
+        optimizer=torch.optim.Adam,
+        train_split=None,
+        verbose=0,
+        **common,
+    )
+    scorer = get_scorer(scoring)
+    scores: dict[str, list[float]] = {"fast": [], "plain": []}
+    losses: dict[str, list[list[float]]] = {"fast": [], "plain": []}
+    for train, test in folds.split(X, y):
+        for name, net in (("fast", fast), ("plain", plain)):
+            torch.manual_seed(SEED)
+            fitted = clone(net).fit(X[train], y[train])
+            scores[name].append(scorer(fitted, X[test], y[test]))
+            losses[name].append(fitted.history[:, "train_loss"])
+
+    assert losses["plain"][0][-1] < losses["plain"][0][0]  # it did learn something
+    np.testing.assert_allclose(losses["fast"], losses["plain"], rtol=1e-5)
+    np.testing.assert_allclose(scores["fast"], scores["plain"], rtol=1e-5)
+
+
+def test_validation_loss_matches_plain_skorch_on_a_valid_split() -> None:
+    X, y = _digits()
+    common = {
+        "module__input_shape": X.shape[1:],
+        "module__hidden1": 32,
+        "lr": 0.01,
+        "batch_size": 32,
+        "max_epochs": 3,
+        "train_split": ValidSplit(4),
+    }
+    fast = TunedClassifier(MLP, iterator_train__shuffle=False, random_state=SEED, **common)
+    fast.fit(X, y)
+    torch.manual_seed(SEED)
+    plain = NeuralNetClassifier(
+        MLP, criterion=nn.CrossEntropyLoss, optimizer=torch.optim.Adam, verbose=0, **common
+    ).fit(X, y)
+    for key in ("train_loss", "valid_loss", "valid_acc"):
+        np.testing.assert_allclose(fast.history[:, key], plain.history[:, key], rtol=1e-5)
+
+
+def test_batches_have_the_batch_size_and_a_smaller_last_batch() -> None:
+    X = np.arange(10, dtype=np.float32).reshape(10, 1)
+    batches = TensorBatches(Dataset(X, np.arange(10)), batch_size=4)
+    sizes = [len(Xb) for Xb, _ in batches]
+    assert sizes == [4, 4, 2]
+    assert len(batches) == 3
+    assert torch.cat([Xb for Xb, _ in batches]).flatten().tolist() == list(range(10))
+
+
+def test_shuffle_covers_every_row_once_per_epoch_in_a_new_order() -> None:
+    X = np.arange(50, dtype=np.float32).reshape(50, 1)
+    y = np.arange(50)
+    batches = TensorBatches(Dataset(X, y), batch_size=8, shuffle=True)
+    torch.manual_seed(SEED)
+    orders = []
+    for _ in range(2):
+        rows = [(Xb.flatten(), yb) for Xb, yb in batches]
+        assert [len(yb) for _, yb in rows] == [8] * 6 + [2]
+        seen = torch.cat([yb for _, yb in rows])
+        assert all(torch.equal(Xb.long(), yb) for Xb, yb in rows)  # pairs stay together
+        assert sorted(seen.tolist()) == list(range(50))
+        orders.append(seen.tolist())
+    assert orders[0] != orders[1]
+    assert orders[0] != list(range(50))
+
+
+def test_a_subset_from_valid_split_yields_its_rows() -> None:
+    X = np.arange(20, dtype=np.float32).reshape(20, 1)
+    y = np.arange(20)
+    train, valid = ValidSplit(4)(Dataset(X, y), y)
+    assert isinstance(valid, Subset)
+    rows = torch.cat([yb for _, yb in TensorBatches(valid, batch_size=3)]).tolist()
+    assert rows == list(np.asarray(valid.indices))
+    assert len(rows) == 5
+
+
+def test_data_already_on_the_device_is_not_copied() -> None:
+    X = torch.rand(6, 2)
+    batches = TensorBatches(Dataset(X, torch.arange(6)), batch_size=6, device="cpu")
+    assert batches.X.data_ptr() == X.data_ptr()
+
+
+def test_anything_but_arrays_is_refused_with_a_way_out() -> None:
+    with pytest.raises(TypeError, match="iterator_train=torch.utils.data.DataLoader"):
+        TensorBatches([1, 2, 3], batch_size=2)
+
+
+def test_predict_without_targets_in_eval_mode() -> None:
+    X, y = _digits(200)
+    net = TunedClassifier(
+        MLP, module__input_shape=(1, 8, 8), module__dropout=0.5, max_epochs=2, batch_size=16
+    ).fit(X, y)
+    batches = list(TensorBatches(Dataset(X[:5]), batch_size=2))
+    assert [yb for _, yb in batches] == [None, None, None]
+    first, second = net.predict_proba(X), net.predict_proba(X)
+    np.testing.assert_array_equal(first, second)  # dropout is off when predicting
+    assert net.predict(X).shape == (200,)
+    net.iterator_valid__batch_size = 7  # (skorch's set_params refuses it on a fitted net)
+    small = net.predict_proba(X)
+    np.testing.assert_allclose(small, first, rtol=1e-5, atol=1e-7)
+
+
+class _Recorder(Callback):
+    """Records what a user's callback sees during a fit."""
+
+    def initialize(self) -> _Recorder:
+        self.modes: list[bool] = []
+        self.grads = 0
+        self.losses: list[Any] = []
+        return self
+
+    def on_grad_computed(self, net: Any, named_parameters: Any, **kwargs: Any) -> None:
+        self.grads += 1
+
+    def on_batch_end(self, net: Any, training: bool = False, **kwargs: Any) -> None:
+        if training:
+            self.modes.append(net.module_.training)
+            self.losses.append(kwargs["loss"].item())
+
+
+def test_user_callbacks_see_every_batch_in_train_mode() -> None:
+    X, y = _digits(100)
+    recorder = _Recorder()
+    net = TunedClassifier(
+        MLP,
+        module__input_shape=(1, 8, 8),
+        module__dropout=0.2,
+        max_epochs=3,
+        batch_size=25,
+        callbacks=[("recorder", recorder)],
+    )
+    net.fit(X, y)
+    net.predict(X)  # eval mode in between
+    net.partial_fit(X, y)
+    # 4 batches x 3 epochs, twice
+    assert recorder.grads == 24
+    assert recorder.modes == [True] * 24
+    batches = [b for epoch in net.history for b in epoch["batches"]]
+    assert len(batches) == 24
+    assert all(type(b["train_loss"]) is float for b in batches)
+    np.testing.assert_allclose([b["train_loss"] for b in batches], recorder.losses, rtol=1e-6)
