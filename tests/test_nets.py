@@ -9,6 +9,7 @@ as plain skorch does, up to float rounding.
 
 from __future__ import annotations
 
+import pickle
 from typing import Any
 
 import numpy as np
@@ -25,7 +26,7 @@ from torch.utils.data import Subset
 
 from hpo.data import load_dataset
 from hpo.models import CNN, MLP
-from hpo.nets import TensorBatches, TunedClassifier, TunedRegressor
+from hpo.nets import OPTIMIZERS, TensorBatches, TunedClassifier, TunedRegressor
 
 SEED = 0
 
@@ -240,3 +241,56 @@ def test_user_callbacks_see_every_batch_in_train_mode() -> None:
     assert len(batches) == 24
     assert all(type(b["train_loss"]) is float for b in batches)
     np.testing.assert_allclose([b["train_loss"] for b in batches], recorder.losses, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "options"),
+    [
+        ("adam", {"optimizer__weight_decay": 1e-3}),
+        ("adamw", {}),
+        ("adamax", {}),
+        ("sgd", {"optimizer__momentum": 0.9, "optimizer__nesterov": True}),
+        ("rmsprop", {"optimizer__centered": True}),
+        ("adam", {"optimizer__param_groups": [("layers.1.*", {"lr": 0.05})]}),
+    ],
+)
+def test_weights_are_bit_for_bit_those_of_plain_skorch(optimizer: str, options: dict) -> None:
+    X, y = _digits(200)
+    common = {
+        "module__input_shape": (1, 8, 8),
+        "module__hidden1": 24,
+        "module__hidden2": 12,
+        "module__batch_norm": True,
+        "lr": 0.01,
+        "batch_size": 32,
+        "max_epochs": 2,
+        **options,
+    }
+    fast = TunedClassifier(
+        MLP, optimizer=optimizer, iterator_train__shuffle=False, random_state=SEED, **common
+    ).fit(X, y)
+    torch.manual_seed(SEED)
+    plain = NeuralNetClassifier(
+        MLP,
+        criterion=nn.CrossEntropyLoss,
+        optimizer=OPTIMIZERS[optimizer],
+        train_split=None,
+        verbose=0,
+        **common,
+    ).fit(X, y)
+    fast_state, plain_state = fast.module_.state_dict(), plain.module_.state_dict()
+    assert fast_state.keys() == plain_state.keys()
+    for key, value in plain_state.items():
+        assert torch.equal(fast_state[key], value), key
+
+
+def test_a_pickled_net_trains_on_as_the_original() -> None:
+    X, y = _digits(200)
+    net = TunedClassifier(MLP, module__input_shape=(1, 8, 8), max_epochs=2, batch_size=32)
+    net.fit(X, y)
+    copy = pickle.loads(pickle.dumps(net))
+    for each in (net, copy):
+        torch.manual_seed(SEED)
+        each.partial_fit(X, y)
+    np.testing.assert_array_equal(copy.predict_proba(X), net.predict_proba(X))
+    assert copy.history[-1, "train_loss"] == net.history[-1, "train_loss"]
