@@ -17,6 +17,7 @@ import hashlib
 import os
 import sqlite3
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -265,3 +266,18 @@ def fail_stale_trials(study: optuna.Study) -> list[int]:
         if callback is not None:
             callback(study, storage.get_trial(trial_id))
     return orphans
+
+
+def count_trial_states(study: optuna.Study) -> Counter[TrialState]:
+    """How many of the study's trials are in each state.
+
+    On a database this is one ``GROUP BY`` query instead of loading every trial, so claiming
+    stays cheap in a study of 10,000 trials; elsewhere (the gRPC proxy) it counts the trials.
+    """
+    backend = rdb_backend(study._storage)
+    if backend is None:
+        return Counter(t.state for t in study.get_trials(deepcopy=False))
+    query = text("SELECT state, COUNT(*) FROM trials WHERE study_id = :study_id GROUP BY state")
+    with backend.engine.connect() as connection:
+        rows = connection.execute(query, {"study_id": study._study_id}).all()
+    return Counter({TrialState[str(state).rsplit(".", 1)[-1]]: count for state, count in rows})

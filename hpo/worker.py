@@ -33,6 +33,7 @@ from hpo.objective import WorkerStopped, check_compatible, evaluate
 from hpo.spec import StudySpec
 from hpo.storage import (
     claim_lock,
+    count_trial_states,
     fail_stale_trials,
     has_claim_lock,
     heartbeat,
@@ -161,7 +162,7 @@ def _claim_trial(
 ) -> _Claim:
     with claim_lock(storage, study.study_name):
         fail_stale_trials(study)
-        counts = Counter(t.state for t in study.get_trials(deepcopy=False))
+        counts = count_trial_states(study)
         done = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
         running, waiting = counts[TrialState.RUNNING], counts[TrialState.WAITING]
         if waiting and done + running < budget:
