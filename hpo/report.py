@@ -92,8 +92,14 @@ def write_report(
     for section in sections:
         parts.append(f"<section><h2>{html.escape(section.title)}</h2>")
         if section.figure is not None:
+            # Optuna sizes some figures (slices) by their number of parameters; let every
+            # figure fit the page's width instead.
             section.figure.update_layout(
-                height=FIGURE_HEIGHT, title=None, margin={"t": 30, "b": 50}
+                height=FIGURE_HEIGHT,
+                width=None,
+                autosize=True,
+                title=None,
+                margin={"t": 30, "b": 50},
             )
             parts.append(
                 section.figure.to_html(
