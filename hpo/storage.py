@@ -17,6 +17,7 @@ import hashlib
 import os
 import sqlite3
 import threading
+import warnings
 from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -240,7 +241,9 @@ def fail_stale_trials(study: optuna.Study) -> list[int]:
     Returns:
         The trial ids failed here (the orphans; Optuna's own are not listed).
     """
-    optuna.storages.fail_stale_trials(study)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
     storage = rdb_backend(study._storage)
     if storage is None or not storage.get_heartbeat_interval():
         return []
