@@ -282,8 +282,11 @@ class _TunedNet:
         return cache
 
     def _zero_grad_optimizer(self, set_to_none: bool | None = None) -> None:
-        super()._zero_grad_optimizer(set_to_none)  # type: ignore[misc]
         flat = self._flat_parameters()
+        if flat is None or set_to_none is False:
+            super()._zero_grad_optimizer(set_to_none)  # type: ignore[misc]
+        else:  # what optimizer.zero_grad() does (set_to_none), without its profiler record
+            flat.flat.grad = None
         if flat is not None:
             for param in flat.params:
                 param.grad = None
@@ -330,6 +333,7 @@ class _TunedNet:
         if iterator is None:
             return
         history = self.history  # type: ignore[attr-defined]
+        batch_rows = history[-1]["batches"]  # what history.record_batch writes to
         loss_key, size_key = prefix + "_loss", prefix + "_batch_size"
         rows: list[dict[str, Any]] = []
         losses: list[torch.Tensor] = []
@@ -337,10 +341,10 @@ class _TunedNet:
             self.notify("on_batch_begin", batch=batch, training=training)
             step = step_fn(batch, **fit_params)
             loss = step["loss"].detach()
-            history.record_batch(loss_key, loss)
-            batch_size = get_len(batch[0]) if isinstance(batch, (tuple, list)) else get_len(batch)
-            history.record_batch(size_key, batch_size)
-            rows.append(history[-1]["batches"][-1])
+            row = batch_rows[-1]
+            row[loss_key] = loss
+            row[size_key] = get_len(batch[0] if isinstance(batch, (tuple, list)) else batch)
+            rows.append(row)
             losses.append(loss)
             self.notify("on_batch_end", batch=batch, training=training, **step)
         if losses:
