@@ -1,0 +1,805 @@
+"""Trial speed: hpo against the usual skorch + cross_val_score loop, on the same study.
+
+The usual loop is what users write today, run here in this process: an Optuna objective that
+builds a skorch ``NeuralNetClassifier`` / ``NeuralNetRegressor`` with skorch's defaults
+(``train_split=ValidSplit(5)``, ``DataLoader``, the default callbacks; ``verbose=0`` so it
+prints nothing) around the same module class, criterion and optimizer as hpo, and scores it
+with ``sklearn.model_selection.cross_val_score`` on the same ``KFold``. hpo runs the same spec
+the way ``hpo run --workers N`` does: real ``hpo worker`` processes on a temporary SQLite file,
+torch threads per worker from ``hpo.worker.default_threads``. Both run one fixed list of
+configurations (drawn once from the spec's space and enqueued in both studies), so both score
+the same parameters on the same folds with the same seeds.
+
+Timings come from the trials' own start and completion times (first start to last
+completion), so process start-up (imports, loading the data) is left out of both and shown
+apart. Each case prints, as medians over ``--repeats``: seconds per trial of the usual loop
+and of one hpo worker, trials per minute of the usual loop and of ``--workers`` hpo workers,
+the mean CV score each way, and the peak RSS of each process.
+
+``--pruning`` adds the search that users care about: the time until a trial's mean CV score
+reaches ``--target``, for the usual loop (no pruning), hpo without pruning (a control that
+shows what per-trial speed alone gives) and hpo with the median pruner across folds, over
+``--seeds`` TPE seeds.
+
+    python benchmarks/trial_speed.py                               # digits MLP, CNN, regression
+    python benchmarks/trial_speed.py --cases digits-mlp --repeats 5
+    python benchmarks/trial_speed.py --cases none --pruning --seeds 5
+    python benchmarks/trial_speed.py --cases mnist-mlp,mnist-cnn --device cpu,cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing
+import os
+import platform
+import resource
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import uuid
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import sklearn
+import skorch
+import torch
+from optuna.trial import TrialState
+from sklearn.model_selection import cross_val_score
+from skorch import NeuralNetClassifier, NeuralNetRegressor
+from torch import nn
+
+from hpo.data import DataSplits, load_dataset
+from hpo.models import MODELS
+from hpo.nets import OPTIMIZERS
+from hpo.objective import make_folds
+from hpo.spaces import suggest
+from hpo.spec import StudySpec, parse_spec
+from hpo.storage import open_storage
+from hpo.study import register_study
+from hpo.worker import default_threads
+
+#: The seed of the usual loop's torch generator and of the configurations drawn per case.
+SEED = 0
+MNIST_SHAPE_ROWS = 20_000
+
+DIGITS_MLP_SPACE = {  # studies/digits-mlp-tpe.yaml
+    "module__hidden1": {"type": "int", "low": 32, "high": 256, "log": True},
+    "module__hidden2": {"type": "int", "low": 16, "high": "module__hidden1", "log": True},
+    "module__dropout": {"type": "float", "low": 0.0, "high": 0.5},
+    "lr": {"type": "float", "low": 5.0e-4, "high": 5.0e-2, "log": True},
+    "optimizer": {"type": "categorical", "choices": ["adam", "adamax", "sgd"]},
+    "optimizer__weight_decay": {"type": "float", "low": 1.0e-6, "high": 1.0e-3, "log": True},
+    "batch_size": {"type": "categorical", "choices": [32, 64, 128]},
+}
+DIGITS_CNN_SPACE = {  # studies/digits-cnn-tpe.yaml
+    "module__conv1": {"type": "categorical", "choices": [8, 16, 32]},
+    "module__conv2": {"type": "categorical", "choices": [16, 32]},
+    "module__hidden1": {"type": "int", "low": 32, "high": 128, "log": True},
+    "module__dropout": {"type": "float", "low": 0.0, "high": 0.5},
+    "module__batch_norm": {"type": "categorical", "choices": [True, False]},
+    "lr": {"type": "float", "low": 1.0e-3, "high": 3.0e-2, "log": True},
+    "optimizer": {"type": "categorical", "choices": ["adam", "adamax"]},
+    "batch_size": {"type": "categorical", "choices": [32, 64]},
+}
+REGRESSION_SPACE = {  # studies/regression-random.yaml, without the optimizers that diverge
+    "batch_size": {"type": "categorical", "choices": [10, 20, 50]},
+    "module__units": {"type": "int", "low": 5, "high": 50, "log": True},
+    "module__depth": {"type": "int", "low": 1, "high": 4},
+    "module__activation": {"type": "categorical", "choices": ["sigmoid", "relu", "tanh"]},
+    "lr": {"type": "float", "low": 1.0e-3, "high": 3.0e-2, "log": True},
+    "optimizer__weight_decay": {"type": "float", "low": 1.0e-6, "high": 1.0e-2, "log": True},
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One study to time both ways: a spec (without name and budget) and how many trials."""
+
+    name: str
+    spec: dict[str, Any]
+    trials: int
+
+
+def _case_spec(
+    model: str,
+    dataset: dict[str, Any],
+    scoring: str,
+    fixed: dict[str, Any],
+    space: dict[str, Any],
+    folds: int = 5,
+) -> dict[str, Any]:
+    return {
+        "model": model,
+        "dataset": dataset,
+        "sampler": {"name": "random", "seed": SEED},
+        "scoring": scoring,
+        "cv": {"folds": folds, "shuffle": True, "seed": SEED},
+        "fixed": fixed,
+        "space": space,
+    }
+
+
+def make_cases(data_dir: Path) -> dict[str, Case]:
+    """Every case by name; the MNIST-shaped ones read ``data_dir/mnist_shape.npz``."""
+    mnist = {"name": "npz", "path": str(data_dir / "mnist_shape.npz"), "test_size": 0.1}
+    mnist_fixed = {"max_epochs": 2, "batch_size": 128, "optimizer": "adam"}
+    return {
+        "digits-mlp": Case(
+            "digits-mlp",
+            _case_spec(
+                "mlp",
+                {"name": "digits"},
+                "accuracy",
+                {"max_epochs": 20, "module__activation": "leaky_relu"},
+                DIGITS_MLP_SPACE,
+            ),
+            trials=6,
+        ),
+        "digits-cnn": Case(
+            "digits-cnn",
+            _case_spec(
+                "cnn",
+                {"name": "digits"},
+                "accuracy",
+                {"max_epochs": 20, "module__kernel_size": 3, "module__conv3": None},
+                DIGITS_CNN_SPACE,
+            ),
+            trials=4,
+        ),
+        "regression": Case(
+            "regression",
+            _case_spec(
+                "regressor",
+                {"name": "synthetic_regression"},
+                "neg_mean_squared_error",
+                {"max_epochs": 60, "optimizer": "adam"},
+                REGRESSION_SPACE,
+            ),
+            trials=6,
+        ),
+        "mnist-mlp": Case(
+            "mnist-mlp",
+            _case_spec(
+                "mlp",
+                mnist,
+                "accuracy",
+                mnist_fixed,
+                {
+                    "module__hidden1": {"type": "categorical", "choices": [256, 512]},
+                    "module__hidden2": {"type": "categorical", "choices": [128, 256]},
+                    "lr": {"type": "float", "low": 1.0e-3, "high": 1.0e-2, "log": True},
+                },
+                folds=3,
+            ),
+            trials=2,
+        ),
+        "mnist-cnn": Case(
+            "mnist-cnn",
+            _case_spec(
+                "cnn",
+                mnist,
+                "accuracy",
+                {**mnist_fixed, "module__conv3": None},
+                {
+                    "module__conv1": {"type": "categorical", "choices": [16, 32]},
+                    "module__conv2": {"type": "categorical", "choices": [32, 64]},
+                    "lr": {"type": "float", "low": 1.0e-3, "high": 1.0e-2, "log": True},
+                },
+                folds=3,
+            ),
+            trials=2,
+        ),
+    }
+
+
+def write_mnist_shape(path: Path, rows: int = MNIST_SHAPE_ROWS) -> None:
+    """Random images of MNIST's shape (1x28x28) with 10 learnable classes, for speed only."""
+    rng = np.random.default_rng(SEED)
+    X = rng.random((rows, 1, 28, 28), dtype=np.float32)
+    projection = rng.standard_normal((28 * 28, 10)).astype(np.float32)
+    y = (X.reshape(rows, -1) @ projection).argmax(axis=1).astype(np.int64)
+    np.savez(path, X=X, y=y)
+
+
+def draw_configs(spec: StudySpec, n: int) -> list[dict[str, Any]]:
+    """``n`` configurations drawn at random from the spec's space, the same every run."""
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=SEED))
+    configs = []
+    for _ in range(n):
+        trial = study.ask()
+        configs.append(suggest(trial, spec.space))
+        study.tell(trial, 0.0)
+    return configs
+
+
+# ----------------------------------------------------------------------------- the usual loop
+
+
+def usual_objective(trial: optuna.Trial, spec: StudySpec, data: DataSplits, device: str) -> float:
+    """What a user writes today: skorch defaults, scored by ``cross_val_score``."""
+    params = {**spec.fixed, **suggest(trial, spec.space)}
+    regression = data.task == "regression"
+    net_class = NeuralNetRegressor if regression else NeuralNetClassifier
+    routed = {k: v for k, v in params.items() if k.startswith(("module__", "optimizer__"))}
+    net = net_class(
+        MODELS[spec.model],
+        criterion=nn.MSELoss if regression else nn.CrossEntropyLoss,
+        optimizer=OPTIMIZERS[params.get("optimizer", "adam")],
+        lr=params["lr"],
+        batch_size=params.get("batch_size", 128),
+        max_epochs=params["max_epochs"],
+        module__input_shape=tuple(data.input_shape),
+        module__n_outputs=1 if regression else data.n_classes,
+        device=device,
+        verbose=0,
+        **routed,
+    )
+    torch.manual_seed(SEED)
+    scores = cross_val_score(
+        net, data.X_train, data.y_train, cv=make_folds(spec), scoring=spec.scoring
+    )
+    trial.set_user_attr("fold_scores", scores.tolist())
+    return float(scores.mean())
+
+
+@dataclass
+class Run:
+    """One way of running one study: its trials' span and scores, and its peak memory."""
+
+    trials: list[optuna.trial.FrozenTrial]
+    wall: float
+    peak_rss_mib: list[float]
+    threads: int
+    #: Share of the machine's CPU time that other processes used meanwhile (0 to 1).
+    others_cpu: float
+
+    @property
+    def span(self) -> float:
+        """Seconds from the first trial's start to the last trial's end."""
+        ended = [t for t in self.trials if t.datetime_complete is not None]
+        if not ended:
+            return math.nan
+        first = min(t.datetime_start for t in ended if t.datetime_start is not None)
+        return (max(t.datetime_complete for t in ended) - first).total_seconds()
+
+    @property
+    def done(self) -> int:
+        return sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in self.trials)
+
+    @property
+    def scores(self) -> dict[int, float]:
+        """Mean CV score by trial number, which is the configuration's place in the enqueued
+        list (workers pop enqueued trials in order)."""
+        return {
+            t.number: t.value
+            for t in self.trials
+            if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)
+        }
+
+
+def run_usual(
+    spec_dict: dict[str, Any],
+    configs: list[dict[str, Any]],
+    device: str,
+    target: float | None = None,
+) -> Run:
+    """The usual loop in a fresh process of its own, as a user's script runs (hpo's workers
+    start fresh too, so both pay their one-time warm-up once per study); with ``target``, it
+    stops at the first trial that reaches it. Without ``configs`` the sampler draws them."""
+    context = multiprocessing.get_context("spawn")
+    receiver, sender = context.Pipe(duplex=False)
+    machine_before = cpu_seconds()
+    process = context.Process(
+        target=_usual_process, args=(spec_dict, configs, device, target, sender)
+    )
+    process.start()
+    sender.close()
+    outcome = receiver.recv()
+    process.join()
+    if isinstance(outcome, str):
+        raise RuntimeError(f"the usual loop failed:\n{outcome}")
+    trials, wall, peak, threads, cpu = outcome
+    others = _others_share(machine_before, cpu_seconds(), cpu)
+    return Run(trials, wall, [peak], threads, others)
+
+
+def _usual_process(
+    spec_dict: dict[str, Any],
+    configs: list[dict[str, Any]],
+    device: str,
+    target: float | None,
+    sender: Any,
+) -> None:
+    try:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        spec = parse_spec(spec_dict)
+        data = load_dataset(spec.dataset.name, **spec.dataset.options)
+        study = optuna.create_study(direction=spec.direction, sampler=_sampler(spec))
+        for config in configs:
+            study.enqueue_trial(config)
+        callbacks = [] if target is None else [_stop_at(target)]
+        started = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # sklearn's and Optuna's about diverged trials
+            study.optimize(
+                lambda trial: usual_objective(trial, spec, data, device),
+                n_trials=len(configs) or spec.n_trials,
+                callbacks=callbacks,
+            )
+        wall = time.perf_counter() - started
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = usage.ru_utime + usage.ru_stime
+        sender.send((study.trials, wall, usage.ru_maxrss / 1024, torch.get_num_threads(), cpu))
+    except BaseException:
+        sender.send(traceback.format_exc())
+        raise
+
+
+def cpu_seconds() -> tuple[float, float]:
+    """The machine's (busy, total) CPU seconds since boot, from /proc/stat (Linux)."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except OSError:
+        return math.nan, math.nan
+    ticks = [int(x) for x in fields]
+    idle = ticks[3] + ticks[4]  # idle + iowait
+    hz = os.sysconf("SC_CLK_TCK")
+    return (sum(ticks[:8]) - idle) / hz, sum(ticks[:8]) / hz
+
+
+def _others_share(before: tuple[float, float], after: tuple[float, float], mine: float) -> float:
+    busy, total = after[0] - before[0], after[1] - before[1]
+    return max(0.0, busy - mine) / total if total > 0 else math.nan
+
+
+def wait_for_quiet(max_busy: float | None, max_wait: float) -> float:
+    """Wait (at most ``max_wait`` s) until other processes use under ``max_busy`` of the CPU;
+    return the share they used over the last 2 s."""
+    started = time.monotonic()
+    while True:
+        before = cpu_seconds()
+        time.sleep(2.0)
+        busy = _others_share(before, cpu_seconds(), 0.0)
+        waited = time.monotonic() - started
+        if max_busy is None or not busy > max_busy or waited > max_wait:
+            if waited > 5:
+                print(
+                    f"  waited {waited:.0f} s for a quieter machine; others now use {busy:.0%}",
+                    file=sys.stderr,
+                )
+            return busy
+
+
+def _sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
+    if spec.sampler.name == "tpe":
+        return optuna.samplers.TPESampler(seed=spec.sampler.seed, **spec.sampler.options)
+    return optuna.samplers.RandomSampler(seed=spec.sampler.seed)
+
+
+def _stop_at(target: float) -> Any:
+    def stop(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.state == TrialState.COMPLETE and trial.value is not None:
+            if trial.value >= target:
+                study.stop()
+
+    return stop
+
+
+# ---------------------------------------------------------------------------------- hpo's way
+
+
+def run_hpo(
+    spec_dict: dict[str, Any],
+    workers: int,
+    device: str,
+    folder: Path,
+    target: float | None = None,
+) -> Run:
+    """Register ``spec_dict`` on a fresh SQLite file and run ``workers`` ``hpo worker``
+    processes on it, started as ``hpo run --workers N`` starts them (hpo/runner.py); with
+    ``target``, stop them (SIGTERM) once a trial reaches it."""
+    name = spec_dict["name"]
+    url = f"sqlite:///{folder / name}.db"
+    storage = open_storage(url)
+    register_study(parse_spec(spec_dict), storage)
+    threads = default_threads(workers)
+    command = [
+        sys.executable,
+        "-m",
+        "hpo",
+        "worker",
+        "--study",
+        name,
+        "--storage",
+        url,
+        "--threads",
+        str(threads),
+        "--device",
+        device,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    log_path = folder / f"{name}.log"
+    machine_before = cpu_seconds()
+    started = time.perf_counter()
+    with open(log_path, "w") as log:
+        processes = [
+            subprocess.Popen([*command, "--index", str(i)], env=env, stdout=log, stderr=log)
+            for i in range(workers)
+        ]
+        peaks, mine = _wait_for(processes, url, name, target)
+    wall = time.perf_counter() - started
+    others = _others_share(machine_before, cpu_seconds(), mine)
+    codes = [process.returncode for process in processes]
+    if any(code not in (0, -signal.SIGTERM) for code in codes):
+        tail = log_path.read_text().splitlines()[-20:]
+        raise RuntimeError(f"hpo workers exited with {codes}:\n" + "\n".join(tail))
+    trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+    return Run(trials, wall, peaks, threads, others)
+
+
+def _wait_for(
+    processes: list[subprocess.Popen[bytes]], url: str, name: str, target: float | None
+) -> tuple[list[float], float]:
+    """Wait for every worker; return each one's peak RSS in MiB and their CPU seconds (from
+    wait4, so each worker's own figures)."""
+    peaks: dict[int, float] = {}
+    cpu = 0.0
+    study = optuna.load_study(study_name=name, storage=open_storage(url)) if target else None
+    stopping = False
+    while len(peaks) < len(processes):
+        for process in processes:
+            if process.pid in peaks:
+                continue
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            if pid:
+                process.returncode = os.waitstatus_to_exitcode(status)
+                peaks[pid] = usage.ru_maxrss / 1024
+                cpu += usage.ru_utime + usage.ru_stime
+        if study is not None and not stopping and _reached(study, target):
+            stopping = True
+            for process in processes:
+                if process.pid not in peaks:
+                    process.send_signal(signal.SIGTERM)
+        time.sleep(0.05 if study is None else 0.25)
+    return [peaks[process.pid] for process in processes], cpu
+
+
+def _reached(study: optuna.Study, target: float | None) -> bool:
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return target is not None and any(t.value is not None and t.value >= target for t in trials)
+
+
+# ------------------------------------------------------------------------------- measurements
+
+
+@dataclass
+class CaseResult:
+    """Every repeat of one case on one device."""
+
+    case: str
+    device: str
+    trials: int
+    workers: int
+    repeats: list[dict[str, Any]] = field(default_factory=list)
+
+    def median(self, key: str) -> float:
+        values = [r[key] for r in self.repeats if not math.isnan(r[key])]
+        return statistics.median(values) if values else math.nan
+
+
+def measure_case(
+    case: Case, device: str, workers: int, repeats: int, folder: Path, quiet: Callable[[], Any]
+) -> CaseResult:
+    spec_dict = {**case.spec, "name": f"{case.name}-{device}", "budget": {"trials": case.trials}}
+    spec = parse_spec(spec_dict)
+    configs = draw_configs(spec, case.trials)
+    spec_dict["enqueue"] = configs
+    result = CaseResult(case.name, device, case.trials, workers)
+    for repeat in range(repeats):
+        runs: dict[str, Run] = {}
+        order = ["usual", "hpo-1", f"hpo-{workers}"]
+        if repeat % 2:
+            order.reverse()  # so that a drift in the machine's load favours neither
+        for way in order:
+            if way in runs:
+                continue
+            quiet()
+            if way == "usual":
+                runs[way] = run_usual(spec_dict, configs, device)
+            else:
+                n = int(way.split("-")[1])
+                unique = {**spec_dict, "name": f"{spec_dict['name']}-{n}w-{uuid.uuid4().hex[:6]}"}
+                runs[way] = run_hpo(unique, n, device, folder)
+        usual, one, many = runs["usual"], runs["hpo-1"], runs[f"hpo-{workers}"]
+        # compare scores only over configurations that every way completed (one that
+        # diverges fails in hpo and scores NaN in the usual loop)
+        both = usual.scores.keys() & one.scores.keys() & many.scores.keys()
+        row = {
+            "usual_s_per_trial": usual.span / case.trials,
+            "hpo_s_per_trial": one.span / case.trials,
+            "usual_trials_per_min": 60 * case.trials / usual.span,
+            "hpo_workers_trials_per_min": 60 * case.trials / many.span,
+            "usual_cv": _mean(usual.scores[k] for k in both),
+            "hpo_cv": _mean(one.scores[k] for k in both),
+            "hpo_workers_cv": _mean(many.scores[k] for k in both),
+            "compared_configs": len(both),
+            "usual_peak_mib": usual.peak_rss_mib[0],
+            "hpo_peak_mib": max(one.peak_rss_mib),
+            "hpo_workers_peak_mib": max(many.peak_rss_mib),
+            "hpo_startup_s": one.wall - one.span,
+            "usual_threads": usual.threads,
+            "hpo_threads": one.threads,
+            "hpo_workers_threads": many.threads,
+            "usual_done": usual.done,
+            "hpo_done": one.done,
+            "hpo_workers_done": many.done,
+            "others_cpu": max(run.others_cpu for run in (usual, one, many)),
+        }
+        row["per_trial_ratio"] = row["usual_s_per_trial"] / row["hpo_s_per_trial"]
+        row["throughput_ratio"] = row["hpo_workers_trials_per_min"] / row["usual_trials_per_min"]
+        result.repeats.append(row)
+        print(
+            f"  {case.name} {device} repeat {repeat + 1}: usual {row['usual_s_per_trial']:.2f} "
+            f"s/trial, hpo {row['hpo_s_per_trial']:.2f} s/trial "
+            f"({row['per_trial_ratio']:.2f}x), {workers} workers "
+            f"{row['hpo_workers_trials_per_min']:.1f} vs {row['usual_trials_per_min']:.1f} "
+            f"trials/min ({row['throughput_ratio']:.2f}x); CV {row['usual_cv']:.4f} vs "
+            f"{row['hpo_cv']:.4f}; other processes used up to {row['others_cpu']:.0%} of the CPU",
+            file=sys.stderr,
+            flush=True,
+        )
+    return result
+
+
+def _mean(values: Any) -> float:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    return float(np.mean(values)) if values else math.nan
+
+
+def print_cases(results: list[CaseResult]) -> None:
+    if not results:
+        return
+    workers = results[0].workers
+    print(
+        f"\n## Per trial and throughput (medians of {len(results[0].repeats)} repeats)\n\n"
+        f"| case | device | trials | usual s/trial | hpo 1 worker s/trial | per-trial ratio | "
+        f"usual trials/min | hpo {workers} workers trials/min | throughput ratio | "
+        f"usual CV | hpo CV | peak RSS usual / hpo worker (MiB) | threads usual / hpo 1w / "
+        f"hpo {workers}w | others' CPU |"
+    )
+    print("| --- | --- |" + " ---: |" * 10 + " --- | ---: |")
+    for r in results:
+        first = r.repeats[0]
+        print(
+            f"| {r.case} | {r.device} | {r.trials} | {r.median('usual_s_per_trial'):.2f} | "
+            f"{r.median('hpo_s_per_trial'):.2f} | **{r.median('per_trial_ratio'):.2f}x** | "
+            f"{r.median('usual_trials_per_min'):.1f} | "
+            f"{r.median('hpo_workers_trials_per_min'):.1f} | "
+            f"**{r.median('throughput_ratio'):.2f}x** | {r.median('usual_cv'):.4f} | "
+            f"{r.median('hpo_cv'):.4f} | {r.median('usual_peak_mib'):.0f} / "
+            f"{r.median('hpo_workers_peak_mib'):.0f} | {first['usual_threads']} / "
+            f"{first['hpo_threads']} / {first['hpo_workers_threads']} | "
+            f"{r.median('others_cpu'):.0%} |"
+        )
+
+
+# ------------------------------------------------------------------------------ time to target
+
+
+def pruning_spec(seed: int, pruner: str, trials: int) -> dict[str, Any]:
+    """The digits MLP study searched with TPE (seed ``seed``), 5 folds of 20 epochs."""
+    spec = _case_spec(
+        "mlp",
+        {"name": "digits"},
+        "accuracy",
+        {"max_epochs": 20, "module__activation": "leaky_relu"},
+        DIGITS_MLP_SPACE,
+    )
+    spec.update(
+        name=f"pruning-{pruner}-{seed}-{uuid.uuid4().hex[:6]}",
+        sampler={"name": "tpe", "seed": seed},
+        pruner={"name": pruner},
+        budget={"trials": trials},
+    )
+    return spec
+
+
+def time_to_target(run: Run, target: float) -> tuple[float, int]:
+    """Seconds from the first trial's start until a trial reaching ``target`` ended, and how
+    many trials had started by then; ``inf`` if none reached it."""
+    started = [t.datetime_start for t in run.trials if t.datetime_start is not None]
+    hits = [
+        t.datetime_complete
+        for t in run.trials
+        if t.state == TrialState.COMPLETE and t.value is not None and t.value >= target
+    ]
+    if not started or not hits:
+        return math.inf, len(run.trials)
+    reached: datetime = min(hits)
+    n = sum(s <= reached for s in started)
+    return (reached - min(started)).total_seconds(), n
+
+
+def measure_pruning(
+    seeds: int,
+    target: float,
+    trials: int,
+    workers: int,
+    device: str,
+    folder: Path,
+    quiet: Callable[[], Any],
+) -> list[dict[str, Any]]:
+    rows = []
+    for seed in range(seeds):
+        row: dict[str, Any] = {"seed": seed}
+        others = []
+        for name in ("usual", "hpo", "hpo_pruned"):
+            spec = pruning_spec(seed, "median" if name == "hpo_pruned" else "none", trials)
+            quiet()
+            if name == "usual":
+                run = run_usual(spec, [], device, target)
+            else:
+                run = run_hpo(spec, workers, device, folder, target)
+            row[f"{name}_s"], row[f"{name}_trials"] = time_to_target(run, target)
+            row[f"{name}_pruned"] = sum(t.state == TrialState.PRUNED for t in run.trials)
+            others.append(run.others_cpu)
+        row["ratio_no_pruning"] = row["usual_s"] / row["hpo_s"]
+        row["ratio_pruned"] = row["usual_s"] / row["hpo_pruned_s"]
+        row["others_cpu"] = max(others)
+        print(
+            f"  pruning seed {seed}: usual {row['usual_s']:.1f} s ({row['usual_trials']} "
+            f"trials), hpo {row['hpo_s']:.1f} s ({row['hpo_trials']}), hpo + median pruner "
+            f"{row['hpo_pruned_s']:.1f} s ({row['hpo_pruned_trials']}, "
+            f"{row['hpo_pruned_pruned']} pruned): {row['ratio_pruned']:.2f}x; other processes "
+            f"used up to {row['others_cpu']:.0%} of the CPU",
+            file=sys.stderr,
+            flush=True,
+        )
+        rows.append(row)
+    return rows
+
+
+def print_pruning(rows: list[dict[str, Any]], target: float, workers: int) -> None:
+    if not rows:
+        return
+    print(
+        f"\n## Time to a mean CV accuracy of {target} (digits MLP, TPE, 5 folds x 20 epochs, "
+        f"hpo with {workers} worker{'s' if workers > 1 else ''})\n\n"
+        "| seed | usual s (trials) | hpo, no pruning s (trials) | hpo, median pruner s "
+        "(trials, pruned) | usual / hpo | usual / hpo + pruner | others' CPU |"
+    )
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        print(
+            f"| {r['seed']} | {r['usual_s']:.1f} ({r['usual_trials']}) | {r['hpo_s']:.1f} "
+            f"({r['hpo_trials']}) | {r['hpo_pruned_s']:.1f} ({r['hpo_pruned_trials']}, "
+            f"{r['hpo_pruned_pruned']}) | {r['ratio_no_pruning']:.2f}x | "
+            f"{r['ratio_pruned']:.2f}x | {r['others_cpu']:.0%} |"
+        )
+    med = {k: statistics.median(r[k] for r in rows) for k in rows[0] if k != "seed"}
+    print(
+        f"| median | {med['usual_s']:.1f} | {med['hpo_s']:.1f} | {med['hpo_pruned_s']:.1f} | "
+        f"**{med['ratio_no_pruning']:.2f}x** | **{med['ratio_pruned']:.2f}x** | "
+        f"{med['others_cpu']:.0%} |"
+    )
+
+
+# ------------------------------------------------------------------------------------- main
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return (
+        f"{cores} cores ({cpu}){gpu}, Python {platform.python_version()}, torch "
+        f"{torch.__version__}, skorch {skorch.__version__}, scikit-learn {sklearn.__version__}, "
+        f"optuna {optuna.__version__}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--cases",
+        default="digits-mlp,digits-cnn,regression",
+        help="comma-separated: digits-mlp, digits-cnn, regression, mnist-mlp, mnist-cnn; "
+        "'none' for none",
+    )
+    parser.add_argument("--mnist-shape", action="store_true", help="add mnist-mlp, mnist-cnn")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--trials", type=int, help="configurations per case (default: the case's)")
+    parser.add_argument("--workers", type=int, default=2, help="hpo workers for throughput")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cpu,cuda")
+    parser.add_argument("--pruning", action="store_true", help="also time a search to --target")
+    parser.add_argument("--seeds", type=int, default=5, help="TPE seeds of the pruning search")
+    parser.add_argument("--target", type=float, default=0.95, help="mean CV accuracy to reach")
+    parser.add_argument("--max-trials", type=int, default=40, help="per search, at most")
+    parser.add_argument("--pruning-workers", type=int, default=1)
+    parser.add_argument("--json", type=Path, help="write every repeat's numbers here")
+    parser.add_argument(
+        "--quiet",
+        type=float,
+        help="on a shared machine: before each run, wait until other processes use less "
+        "than this share of the CPU (e.g. 0.1)",
+    )
+    parser.add_argument("--max-wait", type=float, default=600, help="seconds, per wait")
+    args = parser.parse_args()
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    names = [] if args.cases == "none" else args.cases.split(",")
+    if args.mnist_shape:
+        names += [n for n in ("mnist-mlp", "mnist-cnn") if n not in names]
+    devices = args.device.split(",")
+    print(f"# Trial speed on {machine()}")
+    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    results: list[CaseResult] = []
+    pruning: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="hpo-trial-speed-") as tmp:
+        folder = Path(tmp)
+        cases = make_cases(folder)
+        unknown = [n for n in names if n not in cases]
+        if unknown:
+            parser.error(f"unknown case(s) {unknown}; choose from {', '.join(cases)}")
+        if any(n.startswith("mnist") for n in names):
+            write_mnist_shape(folder / "mnist_shape.npz")
+
+        def quiet() -> float:
+            return wait_for_quiet(args.quiet, args.max_wait)
+
+        if args.trials:
+            cases = {n: Case(c.name, c.spec, args.trials) for n, c in cases.items()}
+        for device in devices:
+            for name in names:
+                results.append(
+                    measure_case(cases[name], device, args.workers, args.repeats, folder, quiet)
+                )
+            if args.pruning:
+                pruning += measure_pruning(
+                    args.seeds,
+                    args.target,
+                    args.max_trials,
+                    args.pruning_workers,
+                    device,
+                    folder,
+                    quiet,
+                )
+    print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print_cases(results)
+    print_pruning(pruning, args.target, args.pruning_workers)
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "machine": machine(),
+                    "args": {k: str(v) for k, v in vars(args).items()},
+                    "cases": [r.__dict__ for r in results],
+                    "pruning": pruning,
+                },
+                indent=1,
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()
