@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from hpo.models import ACTIVATIONS, CNN, MLP, MODELS, WEIGHT_INITS
+from hpo.models import ACTIVATIONS, CNN, MLP, MODELS, WEIGHT_INITS, Dropout
 
 
 def _linear_sizes(module: nn.Module) -> list[int]:
@@ -89,11 +89,11 @@ def test_mlp_batch_norm_and_dropout() -> None:
         nn.Linear,
         nn.BatchNorm1d,
         nn.ReLU,
-        nn.Dropout,
+        Dropout,
         nn.Linear,
         nn.BatchNorm1d,
         nn.ReLU,
-        nn.Dropout,
+        Dropout,
         nn.Linear,
     ]
     assert _forward_backward(model, torch.randn(6, 10)).shape == (6, 10)
@@ -240,3 +240,22 @@ def test_constructor_stores_its_arguments() -> None:
     assert (model.conv1, model.kernel_size, model.padding, model.pool) == (6, 5, 2, "avg")
     model = MLP(depth=2, units=4, activation="tanh")
     assert (model.depth, model.units, model.activation, model.hidden1) == (2, 4, "tanh", None)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_dropout_keeps_and_scales_as_torch_does(p: float) -> None:
+    X = torch.ones(400, 500, requires_grad=True)
+    layer = Dropout(p)
+    torch.manual_seed(0)
+    out = layer(X)
+    kept = out != 0
+    assert kept.float().mean().item() == pytest.approx(1 - p, abs=0.01)
+    assert torch.allclose(out[kept], torch.tensor(1 / (1 - p)))
+    out.sum().backward()
+    assert torch.equal(X.grad, out.detach())  # the gradient is the scaled mask
+    torch.manual_seed(0)
+    assert torch.equal(layer(X), out)  # a seed fixes the mask
+    reference = nn.Dropout(p)(X)  # torch's: the same distribution, from other draws
+    assert (reference != 0).float().mean().item() == pytest.approx(1 - p, abs=0.01)
+    layer.eval()
+    assert torch.equal(layer(X), X)

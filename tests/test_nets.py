@@ -255,6 +255,10 @@ def test_user_callbacks_see_every_batch_in_train_mode() -> None:
     ],
 )
 def test_weights_are_bit_for_bit_those_of_plain_skorch(optimizer: str, options: dict) -> None:
+    # Adam, AdamW and SGD step with torch's fused kernel, which plain skorch is told to use
+    # too (it rounds a few last bits unlike the default loop; the scores test above compares
+    # with the default); Adamax and RMSprop step one flat tensor, with skorch's defaults.
+    fused = optimizer in ("adam", "adamw", "sgd")
     X, y = _digits(200)
     common = {
         "module__input_shape": (1, 8, 8),
@@ -276,8 +280,11 @@ def test_weights_are_bit_for_bit_those_of_plain_skorch(optimizer: str, options: 
         optimizer=OPTIMIZERS[optimizer],
         train_split=None,
         verbose=0,
+        **({"optimizer__fused": True} if fused else {}),
         **common,
     ).fit(X, y)
+    assert fast.optimizer_.defaults.get("fused") is (True if fused else None)
+    assert fast.flat_optimizer_ is (not fused and "optimizer__param_groups" not in options)
     fast_state, plain_state = fast.module_.state_dict(), plain.module_.state_dict()
     assert fast_state.keys() == plain_state.keys()
     for key, value in plain_state.items():
@@ -294,3 +301,30 @@ def test_a_pickled_net_trains_on_as_the_original() -> None:
         each.partial_fit(X, y)
     np.testing.assert_array_equal(copy.predict_proba(X), net.predict_proba(X))
     assert copy.history[-1, "train_loss"] == net.history[-1, "train_loss"]
+
+
+def test_tensors_already_on_the_device_fit_with_a_validation_split() -> None:
+    # What the objective passes for a dataset without a fixed validation split: each fold as
+    # tensors on the trial's device, from which early stopping holds out a ValidSplit.
+    X, y = _digits(200)
+    net = TunedClassifier(
+        MLP,
+        module__input_shape=(1, 8, 8),
+        max_epochs=30,
+        batch_size=32,
+        early_stopping_patience=2,
+        device="cpu",
+    ).fit(torch.as_tensor(X), torch.as_tensor(y))
+    assert len(net.history) < 30
+    assert np.isfinite(net.history[-1, "valid_loss"])
+    assert net.predict(torch.as_tensor(X)).shape == (200,)
+
+
+def test_convolutions_run_channels_last_on_the_cpu() -> None:
+    # oneDNN's fast layout; test_fast_path_scores_like_plain_skorch shows the scores hold.
+    net = TunedClassifier(
+        CNN, module__input_shape=(1, 8, 8), module__conv1=4, module__conv2=8, device="cpu"
+    ).initialize()
+    convs = [m for m in net.module_.modules() if isinstance(m, nn.Conv2d)]
+    assert convs
+    assert all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
