@@ -60,6 +60,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
                 "score_std": attrs.get("score_std"),
                 "duration_s": duration,
                 "device": attrs.get("device"),
+                "threads": attrs.get("threads"),
                 "fail_reason": attrs.get("fail_reason"),
                 **trial.params,
             }

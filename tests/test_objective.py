@@ -5,12 +5,22 @@ from __future__ import annotations
 import numpy as np
 import optuna
 import pytest
+import torch
 from conftest import tiny_spec
 from sklearn.model_selection import cross_val_score
 
 from hpo.data import load_dataset
 from hpo.errors import HpoError
-from hpo.objective import build_net, check_compatible, evaluate, make_folds
+from hpo.models import MLP
+from hpo.nets import TunedClassifier
+from hpo.objective import (
+    build_net,
+    check_compatible,
+    cpu_threads_for,
+    evaluate,
+    forward_flops,
+    make_folds,
+)
 from hpo.spec import parse_spec
 
 
@@ -136,3 +146,39 @@ def test_incompatible_model_and_data_are_refused(
     spec = parse_spec(tiny_spec(dataset={"name": dataset}, **overrides))
     with pytest.raises(HpoError, match=message):
         check_compatible(spec, load_dataset(dataset))
+
+
+def test_forward_flops_counts_a_training_batch() -> None:
+    net = TunedClassifier(MLP, module__input_shape=(64,), module__hidden1=32, batch_size=16)
+    # two matrix products per batch: 16 rows x (64 x 32 + 32 x 10) multiply-adds, 2 FLOPs each
+    assert forward_flops(net, (64,)) == 2 * 16 * (64 * 32 + 32 * 10)
+
+
+def test_small_nets_train_on_one_thread_and_big_ones_on_all_the_worker_has() -> None:
+    before = torch.get_num_threads()
+    small = TunedClassifier(MLP, module__input_shape=(1, 8, 8), module__hidden1=64, batch_size=32)
+    big = TunedClassifier(
+        MLP, module__input_shape=(1, 28, 28), module__hidden1=1024, batch_size=128
+    )
+    try:
+        torch.set_num_threads(2)
+        with cpu_threads_for(small, (1, 8, 8), "cpu") as threads:
+            assert threads == torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2  # the worker's count is given back
+        with cpu_threads_for(big, (1, 28, 28), "cpu") as threads:
+            assert threads == torch.get_num_threads() == 2
+        with cpu_threads_for(small, (1, 8, 8), "cuda") as threads:
+            assert threads == 2  # a GPU trial leaves the CPU threads alone
+        torch.set_num_threads(1)
+        with cpu_threads_for(big, (1, 28, 28), "cpu") as threads:
+            assert threads == 1  # never more than the worker was given
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_the_trial_records_its_threads() -> None:
+    spec = parse_spec(tiny_spec())
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask()
+    evaluate(trial, spec, load_dataset("digits"), "cpu")
+    assert trial.user_attrs["threads"] >= 1
