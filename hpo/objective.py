@@ -30,7 +30,6 @@ from sklearn.model_selection import BaseCrossValidator, KFold, StratifiedKFold
 from skorch.callbacks import Callback
 from skorch.dataset import Dataset
 from skorch.helper import predefined_split
-from torch.utils.flop_counter import FlopCounterMode
 
 from hpo.data import DataSplits
 from hpo.errors import HpoError
@@ -103,6 +102,10 @@ SMALL_NET_FLOPS = 2_000_000
 def forward_flops(net: Any, input_shape: tuple[int, ...]) -> int:
     """FLOPs of one forward pass of ``net``'s module over a training batch (matrix products
     and convolutions, as ``torch.utils.flop_counter`` counts them)."""
+    # Imported here: the flop counter pulls in about 75 MiB of torch's compiler stack, which a
+    # worker that never asks (one thread, or a GPU) should not carry.
+    from torch.utils.flop_counter import FlopCounterMode
+
     module = net.module(**net.get_params_for("module"))
     batch = torch.zeros(max(1, net.batch_size), *input_shape)
     module.eval()
