@@ -556,7 +556,9 @@ def measure_case(
             if way == "usual":
                 runs[way] = run_usual(spec_dict, configs, device)
             else:
-                n, threads = int(way.split("-")[1][0]), 1 if way.endswith("t1") else None
+                # "hpo-N": N workers; "hpo-1t1": one worker told --threads 1
+                n = int(way.removeprefix("hpo-").removesuffix("t1"))
+                threads = 1 if way.endswith("t1") else None
                 unique = {**spec_dict, "name": f"{spec_dict['name']}-{way}-{uuid.uuid4().hex[:6]}"}
                 runs[way] = run_hpo(unique, n, device, folder, threads=threads)
         usual, one, many = runs["usual"], runs["hpo-1"], runs[f"hpo-{workers}"]
