@@ -190,7 +190,8 @@ def test_workers_ride_out_a_postgresql_restart(
     write_spec: Callable[..., Path], postgres_url: str
 ) -> None:
     name = register(
-        write_spec(budget={"trials": 12}, fixed={"max_epochs": 100, "batch_size": 64}), postgres_url
+        write_spec(budget={"trials": 12}, fixed={"max_epochs": 100, "batch_size": 64}),
+        postgres_url,
     )
     workers = [
         start_worker(name, postgres_url, "--index", str(i), "--heartbeat", "2") for i in range(2)
