@@ -72,6 +72,7 @@ from hpo.data import DataSplits, load_dataset
 from hpo.models import MODELS
 from hpo.nets import OPTIMIZERS
 from hpo.objective import make_folds
+from hpo.runner import worker_command, worker_env
 from hpo.spaces import suggest
 from hpo.spec import StudySpec, parse_spec
 from hpo.storage import open_storage
@@ -445,21 +446,8 @@ def run_hpo(
     storage = open_storage(url)
     register_study(parse_spec(spec_dict), storage)
     threads = threads or default_threads(workers)
-    command = [
-        sys.executable,
-        "-m",
-        "hpo",
-        "worker",
-        "--study",
-        name,
-        "--storage",
-        url,
-        "--threads",
-        str(threads),
-        "--device",
-        device,
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    command = worker_command(name, url, threads, "--device", device)
+    env = worker_env(threads)
     logs = [folder / f"{name}-{i}.log" for i in range(workers)]
     machine_before = cpu_seconds()
     started = time.perf_counter()

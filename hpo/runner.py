@@ -73,24 +73,16 @@ def run_study(
     budget = trials or spec.n_trials
     threads = default_threads(workers)
     started = time.perf_counter()
-    command = [
-        sys.executable,
-        "-m",
-        "hpo",
-        "worker",
-        "--study",
-        spec.name,
-        "--storage",
-        storage_url,
-        "--threads",
-        str(threads),
-    ]
+    options = []
     if trials:
-        command += ["--trials", str(trials)]
+        options += ["--trials", str(trials)]
     if heartbeat_seconds is not None:
-        command += ["--heartbeat", str(heartbeat_seconds)]
+        options += ["--heartbeat", str(heartbeat_seconds)]
     processes = [
-        subprocess.Popen([*command, "--index", str(i)], env=_worker_env(threads))
+        subprocess.Popen(
+            worker_command(spec.name, storage_url, threads, *options, "--index", str(i)),
+            env=worker_env(threads),
+        )
         for i in range(workers)
     ]
     study = optuna.load_study(study_name=spec.name, storage=storage)
@@ -111,9 +103,29 @@ def run_study(
     return RunResult(spec.name, best_csv, dict(states), time.perf_counter() - started, exit_codes)
 
 
-def _worker_env(threads: int) -> dict[str, str]:
-    # OpenMP/MKL read these before torch.set_num_threads runs; unset, each worker would start
-    # a thread per core and the workers would fight over the cores.
+def worker_command(study: str, storage_url: str, threads: int, *options: str) -> list[str]:
+    """The ``hpo worker`` command line ``hpo run`` starts, with further ``options``."""
+    return [
+        sys.executable,
+        "-m",
+        "hpo",
+        "worker",
+        "--study",
+        study,
+        "--storage",
+        storage_url,
+        "--threads",
+        str(threads),
+        *options,
+    ]
+
+
+def worker_env(threads: int) -> dict[str, str]:
+    """The environment of a worker with ``threads`` torch threads.
+
+    OpenMP/MKL read these before torch.set_num_threads runs; unset, each worker would start a
+    thread per core and the workers would fight over the cores.
+    """
     return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
 
 
