@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
-from sqlalchemy import text
+from sqlalchemy import Engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -71,7 +71,8 @@ def sqlite_path(url: str) -> Path | None:
 def open_storage(url: str, heartbeat: float | None = None) -> optuna.storages.BaseStorage:
     """Open an Optuna storage with settings that survive many workers and long trials.
 
-    SQLite gets WAL journaling and a 60 s busy timeout; server databases get
+    SQLite gets WAL journaling, commits without an fsync each (``synchronous=NORMAL``, safe
+    with WAL) and a 60 s busy timeout; server databases get
     ``pool_pre_ping`` and hourly connection recycling, so a worker reconnects after the
     server restarts. With ``heartbeat`` (seconds), stale trials are failed and re-queued.
 
@@ -107,9 +108,12 @@ def open_storage(url: str, heartbeat: float | None = None) -> optuna.storages.Ba
             ),
         }
     try:
-        return RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat_kwargs)
+        storage = RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat_kwargs)
     except ImportError as error:
         raise StorageError(f"cannot open {backend} storage: {error}") from None
+    if backend == "sqlite":
+        _commit_without_fsync(storage.engine)
+    return storage
 
 
 def _open_grpc(url: str) -> optuna.storages.BaseStorage:
@@ -158,6 +162,20 @@ def _enable_wal(path: Path) -> None:
         connection.execute("PRAGMA journal_mode=WAL")
     finally:
         connection.close()
+
+
+def _commit_without_fsync(engine: Engine) -> None:
+    # With WAL, synchronous=NORMAL syncs the log at checkpoints instead of at every commit:
+    # about 1 ms less per write on our machines, and a trial writes twenty times or more
+    # (each parameter, each fold's report, its attributes). A killed worker loses nothing it
+    # committed; a power cut or an OS crash can roll back the last commits but leaves the file
+    # consistent (https://www.sqlite.org/pragma.html#pragma_synchronous).
+    event.listen(engine, "connect", _set_synchronous_normal)
+    engine.dispose()  # connections opened before the listener (Optuna's schema check) close
+
+
+def _set_synchronous_normal(connection: sqlite3.Connection, _: object) -> None:
+    connection.execute("PRAGMA synchronous=NORMAL")
 
 
 def rdb_backend(storage: optuna.storages.BaseStorage) -> RDBStorage | None:
