@@ -17,9 +17,10 @@ called only for the hooks they implement, modules switch between train and eval 
 when the mode changes, the batch losses stay on the device until the epoch ends (``.item()``
 per batch would wait for a GPU after every step), and predictions and validation losses run
 in batches of ``EVAL_BATCH_ROWS``. The optimizer steps every parameter at once: Adam, AdamW
-and SGD with torch's fused kernel, called without ``optimizer.step()``'s per-step Python
-(``hpo.fused_step.FusedStep``), Adamax and RMSprop on one flat copy of the parameters
-(``FlatParameters``). ``tests/test_nets.py`` checks that a fit scores as plain skorch does.
+and SGD with torch's fused kernel, Adamax and RMSprop on one flat copy of the parameters
+(``FlatParameters``), each called without ``optimizer.step()``'s per-step Python
+(``hpo.direct_step.DirectStep``). ``tests/test_nets.py`` checks that a fit scores as plain
+skorch does.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from skorch.callbacks import Callback, EarlyStopping
 from skorch.dataset import Dataset, ValidSplit, get_len
 from torch import nn
 
-from hpo.fused_step import FusedStep
+from hpo.direct_step import DirectStep
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam,
@@ -327,37 +328,37 @@ class _TunedNet:
 
     def _step_optimizer(self, step_fn: Any) -> None:
         flat = self._flat_parameters()
-        if flat is None:
-            # What optimizer.step(step_fn) does: the closure, then the step; a fused
-            # optimizer's step through FusedStep, which leaves out torch's per-step Python.
-            fused = self._fused_step()
-            if fused is None:
-                super()._step_optimizer(step_fn)  # type: ignore[misc]
-            else:
-                step_fn()
-                fused.step()
+        direct = self._direct_step()
+        if flat is None and direct is None:
+            super()._step_optimizer(step_fn)  # type: ignore[misc]
             return
-        # What optimizer.step(step_fn) does, with the flat copy around the update: the
-        # closure (zero the gradients, forward, backward, on_grad_computed), then the step.
+        # What optimizer.step(step_fn) does: the closure (zero the gradients, forward,
+        # backward, on_grad_computed), then the update: through DirectStep, which leaves out
+        # torch's per-step Python, and around the flat copy for Adamax and RMSprop.
         step_fn()
-        flat.copy_in()
-        self.optimizer_.step()
-        flat.copy_out()
+        if flat is not None:
+            flat.copy_in()
+        if direct is not None:
+            direct.step()
+        else:
+            self.optimizer_.step()
+        if flat is not None:
+            flat.copy_out()
 
-    def _fused_step(self) -> FusedStep | None:
+    def _direct_step(self) -> DirectStep | None:
         optimizers = self._optimizers  # type: ignore[attr-defined]
         optimizer = getattr(self, "optimizer_", None)
         if optimizers != ["optimizer"] or not isinstance(optimizer, torch.optim.Optimizer):
             return None  # a net with optimizers of its own (skorch steps each one)
-        fused = getattr(self, "fused_step_", None)
-        if fused is None or fused.optimizer is not optimizer:  # a new optimizer, or unpickled
-            fused = self.fused_step_ = FusedStep(optimizer)
-        return fused
+        direct = getattr(self, "direct_step_", None)
+        if direct is None or direct.optimizer is not optimizer:  # a new optimizer, or unpickled
+            direct = self.direct_step_ = DirectStep(optimizer)
+        return direct
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()  # type: ignore[misc]
         state.pop("flat_cache_", None)  # views of the flat tensor; rebuilt on first use
-        state.pop("fused_step_", None)  # the optimizer's gathered state; rebuilt on first use
+        state.pop("direct_step_", None)  # the optimizer's gathered state; rebuilt on first use
         return state  # type: ignore[no-any-return]
 
     def get_iterator(self, dataset: Any, training: bool = False) -> Any:

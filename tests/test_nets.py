@@ -255,10 +255,10 @@ def test_user_callbacks_see_every_batch_in_train_mode() -> None:
     ],
 )
 def test_weights_are_bit_for_bit_those_of_plain_skorch(optimizer: str, options: dict) -> None:
-    # Adam, AdamW and SGD step with torch's fused kernel (called by FusedStep), which plain
-    # skorch is told to use too (it rounds a few last bits unlike the default loop; the scores
-    # test above compares with the default); Adamax and RMSprop step one flat tensor, with
-    # skorch's defaults.
+    # Adam, AdamW and SGD step with torch's fused kernel, which plain skorch is told to use
+    # too (it rounds a few last bits unlike the default loop; the scores test above compares
+    # with the default); Adamax and RMSprop step one flat tensor, with skorch's defaults. All
+    # of them through DirectStep.
     fused = optimizer in ("adam", "adamw", "sgd")
     X, y = _digits(200)
     common = {
@@ -286,8 +286,8 @@ def test_weights_are_bit_for_bit_those_of_plain_skorch(optimizer: str, options: 
     ).fit(X, y)
     assert fast.optimizer_.defaults.get("fused") is (True if fused else None)
     assert fast.flat_optimizer_ is (not fused and "optimizer__param_groups" not in options)
-    if fused:  # every step but the first (which creates the state) skipped optimizer.step()
-        assert fast.fused_step_.fused_steps == 2 * 7 - 1
+    # Every step but the first (which creates the state) skipped optimizer.step().
+    assert fast.direct_step_.direct_steps == 2 * 7 - 1
     fast_state, plain_state = fast.module_.state_dict(), plain.module_.state_dict()
     assert fast_state.keys() == plain_state.keys()
     for key, value in plain_state.items():

@@ -1,8 +1,8 @@
-"""FusedStep updates parameters and optimizer state bit for bit as ``optimizer.step()`` does.
+"""DirectStep updates parameters and optimizer state bit for bit as ``optimizer.step()`` does.
 
 Each test steps two identical models with identical gradients: one by torch's own
-``optimizer.step()``, the other by ``FusedStep``, and compares every parameter and every
-state tensor exactly. ``fused_steps`` shows which steps skipped ``optimizer.step()``.
+``optimizer.step()``, the other by ``DirectStep``, and compares every parameter and every
+state tensor exactly. ``direct_steps`` shows which steps skipped ``optimizer.step()``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from hpo.fused_step import FusedStep
+from hpo.direct_step import DirectStep
 
 STEPS = 12
 
@@ -58,9 +58,9 @@ def _run(
     make: Callable[[Any], torch.optim.Optimizer],
     between: Callable[[int, Any, Any], None] | None = None,
     skip: dict[int, str] | None = None,
-) -> FusedStep:
+) -> DirectStep:
     ours, torchs = _pair(make)
-    fused = FusedStep(ours[1])
+    fused = DirectStep(ours[1])
     for step in range(STEPS):
         for model, _ in (ours, torchs):
             _set_grads(model, step, (skip or {}).get(step))
@@ -83,15 +83,24 @@ OPTIMIZERS = {
     "sgd-weight-decay": lambda p: torch.optim.SGD(p, lr=0.1, weight_decay=0.01, fused=True),
     "sgd-nesterov": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True, fused=True),
     "sgd-dampening": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.5, dampening=0.3, fused=True),
+    "adamax": lambda p: torch.optim.Adamax(p, lr=0.01, weight_decay=0.01),
+    "adamax-maximize": lambda p: torch.optim.Adamax(p, lr=0.01, betas=(0.8, 0.9), maximize=True),
+    "rmsprop": lambda p: torch.optim.RMSprop(p, lr=0.01, weight_decay=0.01),
+    "rmsprop-centered": lambda p: torch.optim.RMSprop(p, lr=0.01, centered=True),
+    "rmsprop-momentum": lambda p: torch.optim.RMSprop(p, lr=0.01, momentum=0.9),
+    "rmsprop-centered-momentum": lambda p: torch.optim.RMSprop(
+        p, lr=0.01, centered=True, momentum=0.5, alpha=0.9
+    ),
 }
 
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_every_step_is_bit_for_bit_torchs(name: str) -> None:
     fused = _run(OPTIMIZERS[name])
-    # Only a first step with state to create (Adam's averages, SGD's momentum) needs torch.
+    # Only a first step with state to create (every optimizer's but momentum-free SGD's)
+    # needs torch.
     needs_state = not name.startswith("sgd") or name in ("sgd-nesterov", "sgd-dampening")
-    assert fused.fused_steps == STEPS - needs_state
+    assert fused.direct_steps == STEPS - needs_state
 
 
 def test_a_learning_rate_schedule_is_followed() -> None:
@@ -100,18 +109,18 @@ def test_a_learning_rate_schedule_is_followed() -> None:
             for group in optimizer.param_groups:
                 group["lr"] *= 0.5
 
-    assert _run(OPTIMIZERS["adam"], between=decay).fused_steps == STEPS - 1
+    assert _run(OPTIMIZERS["adam"], between=decay).direct_steps == STEPS - 1
 
 
 def test_a_parameter_without_a_gradient_is_left_to_torch() -> None:
     # torch skips it (its state does not advance); so the whole step goes through torch.
     fused = _run(OPTIMIZERS["adam"], skip={4: "2.bias", 7: "0.weight"})
-    assert fused.fused_steps == STEPS - 3
+    assert fused.direct_steps == STEPS - 3
 
 
 def test_a_parameter_first_trained_late_gets_its_state_from_torch() -> None:
     fused = _run(OPTIMIZERS["adam-amsgrad-maximize"], skip={0: "0.bias", 1: "0.bias"})
-    assert fused.fused_steps == STEPS - 3
+    assert fused.direct_steps == STEPS - 3
 
 
 def test_loaded_state_and_new_param_groups_are_picked_up() -> None:
@@ -135,7 +144,7 @@ def test_hooks_a_grad_scaler_and_other_optimizers_go_through_torch() -> None:
     calls: list[int] = []
     ours, torchs = _pair(OPTIMIZERS["adam"])
     ours[1].register_step_pre_hook(lambda optimizer, args, kwargs: calls.append(1))
-    fused = FusedStep(ours[1])
+    fused = DirectStep(ours[1])
     for step in range(3):
         for model, _ in (ours, torchs):
             _set_grads(model, step)
@@ -143,16 +152,17 @@ def test_hooks_a_grad_scaler_and_other_optimizers_go_through_torch() -> None:
         torchs[1].step()
     _assert_same(ours, torchs)
     assert calls == [1, 1, 1]
-    assert fused.fused_steps == 0
+    assert fused.direct_steps == 0
 
     for make in (
         lambda p: torch.optim.Adam(p, lr=0.01),  # not fused
-        lambda p: torch.optim.Adamax(p, lr=0.01),  # no fused kernel
+        lambda p: torch.optim.Adagrad(p, lr=0.01),  # not one DirectStep knows
         lambda p: torch.optim.Adam(p, lr=torch.tensor(0.01), fused=True),  # tensor lr
+        lambda p: torch.optim.Adamax(p, lr=torch.tensor(0.01)),
     ):
-        assert _run(make).fused_steps == 0
+        assert _run(make).direct_steps == 0
 
     class Custom(torch.optim.Adam):
         pass
 
-    assert _run(lambda p: Custom(p, lr=0.01, fused=True)).fused_steps == 0
+    assert _run(lambda p: Custom(p, lr=0.01, fused=True)).direct_steps == 0
