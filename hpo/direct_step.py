@@ -3,9 +3,8 @@
 ``optimizer.step()`` wraps the update in Python that runs again on every step: a profiler
 record, the step hooks, ``_init_group`` walking each parameter and its state, the grouping of
 tensors by device and dtype, the checks for a grad scaler. On the small nets of a search that
-wrapper costs more than the update itself: ``DirectStep`` takes 80 of 450 us off a digits MLP
-training step with Adam on our 2-core machines (``benchmarks/trial_speed.py`` times whole
-trials).
+wrapper costs more than the update itself: ``DirectStep`` takes 60 to 80 us off a 450 to
+500 us digits MLP training step with Adam on our 2-core machines (docs/benchmarks.md).
 
 ``DirectStep`` gathers each group's state tensors once and calls what ``optimizer.step()``
 calls, with the same arguments, read from the param groups at every step (so a learning-rate

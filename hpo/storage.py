@@ -111,7 +111,8 @@ def open_storage(url: str, heartbeat: float | None = None) -> optuna.storages.Ba
         storage = RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat_kwargs)
     except ImportError as error:
         raise StorageError(f"cannot open {backend} storage: {error}") from None
-    if backend == "sqlite":
+    if backend == "sqlite" and sqlite_path(url) is not None:
+        # (An in-memory database lives in its one connection: it must not be closed.)
         _commit_without_fsync(storage.engine)
     return storage
 

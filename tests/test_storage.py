@@ -30,6 +30,12 @@ def test_sqlite_runs_wal_and_commits_without_syncing_each(tmp_path: Path) -> Non
         assert connection.execute(text("PRAGMA synchronous")).scalar() == 1  # NORMAL
 
 
+def test_an_in_memory_database_keeps_its_one_connection() -> None:
+    study = optuna.create_study(storage=open_storage("sqlite:///:memory:"))
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=2)
+    assert len(study.trials) == 2
+
+
 def test_what_a_killed_writer_committed_is_kept(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'hpo.db'}"
     done = subprocess.run([sys.executable, "-c", WRITE_THEN_DIE, url], check=False)
