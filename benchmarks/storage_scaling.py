@@ -47,7 +47,12 @@ SURPLUS: dict[str, int] = {}
 
 
 def trivial_objective(
-    trial: optuna.Trial, spec: Any, data: Any, device: str, should_stop: Callable[[], bool]
+    trial: optuna.Trial,
+    spec: Any,
+    data: Any,
+    device: str,
+    should_stop: Callable[[], bool],
+    pool: Any = None,
 ) -> float:
     params = suggest(trial, spec.space)
     return float(params["lr"] + params["batch_size"])

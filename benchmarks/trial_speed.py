@@ -19,8 +19,10 @@ over every trial of the (short) benchmark study are printed beside them. Each ca
 medians over ``--repeats``: seconds per trial of the usual loop and of one hpo worker (and of
 one worker told ``--threads 1``, to show what the thread count does to small nets), trials
 per minute of the usual loop and of ``--workers`` hpo workers, the mean CV score each way,
-the peak RSS of each process, and the share of the CPU that other processes used meanwhile
-(``--quiet`` waits for a quiet machine before each run).
+the peak memory of each process (PSS, sampled; a worker's fold processes included), and the
+share of the CPU that other processes used meanwhile (``--quiet`` waits for a quiet machine
+before each run). One hpo worker on two cores fits two folds at once, each in a fold process
+on one thread (``hpo.fold_pool``); the ``--threads 1`` worker fits them one after another.
 
 ``--pruning`` adds the search that users care about: the time until a trial's mean CV score
 reaches each ``--target``, for the usual loop (no pruning), hpo without pruning (a control that
@@ -82,6 +84,8 @@ from hpo.worker import default_threads
 #: The seed of the usual loop's torch generator and of the configurations drawn per case.
 SEED = 0
 MNIST_SHAPE_ROWS = 20_000
+#: Seconds between samples of a process's memory.
+MEMORY_POLL_SECONDS = 0.5
 
 DIGITS_MLP_SPACE = {  # studies/digits-mlp-tpe.yaml
     "module__hidden1": {"type": "int", "low": 32, "high": 256, "log": True},
@@ -269,7 +273,8 @@ class Run:
 
     trials: list[optuna.trial.FrozenTrial]
     wall: float
-    peak_rss_mib: list[float]
+    #: Per process: peak PSS in MiB, with the processes it started (hpo's fold processes).
+    peak_mib: list[float]
     threads: int
     #: Share of the machine's CPU time that other processes used meanwhile (0 to 1).
     others_cpu: float
@@ -335,11 +340,14 @@ def run_usual(
     )
     process.start()
     sender.close()
+    peak = 0.0
+    while not receiver.poll(MEMORY_POLL_SECONDS):
+        peak = max(peak, tree_pss_mib(process.pid))
     outcome = receiver.recv()
     process.join()
     if isinstance(outcome, str):
         raise RuntimeError(f"the usual loop failed:\n{outcome}")
-    trials, wall, peak, threads, cpu = outcome
+    trials, wall, threads, cpu = outcome
     others = _others_share(machine_before, cpu_seconds(), cpu)
     return Run(trials, wall, [peak], threads, others)
 
@@ -370,10 +378,29 @@ def _usual_process(
         wall = time.perf_counter() - started
         usage = resource.getrusage(resource.RUSAGE_SELF)
         cpu = usage.ru_utime + usage.ru_stime
-        sender.send((study.trials, wall, usage.ru_maxrss / 1024, torch.get_num_threads(), cpu))
+        sender.send((study.trials, wall, torch.get_num_threads(), cpu))
     except BaseException:
         sender.send(traceback.format_exc())
         raise
+
+
+def tree_pss_mib(pid: int) -> float:
+    """Proportional set size of process ``pid`` and of every process under it, in MiB (Linux;
+    0 elsewhere). PSS shares a page among the processes that map it, so torch's libraries,
+    mapped by a worker and by each of its fold processes, are counted once in the sum."""
+    total_kib, pending = 0, [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            for line in Path(f"/proc/{current}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total_kib += int(line.split()[1])
+                    break
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pending += [int(child) for child in (task / "children").read_text().split()]
+        except OSError:  # gone meanwhile, or no /proc
+            continue
+    return total_kib / 1024
 
 
 def cpu_seconds() -> tuple[float, float]:
@@ -476,25 +503,31 @@ def run_hpo(
 def _wait_for(
     processes: list[subprocess.Popen[bytes]], url: str, name: str, target: float | None
 ) -> tuple[list[float], float]:
-    """Wait for every worker; return each one's peak RSS in MiB and their CPU seconds (from
-    wait4, so each worker's own figures)."""
-    peaks: dict[int, float] = {}
+    """Wait for every worker; return each one's peak PSS in MiB (sampled, its fold processes
+    included) and their CPU seconds (from wait4: each worker's own and its fold processes')."""
+    peaks = {process.pid: 0.0 for process in processes}
+    ended: set[int] = set()
     cpu = 0.0
     study = optuna.load_study(study_name=name, storage=open_storage(url)) if target else None
     stopping = False
-    while len(peaks) < len(processes):
+    sampled = 0.0
+    while len(ended) < len(processes):
+        if time.monotonic() - sampled > MEMORY_POLL_SECONDS:
+            sampled = time.monotonic()
+            for pid in peaks.keys() - ended:
+                peaks[pid] = max(peaks[pid], tree_pss_mib(pid))
         for process in processes:
-            if process.pid in peaks:
+            if process.pid in ended:
                 continue
             pid, status, usage = os.wait4(process.pid, os.WNOHANG)
             if pid:
                 process.returncode = os.waitstatus_to_exitcode(status)
-                peaks[pid] = usage.ru_maxrss / 1024
+                ended.add(pid)
                 cpu += usage.ru_utime + usage.ru_stime
         if study is not None and not stopping and _reached(study, target):
             stopping = True
             for process in processes:
-                if process.pid not in peaks:
+                if process.pid not in ended:
                     process.send_signal(signal.SIGTERM)
         time.sleep(0.05 if study is None else 0.25)
     return [peaks[process.pid] for process in processes], cpu
@@ -569,9 +602,9 @@ def measure_case(
             "hpo_cv": _mean(one.scores[k] for k in both),
             "hpo_workers_cv": _mean(many.scores[k] for k in both),
             "compared_configs": len(both),
-            "usual_peak_mib": usual.peak_rss_mib[0],
-            "hpo_peak_mib": max(one.peak_rss_mib),
-            "hpo_workers_peak_mib": max(many.peak_rss_mib),
+            "usual_peak_mib": usual.peak_mib[0],
+            "hpo_peak_mib": max(one.peak_mib),
+            "hpo_workers_peak_mib": max(many.peak_mib),
             "hpo_startup_s": one.wall - one.span,
             "usual_threads": usual.threads,
             "hpo_threads": one.threads,
@@ -624,7 +657,8 @@ def print_cases(results: list[CaseResult]) -> None:
         f"| case | device | trials | usual s/trial | hpo 1 worker s/trial | per-trial ratio | "
         "hpo 1 worker --threads 1: s/trial (ratio) | "
         f"usual trials/min | hpo {workers} workers trials/min | throughput ratio | "
-        f"usual CV | hpo CV | peak RSS usual / hpo worker (MiB) | threads usual / hpo 1w / "
+        f"usual CV | hpo CV | peak PSS usual / hpo 1w / hpo {workers}w, per worker (MiB) | "
+        f"threads usual / hpo 1w / "
         f"hpo {workers}w | others' CPU | whole study: per-trial ratio | whole study: "
         "throughput ratio |"
     )
@@ -640,7 +674,8 @@ def print_cases(results: list[CaseResult]) -> None:
             f"{r.median('hpo_workers_trials_per_min'):.1f} | "
             f"**{r.median('throughput_ratio'):.2f}x** | {r.median('usual_cv'):.4f} | "
             f"{r.median('hpo_cv'):.4f} | {r.median('usual_peak_mib'):.0f} / "
-            f"{r.median('hpo_workers_peak_mib'):.0f} | {first['usual_threads']} / "
+            f"{r.median('hpo_peak_mib'):.0f} / {r.median('hpo_workers_peak_mib'):.0f} | "
+            f"{first['usual_threads']} / "
             f"{first['hpo_threads']} / {first['hpo_workers_threads']} | "
             f"{r.median('others_cpu'):.0%} | {r.median('per_trial_ratio_whole'):.2f}x | "
             f"{r.median('throughput_ratio_whole'):.2f}x |"

@@ -170,6 +170,16 @@ def worker(
         str | None,
         typer.Option("--device", help="cuda or cpu. Default: cuda when a GPU is visible."),
     ] = None,
+    folds_at_once: Annotated[
+        int | None,
+        typer.Option(
+            "--folds-at-once",
+            min=1,
+            help="CPU only: folds of a trial fitted side by side, each in its own process on "
+            "threads/N threads; 1 fits them one after another. Default: one per thread, at "
+            "most the study's folds.",
+        ),
+    ] = None,
 ) -> None:
     """Pull trials of a study from the storage until its budget is spent."""
     from hpo.storage import resolve_storage_url
@@ -186,6 +196,7 @@ def worker(
         heartbeat_seconds=heartbeat,
         threads=threads,
         device=device,
+        folds_at_once=folds_at_once,
     )
     done = ", ".join(f"{n} {s}" for s, n in sorted(summary.states.items())) or "no trials"
     err.print(f"worker {index if index is not None else '-'} of {study}: {done}")

@@ -10,6 +10,11 @@ The training arrays become tensors on the trial's device once per worker process
 (``resident_training_data``), and each fold is gathered from them there, so no fold copies its
 data from the host. Fold scores, fit seconds and epochs go to the storage once per trial, not
 once per fold: each write is a round trip to the database.
+
+A CPU worker with several threads fits several folds at once, each in a process of its own
+(``hpo.fold_pool.FoldPool``, passed as ``pool``); every fold still runs
+``fit_and_score_fold``, and ``evaluate`` reads the results in fold order, so what is reported
+and pruned does not change.
 """
 
 from __future__ import annotations
@@ -18,8 +23,9 @@ import math
 import time
 import weakref
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Any
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import optuna
@@ -37,6 +43,9 @@ from hpo.models import MODELS
 from hpo.nets import TunedClassifier, TunedRegressor
 from hpo.spaces import suggest
 from hpo.spec import StudySpec
+
+if TYPE_CHECKING:
+    from hpo.fold_pool import FoldPool
 
 
 class WorkerStopped(BaseException):
@@ -167,34 +176,65 @@ def resident_training_data(data: DataSplits, device: str) -> tuple[torch.Tensor,
     return tensors
 
 
-def _fold_scores(
+@dataclass(frozen=True)
+class FoldResult:
+    """What fitting and scoring one fold gave."""
+
+    score: float
+    seconds: float
+    epochs: int
+    threads: int
+
+
+def fit_and_score_fold(
     net: Any,
     data: DataSplits,
     device: str,
-    folds: BaseCrossValidator,
+    fold: int,
+    train: np.ndarray,
+    test: np.ndarray,
     scoring: str,
     should_stop: Callable[[], bool] | None,
-) -> Iterator[tuple[float, float, int]]:
-    scorer = get_scorer(scoring)
+) -> FoldResult:
+    """Fit a ``clone`` of ``net`` on the fold's ``train`` rows and score it on its ``test`` rows,
+    as ``cross_val_score`` does for one split.
+
+    Raises:
+        FloatingPointError: the training loss stopped being finite.
+        WorkerStopped: ``should_stop()`` turned true during the fit.
+    """
     X, y = resident_training_data(data, device)
-    for fold, (train, test) in enumerate(folds.split(data.X_train, data.y_train)):
-        fold_net = clone(net)
-        if should_stop is not None:
-            fold_net.set_params(callbacks=[("stop_check", StopCheck(should_stop))])
-        train_rows = torch.as_tensor(train, device=X.device)
-        started = time.perf_counter()
-        fold_net.fit(X[train_rows], y[train_rows])
-        seconds = time.perf_counter() - started
-        losses = fold_net.history[:, "train_loss"]
-        if not all(math.isfinite(loss) for loss in losses):
-            raise FloatingPointError(
-                f"the training loss became {losses[-1]} in fold {fold}: the configuration "
-                "diverged (a lower lr or a smaller init usually helps)"
-            )
-        # The scorer compares predictions with y on the host, as cross_val_score does.
-        test_rows = torch.as_tensor(test, device=X.device)
-        score = scorer(fold_net, X[test_rows], data.y_train[test])
-        yield float(score), seconds, len(fold_net.history)
+    fold_net = clone(net)
+    if should_stop is not None:
+        fold_net.set_params(callbacks=[("stop_check", StopCheck(should_stop))])
+    train_rows = torch.as_tensor(train, device=X.device)
+    started = time.perf_counter()
+    fold_net.fit(X[train_rows], y[train_rows])
+    seconds = time.perf_counter() - started
+    losses = fold_net.history[:, "train_loss"]
+    if not all(math.isfinite(loss) for loss in losses):
+        raise FloatingPointError(
+            f"the training loss became {losses[-1]} in fold {fold}: the configuration "
+            "diverged (a lower lr or a smaller init usually helps)"
+        )
+    # The scorer compares predictions with y on the host, as cross_val_score does.
+    test_rows = torch.as_tensor(test, device=X.device)
+    score = get_scorer(scoring)(fold_net, X[test_rows], data.y_train[test])
+    return FoldResult(float(score), seconds, len(fold_net.history), torch.get_num_threads())
+
+
+def _fold_results(
+    net: Any,
+    data: DataSplits,
+    device: str,
+    splits: list[tuple[np.ndarray, np.ndarray]],
+    scoring: str,
+    should_stop: Callable[[], bool] | None,
+) -> Iterator[FoldResult]:
+    """The folds fitted one after another in this process."""
+    with cpu_threads_for(net, tuple(data.input_shape), device):
+        for fold, (train, test) in enumerate(splits):
+            yield fit_and_score_fold(net, data, device, fold, train, test, scoring, should_stop)
 
 
 def evaluate(
@@ -203,41 +243,50 @@ def evaluate(
     data: DataSplits,
     device: str,
     should_stop: Callable[[], bool] | None = None,
+    pool: FoldPool | None = None,
 ) -> float:
     """Score one trial's configuration by K-fold cross-validation on the training split.
 
-    Reports the running mean after each fold and raises ``optuna.TrialPruned`` when the
-    pruner says so. Fold scores, their std, fit seconds, epochs and the device end in the
-    trial's user_attrs (the fold lists also when the trial is pruned or fails part-way).
+    The folds are fitted one after another here, or side by side in ``pool``'s processes.
+    Either way the running mean goes to ``trial.report`` after each fold, in fold order, and
+    ``optuna.TrialPruned`` is raised when the pruner says so. Fold scores, their std, fit
+    seconds, epochs, the device and the threads per fit end in the trial's user_attrs (the
+    fold lists also when the trial is pruned or fails part-way).
 
     Returns:
         The mean fold score (greater is better, as for every scikit-learn scorer).
     """
     params = {**spec.fixed, **suggest(trial, spec.space)}
-    net = build_net(spec, data, params, device)
     trial.set_user_attr("device", device)
     # Asking a NopPruner costs a storage read per fold and always answers no.
     pruner = getattr(getattr(trial, "study", None), "pruner", None)
     may_prune = not isinstance(pruner, optuna.pruners.NopPruner)
+    splits = list(make_folds(spec).split(data.X_train, data.y_train))
+    if pool is None:
+        net = build_net(spec, data, params, device)
+        results = _fold_results(net, data, device, splits, spec.scoring, should_stop)
+    else:
+        results = pool.fold_results(params, splits, should_stop)
     scores: list[float] = []
     seconds: list[float] = []
     epochs: list[int] = []
-    folds = _fold_scores(net, data, device, make_folds(spec), spec.scoring, should_stop)
-    try:
-        with cpu_threads_for(net, tuple(data.input_shape), device) as threads:
-            trial.set_user_attr("threads", threads)
-            for fold, (score, fit_seconds, fold_epochs) in enumerate(folds):
-                scores.append(score)
-                seconds.append(round(fit_seconds, 4))
-                epochs.append(fold_epochs)
+    # closing: a pruned or failed trial stops the folds still running at once.
+    with closing(results):
+        try:
+            for fold, result in enumerate(results):
+                if not scores:
+                    trial.set_user_attr("threads", result.threads)
+                scores.append(result.score)
+                seconds.append(round(result.seconds, 4))
+                epochs.append(result.epochs)
                 trial.report(float(np.mean(scores)), step=fold)
                 if may_prune and fold + 1 < spec.cv.folds and trial.should_prune():
                     mean = np.mean(scores)
                     raise optuna.TrialPruned(f"pruned after fold {fold}: mean {mean:.4f}")
-    finally:
-        if scores:
-            trial.set_user_attr("fold_scores", scores)
-            trial.set_user_attr("fit_seconds", seconds)
-            trial.set_user_attr("epochs", epochs)
+        finally:
+            if scores:
+                trial.set_user_attr("fold_scores", scores)
+                trial.set_user_attr("fit_seconds", seconds)
+                trial.set_user_attr("epochs", epochs)
     trial.set_user_attr("score_std", float(np.std(scores)))
     return float(np.mean(scores))

@@ -17,6 +17,7 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,7 @@ from optuna.trial import TrialState
 
 from hpo.data import DataSplits, load_dataset
 from hpo.errors import HpoError
+from hpo.fold_pool import FoldPool, fold_processes
 from hpo.nets import default_device
 from hpo.objective import WorkerStopped, check_compatible, evaluate
 from hpo.spec import StudySpec
@@ -45,8 +47,10 @@ from hpo.study import load_study
 
 logger = logging.getLogger("hpo.worker")
 
-#: What scores a trial: (trial, spec, data, device, should_stop) -> value.
-Objective = Callable[[optuna.Trial, StudySpec, DataSplits, str, Callable[[], bool]], float]
+#: What scores a trial: (trial, spec, data, device, should_stop, fold pool or None) -> value.
+Objective = Callable[
+    [optuna.Trial, StudySpec, DataSplits, str, Callable[[], bool], FoldPool | None], float
+]
 
 # hpo drives heartbeats itself around ask/tell (optuna only does inside Study.optimize).
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
@@ -103,6 +107,7 @@ def run_worker(
     heartbeat_seconds: float | None = None,
     threads: int | None = None,
     device: str | None = None,
+    folds_at_once: int | None = None,
     objective: Objective = evaluate,
 ) -> WorkerSummary:
     """Pull trials of ``study_name`` until the study's budget is spent.
@@ -116,6 +121,10 @@ def run_worker(
         heartbeat_seconds: see ``hpo.storage.resolve_heartbeat``; 0 disables it.
         threads: torch CPU threads. Default: all cores.
         device: ``cuda`` or ``cpu``. Default: ``cuda`` when a GPU is visible.
+        folds_at_once: on the CPU, how many folds of a trial are fitted side by side, each in
+            a process of its own (``hpo.fold_pool``) on ``threads // folds_at_once`` threads;
+            1 fits them one after another in the worker. Default: one per thread, at most
+            the spec's folds.
         objective: scores one trial; ``hpo.objective.evaluate`` (K-fold CV of the skorch
             net) unless a benchmark measures the storage alone.
 
@@ -129,12 +138,15 @@ def run_worker(
     if threads:
         torch.set_num_threads(threads)
     device = device or default_device()
+    threads = torch.get_num_threads()
+    processes = fold_processes(device, threads, spec.cv.folds, folds_at_once)
+    pool = FoldPool(spec, data, processes, max(1, threads // processes)) if processes > 1 else None
     budget = trials or spec.n_trials
     summary = WorkerSummary(study_name, worker_index)
     deadline = time.monotonic() + spec.budget.timeout if spec.budget.timeout else None
 
     outage = _Outage()
-    with _StopFlag() as stop:
+    with _StopFlag() as stop, pool or nullcontext():
         while not stop.requested:
             if deadline is not None and time.monotonic() > deadline:
                 logger.info("budget.timeout reached; stopping")
@@ -147,7 +159,7 @@ def run_worker(
                 if claim.trial is None:
                     logger.info("%s: %s", study_name, claim.reason)
                     break
-                state = _run_trial(study, claim.trial, spec, data, device, stop, objective)
+                state = _run_trial(study, claim.trial, spec, data, device, stop, objective, pool)
             except STORAGE_ERRORS as error:
                 outage.wait(error)
                 continue
@@ -229,12 +241,13 @@ def _run_trial(
     device: str,
     stop: _StopFlag,
     objective: Objective,
+    pool: FoldPool | None,
 ) -> TrialState:
     started = time.perf_counter()
     storage = study._storage
     with heartbeat(storage, trial._trial_id):
         try:
-            value = objective(trial, spec, data, device, lambda: stop.requested)
+            value = objective(trial, spec, data, device, lambda: stop.requested, pool)
         except STORAGE_ERRORS:
             # Not the configuration's fault: the trial stays RUNNING, its heartbeat stops, and
             # once stale it is re-queued with the same parameters.

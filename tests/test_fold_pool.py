@@ -1,0 +1,225 @@
+"""Fold processes score folds exactly as the worker does, stop when told, and die with it."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import torch
+from conftest import tiny_spec
+from optuna.trial import TrialState
+
+from hpo.data import DataSplits, load_dataset
+from hpo.fold_pool import FoldPool, fold_processes
+from hpo.objective import WorkerStopped, evaluate, make_folds
+from hpo.spec import StudySpec, parse_spec
+from hpo.storage import open_storage
+from hpo.study import register_study
+from hpo.worker import run_worker
+
+DIGITS = tiny_spec(
+    cv={"folds": 3, "shuffle": True, "seed": 0},
+    fixed={"max_epochs": 4, "batch_size": 64, "module__dropout": 0.2},
+)
+REGRESSION = tiny_spec(
+    model="regressor",
+    dataset={"name": "synthetic_regression"},
+    scoring="neg_mean_squared_error",
+    cv={"folds": 3, "shuffle": True, "seed": 1},
+    fixed={"max_epochs": 3, "batch_size": 16, "optimizer": "sgd"},
+    space={"lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}},
+)
+
+
+@pytest.fixture(scope="module")
+def digits() -> Iterator[tuple[FoldPool, StudySpec, DataSplits]]:
+    spec, data = parse_spec(DIGITS), load_dataset("digits")
+    with FoldPool(spec, data, processes=2, threads=1) as pool:
+        yield pool, spec, data
+
+
+def scored_trial(
+    spec: StudySpec, data: DataSplits, params: dict, pool: FoldPool | None
+) -> optuna.trial.FrozenTrial:
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial(params)
+    trial = study.ask()
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # the thread count of each fold process
+    try:
+        study.tell(trial, evaluate(trial, spec, data, "cpu", pool=pool))
+    finally:
+        torch.set_num_threads(before)
+    return study.trials[0]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"module__hidden1": 24, "lr": 0.02},
+        {"module__hidden1": 12, "lr": 0.005, "early_stopping_patience": 1, "max_epochs": 30},
+    ],
+)
+def test_folds_in_processes_score_exactly_as_in_the_worker(
+    digits: tuple[FoldPool, StudySpec, DataSplits], params: dict
+) -> None:
+    pool, spec, data = digits
+    here = scored_trial(spec, data, params, pool=None)
+    there = scored_trial(spec, data, params, pool=pool)
+    assert there.user_attrs["fold_scores"] == here.user_attrs["fold_scores"]
+    assert there.user_attrs["epochs"] == here.user_attrs["epochs"]
+    assert there.value == here.value
+    assert there.user_attrs["threads"] == 1
+    assert there.intermediate_values == here.intermediate_values
+
+
+def test_regression_folds_match_and_a_diverging_fold_raises_its_reason() -> None:
+    spec, data = parse_spec(REGRESSION), load_dataset("synthetic_regression")
+    with FoldPool(spec, data, processes=2, threads=1) as pool:
+        params = {"lr": 0.004}
+        here = scored_trial(spec, data, params, pool=None)
+        there = scored_trial(spec, data, params, pool=pool)
+        assert there.user_attrs["fold_scores"] == here.user_attrs["fold_scores"]
+
+        splits = list(make_folds(spec).split(data.X_train, data.y_train))
+        with pytest.raises(FloatingPointError, match="diverged"):
+            list(pool.fold_results({**spec.fixed, "lr": 1e7}, splits))
+        # the pool goes on with the next trial
+        assert len(list(pool.fold_results({**spec.fixed, "lr": 0.004}, splits))) == 3
+
+
+def long_and_short_splits(data: DataSplits) -> list[tuple[np.ndarray, np.ndarray]]:
+    """A fold that trains on 16 rows, then two that train on all 1000 (minutes each)."""
+    rows = np.arange(len(data.X_train))
+    return [(rows[:16], rows[16:32]), (rows, rows[:50]), (rows, rows[:50])]
+
+
+LONG = {"module__hidden1": 16, "lr": 0.01, "batch_size": 2, "max_epochs": 2000}
+
+
+def test_closing_a_trial_early_stops_the_folds_still_running(
+    digits: tuple[FoldPool, StudySpec, DataSplits],
+) -> None:
+    pool, spec, data = digits
+    results = pool.fold_results({**spec.fixed, **LONG}, long_and_short_splits(data))
+    first = next(results)  # fold 1, a fit of minutes, is running beside it by now
+    assert first.epochs == LONG["max_epochs"]
+    started = time.monotonic()
+    results.close()  # what a pruned trial does
+    # An abandoned fold stops at its next batch (milliseconds); finishing it would take
+    # minutes.
+    assert time.monotonic() - started < 30
+    assert [r.epochs for r in pool.fold_results({**spec.fixed, "max_epochs": 2}, [])] == []
+    quick = pool.fold_results({**spec.fixed, "max_epochs": 2}, long_and_short_splits(data)[:1])
+    assert [r.epochs for r in quick] == [2]
+
+
+def test_a_stop_request_ends_the_trial_with_worker_stopped(
+    digits: tuple[FoldPool, StudySpec, DataSplits],
+) -> None:
+    pool, spec, data = digits
+    asked: list[float] = []
+
+    def should_stop() -> bool:
+        asked.append(time.monotonic())
+        return len(asked) > 3
+
+    with pytest.raises(WorkerStopped):
+        list(
+            pool.fold_results({**spec.fixed, **LONG}, long_and_short_splits(data)[1:], should_stop)
+        )
+    assert asked[-1] - asked[0] < 30
+
+
+def test_a_killed_fold_process_fails_the_trial_and_the_next_trial_gets_new_ones() -> None:
+    spec, data = parse_spec(DIGITS), load_dataset("digits")
+    others = {child.pid for child in multiprocessing.active_children()}
+    with FoldPool(spec, data, processes=2, threads=1) as pool:
+        results = pool.fold_results({**spec.fixed, **LONG}, long_and_short_splits(data)[1:])
+        mine = [c.pid for c in multiprocessing.active_children() if c.pid not in others]
+        assert len(mine) == 2
+        # killed while both folds run (an out-of-memory kill looks the same)
+        killer = threading.Timer(2.0, os.kill, (mine[0], signal.SIGKILL))
+        killer.start()
+        with pytest.raises(RuntimeError, match="fold process died"):
+            next(results)
+        killer.join()
+        quick = {**spec.fixed, "max_epochs": 2, "module__hidden1": 8, "lr": 0.01}
+        splits = list(make_folds(spec).split(data.X_train, data.y_train))
+        assert [r.epochs for r in pool.fold_results(quick, splits)] == [2, 2, 2]
+
+
+def test_folds_at_once() -> None:
+    assert fold_processes("cpu", threads=2, folds=5) == 2
+    assert fold_processes("cpu", threads=16, folds=5) == 5
+    assert fold_processes("cpu", threads=1, folds=5) == 1
+    assert fold_processes("cpu", threads=4, folds=5, requested=1) == 1
+    assert fold_processes("cpu", threads=1, folds=3, requested=4) == 3
+    assert fold_processes("cuda", threads=8, folds=5) == 1
+
+
+def test_a_worker_with_two_threads_scores_as_one_with_one(tmp_path: Path) -> None:
+    spec = parse_spec(DIGITS)
+    values = {}
+    for threads in (1, 2):
+        url = f"sqlite:///{tmp_path / f'threads{threads}.db'}"
+        register_study(spec, open_storage(url))
+        summary = run_worker(
+            spec.name, url, worker_index=0, heartbeat_seconds=0, threads=threads, device="cpu"
+        )
+        assert summary.states == {"COMPLETE": spec.budget.trials}
+        trials = optuna.load_study(study_name=spec.name, storage=url).trials
+        values[threads] = [(t.params, t.user_attrs["fold_scores"]) for t in trials]
+        assert {t.user_attrs["threads"] for t in trials} == {1}
+    assert values[2] == values[1]
+
+
+def children_of(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(child) for child in path.read_text().split()] if path.exists() else []
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads /proc (Linux)")
+def test_fold_processes_exit_when_their_worker_is_killed(tmp_path: Path) -> None:
+    long_fits = {"batch_size": LONG["batch_size"], "max_epochs": LONG["max_epochs"]}
+    spec = parse_spec({**DIGITS, "fixed": {**DIGITS["fixed"], **long_fits}})
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    register_study(spec, open_storage(url))
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "hpo", "worker", "--study", spec.name, "--storage", url]
+        + ["--threads", "2", "--index", "0"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        study = optuna.load_study(study_name=spec.name, storage=url)
+        while not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            assert time.monotonic() < deadline, "no trial started"
+            time.sleep(0.5)
+        fold_pids = children_of(worker.pid)
+        assert len(fold_pids) >= 2  # the fold processes (and the executor's helper, if any)
+    finally:
+        worker.kill()
+        worker.wait()
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{pid}").exists() and not _zombie(pid) for pid in fold_pids):
+        assert time.monotonic() < deadline, "fold processes outlived their worker"
+        time.sleep(0.2)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+    except FileNotFoundError:
+        return False
