@@ -124,7 +124,8 @@ def run_worker(
         folds_at_once: on the CPU, how many folds of a trial are fitted side by side, each in
             a process of its own (``hpo.fold_pool``) on ``threads // folds_at_once`` threads;
             1 fits them one after another in the worker. Default: one per thread, at most
-            the spec's folds.
+            the spec's folds. Fold processes are started with ``spawn``, so a script that
+            calls ``run_worker`` needs the usual ``if __name__ == "__main__":`` guard.
         objective: scores one trial; ``hpo.objective.evaluate`` (K-fold CV of the skorch
             net) unless a benchmark measures the storage alone.
 
