@@ -189,29 +189,54 @@ def children_of(pid: int) -> list[int]:
     return [int(child) for child in path.read_text().split()] if path.exists() else []
 
 
-@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads /proc (Linux)")
-def test_fold_processes_exit_when_their_worker_is_killed(tmp_path: Path) -> None:
+def start_worker_with_fold_processes(tmp_path: Path) -> tuple[subprocess.Popen[str], str, str]:
+    """An ``hpo worker`` on two threads (two fold processes) whose first trial is running."""
     long_fits = {"batch_size": LONG["batch_size"], "max_epochs": LONG["max_epochs"]}
     spec = parse_spec({**DIGITS, "fixed": {**DIGITS["fixed"], **long_fits}})
     url = f"sqlite:///{tmp_path / 'hpo.db'}"
     register_study(spec, open_storage(url))
     worker = subprocess.Popen(
         [sys.executable, "-m", "hpo", "worker", "--study", spec.name, "--storage", url]
-        + ["--threads", "2", "--index", "0"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        + ["--threads", "2", "--index", "0", "--heartbeat", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
+    deadline = time.monotonic() + 120
+    study = optuna.load_study(study_name=spec.name, storage=url)
+    while not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        assert worker.poll() is None, worker.communicate()[0]
+        assert time.monotonic() < deadline, "no trial started"
+        time.sleep(0.5)
+    time.sleep(1.0)  # the folds are fitting now
+    return worker, spec.name, url
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads /proc (Linux)")
+def test_sigterm_stops_the_worker_and_its_fold_processes_and_requeues_the_trial(
+    tmp_path: Path,
+) -> None:
+    worker, name, url = start_worker_with_fold_processes(tmp_path)
+    fold_pids = children_of(worker.pid)
+    assert len(fold_pids) >= 2
+    worker.send_signal(signal.SIGTERM)
+    log = worker.communicate(timeout=60)[0]
+    assert worker.returncode == 0, log
+    trials = optuna.load_study(study_name=name, storage=url).trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
+    assert "SIGTERM" in trials[0].user_attrs["fail_reason"]
+    assert not [pid for pid in fold_pids if Path(f"/proc/{pid}").exists() and not _zombie(pid)]
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads /proc (Linux)")
+def test_fold_processes_exit_when_their_worker_is_killed(tmp_path: Path) -> None:
+    worker, _, _ = start_worker_with_fold_processes(tmp_path)
     try:
-        deadline = time.monotonic() + 120
-        study = optuna.load_study(study_name=spec.name, storage=url)
-        while not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            assert time.monotonic() < deadline, "no trial started"
-            time.sleep(0.5)
         fold_pids = children_of(worker.pid)
         assert len(fold_pids) >= 2  # the fold processes (and the executor's helper, if any)
     finally:
         worker.kill()
-        worker.wait()
+        worker.communicate()
     deadline = time.monotonic() + 30
     while any(Path(f"/proc/{pid}").exists() and not _zombie(pid) for pid in fold_pids):
         assert time.monotonic() < deadline, "fold processes outlived their worker"
