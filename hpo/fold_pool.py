@@ -19,6 +19,7 @@ running for a pruned, failed or stopped trial are told to stop at their next bat
 from __future__ import annotations
 
 import dataclasses
+import logging
 import multiprocessing
 import os
 import signal
@@ -42,8 +43,28 @@ from hpo.objective import (
 )
 from hpo.spec import StudySpec
 
+logger = logging.getLogger("hpo.fold_pool")
+
 #: Seconds between looks at ``should_stop`` while the worker waits for a fold.
 STOP_POLL_SECONDS = 0.1
+
+
+def open_fold_pool(
+    spec: StudySpec, data: DataSplits, device: str, threads: int, requested: int | None = None
+) -> FoldPool | None:
+    """A worker's fold processes, started; None where it fits its folds itself: one thread,
+    a GPU, ``requested`` 1, or a platform that cannot start processes (no ``/dev/shm``
+    semaphores, say), which is logged."""
+    processes = fold_processes(device, threads, spec.cv.folds, requested)
+    if processes < 2:
+        return None
+    try:
+        pool = FoldPool(spec, data, processes, max(1, threads // processes))
+        pool.start()
+    except OSError as error:
+        logger.warning("cannot start fold processes (%s); fitting folds one at a time", error)
+        return None
+    return pool
 
 
 def fold_processes(device: str, threads: int, folds: int, requested: int | None = None) -> int:
@@ -64,8 +85,9 @@ class FoldPool:
         processes: folds fitted at once.
         threads: torch threads in each process.
 
-    Use it as a context manager (the processes start on entering, so they import torch and
-    unpickle the data while the worker claims its first trial), or call ``close``.
+    Use it as a context manager, or call ``start`` and ``close``. The processes start on
+    entering (or with the first trial), so they import torch and unpickle the data while the
+    worker claims its first trial.
     """
 
     def __init__(self, spec: StudySpec, data: DataSplits, processes: int, threads: int) -> None:
@@ -78,7 +100,7 @@ class FoldPool:
         self._executor: ProcessPoolExecutor | None = None
 
     def __enter__(self) -> FoldPool:
-        self._executor or self._start()
+        self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -106,7 +128,7 @@ class FoldPool:
             RuntimeError: a fold process died.
             Whatever a fold raised (``FloatingPointError`` for a diverged fit, ...).
         """
-        executor = self._executor or self._start()
+        executor = self.start()
         running: dict[int, Future[FoldResult]] = {}
         try:
             for fold in range(min(self.processes, len(splits))):
@@ -131,7 +153,11 @@ class FoldPool:
                 wait(running.values())
                 self._abandon.clear()
 
-    def _start(self) -> ProcessPoolExecutor:
+    def start(self) -> ProcessPoolExecutor:
+        """Start the processes, unless they run already; they import torch and unpickle the
+        data meanwhile, while the worker goes on."""
+        if self._executor is not None:
+            return self._executor
         self._abandon.clear()
         self._executor = ProcessPoolExecutor(
             self.processes,

@@ -29,7 +29,7 @@ from optuna.trial import TrialState
 
 from hpo.data import DataSplits, load_dataset
 from hpo.errors import HpoError
-from hpo.fold_pool import FoldPool, fold_processes
+from hpo.fold_pool import FoldPool, open_fold_pool
 from hpo.nets import default_device
 from hpo.objective import WorkerStopped, check_compatible, evaluate
 from hpo.spec import StudySpec
@@ -139,9 +139,7 @@ def run_worker(
     if threads:
         torch.set_num_threads(threads)
     device = device or default_device()
-    threads = torch.get_num_threads()
-    processes = fold_processes(device, threads, spec.cv.folds, folds_at_once)
-    pool = FoldPool(spec, data, processes, max(1, threads // processes)) if processes > 1 else None
+    pool = open_fold_pool(spec, data, device, torch.get_num_threads(), folds_at_once)
     budget = trials or spec.n_trials
     summary = WorkerSummary(study_name, worker_index)
     deadline = time.monotonic() + spec.budget.timeout if spec.budget.timeout else None

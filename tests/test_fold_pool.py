@@ -20,7 +20,7 @@ from conftest import tiny_spec
 from optuna.trial import TrialState
 
 from hpo.data import DataSplits, load_dataset
-from hpo.fold_pool import FoldPool, fold_processes
+from hpo.fold_pool import FoldPool, fold_processes, open_fold_pool
 from hpo.objective import WorkerStopped, evaluate, make_folds
 from hpo.spec import StudySpec, parse_spec
 from hpo.storage import open_storage
@@ -166,6 +166,22 @@ def test_folds_at_once() -> None:
     assert fold_processes("cpu", threads=4, folds=5, requested=1) == 1
     assert fold_processes("cpu", threads=1, folds=3, requested=4) == 3
     assert fold_processes("cuda", threads=8, folds=5) == 1
+
+
+def test_without_process_support_the_worker_fits_its_folds_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def no_semaphores() -> None:
+        raise OSError(38, "Function not implemented")  # what a platform without sem_open says
+
+    monkeypatch.setattr(multiprocessing.get_context("spawn"), "Event", no_semaphores)
+    spec = parse_spec(DIGITS)
+    assert open_fold_pool(spec, load_dataset("digits"), "cpu", threads=2) is None
+    assert "cannot start fold processes" in caplog.text
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    register_study(spec, open_storage(url))
+    summary = run_worker(spec.name, url, worker_index=0, heartbeat_seconds=0, threads=2)
+    assert summary.states == {"COMPLETE": spec.budget.trials}
 
 
 def test_a_worker_with_two_threads_scores_as_one_with_one(tmp_path: Path) -> None:
