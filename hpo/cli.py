@@ -175,9 +175,9 @@ def worker(
         typer.Option(
             "--folds-at-once",
             min=1,
-            help="CPU only: folds of a trial fitted side by side, each in its own process on "
-            "threads/N threads; 1 fits them one after another. Default: one per thread, at "
-            "most the study's folds.",
+            help="CPU only: folds of a trial fitted at once, one by the worker and the others "
+            "in fold processes, on threads/N threads each; 1 fits them one after another. "
+            "Default: one per thread, at most the study's folds.",
         ),
     ] = None,
 ) -> None:

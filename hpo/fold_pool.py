@@ -3,17 +3,19 @@
 The nets a search tries are small, and a small net cannot keep two cores busy: torch splits
 each op across its threads, and an op of a few microseconds gains little from that while the
 Python around it (skorch's loop, autograd) runs on one core anyway. K folds are K independent
-fits, so a worker with T threads fits ``min(T, K)`` folds at once, each in its own process on
-``T // min(T, K)`` threads: what ``cross_val_score(..., n_jobs=T)`` does with joblib. On the
-digits nets of ``benchmarks/trial_speed.py`` that makes a trial on two cores 1.5 to 2 times
-as fast as fitting the folds one after another on two threads.
+fits, so a worker with T threads fits ``N = min(T, K)`` folds at once, on ``T // N`` threads
+each: one itself, the others in N - 1 fold processes, as ``cross_val_score(..., n_jobs=T)``
+does with joblib. On the digits nets of ``benchmarks/trial_speed.py`` that makes a trial on
+two cores 1.5 to 2 times as fast as fitting the folds one after another on two threads.
 
-The processes start once per worker (``spawn``, so no lock held by one of the worker's threads
-is copied into them) and receive the study and the training data once; each fold then sends
-only its parameters and row indices. A fold computes exactly what it computes in the worker:
-same net, same seed, same rows (``hpo.objective.fit_and_score_fold``). Results come back in
-fold order, so pruning after fold k sees what it sees without the processes; the folds already
-running for a pruned, failed or stopped trial are told to stop at their next batch.
+The fold processes start once per worker (``spawn``, so no lock held by one of the worker's
+threads is copied into them) and receive the study and the training data once; each fold then
+sends only its parameters and row indices. Every fold, wherever it runs, computes what
+``hpo.objective.fit_and_score_fold`` computes on ``T // N`` threads: same net, same seed, same
+rows, so it does not matter which process took it. Results come back in fold order, so
+pruning after fold k sees what it sees without the processes; the folds still running for a
+pruned, failed or stopped trial are told to stop at their next batch. While the fold processes
+start (a few seconds: each imports torch), the worker fits the folds itself.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import os
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -38,7 +41,6 @@ from hpo.objective import (
     FoldResult,
     WorkerStopped,
     build_net,
-    cpu_threads_for,
     fit_and_score_fold,
 )
 from hpo.spec import StudySpec
@@ -55,11 +57,11 @@ def open_fold_pool(
     """A worker's fold processes, started; None where it fits its folds itself: one thread,
     a GPU, ``requested`` 1, or a platform that cannot start processes (no ``/dev/shm``
     semaphores, say), which is logged."""
-    processes = fold_processes(device, threads, spec.cv.folds, requested)
-    if processes < 2:
+    at_once = folds_at_once(device, threads, spec.cv.folds, requested)
+    if at_once < 2:
         return None
     try:
-        pool = FoldPool(spec, data, processes, max(1, threads // processes))
+        pool = FoldPool(spec, data, processes=at_once - 1, threads=max(1, threads // at_once))
         pool.start()
     except OSError as error:
         logger.warning("cannot start fold processes (%s); fitting folds one at a time", error)
@@ -67,7 +69,7 @@ def open_fold_pool(
     return pool
 
 
-def fold_processes(device: str, threads: int, folds: int, requested: int | None = None) -> int:
+def folds_at_once(device: str, threads: int, folds: int, requested: int | None = None) -> int:
     """How many folds a worker fits at once: one per thread (at most ``folds``) on the CPU,
     ``requested`` when given; one on a GPU, where the folds share the device anyway."""
     if torch.device(device).type != "cpu":
@@ -77,13 +79,13 @@ def fold_processes(device: str, threads: int, folds: int, requested: int | None 
 
 
 class FoldPool:
-    """Processes that fit the folds of a worker's trials, ``processes`` at a time.
+    """Processes that fit the folds of a worker's trials beside the worker.
 
     Args:
         spec: the worker's study; every trial it scores comes from it.
         data: the worker's data; its test split stays behind.
-        processes: folds fitted at once.
-        threads: torch threads in each process.
+        processes: fold processes, so folds fitted at once besides the worker's own.
+        threads: torch threads for each fold, in a fold process or in the worker.
 
     Use it as a context manager, or call ``start`` and ``close``. The processes start on
     entering (or with the first trial), so they import torch and unpickle the data while the
@@ -118,10 +120,14 @@ class FoldPool:
         params: dict[str, Any],
         splits: list[tuple[np.ndarray, np.ndarray]],
         should_stop: Callable[[], bool] | None = None,
+        fit_here: Callable[[int], FoldResult] | None = None,
     ) -> Iterator[FoldResult]:
         """Fit every split with the net of ``params``; yield the results in fold order.
 
-        Closing the generator early (a pruned trial) stops the folds still running.
+        Each fold process takes the next fold nobody has taken whenever it is free; so does
+        this process, through ``fit_here(fold)`` on ``threads`` threads, whenever the fold
+        due next is still running elsewhere. Closing the generator early (a pruned trial)
+        stops the folds still running in the fold processes.
 
         Raises:
             WorkerStopped: ``should_stop()`` turned true while a fold ran.
@@ -129,17 +135,32 @@ class FoldPool:
             Whatever a fold raised (``FloatingPointError`` for a diverged fit, ...).
         """
         executor = self.start()
+        untaken = deque(range(len(splits)))
         running: dict[int, Future[FoldResult]] = {}
-        try:
-            for fold in range(min(self.processes, len(splits))):
+        finished: dict[int, Future[FoldResult]] = {}
+        fitted_here: dict[int, FoldResult] = {}
+
+        def hand_out() -> None:
+            for fold in [f for f, future in running.items() if future.done()]:
+                finished[fold] = running.pop(fold)
+            while untaken and len(running) < self.processes:
+                fold = untaken.popleft()
                 running[fold] = executor.submit(_fit_fold, params, fold, *splits[fold])
-            for fold in range(len(splits)):
-                result = self._result_of(running[fold], should_stop)
-                del running[fold]
-                later = fold + self.processes
-                if later < len(splits):
-                    running[later] = executor.submit(_fit_fold, params, later, *splits[later])
-                yield result
+
+        try:
+            for due in range(len(splits)):
+                hand_out()
+                while due not in finished and due not in fitted_here:
+                    if fit_here is not None and untaken:
+                        mine = untaken.popleft()
+                        fitted_here[mine] = self._fit_here(fit_here, mine)
+                    else:
+                        self._wait_for(running[due], should_stop)
+                    hand_out()
+                if due in fitted_here:
+                    yield fitted_here.pop(due)
+                else:
+                    yield finished.pop(due).result()
         except BrokenProcessPool as error:
             self._executor = None
             executor.shutdown(wait=False, cancel_futures=True)
@@ -171,14 +192,22 @@ class FoldPool:
             self._executor.submit(int)
         return self._executor
 
-    def _result_of(
+    def _wait_for(
         self, future: Future[FoldResult], should_stop: Callable[[], bool] | None
-    ) -> FoldResult:
+    ) -> None:
         while not future.done():
             if should_stop is not None and should_stop():
                 raise WorkerStopped
             wait([future], timeout=STOP_POLL_SECONDS, return_when=FIRST_COMPLETED)
-        return future.result()
+
+    def _fit_here(self, fit_here: Callable[[int], FoldResult], fold: int) -> FoldResult:
+        # on a fold process's share of the threads, as the fold processes fit theirs
+        budget = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            return fit_here(fold)
+        finally:
+            torch.set_num_threads(budget)
 
 
 @dataclasses.dataclass
@@ -220,7 +249,6 @@ def _fit_fold(
     if _process.abandon.is_set():
         raise WorkerStopped
     net = build_net(spec, data, params, "cpu")
-    with cpu_threads_for(net, tuple(data.input_shape), "cpu"):
-        return fit_and_score_fold(
-            net, data, "cpu", fold, train, test, spec.scoring, _process.abandon.is_set
-        )
+    return fit_and_score_fold(
+        net, data, "cpu", fold, train, test, spec.scoring, _process.abandon.is_set
+    )

@@ -11,8 +11,8 @@ The training arrays become tensors on the trial's device once per worker process
 data from the host. Fold scores, fit seconds and epochs go to the storage once per trial, not
 once per fold: each write is a round trip to the database.
 
-A CPU worker with several threads fits several folds at once, each in a process of its own
-(``hpo.fold_pool.FoldPool``, passed as ``pool``); every fold still runs
+A CPU worker with several threads fits several folds at once: one itself, the others in fold
+processes (``hpo.fold_pool.FoldPool``, passed as ``pool``). Every fold runs
 ``fit_and_score_fold``, and ``evaluate`` reads the results in fold order, so what is reported
 and pruned does not change.
 """
@@ -197,7 +197,7 @@ def fit_and_score_fold(
     should_stop: Callable[[], bool] | None,
 ) -> FoldResult:
     """Fit a ``clone`` of ``net`` on the fold's ``train`` rows and score it on its ``test`` rows,
-    as ``cross_val_score`` does for one split.
+    as ``cross_val_score`` does for one split, on the threads ``cpu_threads_for`` gives it.
 
     Raises:
         FloatingPointError: the training loss stopped being finite.
@@ -208,33 +208,20 @@ def fit_and_score_fold(
     if should_stop is not None:
         fold_net.set_params(callbacks=[("stop_check", StopCheck(should_stop))])
     train_rows = torch.as_tensor(train, device=X.device)
-    started = time.perf_counter()
-    fold_net.fit(X[train_rows], y[train_rows])
-    seconds = time.perf_counter() - started
-    losses = fold_net.history[:, "train_loss"]
-    if not all(math.isfinite(loss) for loss in losses):
-        raise FloatingPointError(
-            f"the training loss became {losses[-1]} in fold {fold}: the configuration "
-            "diverged (a lower lr or a smaller init usually helps)"
-        )
-    # The scorer compares predictions with y on the host, as cross_val_score does.
-    test_rows = torch.as_tensor(test, device=X.device)
-    score = get_scorer(scoring)(fold_net, X[test_rows], data.y_train[test])
-    return FoldResult(float(score), seconds, len(fold_net.history), torch.get_num_threads())
-
-
-def _fold_results(
-    net: Any,
-    data: DataSplits,
-    device: str,
-    splits: list[tuple[np.ndarray, np.ndarray]],
-    scoring: str,
-    should_stop: Callable[[], bool] | None,
-) -> Iterator[FoldResult]:
-    """The folds fitted one after another in this process."""
-    with cpu_threads_for(net, tuple(data.input_shape), device):
-        for fold, (train, test) in enumerate(splits):
-            yield fit_and_score_fold(net, data, device, fold, train, test, scoring, should_stop)
+    with cpu_threads_for(net, tuple(data.input_shape), device) as threads:
+        started = time.perf_counter()
+        fold_net.fit(X[train_rows], y[train_rows])
+        seconds = time.perf_counter() - started
+        losses = fold_net.history[:, "train_loss"]
+        if not all(math.isfinite(loss) for loss in losses):
+            raise FloatingPointError(
+                f"the training loss became {losses[-1]} in fold {fold}: the configuration "
+                "diverged (a lower lr or a smaller init usually helps)"
+            )
+        # The scorer compares predictions with y on the host, as cross_val_score does.
+        test_rows = torch.as_tensor(test, device=X.device)
+        score = get_scorer(scoring)(fold_net, X[test_rows], data.y_train[test])
+    return FoldResult(float(score), seconds, len(fold_net.history), threads)
 
 
 def evaluate(
@@ -247,7 +234,8 @@ def evaluate(
 ) -> float:
     """Score one trial's configuration by K-fold cross-validation on the training split.
 
-    The folds are fitted one after another here, or side by side in ``pool``'s processes.
+    The folds are fitted one after another here, or side by side: here and in ``pool``'s
+    processes.
     Either way the running mean goes to ``trial.report`` after each fold, in fold order, and
     ``optuna.TrialPruned`` is raised when the pruner says so. Fold scores, their std, fit
     seconds, epochs, the device and the threads per fit end in the trial's user_attrs (the
@@ -262,11 +250,16 @@ def evaluate(
     pruner = getattr(getattr(trial, "study", None), "pruner", None)
     may_prune = not isinstance(pruner, optuna.pruners.NopPruner)
     splits = list(make_folds(spec).split(data.X_train, data.y_train))
+    net = build_net(spec, data, params, device)
+
+    def fit_here(fold: int) -> FoldResult:
+        train, test = splits[fold]
+        return fit_and_score_fold(net, data, device, fold, train, test, spec.scoring, should_stop)
+
     if pool is None:
-        net = build_net(spec, data, params, device)
-        results = _fold_results(net, data, device, splits, spec.scoring, should_stop)
+        results: Iterator[FoldResult] = (fit_here(fold) for fold in range(len(splits)))
     else:
-        results = pool.fold_results(params, splits, should_stop)
+        results = pool.fold_results(params, splits, should_stop, fit_here)
     scores: list[float] = []
     seconds: list[float] = []
     epochs: list[int] = []

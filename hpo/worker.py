@@ -121,11 +121,12 @@ def run_worker(
         heartbeat_seconds: see ``hpo.storage.resolve_heartbeat``; 0 disables it.
         threads: torch CPU threads. Default: all cores.
         device: ``cuda`` or ``cpu``. Default: ``cuda`` when a GPU is visible.
-        folds_at_once: on the CPU, how many folds of a trial are fitted side by side, each in
-            a process of its own (``hpo.fold_pool``) on ``threads // folds_at_once`` threads;
-            1 fits them one after another in the worker. Default: one per thread, at most
-            the spec's folds. Fold processes are started with ``spawn``, so a script that
-            calls ``run_worker`` needs the usual ``if __name__ == "__main__":`` guard.
+        folds_at_once: on the CPU, how many folds of a trial are fitted at once, one by the
+            worker and each other in a fold process of its own (``hpo.fold_pool``), all on
+            ``threads // folds_at_once`` threads; 1 fits them one after another in the
+            worker. Default: one per thread, at most the spec's folds. Fold processes are
+            started with ``spawn``, so a script that calls ``run_worker`` needs the usual
+            ``if __name__ == "__main__":`` guard.
         objective: scores one trial; ``hpo.objective.evaluate`` (K-fold CV of the skorch
             net) unless a benchmark measures the storage alone.
 

@@ -20,7 +20,7 @@ from conftest import tiny_spec
 from optuna.trial import TrialState
 
 from hpo.data import DataSplits, load_dataset
-from hpo.fold_pool import FoldPool, fold_processes, open_fold_pool
+from hpo.fold_pool import FoldPool, folds_at_once, open_fold_pool
 from hpo.objective import WorkerStopped, evaluate, make_folds
 from hpo.spec import StudySpec, parse_spec
 from hpo.storage import open_storage
@@ -160,12 +160,12 @@ def test_a_killed_fold_process_fails_the_trial_and_the_next_trial_gets_new_ones(
 
 
 def test_folds_at_once() -> None:
-    assert fold_processes("cpu", threads=2, folds=5) == 2
-    assert fold_processes("cpu", threads=16, folds=5) == 5
-    assert fold_processes("cpu", threads=1, folds=5) == 1
-    assert fold_processes("cpu", threads=4, folds=5, requested=1) == 1
-    assert fold_processes("cpu", threads=1, folds=3, requested=4) == 3
-    assert fold_processes("cuda", threads=8, folds=5) == 1
+    assert folds_at_once("cpu", threads=2, folds=5) == 2
+    assert folds_at_once("cpu", threads=16, folds=5) == 5
+    assert folds_at_once("cpu", threads=1, folds=5) == 1
+    assert folds_at_once("cpu", threads=4, folds=5, requested=1) == 1
+    assert folds_at_once("cpu", threads=1, folds=3, requested=4) == 3
+    assert folds_at_once("cuda", threads=8, folds=5) == 1
 
 
 def test_without_process_support_the_worker_fits_its_folds_itself(
@@ -206,7 +206,7 @@ def children_of(pid: int) -> list[int]:
 
 
 def start_worker_with_fold_processes(tmp_path: Path) -> tuple[subprocess.Popen[str], str, str]:
-    """An ``hpo worker`` on two threads (two fold processes) whose first trial is running."""
+    """An ``hpo worker`` on two threads (so one fold process) whose first trial is running."""
     long_fits = {"batch_size": LONG["batch_size"], "max_epochs": LONG["max_epochs"]}
     spec = parse_spec({**DIGITS, "fixed": {**DIGITS["fixed"], **long_fits}})
     url = f"sqlite:///{tmp_path / 'hpo.db'}"
@@ -234,7 +234,7 @@ def test_sigterm_stops_the_worker_and_its_fold_processes_and_requeues_the_trial(
 ) -> None:
     worker, name, url = start_worker_with_fold_processes(tmp_path)
     fold_pids = children_of(worker.pid)
-    assert len(fold_pids) >= 2
+    assert fold_pids  # the fold process (and multiprocessing's resource tracker)
     worker.send_signal(signal.SIGTERM)
     log = worker.communicate(timeout=60)[0]
     assert worker.returncode == 0, log
@@ -249,7 +249,7 @@ def test_fold_processes_exit_when_their_worker_is_killed(tmp_path: Path) -> None
     worker, _, _ = start_worker_with_fold_processes(tmp_path)
     try:
         fold_pids = children_of(worker.pid)
-        assert len(fold_pids) >= 2  # the fold processes (and the executor's helper, if any)
+        assert fold_pids  # the fold process (and multiprocessing's resource tracker)
     finally:
         worker.kill()
         worker.communicate()
