@@ -37,12 +37,7 @@ import numpy as np
 import torch
 
 from hpo.data import DataSplits
-from hpo.objective import (
-    FoldResult,
-    WorkerStopped,
-    build_net,
-    fit_and_score_fold,
-)
+from hpo.objective import FoldResult, WorkerStopped, build_net, fit_and_score_fold
 from hpo.spec import StudySpec
 
 logger = logging.getLogger("hpo.fold_pool")
@@ -88,8 +83,8 @@ class FoldPool:
         threads: torch threads for each fold, in a fold process or in the worker.
 
     Use it as a context manager, or call ``start`` and ``close``. The processes start on
-    entering (or with the first trial), so they import torch and unpickle the data while the
-    worker claims its first trial.
+    entering (or with the first trial); while they import torch and unpickle the data, the
+    worker fits the folds itself.
     """
 
     def __init__(self, spec: StudySpec, data: DataSplits, processes: int, threads: int) -> None:
