@@ -234,10 +234,10 @@ def evaluate(
 ) -> float:
     """Score one trial's configuration by K-fold cross-validation on the training split.
 
-    The folds are fitted one after another here, or side by side: here and in ``pool``'s
-    processes.
-    Either way the running mean goes to ``trial.report`` after each fold, in fold order, and
-    ``optuna.TrialPruned`` is raised when the pruner says so. Fold scores, their std, fit
+    The folds are fitted one after another in this process or, with ``pool``, several at once
+    (here and in the pool's processes). Either way the running mean goes to ``trial.report``
+    after each fold, in fold order, and ``optuna.TrialPruned`` is raised when the pruner says
+    so. Fold scores, their std, fit
     seconds, epochs, the device and the threads per fit end in the trial's user_attrs (the
     fold lists also when the trial is pruned or fails part-way).
 
