@@ -189,6 +189,21 @@ def _sgd(group: Group, params: Tensors, tensors: list[Tensors]) -> None:
     )
 
 
+def _functional_options(group: Group) -> dict[str, Any]:
+    # The options torch's functional updates (adamax, rmsprop) share, as their optimizers'
+    # step() passes them; DirectStep only runs without differentiable and complex parameters.
+    return {
+        "lr": group["lr"],
+        "eps": group["eps"],
+        "weight_decay": group["weight_decay"],
+        "foreach": group["foreach"],
+        "maximize": group["maximize"],
+        "capturable": group["capturable"],
+        "differentiable": False,
+        "has_complex": False,
+    }
+
+
 def _adamax(group: Group, params: Tensors, tensors: list[Tensors]) -> None:
     exp_avgs, exp_infs, steps = tensors
     beta1, beta2 = group["betas"]
@@ -198,16 +213,9 @@ def _adamax(group: Group, params: Tensors, tensors: list[Tensors]) -> None:
         exp_avgs,
         exp_infs,
         steps,
-        eps=group["eps"],
         beta1=beta1,
         beta2=beta2,
-        lr=group["lr"],
-        weight_decay=group["weight_decay"],
-        foreach=group["foreach"],
-        maximize=group["maximize"],
-        differentiable=False,
-        capturable=group["capturable"],
-        has_complex=False,
+        **_functional_options(group),
     )
 
 
@@ -231,17 +239,10 @@ def _rmsprop(group: Group, params: Tensors, tensors: list[Tensors]) -> None:
         grad_avgs,
         momentum_buffers,
         steps,
-        lr=group["lr"],
         alpha=group["alpha"],
-        eps=group["eps"],
-        weight_decay=group["weight_decay"],
         momentum=group["momentum"],
         centered=group["centered"],
-        foreach=group["foreach"],
-        maximize=group["maximize"],
-        differentiable=False,
-        capturable=group["capturable"],
-        has_complex=False,
+        **_functional_options(group),
     )
 
 
