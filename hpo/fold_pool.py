@@ -131,31 +131,33 @@ class FoldPool:
         """
         executor = self.start()
         untaken = deque(range(len(splits)))
-        running: dict[int, Future[FoldResult]] = {}
-        finished: dict[int, Future[FoldResult]] = {}
+        submitted: dict[int, Future[FoldResult]] = {}
         fitted_here: dict[int, FoldResult] = {}
 
         def hand_out() -> None:
-            for fold in [f for f, future in running.items() if future.done()]:
-                finished[fold] = running.pop(fold)
-            while untaken and len(running) < self.processes:
+            busy = sum(not future.done() for future in submitted.values())
+            while untaken and busy < self.processes:
                 fold = untaken.popleft()
-                running[fold] = executor.submit(_fit_fold, params, fold, *splits[fold])
+                submitted[fold] = executor.submit(_fit_fold, params, fold, *splits[fold])
+                busy += 1
+
+        def ready(fold: int) -> bool:
+            return fold in fitted_here or (fold in submitted and submitted[fold].done())
 
         try:
             for due in range(len(splits)):
                 hand_out()
-                while due not in finished and due not in fitted_here:
+                while not ready(due):
                     if fit_here is not None and untaken:
                         mine = untaken.popleft()
                         fitted_here[mine] = self._fit_here(fit_here, mine)
                     else:
-                        self._wait_for(running[due], should_stop)
+                        self._wait_for(submitted[due], should_stop)
                     hand_out()
                 if due in fitted_here:
                     yield fitted_here.pop(due)
                 else:
-                    yield finished.pop(due).result()
+                    yield submitted.pop(due).result()
         except BrokenProcessPool as error:
             self._executor = None
             executor.shutdown(wait=False, cancel_futures=True)
@@ -164,9 +166,10 @@ class FoldPool:
                 "for its next trial"
             ) from error
         finally:
+            running = [future for future in submitted.values() if not future.done()]
             if running and self._executor is not None:
                 self._abandon.set()
-                wait(running.values())
+                wait(running)
                 self._abandon.clear()
 
     def start(self) -> ProcessPoolExecutor:
