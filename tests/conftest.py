@@ -156,3 +156,22 @@ def get_json(url: str, timeout: float = 60) -> Any:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
+
+
+def wait_for_running_trial(
+    name: str, url: str, timeout: float = 60, worker: subprocess.Popen[str] | None = None
+) -> None:
+    """Wait until a trial of study ``name`` is RUNNING; fail early, with its output, if
+    ``worker`` exits meanwhile."""
+    import optuna
+    from optuna.trial import TrialState
+
+    study = optuna.load_study(study_name=name, storage=url)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            return
+        if worker is not None:
+            assert worker.poll() is None, worker.communicate()[0]
+        time.sleep(0.2)
+    raise AssertionError("no trial started running")

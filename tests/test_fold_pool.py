@@ -16,7 +16,7 @@ import numpy as np
 import optuna
 import pytest
 import torch
-from conftest import tiny_spec
+from conftest import tiny_spec, wait_for_running_trial
 from optuna.trial import TrialState
 
 from hpo.data import DataSplits, load_dataset
@@ -218,12 +218,7 @@ def start_worker_with_fold_processes(tmp_path: Path) -> tuple[subprocess.Popen[s
         stderr=subprocess.STDOUT,
         text=True,
     )
-    deadline = time.monotonic() + 120
-    study = optuna.load_study(study_name=spec.name, storage=url)
-    while not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        assert worker.poll() is None, worker.communicate()[0]
-        assert time.monotonic() < deadline, "no trial started"
-        time.sleep(0.5)
+    wait_for_running_trial(spec.name, url, timeout=120, worker=worker)
     time.sleep(1.0)  # the folds are fitting now
     return worker, spec.name, url
 

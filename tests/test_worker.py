@@ -14,7 +14,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import REPO, free_port, run_hpo, tiny_spec
+from conftest import REPO, free_port, run_hpo, tiny_spec, wait_for_running_trial
 from optuna.trial import TrialState
 
 from hpo.spec import load_spec
@@ -53,15 +53,6 @@ def start_worker(name: str, url: str, *extra: str) -> subprocess.Popen[str]:
 def states(name: str, url: str) -> Counter[TrialState]:
     study = optuna.load_study(study_name=name, storage=url)
     return Counter(t.state for t in study.get_trials(deepcopy=False))
-
-
-def wait_for_running_trial(name: str, url: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if states(name, url)[TrialState.RUNNING]:
-            return
-        time.sleep(0.2)
-    raise AssertionError("no trial started running")
 
 
 def test_four_workers_run_exactly_the_studys_budget(
