@@ -21,9 +21,9 @@ one worker told ``--threads 1``, to show what the thread count does to small net
 per minute of the usual loop and of ``--workers`` hpo workers, the mean CV score each way,
 the peak memory of each process (PSS, sampled; a worker's fold processes included), and the
 share of the CPU that other processes used meanwhile (``--quiet`` waits for a quiet machine
-before each run). One hpo worker on two cores fits two folds at once on one thread each, one
-itself and one in a fold process (``hpo.fold_pool``); the ``--threads 1`` worker fits them
-one after another.
+before each run). An hpo worker trains a trial's folds as one stacked model
+(``hpo.stacked_folds``), on two threads for a net that gains from them (one worker on two
+cores) or one (``--threads 1``, and each of two workers).
 
 ``--pruning`` adds the search that users care about: the time until a trial's mean CV score
 reaches each ``--target``, for the usual loop (no pruning), hpo without pruning (a control that

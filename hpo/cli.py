@@ -177,9 +177,19 @@ def worker(
             min=1,
             help="CPU only: folds of a trial fitted at once, one by the worker and the others "
             "in fold processes, on threads/N threads each; 1 fits them one after another. "
-            "Default: one per thread, at most the study's folds.",
+            "Default: none when the folds are stacked, else one per thread, at most the "
+            "study's folds.",
         ),
     ] = None,
+    stack_folds: Annotated[
+        bool,
+        typer.Option(
+            "--stack-folds/--no-stack-folds",
+            help="CPU only: fit a trial's folds as one stacked model where the net allows "
+            "it (hpo's MLP and CNN without early stopping); --no-stack-folds fits each fold "
+            "as a skorch net of its own.",
+        ),
+    ] = True,
 ) -> None:
     """Pull trials of a study from the storage until its budget is spent."""
     from hpo.storage import resolve_storage_url
@@ -197,6 +207,7 @@ def worker(
         threads=threads,
         device=device,
         folds_at_once=folds_at_once,
+        stack_folds=stack_folds,
     )
     done = ", ".join(f"{n} {s}" for s, n in sorted(summary.states.items())) or "no trials"
     err.print(f"worker {index if index is not None else '-'} of {study}: {done}")

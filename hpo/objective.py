@@ -43,6 +43,7 @@ from hpo.models import MODELS
 from hpo.nets import TunedClassifier, TunedRegressor
 from hpo.spaces import suggest
 from hpo.spec import StudySpec
+from hpo.stacked_folds import fit_stacked, stackable
 
 if TYPE_CHECKING:
     from hpo.fold_pool import FoldPool
@@ -212,16 +213,62 @@ def fit_and_score_fold(
         started = time.perf_counter()
         fold_net.fit(X[train_rows], y[train_rows])
         seconds = time.perf_counter() - started
-        losses = fold_net.history[:, "train_loss"]
-        if not all(math.isfinite(loss) for loss in losses):
-            raise FloatingPointError(
-                f"the training loss became {losses[-1]} in fold {fold}: the configuration "
-                "diverged (a lower lr or a smaller init usually helps)"
-            )
+        _check_finite(fold_net.history[:, "train_loss"], fold)
         # The scorer compares predictions with y on the host, as cross_val_score does.
         test_rows = torch.as_tensor(test, device=X.device)
         score = get_scorer(scoring)(fold_net, X[test_rows], data.y_train[test])
     return FoldResult(float(score), seconds, len(fold_net.history), threads)
+
+
+def _check_finite(losses: list[float], fold: int) -> None:
+    if not all(math.isfinite(loss) for loss in losses):
+        raise FloatingPointError(
+            f"the training loss became {losses[-1]} in fold {fold}: the configuration "
+            "diverged (a lower lr or a smaller init usually helps)"
+        )
+
+
+def fit_and_score_stacked(
+    net: Any,
+    data: DataSplits,
+    device: str,
+    folds: list[int],
+    splits: list[tuple[np.ndarray, np.ndarray]],
+    scoring: str,
+    should_stop: Callable[[], bool] | None,
+) -> Iterator[FoldResult]:
+    """``fit_and_score_fold`` for several folds at once, trained as one
+    ``hpo.stacked_folds.StackedFolds``; the results come in fold order, each with an equal
+    share of the fit's seconds. A fold whose loss stopped being finite raises
+    ``FloatingPointError`` in its place, after the folds before it.
+    """
+    X, y = resident_training_data(data, device)
+    train_rows = [torch.as_tensor(splits[fold][0], device=X.device) for fold in folds]
+    scorer = get_scorer(scoring)
+
+    def stop_check() -> None:
+        if should_stop is not None and should_stop():
+            raise WorkerStopped
+
+    outcomes: list[FoldResult | FloatingPointError] = []
+    with cpu_threads_for(net, tuple(data.input_shape), device) as threads:
+        started = time.perf_counter()
+        fit = fit_stacked(net, [X[r] for r in train_rows], [y[r] for r in train_rows], stop_check)
+        seconds = (time.perf_counter() - started) / len(folds)
+        for index, fold in enumerate(folds):
+            try:
+                _check_finite(fit.losses[:, index].tolist(), fold)
+            except FloatingPointError as error:
+                outcomes.append(error)
+                break
+            test = splits[fold][1]
+            test_rows = torch.as_tensor(test, device=X.device)
+            score = scorer(fit.fold_net(index), X[test_rows], data.y_train[test])
+            outcomes.append(FoldResult(float(score), seconds, len(fit.losses), threads))
+    for outcome in outcomes:
+        if isinstance(outcome, FloatingPointError):
+            raise outcome
+        yield outcome
 
 
 def evaluate(
@@ -231,15 +278,18 @@ def evaluate(
     device: str,
     should_stop: Callable[[], bool] | None = None,
     pool: FoldPool | None = None,
+    stack_folds: bool = True,
 ) -> float:
     """Score one trial's configuration by K-fold cross-validation on the training split.
 
-    The folds are fitted one after another in this process or, with ``pool``, several at once
-    (here and in the pool's processes). Either way the running mean goes to ``trial.report``
-    after each fold, in fold order, and ``optuna.TrialPruned`` is raised when the pruner says
-    so. Fold scores, their std, fit
-    seconds, epochs, the device and the threads per fit end in the trial's user_attrs (the
-    fold lists also when the trial is pruned or fails part-way).
+    The folds are fitted in this process as one stacked model (``hpo.stacked_folds``) where
+    the net allows it and ``stack_folds`` is true, the first fold alone before the others when
+    a pruner may stop the trial after it; with ``pool``, several at once, here and in the
+    pool's processes; otherwise one after another. Either way the running mean goes to
+    ``trial.report`` after each fold, in fold order, and ``optuna.TrialPruned`` is raised when
+    the pruner says so. Fold scores, their std, fit seconds, epochs, the device and the threads
+    per fit end in the trial's user_attrs (the fold lists also when the trial is pruned or
+    fails part-way).
 
     Returns:
         The mean fold score (greater is better, as for every scikit-learn scorer).
@@ -256,8 +306,21 @@ def evaluate(
         train, test = splits[fold]
         return fit_and_score_fold(net, data, device, fold, train, test, spec.scoring, should_stop)
 
-    if pool is None:
-        results: Iterator[FoldResult] = (fit_here(fold) for fold in range(len(splits)))
+    def fit_stacked_here() -> Iterator[FoldResult]:
+        # A pruner reads the first fold's score before the others are fitted.
+        first = 1 if may_prune else 0
+        if first:
+            yield fit_here(0)
+        folds = list(range(first, len(splits)))
+        yield from fit_and_score_stacked(
+            net, data, device, folds, splits, spec.scoring, should_stop
+        )
+
+    train_sizes = [len(train) for train, _ in splits[1 if may_prune else 0 :]]
+    if pool is None and stack_folds and stackable(net, train_sizes, device):
+        results: Iterator[FoldResult] = fit_stacked_here()
+    elif pool is None:
+        results = (fit_here(fold) for fold in range(len(splits)))
     else:
         results = pool.fold_results(params, splits, should_stop, fit_here)
     scores: list[float] = []

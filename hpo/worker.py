@@ -10,6 +10,7 @@ trial is marked FAIL and its configuration queued again for another worker.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -108,6 +109,7 @@ def run_worker(
     threads: int | None = None,
     device: str | None = None,
     folds_at_once: int | None = None,
+    stack_folds: bool = True,
     objective: Objective = evaluate,
 ) -> WorkerSummary:
     """Pull trials of ``study_name`` until the study's budget is spent.
@@ -124,9 +126,11 @@ def run_worker(
         folds_at_once: on the CPU, how many folds of a trial are fitted at once, one by the
             worker and each other in a fold process of its own (``hpo.fold_pool``), all on
             ``threads // folds_at_once`` threads; 1 fits them one after another in the
-            worker. Default: one per thread, at most the spec's folds. Fold processes are
-            started with ``spawn``, so a script that calls ``run_worker`` needs the usual
-            ``if __name__ == "__main__":`` guard.
+            worker. Default: none when the folds are stacked, else one per thread, at most
+            the spec's folds. Fold processes are started with ``spawn``, so a script that
+            calls ``run_worker`` needs the usual ``if __name__ == "__main__":`` guard.
+        stack_folds: on the CPU, fit a trial's folds as one stacked model where the net
+            allows it (``hpo.stacked_folds``); False fits each fold as a net of its own.
         objective: scores one trial; ``hpo.objective.evaluate`` (K-fold CV of the skorch
             net) unless a benchmark measures the storage alone.
 
@@ -140,7 +144,9 @@ def run_worker(
     if threads:
         torch.set_num_threads(threads)
     device = device or default_device()
-    pool = open_fold_pool(spec, data, device, torch.get_num_threads(), folds_at_once)
+    pool = open_fold_pool(spec, data, device, torch.get_num_threads(), folds_at_once, stack_folds)
+    if not stack_folds and objective is evaluate:
+        objective = functools.partial(evaluate, stack_folds=False)
     budget = trials or spec.n_trials
     summary = WorkerSummary(study_name, worker_index)
     deadline = time.monotonic() + spec.budget.timeout if spec.budget.timeout else None

@@ -168,6 +168,18 @@ def test_folds_at_once() -> None:
     assert folds_at_once("cuda", threads=8, folds=5) == 1
 
 
+def test_a_worker_whose_folds_are_stacked_starts_no_fold_process() -> None:
+    data = load_dataset("digits")
+    assert open_fold_pool(parse_spec(DIGITS), data, "cpu", threads=2) is None
+    patience = parse_spec({**DIGITS, "fixed": {**DIGITS["fixed"], "early_stopping_patience": 2}})
+    pool = open_fold_pool(patience, data, "cpu", threads=2)
+    assert pool is not None
+    pool.close()
+    unstacked = open_fold_pool(parse_spec(DIGITS), data, "cpu", threads=2, stack_folds=False)
+    assert unstacked is not None
+    unstacked.close()
+
+
 def test_without_process_support_the_worker_fits_its_folds_itself(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -176,22 +188,33 @@ def test_without_process_support_the_worker_fits_its_folds_itself(
 
     monkeypatch.setattr(multiprocessing.get_context("spawn"), "Event", no_semaphores)
     spec = parse_spec(DIGITS)
-    assert open_fold_pool(spec, load_dataset("digits"), "cpu", threads=2) is None
+    assert open_fold_pool(spec, load_dataset("digits"), "cpu", threads=2, requested=2) is None
     assert "cannot start fold processes" in caplog.text
     url = f"sqlite:///{tmp_path / 'hpo.db'}"
     register_study(spec, open_storage(url))
-    summary = run_worker(spec.name, url, worker_index=0, heartbeat_seconds=0, threads=2)
+    summary = run_worker(
+        spec.name, url, worker_index=0, heartbeat_seconds=0, threads=2, folds_at_once=2
+    )
     assert summary.states == {"COMPLETE": spec.budget.trials}
 
 
-def test_a_worker_with_two_threads_scores_as_one_with_one(tmp_path: Path) -> None:
+def test_a_worker_with_a_fold_process_scores_as_one_fitting_its_folds_one_by_one(
+    tmp_path: Path,
+) -> None:
     spec = parse_spec(DIGITS)
     values = {}
     for threads in (1, 2):
         url = f"sqlite:///{tmp_path / f'threads{threads}.db'}"
         register_study(spec, open_storage(url))
         summary = run_worker(
-            spec.name, url, worker_index=0, heartbeat_seconds=0, threads=threads, device="cpu"
+            spec.name,
+            url,
+            worker_index=0,
+            heartbeat_seconds=0,
+            threads=threads,
+            device="cpu",
+            folds_at_once=threads,
+            stack_folds=False,
         )
         assert summary.states == {"COMPLETE": spec.budget.trials}
         trials = optuna.load_study(study_name=spec.name, storage=url).trials
@@ -213,7 +236,7 @@ def start_worker_with_fold_processes(tmp_path: Path) -> tuple[subprocess.Popen[s
     register_study(spec, open_storage(url))
     worker = subprocess.Popen(
         [sys.executable, "-m", "hpo", "worker", "--study", spec.name, "--storage", url]
-        + ["--threads", "2", "--index", "0", "--heartbeat", "0"],
+        + ["--threads", "2", "--folds-at-once", "2", "--index", "0", "--heartbeat", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

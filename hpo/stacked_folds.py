@@ -1,0 +1,456 @@
+"""A trial's K folds trained as one stacked model: K times the arithmetic in each op, one
+op's overhead.
+
+Small nets on a CPU are bound by the cost of each op (dispatch, autograd, a kernel sized for
+bigger tensors), not by its arithmetic. The folds of a trial are K fits of the same net, with
+the same initial weights (the net's ``random_state`` seeds each fit) and the same
+hyperparameters, on different rows. ``StackedFolds`` holds the K copies of every parameter in
+one tensor and runs them side by side: a linear layer is one batched matrix product over the
+folds (``baddbmm``), a convolution one grouped convolution (fold k's channels are group k),
+a batch norm one batch norm over the K folds' channels; activations and pooling act on every
+fold's values at once. A digits CNN's training step for 5 folds costs about what 2 of its
+single-fold steps do (``benchmarks/trial_speed.py``).
+
+Each fold still computes what its own fit computes (``tests/test_stacked_folds.py``):
+- one loss per fold, summed, so each fold's gradients are its own;
+- an optimizer that updates every number on its own (every one of ``hpo.nets.OPTIMIZERS``),
+  so one step over the stacked tensors is K independent steps;
+- fold k's shuffles and dropout masks drawn from a generator of its own, which starts where
+  torch's global generator is after the net's seeded initialization, and is drawn from in the
+  same order as in the fold's own fit;
+- a last batch whose size differs between folds (folds differ by a row) runs fold by fold,
+  through the same layers applied to fold k's slice of each parameter.
+The sums inside the ops run in a different order, so results agree within float rounding, as
+they do between thread counts.
+
+``stackable`` says which nets qualify: hpo's MLP and CNN, on the CPU, with one of hpo's
+optimizers and its default criterion, iterator and callbacks, no early stopping, and the same
+number of batches in every fold. ``fit_stacked`` trains; ``fold_net`` gives fold k's skorch
+net, which ``hpo.objective`` scores as ``cross_val_score`` would.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from sklearn.base import clone
+from torch import nn
+
+from hpo.models import ACTIVATIONS, CNN, MLP, MODELS, Dropout
+from hpo.nets import OPTIMIZERS, TensorBatches
+from hpo.spec import StudySpec
+
+
+class _Folds:
+    """What the stacked layers share within one forward pass: the fold generators."""
+
+    def __init__(self, generators: list[torch.Generator]) -> None:
+        self.generators = generators
+
+    def __len__(self) -> int:
+        return len(self.generators)
+
+
+class _StackedLinear(nn.Module):
+    def __init__(self, layer: nn.Linear, folds: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(layer.weight.detach().expand(folds, -1, -1).clone())
+        self.bias = nn.Parameter(layer.bias.detach().expand(folds, -1).clone())
+
+    def stacked(self, h: torch.Tensor, folds: _Folds) -> torch.Tensor:  # h: (K, N, F)
+        return torch.baddbmm(self.bias.unsqueeze(1), h, self.weight.transpose(1, 2))
+
+    def single(self, h: torch.Tensor, fold: int, folds: _Folds) -> torch.Tensor:
+        return F.linear(h, self.weight[fold], self.bias[fold])
+
+    def fold_state(self, fold: int) -> dict[str, torch.Tensor]:
+        return {"weight": self.weight[fold], "bias": self.bias[fold]}
+
+
+class _StackedConv2d(nn.Module):
+    def __init__(self, layer: nn.Conv2d, folds: int) -> None:
+        super().__init__()
+        self.out_channels = layer.out_channels
+        self.options = {
+            "stride": layer.stride,
+            "padding": layer.padding,
+            "dilation": layer.dilation,
+        }
+        self.weight = nn.Parameter(layer.weight.detach().repeat(folds, 1, 1, 1))
+        self.bias = nn.Parameter(layer.bias.detach().repeat(folds))
+
+    def _rows(self, fold: int) -> slice:
+        return slice(fold * self.out_channels, (fold + 1) * self.out_channels)
+
+    def stacked(self, h: torch.Tensor, folds: _Folds) -> torch.Tensor:  # h: (N, K*C, H, W)
+        return F.conv2d(h, self.weight, self.bias, groups=len(folds), **self.options)
+
+    def single(self, h: torch.Tensor, fold: int, folds: _Folds) -> torch.Tensor:
+        rows = self._rows(fold)
+        return F.conv2d(h, self.weight[rows], self.bias[rows], **self.options)
+
+    def fold_state(self, fold: int) -> dict[str, torch.Tensor]:
+        rows = self._rows(fold)
+        return {"weight": self.weight[rows], "bias": self.bias[rows]}
+
+
+class _StackedBatchNorm(nn.Module):
+    """BatchNorm1d over (K, N, F) or BatchNorm2d over (N, K*C, H, W): fold k's channels are
+    normalized by fold k's statistics, as in its own fit."""
+
+    def __init__(self, layer: nn.BatchNorm1d | nn.BatchNorm2d, folds: int) -> None:
+        super().__init__()
+        self.channels = layer.num_features
+        self.momentum = layer.momentum
+        self.eps = layer.eps
+        self.images = isinstance(layer, nn.BatchNorm2d)
+        self.weight = nn.Parameter(layer.weight.detach().repeat(folds))
+        self.bias = nn.Parameter(layer.bias.detach().repeat(folds))
+        self.register_buffer("running_mean", layer.running_mean.repeat(folds))
+        self.register_buffer("running_var", layer.running_var.repeat(folds))
+        self.register_buffer("num_batches_tracked", layer.num_batches_tracked.clone())
+
+    def _normalize(self, h: torch.Tensor, rows: slice) -> torch.Tensor:
+        return F.batch_norm(
+            h,
+            self.running_mean[rows],
+            self.running_var[rows],
+            self.weight[rows],
+            self.bias[rows],
+            self.training,
+            self.momentum,
+            self.eps,
+        )
+
+    def _count_batch(self) -> None:
+        if self.training:
+            self.num_batches_tracked.add_(1)
+
+    def stacked(self, h: torch.Tensor, folds: _Folds) -> torch.Tensor:
+        self._count_batch()
+        every = slice(None)
+        if self.images:
+            return self._normalize(h, every)
+        K, N, F_ = h.shape
+        out = self._normalize(h.transpose(0, 1).reshape(N, K * F_), every)
+        return out.view(N, K, F_).transpose(0, 1)
+
+    def single(self, h: torch.Tensor, fold: int, folds: _Folds) -> torch.Tensor:
+        if fold == 0:
+            self._count_batch()
+        return self._normalize(h, slice(fold * self.channels, (fold + 1) * self.channels))
+
+    def fold_state(self, fold: int) -> dict[str, torch.Tensor]:
+        rows = slice(fold * self.channels, (fold + 1) * self.channels)
+        return {
+            "weight": self.weight[rows],
+            "bias": self.bias[rows],
+            "running_mean": self.running_mean[rows],
+            "running_var": self.running_var[rows],
+            "num_batches_tracked": self.num_batches_tracked,
+        }
+
+
+class _StackedDropout(nn.Module):
+    """hpo's CPU ``Dropout``, with fold k's mask drawn from fold k's generator."""
+
+    def __init__(self, layer: Dropout) -> None:
+        super().__init__()
+        self.p = layer.p
+
+    def _mask(self, shape: torch.Size, generator: torch.Generator) -> torch.Tensor:
+        return torch.rand(shape, generator=generator)
+
+    def stacked(self, h: torch.Tensor, folds: _Folds) -> torch.Tensor:  # h: (K, N, F)
+        if not self.training:
+            return h
+        masks = torch.stack([self._mask(h.shape[1:], g) for g in folds.generators])
+        return h * masks.ge_(self.p).mul_(1.0 / (1.0 - self.p))
+
+    def single(self, h: torch.Tensor, fold: int, folds: _Folds) -> torch.Tensor:
+        if not self.training:
+            return h
+        mask = self._mask(h.shape, folds.generators[fold])
+        return h * mask.ge_(self.p).mul_(1.0 / (1.0 - self.p))
+
+    def fold_state(self, fold: int) -> dict[str, torch.Tensor]:
+        return {}
+
+
+class _Elementwise(nn.Module):
+    """An activation or a pooling: it acts on each fold's values as on one fold's."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def stacked(self, h: torch.Tensor, folds: _Folds) -> torch.Tensor:
+        return self.layer(h)  # type: ignore[no-any-return]
+
+    def single(self, h: torch.Tensor, fold: int, folds: _Folds) -> torch.Tensor:
+        return self.layer(h)  # type: ignore[no-any-return]
+
+    def fold_state(self, fold: int) -> dict[str, torch.Tensor]:
+        return {}
+
+
+class _Flatten(nn.Module):
+    """From images (N, K*C, H, W) to rows (K, N, C*H*W); or rows (K, N, *shape) flattened."""
+
+    def __init__(self, images: bool) -> None:
+        super().__init__()
+        self.images = images
+
+    def stacked(self, h: torch.Tensor, folds: _Folds) -> torch.Tensor:
+        if not self.images:
+            return h.flatten(2)
+        N, _, H, W = h.shape
+        K = len(folds)
+        return h.reshape(N, K, -1, H, W).transpose(0, 1).reshape(K, N, -1)
+
+    def single(self, h: torch.Tensor, fold: int, folds: _Folds) -> torch.Tensor:
+        return h.flatten(1)
+
+    def fold_state(self, fold: int) -> dict[str, torch.Tensor]:
+        return {}
+
+
+_ELEMENTWISE = (*ACTIVATIONS.values(), nn.MaxPool2d, nn.AvgPool2d)
+
+
+def _leaves(module: nn.Module) -> list[tuple[str, nn.Module]]:
+    """hpo's MLP and CNN apply their leaf modules one after another, in registration order."""
+    return [(name, m) for name, m in module.named_modules() if not list(m.children())]
+
+
+def _unsupported(layer: nn.Module) -> str | None:
+    """Why ``layer`` cannot be stacked, or None."""
+    if isinstance(layer, nn.Conv2d):
+        if layer.groups != 1 or layer.padding_mode != "zeros" or layer.bias is None:
+            return "a grouped, bias-free or non-zero-padded convolution"
+    elif isinstance(layer, nn.Linear):
+        if layer.bias is None:
+            return "a linear layer without bias"
+    elif isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        if not (layer.affine and layer.track_running_stats) or layer.momentum is None:
+            return "a batch norm without affine weights, running statistics or momentum"
+    elif isinstance(layer, Dropout):
+        if layer.inplace:
+            return "an in-place dropout"
+    elif not isinstance(layer, (nn.Flatten, *_ELEMENTWISE)):
+        return f"a {type(layer).__name__} layer"
+    return None
+
+
+def _stacked_layer(layer: nn.Module, folds: int, images: bool) -> nn.Module:
+    if isinstance(layer, nn.Linear):
+        return _StackedLinear(layer, folds)
+    if isinstance(layer, nn.Conv2d):
+        return _StackedConv2d(layer, folds)
+    if isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        return _StackedBatchNorm(layer, folds)
+    if isinstance(layer, Dropout):
+        return _StackedDropout(layer)
+    if isinstance(layer, nn.Flatten):
+        return _Flatten(images)
+    return _Elementwise(layer)
+
+
+class StackedFolds(nn.Module):
+    """K copies of ``module`` (an hpo MLP or CNN), trained side by side.
+
+    Args:
+        module: the initialized module every fold starts from.
+        folds: K.
+
+    Its forward takes a list of K batches, one per fold, and returns K outputs stacked in one
+    tensor (``(K, N, outputs)``) when the batches have the same size, else a list of K.
+    ``set_generators`` gives it the folds' generators before training.
+    """
+
+    def __init__(self, module: nn.Module, folds: int) -> None:
+        super().__init__()
+        self.images = isinstance(module, CNN)
+        self.names: list[str] = []
+        layers: list[nn.Module] = []
+        images = self.images
+        for name, layer in _leaves(module):
+            reason = _unsupported(layer)
+            if reason is not None:
+                raise ValueError(f"cannot stack folds of a module with {reason} ({name})")
+            layers.append(_stacked_layer(layer, folds, images))
+            self.names.append(name)
+            images = images and not isinstance(layer, nn.Flatten)
+        self.layers = nn.ModuleList(layers)
+        self.folds = _Folds([torch.Generator() for _ in range(folds)])
+
+    def set_generators(self, generators: list[torch.Generator]) -> None:
+        self.folds = _Folds(generators)
+
+    def forward(self, batches: list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+        if len({len(batch) for batch in batches}) > 1:
+            return [self._single(batch, fold) for fold, batch in enumerate(batches)]
+        if self.images:
+            N, C, H, W = batches[0].shape
+            h = torch.stack(batches, 1).view(N, len(batches) * C, H, W)
+            h = h.contiguous(memory_format=torch.channels_last)
+        else:
+            h = torch.stack(batches)
+        for layer in self.layers:
+            h = layer.stacked(h, self.folds)
+        return h
+
+    def _single(self, h: torch.Tensor, fold: int) -> torch.Tensor:
+        for layer in self.layers:
+            h = layer.single(h, fold, self.folds)
+        return h
+
+    def fold_state_dict(self, fold: int) -> dict[str, torch.Tensor]:
+        """Fold k's weights and buffers, under the names of the module it was stacked from."""
+        return {
+            f"{name}.{key}": value.detach().clone()
+            for name, layer in zip(self.names, self.layers, strict=True)
+            for key, value in layer.fold_state(fold).items()
+        }
+
+
+def spec_stacks_folds(spec: StudySpec) -> bool:
+    """Whether ``spec``'s trials will be stacked on the CPU (``stackable`` decides per
+    trial): hpo's models train without early stopping, which reads a validation split."""
+    patience = "early_stopping_patience"
+    return MODELS.get(spec.model) in (MLP, CNN) and (
+        spec.fixed.get(patience) is None and patience not in spec.space
+    )
+
+
+def _is_default(net: Any, prefix: str) -> bool:
+    return not net.get_params_for(prefix)
+
+
+def stackable(net: Any, train_sizes: list[int], device: str) -> bool:
+    """Whether ``net``'s folds (of ``train_sizes`` rows) can be fitted as ``StackedFolds``."""
+    if torch.device(device).type != "cpu" or len(train_sizes) < 2:
+        return False
+    if net.module not in (MLP, CNN) or net.early_stopping_patience is not None:
+        return False
+    if net.train_split is not None or net.callbacks not in (None, []):
+        return False
+    if net.criterion is not net.default_criterion or not _is_default(net, "criterion"):
+        return False
+    if net.iterator_train is not TensorBatches or not _is_default(net, "iterator_train"):
+        return False
+    optimizer = net.optimizer
+    if optimizer not in OPTIMIZERS and optimizer not in OPTIMIZERS.values():
+        return False
+    if "param_groups" in net.get_params_for("optimizer"):
+        return False
+    batch_size = net.batch_size if net.batch_size != -1 else max(train_sizes)
+    batches = {math.ceil(size / batch_size) for size in train_sizes}
+    return len(batches) == 1 and (net.batch_size != -1 or len(set(train_sizes)) == 1)
+
+
+class StackedFit:
+    """What ``fit_stacked`` trained: the stacked module, and each fold's training losses."""
+
+    def __init__(
+        self,
+        net: Any,
+        module: StackedFolds,
+        data: tuple[list[torch.Tensor], list[torch.Tensor]],
+        losses: torch.Tensor,
+    ) -> None:
+        self.net = net
+        self.module = module
+        self.data = data
+        #: (epochs, K): each epoch's mean training loss per fold, as skorch's history has it.
+        self.losses = losses
+
+    def fold_net(self, fold: int) -> Any:
+        """Fold k's net: a fitted clone of ``net`` with fold k's weights, in eval mode."""
+        fold_net = clone(self.net).initialize()
+        X, y = self.data
+        fold_net.check_data(X[fold], y[fold])  # as fit does: a classifier learns its classes
+        fold_net.module_.load_state_dict(self.module.fold_state_dict(fold))
+        fold_net.module_.eval()
+        return fold_net
+
+
+def fit_stacked(
+    net: Any,
+    X: list[torch.Tensor],
+    y: list[torch.Tensor],
+    after_batch: Callable[[], None] | None = None,
+) -> StackedFit:
+    """Fit ``net`` on each fold's rows (``X[k]``, ``y[k]``) at once, as ``StackedFolds``.
+
+    ``net`` is an unfitted hpo net that ``stackable`` accepts; it is not changed.
+    ``after_batch`` is called after every training step; what it raises ends the fit.
+    """
+    base = clone(net).initialize()  # seeds torch and builds the module each fold starts from
+    after_init = torch.get_rng_state()
+    folds = len(X)
+    module = StackedFolds(base.module_, folds)
+    options = {
+        key: value
+        for key, value in net.get_params().items()
+        if not key.startswith(("module__", "callbacks__")) and key != "module"
+    }
+    trainer = type(net)(module, **{**options, "random_state": None}).initialize()
+    generators = [torch.Generator().set_state(after_init) for _ in X]
+    module.set_generators(generators)
+    module.train()
+    criterion = type(trainer.criterion_)(reduction="none")
+    batch_size = net.batch_size if net.batch_size != -1 else max(len(rows) for rows in X)
+    sizes = torch.tensor([len(rows) for rows in X], dtype=torch.float32)
+    losses = []
+    for _ in range(net.max_epochs):
+        orders = [
+            torch.randperm(len(rows), generator=g) for rows, g in zip(X, generators, strict=True)
+        ]
+        X_epoch = [rows[order] for rows, order in zip(X, orders, strict=True)]
+        y_epoch = [rows[order] for rows, order in zip(y, orders, strict=True)]
+        epoch_loss = torch.zeros(folds)
+        for start in range(0, int(sizes.max()), batch_size):
+            Xb = [rows[start : start + batch_size] for rows in X_epoch]
+            yb = [rows[start : start + batch_size] for rows in y_epoch]
+            batch_rows = torch.tensor([len(batch) for batch in Xb], dtype=torch.float32)
+            epoch_loss += _train_step(trainer, criterion, Xb, yb) * batch_rows
+            if after_batch is not None:
+                after_batch()
+        losses.append(epoch_loss / sizes)
+    module.eval()
+    return StackedFit(net, module, (X, y), torch.stack(losses))
+
+
+def _train_step(
+    trainer: Any, criterion: nn.Module, X: list[torch.Tensor], y: list[torch.Tensor]
+) -> torch.Tensor:
+    """One optimizer step of every fold, through the trainer net's own optimizer step (the
+    same ``DirectStep`` and flat parameters as a fold's own fit); each fold's loss."""
+    losses: list[torch.Tensor] = []
+
+    def step() -> torch.Tensor:
+        trainer._zero_grad_optimizer()
+        fold_losses = _fold_losses(criterion, trainer.module_(X), y)
+        fold_losses.sum().backward()
+        losses.append(fold_losses.detach())
+        return fold_losses
+
+    trainer._step_optimizer(step)
+    return losses[0]
+
+
+def _fold_losses(
+    criterion: nn.Module, outputs: torch.Tensor | list[torch.Tensor], targets: list[torch.Tensor]
+) -> torch.Tensor:
+    """Each fold's mean loss over its batch, as the net's criterion computes it."""
+    if isinstance(outputs, list):
+        pairs = zip(outputs, targets, strict=True)
+        return torch.stack([criterion(out, target).mean() for out, target in pairs])
+    K, N = outputs.shape[:2]
+    per_row = criterion(outputs.reshape(K * N, *outputs.shape[2:]), torch.cat(targets))
+    return per_row.reshape(K, -1).mean(1)

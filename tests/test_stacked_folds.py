@@ -1,0 +1,240 @@
+"""Stacked folds: each fold computes what its own skorch fit computes, within float rounding."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import optuna
+import pytest
+import torch
+from conftest import tiny_spec
+from sklearn.base import clone
+from sklearn.metrics import get_scorer
+
+from hpo.data import load_dataset
+from hpo.models import CNN
+from hpo.objective import (
+    WorkerStopped,
+    build_net,
+    evaluate,
+    fit_and_score_stacked,
+    make_folds,
+    resident_training_data,
+)
+from hpo.spec import parse_spec
+from hpo.stacked_folds import StackedFolds, fit_stacked, spec_stacks_folds, stackable
+
+CASES: dict[str, tuple[dict[str, Any], str]] = {
+    # Dropout and batch norm in an MLP, SGD with momentum; 3 folds of 666/667 rows, so the
+    # last batch of an epoch differs in size between folds and runs fold by fold.
+    "mlp": (
+        {
+            "model": "mlp",
+            "fixed": {
+                "max_epochs": 3,
+                "batch_size": 64,
+                "module__hidden1": 32,
+                "module__hidden2": 16,
+                "module__dropout": 0.3,
+                "module__batch_norm": True,
+                "optimizer": "sgd",
+                "optimizer__momentum": 0.9,
+                "lr": 0.05,
+            },
+        },
+        "digits",
+    ),
+    # Max pooling picks one of near-equal values, so float rounding can move a gradient to
+    # another pixel; with dropout after it that grows to ~1e-4 in a few epochs, as it does
+    # between one and two threads. The cases keep to what is exact to float rounding: max
+    # pooling without dropout, average pooling with it.
+    "cnn": (
+        {
+            "model": "cnn",
+            "fixed": {
+                "max_epochs": 2,
+                "batch_size": 32,
+                "module__conv1": 8,
+                "module__conv2": 16,
+                "module__hidden1": 32,
+                "module__batch_norm": True,
+                "optimizer": "sgd",
+                "optimizer__momentum": 0.5,
+                "lr": 0.05,
+            },
+        },
+        "digits",
+    ),
+    # Batch norm makes the conv bias's gradient zero up to rounding, which Adam and Adamax
+    # scale up to full steps; so the adaptive optimizers are tested without it.
+    "cnn-adamax": (
+        {
+            "model": "cnn",
+            "fixed": {
+                "max_epochs": 2,
+                "batch_size": 64,
+                "module__conv1": 8,
+                "module__conv2": 16,
+                "module__hidden1": 16,
+                "module__dropout": 0.25,
+                "module__pool": "avg",
+                "module__activation": "tanh",
+                "optimizer": "adamax",
+                "lr": 0.01,
+            },
+        },
+        "digits",
+    ),
+    "regressor": (
+        {
+            "model": "regressor",
+            "scoring": "neg_mean_squared_error",
+            "fixed": {
+                "max_epochs": 5,
+                "batch_size": 32,
+                "module__hidden1": 16,
+                "module__dropout": 0.1,
+                "optimizer": "adam",
+                "lr": 0.01,
+            },
+        },
+        "synthetic_regression",
+    ),
+}
+
+
+def _spec_and_net(case: str) -> tuple[Any, Any, Any]:
+    overrides, dataset = CASES[case]
+    spec = parse_spec(
+        tiny_spec(
+            dataset={"name": dataset},
+            cv={"folds": 3, "seed": 1},
+            space={"optimizer__weight_decay": {"type": "categorical", "choices": [1e-4]}},
+            **overrides,
+        )
+    )
+    data = load_dataset(dataset)
+    params = {**spec.fixed, "optimizer__weight_decay": 1e-4}
+    return spec, data, build_net(spec, data, params, "cpu")
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_each_stacked_fold_ends_where_its_own_fit_ends(case: str) -> None:
+    spec, data, net = _spec_and_net(case)
+    splits = list(make_folds(spec).split(data.X_train, data.y_train))
+    X, y = resident_training_data(data, "cpu")
+    rows = [torch.as_tensor(train) for train, _ in splits]
+    sizes = [len(r) for r in rows]
+    assert stackable(net, sizes, "cpu")
+
+    fit = fit_stacked(net, [X[r] for r in rows], [y[r] for r in rows])
+
+    scorer = get_scorer(spec.scoring)
+    for fold, (_, test) in enumerate(splits):
+        own = clone(net).fit(X[rows[fold]], y[rows[fold]])
+        expected = own.module_.state_dict()
+        got = fit.module.fold_state_dict(fold)
+        assert got.keys() == expected.keys()
+        for name, value in expected.items():
+            torch.testing.assert_close(got[name], value, rtol=1e-4, atol=1e-5, msg=name)
+        np.testing.assert_allclose(
+            fit.losses[:, fold].numpy(), own.history[:, "train_loss"], rtol=1e-5
+        )
+        fold_net = fit.fold_net(fold)
+        assert scorer(fold_net, X[test], data.y_train[test]) == pytest.approx(
+            scorer(own, X[test], data.y_train[test]), rel=1e-5
+        )
+
+
+def test_evaluate_reports_the_same_fold_scores_stacked_or_not() -> None:
+    spec = parse_spec(tiny_spec(cv={"folds": 4}, fixed={"max_epochs": 3, "batch_size": 64}))
+    data = load_dataset("digits")
+    study = optuna.create_study(direction="maximize")
+    params = {"module__hidden1": 24, "lr": 0.05}
+    trials = []
+    for stack_folds in (True, False):
+        study.enqueue_trial(params)
+        trial = study.ask()
+        study.tell(trial, evaluate(trial, spec, data, "cpu", stack_folds=stack_folds))
+        trials.append(study.trials[-1])
+    stacked, separate = trials
+    np.testing.assert_allclose(
+        stacked.user_attrs["fold_scores"], separate.user_attrs["fold_scores"], rtol=1e-6
+    )
+    assert stacked.intermediate_values == pytest.approx(separate.intermediate_values)
+    assert stacked.user_attrs["epochs"] == separate.user_attrs["epochs"] == [3] * 4
+
+
+def test_a_pruned_trial_stops_after_its_first_fold_fitted_alone() -> None:
+    spec = parse_spec(tiny_spec(cv={"folds": 4}, fixed={"max_epochs": 4, "batch_size": 64}))
+    data = load_dataset("digits")
+    study = optuna.create_study(
+        direction="maximize",
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
+    )
+    for _ in range(2):
+        study.enqueue_trial({"module__hidden1": 32, "lr": 0.05})
+    study.enqueue_trial({"module__hidden1": 8, "lr": 0.001})  # barely learns in 4 epochs
+    study.optimize(lambda t: evaluate(t, spec, data, "cpu"), n_trials=3)
+    last = study.trials[-1]
+    assert last.state == optuna.trial.TrialState.PRUNED
+    assert len(last.user_attrs["fold_scores"]) == 1
+
+
+def test_a_diverging_stacked_fold_raises_in_its_place() -> None:
+    spec = parse_spec(
+        tiny_spec(
+            model="regressor",
+            dataset={"name": "synthetic_regression"},
+            scoring="neg_mean_squared_error",
+            cv={"folds": 3},
+            fixed={"max_epochs": 3, "batch_size": 16, "optimizer": "sgd", "lr": 1e7},
+            space={"module__hidden1": {"type": "int", "low": 8, "high": 8}},
+        )
+    )
+    data = load_dataset("synthetic_regression")
+    net = build_net(spec, data, {**spec.fixed, "module__hidden1": 8}, "cpu")
+    splits = list(make_folds(spec).split(data.X_train, data.y_train))
+    results = fit_and_score_stacked(net, data, "cpu", [0, 1, 2], splits, spec.scoring, None)
+    with pytest.raises(FloatingPointError, match="in fold 0: the configuration diverged"):
+        next(results)
+
+
+def test_should_stop_ends_a_stacked_fit() -> None:
+    spec, data, net = _spec_and_net("mlp")
+    splits = list(make_folds(spec).split(data.X_train, data.y_train))
+    batches = []
+
+    def should_stop() -> bool:
+        batches.append(1)
+        return len(batches) == 3
+
+    results = fit_and_score_stacked(net, data, "cpu", [0, 1, 2], splits, "accuracy", should_stop)
+    with pytest.raises(WorkerStopped):
+        next(results)
+    assert len(batches) == 3
+
+
+def test_what_is_not_stacked() -> None:
+    spec, data, net = _spec_and_net("mlp")
+    sizes = [666, 667, 667]
+    assert stackable(net, sizes, "cpu")
+    assert not stackable(net, sizes, "cuda")
+    assert not stackable(net, sizes[:1], "cpu")  # one fold
+    assert not stackable(net, [640, 641, 641], "cpu")  # 10 batches against 11
+    assert not stackable(clone(net).set_params(early_stopping_patience=2), sizes, "cpu")
+    assert not stackable(clone(net).set_params(optimizer=torch.optim.LBFGS), sizes, "cpu")
+    assert not stackable(clone(net).set_params(criterion=torch.nn.NLLLoss), sizes, "cpu")
+    assert not stackable(clone(net).set_params(module=torch.nn.Linear), sizes, "cpu")
+
+    assert spec_stacks_folds(spec)
+    patience = tiny_spec(fixed={"max_epochs": 3, "early_stopping_patience": 2})
+    assert not spec_stacks_folds(parse_spec(patience))
+
+
+def test_a_module_with_a_layer_it_cannot_stack_is_refused_by_name() -> None:
+    module = CNN(input_shape=(1, 8, 8), conv1=4, conv2=None, hidden1=8)
+    module.features[0][0] = torch.nn.Conv2d(1, 4, 3, padding="same", groups=1, bias=False)
+    with pytest.raises(ValueError, match=r"bias-free .* \(features\.0\.0\)"):
+        StackedFolds(module, 2)
