@@ -271,6 +271,25 @@ def fit_and_score_stacked(
         yield outcome
 
 
+def fold_groups(folds: int, pruner: optuna.pruners.BasePruner | None) -> list[list[int]]:
+    """The folds fitted together when they are stacked: all at once, or, when ``pruner`` may
+    stop the trial, first the folds up to the first one it can stop the trial after (the
+    median pruner's ``n_warmup_steps``: hpo's default 1 means after the second fold)."""
+    if pruner is None:
+        return [list(range(folds))]
+    # Optuna's percentile and median pruners keep n_warmup_steps in a private attribute.
+    first = min(getattr(pruner, "_n_warmup_steps", 0) + 1, folds)
+    return [group for group in (list(range(first)), list(range(first, folds))) if group]
+
+
+def _stackable_groups(
+    net: Any, groups: list[list[int]], splits: list[tuple[np.ndarray, np.ndarray]], device: str
+) -> bool:
+    stacked = [folds for folds in groups if len(folds) > 1]
+    sizes = [[len(splits[fold][0]) for fold in folds] for folds in stacked]
+    return bool(stacked) and all(stackable(net, group, device) for group in sizes)
+
+
 def evaluate(
     trial: optuna.Trial,
     spec: StudySpec,
@@ -306,19 +325,18 @@ def evaluate(
         train, test = splits[fold]
         return fit_and_score_fold(net, data, device, fold, train, test, spec.scoring, should_stop)
 
-    def fit_stacked_here() -> Iterator[FoldResult]:
-        # A pruner reads the first fold's score before the others are fitted.
-        first = 1 if may_prune else 0
-        if first:
-            yield fit_here(0)
-        folds = list(range(first, len(splits)))
-        yield from fit_and_score_stacked(
-            net, data, device, folds, splits, spec.scoring, should_stop
-        )
+    def fit_groups(groups: list[list[int]]) -> Iterator[FoldResult]:
+        for folds in groups:
+            if len(folds) == 1:
+                yield fit_here(folds[0])
+            else:
+                yield from fit_and_score_stacked(
+                    net, data, device, folds, splits, spec.scoring, should_stop
+                )
 
-    train_sizes = [len(train) for train, _ in splits[1 if may_prune else 0 :]]
-    if pool is None and stack_folds and stackable(net, train_sizes, device):
-        results: Iterator[FoldResult] = fit_stacked_here()
+    groups = fold_groups(len(splits), pruner if may_prune else None)
+    if pool is None and stack_folds and _stackable_groups(net, groups, splits, device):
+        results: Iterator[FoldResult] = fit_groups(groups)
     elif pool is None:
         results = (fit_here(fold) for fold in range(len(splits)))
     else:

@@ -19,6 +19,7 @@ from hpo.objective import (
     build_net,
     evaluate,
     fit_and_score_stacked,
+    fold_groups,
     make_folds,
     resident_training_data,
 )
@@ -180,6 +181,15 @@ def test_a_pruned_trial_stops_after_its_first_fold_fitted_alone() -> None:
     last = study.trials[-1]
     assert last.state == optuna.trial.TrialState.PRUNED
     assert len(last.user_attrs["fold_scores"]) == 1
+
+
+def test_with_a_pruner_the_folds_it_may_stop_after_are_fitted_first() -> None:
+    median = optuna.pruners.MedianPruner
+    assert fold_groups(5, None) == [[0, 1, 2, 3, 4]]
+    assert fold_groups(5, median(n_warmup_steps=1)) == [[0, 1], [2, 3, 4]]
+    assert fold_groups(5, median(n_warmup_steps=0)) == [[0], [1, 2, 3, 4]]
+    assert fold_groups(5, optuna.pruners.HyperbandPruner()) == [[0], [1, 2, 3, 4]]
+    assert fold_groups(2, median(n_warmup_steps=3)) == [[0, 1]]
 
 
 def test_a_diverging_stacked_fold_raises_in_its_place() -> None:
