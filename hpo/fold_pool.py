@@ -7,6 +7,8 @@ fits, so a worker with T threads fits ``N = min(T, K)`` folds at once, on ``T //
 each: one itself, the others in N - 1 fold processes, as ``cross_val_score(..., n_jobs=T)``
 does with joblib. On the digits nets of ``benchmarks/trial_speed.py`` that makes a trial on
 two cores 1.5 to 2 times as fast as fitting the folds one after another on two threads.
+Stacking the folds in one process (``hpo.stacked_folds``) gains more, so a worker whose folds
+are stacked starts no fold processes unless ``--folds-at-once`` asks for them.
 
 The fold processes start once per worker (``spawn``, so no lock held by one of the worker's
 threads is copied into them) and receive the study and the training data once; each fold then
@@ -61,8 +63,8 @@ def open_fold_pool(
     semaphores, say), which is logged."""
     at_once = folds_at_once(device, threads, spec.cv.folds, requested)
     if requested is None and stack_folds and spec_stacks_folds(spec):
-        # Stacked folds in one process beat fold processes, at half the memory: 2.2x
-        # against 1.5x per digits CNN trial on two cores (docs/benchmarks.md).
+        # Stacking gains 2-2.6x over fitting the folds one by one in one process; fold
+        # processes about 1.5x on two cores, for twice the memory (docs/benchmarks.md).
         return None
     if at_once < 2:
         return None

@@ -11,10 +11,12 @@ The training arrays become tensors on the trial's device once per worker process
 data from the host. Fold scores, fit seconds and epochs go to the storage once per trial, not
 once per fold: each write is a round trip to the database.
 
-A CPU worker with several threads fits several folds at once: one itself, the others in fold
-processes (``hpo.fold_pool.FoldPool``, passed as ``pool``). Every fold runs
-``fit_and_score_fold``, and ``evaluate`` reads the results in fold order, so what is reported
-and pruned does not change.
+On the CPU the folds of hpo's MLP and CNN are trained as one stacked model
+(``hpo.stacked_folds``, through ``fit_and_score_stacked``), each fold computing what its own
+fit would. Nets it cannot stack are fitted fold by fold (``fit_and_score_fold``), several at
+once when the worker has fold processes (``hpo.fold_pool.FoldPool``, passed as ``pool``).
+Either way ``evaluate`` reads the results in fold order, so what is reported and pruned does
+not change.
 """
 
 from __future__ import annotations
@@ -302,9 +304,9 @@ def evaluate(
     """Score one trial's configuration by K-fold cross-validation on the training split.
 
     The folds are fitted in this process as one stacked model (``hpo.stacked_folds``) where
-    the net allows it and ``stack_folds`` is true, the first fold alone before the others when
-    a pruner may stop the trial after it; with ``pool``, several at once, here and in the
-    pool's processes; otherwise one after another. Either way the running mean goes to
+    the net allows it and ``stack_folds`` is true (in two groups when a pruner may stop the
+    trial: see ``fold_groups``); with ``pool``, several at once, here and in the pool's
+    processes; otherwise one after another. Either way the running mean goes to
     ``trial.report`` after each fold, in fold order, and ``optuna.TrialPruned`` is raised when
     the pruner says so. Fold scores, their std, fit seconds, epochs, the device and the threads
     per fit end in the trial's user_attrs (the fold lists also when the trial is pruned or
