@@ -284,6 +284,17 @@ def fold_groups(folds: int, pruner: optuna.pruners.BasePruner | None) -> list[li
     return [group for group in (list(range(first)), list(range(first, folds))) if group]
 
 
+def _pruner_starting_up(trial: optuna.Trial, pruner: Any) -> bool:
+    """Whether ``pruner`` prunes nothing yet: a median or percentile pruner waits for
+    ``n_startup_trials`` complete trials (kept in a private attribute), so until then the
+    folds are stacked all at once."""
+    startup = getattr(pruner, "_n_startup_trials", 0)
+    if not startup:
+        return False
+    complete = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    return len(complete) < startup
+
+
 def _stackable_groups(
     net: Any, groups: list[list[int]], splits: list[tuple[np.ndarray, np.ndarray]], device: str
 ) -> bool:
@@ -336,7 +347,8 @@ def evaluate(
                     net, data, device, folds, splits, spec.scoring, should_stop
                 )
 
-    groups = fold_groups(len(splits), pruner if may_prune else None)
+    prunes_now = may_prune and not _pruner_starting_up(trial, pruner)
+    groups = fold_groups(len(splits), pruner if prunes_now else None)
     if pool is None and stack_folds and _stackable_groups(net, groups, splits, device):
         results: Iterator[FoldResult] = fit_groups(groups)
     elif pool is None:

@@ -192,6 +192,17 @@ def test_with_a_pruner_the_folds_it_may_stop_after_are_fitted_first() -> None:
     assert fold_groups(2, median(n_warmup_steps=3)) == [[0, 1]]
 
 
+def test_while_the_pruner_starts_up_all_folds_are_stacked_at_once() -> None:
+    spec = parse_spec(tiny_spec(cv={"folds": 4}, fixed={"max_epochs": 2, "batch_size": 64}))
+    data = load_dataset("digits")
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0)
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    study.optimize(lambda t: evaluate(t, spec, data, "cpu"), n_trials=2)
+    first, second = (t.user_attrs["fit_seconds"] for t in study.trials)
+    assert len(set(first)) == 1  # one stacked fit, its time shared out
+    assert len(set(second[1:])) == 1 and second[0] != second[1]  # fold 0, then the rest
+
+
 def test_a_diverging_stacked_fold_raises_in_its_place() -> None:
     spec = parse_spec(
         tiny_spec(
