@@ -186,7 +186,8 @@ def worker(
         typer.Option(
             "--stack-folds/--no-stack-folds",
             help="CPU only: fit a trial's folds as one stacked model where the net allows "
-            "it (hpo's MLP and CNN without early stopping); --no-stack-folds fits each fold "
+            "it (hpo's MLP and CNN; early stopping only on the dataset's validation split); "
+            "--no-stack-folds fits each fold "
             "as a skorch net of its own.",
         ),
     ] = True,

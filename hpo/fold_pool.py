@@ -62,7 +62,7 @@ def open_fold_pool(
     asks for fold processes), or a platform that cannot start processes (no ``/dev/shm``
     semaphores, say), which is logged."""
     at_once = folds_at_once(device, threads, spec.cv.folds, requested)
-    if requested is None and stack_folds and spec_stacks_folds(spec):
+    if requested is None and stack_folds and spec_stacks_folds(spec, data.X_valid is not None):
         # Stacking gains 2-2.6x over fitting the folds one by one in one process; fold
         # processes about 1.5x on two cores, for twice the memory (docs/benchmarks.md).
         return None

@@ -252,21 +252,29 @@ def fit_and_score_stacked(
         if should_stop is not None and should_stop():
             raise WorkerStopped
 
+    validation = None
+    if data.X_valid is not None and net.early_stopping_patience is not None:
+        validation = (
+            torch.as_tensor(data.X_valid, device=X.device),
+            torch.as_tensor(data.y_valid, device=X.device),
+        )
     outcomes: list[FoldResult | FloatingPointError] = []
     with cpu_threads_for(net, tuple(data.input_shape), device) as threads:
         started = time.perf_counter()
-        fit = fit_stacked(net, [X[r] for r in train_rows], [y[r] for r in train_rows], stop_check)
+        fit = fit_stacked(
+            net, [X[r] for r in train_rows], [y[r] for r in train_rows], stop_check, validation
+        )
         seconds = (time.perf_counter() - started) / len(folds)
         for index, fold in enumerate(folds):
             try:
-                _check_finite(fit.losses[:, index].tolist(), fold)
+                _check_finite(fit.losses(index), fold)
             except FloatingPointError as error:
                 outcomes.append(error)
                 break
             test = splits[fold][1]
             test_rows = torch.as_tensor(test, device=X.device)
             score = scorer(fit.fold_net(index), X[test_rows], data.y_train[test])
-            outcomes.append(FoldResult(float(score), seconds, len(fit.losses), threads))
+            outcomes.append(FoldResult(float(score), seconds, fit.epochs(index), threads))
     for outcome in outcomes:
         if isinstance(outcome, FloatingPointError):
             raise outcome
@@ -296,11 +304,15 @@ def _pruner_starting_up(trial: optuna.Trial, pruner: Any) -> bool:
 
 
 def _stackable_groups(
-    net: Any, groups: list[list[int]], splits: list[tuple[np.ndarray, np.ndarray]], device: str
+    net: Any,
+    groups: list[list[int]],
+    splits: list[tuple[np.ndarray, np.ndarray]],
+    device: str,
+    validation: bool,
 ) -> bool:
     stacked = [folds for folds in groups if len(folds) > 1]
     sizes = [[len(splits[fold][0]) for fold in folds] for folds in stacked]
-    return bool(stacked) and all(stackable(net, group, device) for group in sizes)
+    return bool(stacked) and all(stackable(net, group, device, validation) for group in sizes)
 
 
 def evaluate(
@@ -349,7 +361,8 @@ def evaluate(
 
     prunes_now = may_prune and not _pruner_starting_up(trial, pruner)
     groups = fold_groups(len(splits), pruner if prunes_now else None)
-    if pool is None and stack_folds and _stackable_groups(net, groups, splits, device):
+    validation = data.X_valid is not None
+    if pool is None and stack_folds and _stackable_groups(net, groups, splits, device, validation):
         results: Iterator[FoldResult] = fit_groups(groups)
     elif pool is None:
         results = (fit_here(fold) for fold in range(len(splits)))

@@ -24,9 +24,11 @@ The sums inside the ops run in a different order, so results agree within float 
 they do between thread counts.
 
 ``stackable`` says which nets qualify: hpo's MLP and CNN, on the CPU, with one of hpo's
-optimizers and its default criterion, iterator and callbacks, no early stopping, and the same
-number of batches in every fold. ``fit_stacked`` trains; ``fold_net`` gives fold k's skorch
-net, which ``hpo.objective`` scores as ``cross_val_score`` would.
+optimizers and its default criterion, iterator and callbacks, no early stopping or early
+stopping on the data's fixed validation split (each fold stops, and keeps its best epoch, as
+skorch's ``EarlyStopping`` would have it), and the same number of batches in every fold.
+``fit_stacked`` trains; ``fold_net`` gives fold k's skorch net, which ``hpo.objective``
+scores as ``cross_val_score`` would.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from sklearn.base import clone
+from skorch.callbacks import EarlyStopping
+from skorch.dataset import Dataset
 from torch import nn
 
 from hpo.models import ACTIVATIONS, CNN, MLP, MODELS, Dropout
@@ -318,26 +322,34 @@ class StackedFolds(nn.Module):
         }
 
 
-def spec_stacks_folds(spec: StudySpec) -> bool:
+def spec_stacks_folds(spec: StudySpec, validation: bool) -> bool:
     """Whether ``spec``'s trials will be stacked on the CPU (``stackable`` decides per
-    trial): hpo's models train without early stopping, which reads a validation split."""
+    trial): hpo's models, trained without early stopping or with it on the data's fixed
+    validation split (``validation``)."""
     patience = "early_stopping_patience"
-    return MODELS.get(spec.model) in (MLP, CNN) and (
-        spec.fixed.get(patience) is None and patience not in spec.space
-    )
+    early_stopping = spec.fixed.get(patience) is not None or patience in spec.space
+    return MODELS.get(spec.model) in (MLP, CNN) and (validation or not early_stopping)
 
 
 def _is_default(net: Any, prefix: str) -> bool:
     return not net.get_params_for(prefix)
 
 
-def stackable(net: Any, train_sizes: list[int], device: str) -> bool:
-    """Whether ``net``'s folds (of ``train_sizes`` rows) can be fitted as ``StackedFolds``."""
+def stackable(net: Any, train_sizes: list[int], device: str, validation: bool = False) -> bool:
+    """Whether ``net``'s folds (of ``train_sizes`` rows) can be fitted as ``StackedFolds``.
+
+    ``validation``: the data has a fixed validation split, which ``hpo.objective.build_net``
+    gives a net with early stopping as its ``train_split`` (a split drawn from each fold's
+    rows is not stacked).
+    """
     if torch.device(device).type != "cpu" or len(train_sizes) < 2:
         return False
-    if net.module not in (MLP, CNN) or net.early_stopping_patience is not None:
+    if net.module not in (MLP, CNN) or net.callbacks not in (None, []):
         return False
-    if net.train_split is not None or net.callbacks not in (None, []):
+    if net.early_stopping_patience is None:
+        if net.train_split is not None:
+            return False
+    elif net.train_split is None or not validation:
         return False
     if net.criterion is not net.default_criterion or not _is_default(net, "criterion"):
         return False
@@ -354,7 +366,7 @@ def stackable(net: Any, train_sizes: list[int], device: str) -> bool:
 
 
 class StackedFit:
-    """What ``fit_stacked`` trained: the stacked module, and each fold's training losses."""
+    """What ``fit_stacked`` trained: the stacked module, and each fold's epochs and losses."""
 
     def __init__(
         self,
@@ -362,21 +374,61 @@ class StackedFit:
         module: StackedFolds,
         data: tuple[list[torch.Tensor], list[torch.Tensor]],
         losses: torch.Tensor,
+        stopping: list[_FoldEarlyStopping] | None,
     ) -> None:
         self.net = net
         self.module = module
         self.data = data
-        #: (epochs, K): each epoch's mean training loss per fold, as skorch's history has it.
-        self.losses = losses
+        self._losses = losses
+        self._stopping = stopping
+
+    def epochs(self, fold: int) -> int:
+        """The epochs fold k trained, as its own fit's ``len(history)``."""
+        return len(self._losses) if self._stopping is None else self._stopping[fold].epochs
+
+    def losses(self, fold: int) -> list[float]:
+        """Fold k's mean training loss per epoch, as skorch's history has it."""
+        return self._losses[: self.epochs(fold), fold].tolist()
 
     def fold_net(self, fold: int) -> Any:
-        """Fold k's net: a fitted clone of ``net`` with fold k's weights, in eval mode."""
+        """Fold k's net: a fitted clone of ``net`` with fold k's weights (with early stopping,
+        those of its best epoch, as ``EarlyStopping(load_best=True)`` restores), in eval mode."""
         fold_net = clone(self.net).initialize()
         X, y = self.data
         fold_net.check_data(X[fold], y[fold])  # as fit does: a classifier learns its classes
-        fold_net.module_.load_state_dict(self.module.fold_state_dict(fold))
+        if self._stopping is None:
+            state = self.module.fold_state_dict(fold)
+        else:
+            state = self._stopping[fold].best_state
+        fold_net.module_.load_state_dict(state)
         fold_net.module_.eval()
         return fold_net
+
+
+class _FoldEarlyStopping:
+    """skorch's ``EarlyStopping(load_best=True)`` on the validation loss, for one fold."""
+
+    def __init__(self, rule: EarlyStopping) -> None:
+        self.rule = rule
+        self.misses = 0
+        self.threshold = math.inf
+        self.best_state: dict[str, torch.Tensor] = {}
+        self.epochs = 0
+        self.stopped = False
+
+    def end_epoch(self, valid_loss: float, module: StackedFolds, fold: int) -> None:
+        """What ``EarlyStopping.on_epoch_end`` does after an epoch (lower is better)."""
+        self.epochs += 1
+        if valid_loss < self.threshold:
+            self.misses = 0
+            change = self.rule.threshold
+            if self.rule.threshold_mode == "rel":
+                change *= valid_loss
+            self.threshold = valid_loss - change
+            self.best_state = module.fold_state_dict(fold)
+        else:
+            self.misses += 1
+        self.stopped = self.misses == self.rule.patience
 
 
 def fit_stacked(
@@ -384,11 +436,15 @@ def fit_stacked(
     X: list[torch.Tensor],
     y: list[torch.Tensor],
     after_batch: Callable[[], None] | None = None,
+    validation: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> StackedFit:
     """Fit ``net`` on each fold's rows (``X[k]``, ``y[k]``) at once, as ``StackedFolds``.
 
     ``net`` is an unfitted hpo net that ``stackable`` accepts; it is not changed.
     ``after_batch`` is called after every training step; what it raises ends the fit.
+    With early stopping, ``validation`` is the fixed validation split (X, y): each fold
+    stops, and keeps its best epoch's weights, as its own fit would; the fit ends when every
+    fold has stopped (a stopped fold trains on until then, unused).
     """
     base = clone(net).initialize()  # seeds torch and builds the module each fold starts from
     after_init = torch.get_rng_state()
@@ -406,6 +462,12 @@ def fit_stacked(
     criterion = type(trainer.criterion_)(reduction="none")
     batch_size = net.batch_size if net.batch_size != -1 else max(len(rows) for rows in X)
     sizes = torch.tensor([len(rows) for rows in X], dtype=torch.float32)
+    stopping = None
+    if net.early_stopping_patience is not None:
+        if validation is None:
+            raise ValueError("early stopping needs the data's fixed validation split")
+        rule = dict(base.callbacks_)["early_stopping"]
+        stopping = [_FoldEarlyStopping(rule) for _ in X]
     losses = []
     for _ in range(net.max_epochs):
         orders = [
@@ -422,8 +484,32 @@ def fit_stacked(
             if after_batch is not None:
                 after_batch()
         losses.append(epoch_loss / sizes)
+        if stopping is not None and validation is not None:
+            valid_losses = _validation_losses(trainer, criterion, validation).tolist()
+            for fold, fold_stopping in enumerate(stopping):
+                if not fold_stopping.stopped:
+                    fold_stopping.end_epoch(valid_losses[fold], module, fold)
+            if all(fold_stopping.stopped for fold_stopping in stopping):
+                break
     module.eval()
-    return StackedFit(net, module, (X, y), torch.stack(losses))
+    return StackedFit(net, module, (X, y), torch.stack(losses), stopping)
+
+
+def _validation_losses(
+    trainer: Any, criterion: nn.Module, validation: tuple[torch.Tensor, torch.Tensor]
+) -> torch.Tensor:
+    """Each fold's mean loss on the validation split in eval mode, in the batches skorch's
+    validation uses (``get_iterator``), averaged by batch size as its history does."""
+    X, y = validation
+    module = trainer.module_
+    folds = len(module.folds)
+    total = torch.zeros(folds)
+    module.eval()
+    with torch.no_grad():
+        for Xb, yb in trainer.get_iterator(Dataset(X, y), training=False):
+            total += _fold_losses(criterion, module([Xb] * folds), [yb] * folds) * len(Xb)
+    module.train()
+    return total / len(X)
 
 
 def _train_step(

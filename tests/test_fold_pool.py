@@ -171,8 +171,13 @@ def test_folds_at_once() -> None:
 def test_a_worker_whose_folds_are_stacked_starts_no_fold_process() -> None:
     data = load_dataset("digits")
     assert open_fold_pool(parse_spec(DIGITS), data, "cpu", threads=2) is None
-    patience = parse_spec({**DIGITS, "fixed": {**DIGITS["fixed"], "early_stopping_patience": 2}})
-    pool = open_fold_pool(patience, data, "cpu", threads=2)
+    patience = {**DIGITS, "fixed": {**DIGITS["fixed"], "early_stopping_patience": 2}}
+    assert open_fold_pool(parse_spec(patience), data, "cpu", threads=2) is None  # digits'
+    # validation split serves every fold; without one, each fold's own split is not stacked
+    patience = {**REGRESSION, "fixed": {**REGRESSION["fixed"], "early_stopping_patience": 2}}
+    pool = open_fold_pool(
+        parse_spec(patience), load_dataset("synthetic_regression"), "cpu", threads=2
+    )
     assert pool is not None
     pool.close()
     unstacked = open_fold_pool(parse_spec(DIGITS), data, "cpu", threads=2, stack_folds=False)

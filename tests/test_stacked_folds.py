@@ -139,13 +139,42 @@ def test_each_stacked_fold_ends_where_its_own_fit_ends(case: str) -> None:
         assert got.keys() == expected.keys()
         for name, value in expected.items():
             torch.testing.assert_close(got[name], value, rtol=1e-4, atol=1e-5, msg=name)
-        np.testing.assert_allclose(
-            fit.losses[:, fold].numpy(), own.history[:, "train_loss"], rtol=1e-5
-        )
+        np.testing.assert_allclose(fit.losses(fold), own.history[:, "train_loss"], rtol=1e-5)
         fold_net = fit.fold_net(fold)
         assert scorer(fold_net, X[test], data.y_train[test]) == pytest.approx(
             scorer(own, X[test], data.y_train[test]), rel=1e-5
         )
+
+
+def test_with_early_stopping_each_stacked_fold_stops_and_keeps_its_best_epoch() -> None:
+    spec, data, net = _spec_and_net("mlp")
+    net = build_net(
+        spec,
+        data,
+        {**spec.fixed, "max_epochs": 40, "early_stopping_patience": 2, "lr": 0.2},
+        "cpu",
+    )
+    splits = list(make_folds(spec).split(data.X_train, data.y_train))
+    X, y = resident_training_data(data, "cpu")
+    rows = [torch.as_tensor(train) for train, _ in splits]
+    assert stackable(net, [len(r) for r in rows], "cpu", validation=True)
+    assert not stackable(net, [len(r) for r in rows], "cpu", validation=False)
+    validation = (torch.as_tensor(data.X_valid), torch.as_tensor(data.y_valid))
+
+    fit = fit_stacked(net, [X[r] for r in rows], [y[r] for r in rows], validation=validation)
+
+    epochs = []
+    for fold in range(len(splits)):
+        own = clone(net).fit(X[rows[fold]], y[rows[fold]])
+        epochs.append(len(own.history))
+        assert fit.epochs(fold) == len(own.history)
+        np.testing.assert_allclose(fit.losses(fold), own.history[:, "train_loss"], rtol=1e-5)
+        expected = own.module_.state_dict()  # its best epoch's, restored by EarlyStopping
+        got = fit.fold_net(fold).module_.state_dict()
+        for name, value in expected.items():
+            torch.testing.assert_close(got[name], value, rtol=1e-4, atol=1e-5, msg=name)
+    assert max(epochs) < 40  # every fold stopped early
+    assert len(set(epochs)) > 1  # at different epochs: the stopped ones trained on, unused
 
 
 def test_evaluate_reports_the_same_fold_scores_stacked_or_not() -> None:
@@ -197,6 +226,8 @@ def test_while_the_pruner_starts_up_all_folds_are_stacked_at_once() -> None:
     data = load_dataset("digits")
     pruner = optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0)
     study = optuna.create_study(direction="maximize", pruner=pruner)
+    for _ in range(2):
+        study.enqueue_trial({"module__hidden1": 32, "lr": 0.05})
     study.optimize(lambda t: evaluate(t, spec, data, "cpu"), n_trials=2)
     first, second = (t.user_attrs["fit_seconds"] for t in study.trials)
     assert len(set(first)) == 1  # one stacked fit, its time shared out
@@ -249,9 +280,10 @@ def test_what_is_not_stacked() -> None:
     assert not stackable(clone(net).set_params(criterion=torch.nn.NLLLoss), sizes, "cpu")
     assert not stackable(clone(net).set_params(module=torch.nn.Linear), sizes, "cpu")
 
-    assert spec_stacks_folds(spec)
-    patience = tiny_spec(fixed={"max_epochs": 3, "early_stopping_patience": 2})
-    assert not spec_stacks_folds(parse_spec(patience))
+    assert spec_stacks_folds(spec, validation=False)
+    patience = parse_spec(tiny_spec(fixed={"max_epochs": 3, "early_stopping_patience": 2}))
+    assert spec_stacks_folds(patience, validation=True)
+    assert not spec_stacks_folds(patience, validation=False)
 
 
 def test_a_module_with_a_layer_it_cannot_stack_is_refused_by_name() -> None:
