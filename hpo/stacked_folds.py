@@ -396,11 +396,9 @@ class StackedFit:
         fold_net = clone(self.net).initialize()
         X, y = self.data
         fold_net.check_data(X[fold], y[fold])  # as fit does: a classifier learns its classes
-        if self._stopping is None:
-            state = self.module.fold_state_dict(fold)
-        else:
-            state = self._stopping[fold].best_state
-        fold_net.module_.load_state_dict(state)
+        best = None if self._stopping is None else self._stopping[fold].best_state
+        # No best epoch (a validation loss that was never finite): skorch restores nothing.
+        fold_net.module_.load_state_dict(best or self.module.fold_state_dict(fold))
         fold_net.module_.eval()
         return fold_net
 
