@@ -196,22 +196,6 @@ def test_evaluate_reports_the_same_fold_scores_stacked_or_not() -> None:
     assert stacked.user_attrs["epochs"] == separate.user_attrs["epochs"] == [3] * 4
 
 
-def test_a_pruned_trial_stops_after_its_first_fold_fitted_alone() -> None:
-    spec = parse_spec(tiny_spec(cv={"folds": 4}, fixed={"max_epochs": 4, "batch_size": 64}))
-    data = load_dataset("digits")
-    study = optuna.create_study(
-        direction="maximize",
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
-    )
-    for _ in range(2):
-        study.enqueue_trial({"module__hidden1": 32, "lr": 0.05})
-    study.enqueue_trial({"module__hidden1": 8, "lr": 0.001})  # barely learns in 4 epochs
-    study.optimize(lambda t: evaluate(t, spec, data, "cpu"), n_trials=3)
-    last = study.trials[-1]
-    assert last.state == optuna.trial.TrialState.PRUNED
-    assert len(last.user_attrs["fold_scores"]) == 1
-
-
 def test_with_a_pruner_the_folds_it_may_stop_after_are_fitted_first() -> None:
     median = optuna.pruners.MedianPruner
     assert fold_groups(5, None) == [[0, 1, 2, 3, 4]]
