@@ -284,6 +284,8 @@ class StackedFolds(nn.Module):
         images = self.images
         for name, layer in _leaves(module):
             reason = _unsupported(layer)
+            if images and isinstance(layer, (Dropout, nn.BatchNorm1d)):
+                reason = f"a {type(layer).__name__} before its Flatten"
             if reason is not None:
                 raise ValueError(f"cannot stack folds of a module with {reason} ({name})")
             layers.append(_stacked_layer(layer, folds, images))
