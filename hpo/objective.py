@@ -111,11 +111,20 @@ def make_folds(spec: StudySpec) -> BaseCrossValidator:
 SMALL_NET_FLOPS = 2_000_000
 
 
+#: Forward FLOPs per training batch from which a net's folds are fitted one by one rather than
+#: stacked: a bigger net's ops are bound by their arithmetic, and oneDNN's grouped
+#: convolutions and batched matrix products are then slower than separate ones. Stacked
+#: against one by one, on one thread: digits CNNs of 3.6, 5.9, 11.2 and 11.7 MFLOP 1.4-2.3x;
+#: of 23.5 MFLOP 0.8x; an MNIST-shaped MLP of 28 MFLOP 1.0x, of 60 MFLOP 0.9x; an
+#: MNIST-shaped CNN of 85 MFLOP 0.65x.
+STACKED_NET_FLOPS = 16_000_000
+
+
 def forward_flops(net: Any, input_shape: tuple[int, ...]) -> int:
     """FLOPs of one forward pass of ``net``'s module over a training batch (matrix products
     and convolutions, as ``torch.utils.flop_counter`` counts them)."""
     # Imported here: the flop counter pulls in about 75 MiB of torch's compiler stack, which a
-    # worker that never asks (one thread, or a GPU) should not carry.
+    # worker that never asks (a GPU, or folds neither stacked nor on threads) should not carry.
     from torch.utils.flop_counter import FlopCounterMode
 
     module = net.module(**net.get_params_for("module"))
@@ -362,7 +371,12 @@ def evaluate(
     prunes_now = may_prune and not _pruner_starting_up(trial, pruner)
     groups = fold_groups(len(splits), pruner if prunes_now else None)
     validation = data.X_valid is not None
-    if pool is None and stack_folds and _stackable_groups(net, groups, splits, device, validation):
+    if (
+        pool is None
+        and stack_folds
+        and _stackable_groups(net, groups, splits, device, validation)
+        and forward_flops(net, tuple(data.input_shape)) < STACKED_NET_FLOPS
+    ):
         results: Iterator[FoldResult] = fit_groups(groups)
     elif pool is None:
         results = (fit_here(fold) for fold in range(len(splits)))

@@ -218,6 +218,24 @@ def test_while_the_pruner_starts_up_all_folds_are_stacked_at_once() -> None:
     assert len(set(second[1:])) == 1 and second[0] != second[1]  # fold 0, then the rest
 
 
+def test_a_net_too_big_to_gain_is_fitted_fold_by_fold() -> None:
+    small = {"module__conv1": 8, "module__conv2": None}
+    big = {"module__conv1": 32, "module__conv2": 32}  # over 21 MFLOP per batch of 64
+    data = load_dataset("digits")
+    seconds = {}
+    for name, fixed in (("small", small), ("big", big)):
+        spec = parse_spec(
+            tiny_spec(model="cnn", fixed={"max_epochs": 1, "batch_size": 64, **fixed})
+        )
+        net = build_net(spec, data, {**spec.fixed, "module__hidden1": 8}, "cpu")
+        assert stackable(net, [500, 500], "cpu")
+        study = optuna.create_study(direction="maximize")
+        study.optimize(lambda t, spec=spec: evaluate(t, spec, data, "cpu"), n_trials=1)
+        seconds[name] = study.trials[0].user_attrs["fit_seconds"]
+    assert len(set(seconds["small"])) == 1  # one stacked fit, its time shared out
+    assert len(set(seconds["big"])) == 2
+
+
 def test_a_diverging_stacked_fold_raises_in_its_place() -> None:
     spec = parse_spec(
         tiny_spec(
