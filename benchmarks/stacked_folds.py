@@ -1,0 +1,131 @@
+"""Stacked folds against folds fitted one by one, by the net's size, in one run.
+
+For each net, the same 3 folds of random data (digits-shaped or MNIST-shaped) are fitted
+twice per repeat: one by one, each a ``clone`` of the hpo net as ``hpo.objective`` fits it
+without stacking, and at once through ``hpo.stacked_folds.fit_stacked``. It prints the
+forward MFLOP per training batch (what ``hpo.objective.STACKED_NET_FLOPS`` is compared
+with), the wall seconds of each and the speed-up, best and worst over ``--repeats`` after a
+warm-up round. The limit sits between the sizes that gain and those that lose.
+
+    python benchmarks/stacked_folds.py
+    python benchmarks/stacked_folds.py --threads 2 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.base import clone
+
+from hpo.models import CNN, MLP
+from hpo.nets import TunedClassifier
+from hpo.objective import STACKED_NET_FLOPS, forward_flops
+from hpo.stacked_folds import fit_stacked
+
+DIGITS = (1, 8, 8)
+MNIST = (1, 28, 28)
+
+#: name: (module, input shape, net options, rows of random data)
+NETS: dict[str, tuple[type, tuple[int, ...], dict[str, Any], int]] = {
+    "digits CNN 8-16, batch 64": (CNN, DIGITS, {"module__conv1": 8, "module__conv2": 16}, 1500),
+    "digits CNN 16-32, batch 32": (
+        CNN,
+        DIGITS,
+        {"module__conv1": 16, "module__conv2": 32, "batch_size": 32},
+        1500,
+    ),
+    "digits CNN 32-32, batch 32": (
+        CNN,
+        DIGITS,
+        {"module__conv1": 32, "module__conv2": 32, "batch_size": 32},
+        1500,
+    ),
+    "digits CNN 16-32, batch 64": (CNN, DIGITS, {"module__conv1": 16, "module__conv2": 32}, 1500),
+    "digits CNN 32-32, batch 64": (CNN, DIGITS, {"module__conv1": 32, "module__conv2": 32}, 1500),
+    "MNIST-shaped MLP 128-64, batch 128": (
+        MLP,
+        MNIST,
+        {"module__hidden1": 128, "module__hidden2": 64, "batch_size": 128},
+        1500,
+    ),
+    "MNIST-shaped MLP 256-128, batch 128": (
+        MLP,
+        MNIST,
+        {"module__hidden1": 256, "module__hidden2": 128, "batch_size": 128},
+        1500,
+    ),
+    "MNIST-shaped CNN 8-16, batch 128": (
+        CNN,
+        MNIST,
+        {"module__conv1": 8, "module__conv2": 16, "batch_size": 128, "max_epochs": 1},
+        1500,
+    ),
+}
+
+
+def time_net(options: tuple[type, tuple[int, ...], dict[str, Any], int], repeats: int) -> dict:
+    module, shape, net_options, rows = options
+    net = TunedClassifier(
+        module,
+        module__input_shape=shape,
+        **{"module__hidden1": 64, "batch_size": 64, "max_epochs": 3, **net_options},
+    )
+    rng = np.random.default_rng(0)
+    X = torch.tensor(rng.random((rows, *shape), dtype=np.float32))
+    y = torch.tensor(rng.integers(0, 10, rows))
+    third = rows // 3
+    folds = [
+        torch.arange(0, 2 * third),
+        torch.arange(third, rows),
+        torch.cat([torch.arange(0, third), torch.arange(2 * third, rows)]),
+    ]
+    speed_ups, separate, stacked = [], [], []
+    for repeat in range(repeats + 1):  # the first round warms up
+        started = time.perf_counter()
+        for rows_of_fold in folds:
+            clone(net).fit(X[rows_of_fold], y[rows_of_fold])
+        one_by_one = time.perf_counter() - started
+        started = time.perf_counter()
+        fit_stacked(net, [X[r] for r in folds], [y[r] for r in folds])
+        at_once = time.perf_counter() - started
+        if repeat:
+            separate.append(one_by_one)
+            stacked.append(at_once)
+            speed_ups.append(one_by_one / at_once)
+    return {
+        "mflop": forward_flops(net, shape) / 1e6,
+        "separate": float(np.median(separate)),
+        "stacked": float(np.median(stacked)),
+        "low": min(speed_ups),
+        "high": max(speed_ups),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(
+        f"# Stacked folds against one by one: 3 folds, {args.threads} thread(s), "
+        f"{args.repeats} repeats after a warm-up; stacked below "
+        f"{STACKED_NET_FLOPS / 1e6:.0f} MFLOP per batch\n"
+    )
+    print("| net | MFLOP per batch | one by one s | stacked s | stacked speed-up |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for name, options in NETS.items():
+        r = time_net(options, args.repeats)
+        print(
+            f"| {name} | {r['mflop']:.1f} | {r['separate']:.2f} | {r['stacked']:.2f} | "
+            f"{r['low']:.2f}–{r['high']:.2f}× |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
