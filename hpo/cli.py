@@ -187,8 +187,7 @@ def worker(
             "--stack-folds/--no-stack-folds",
             help="CPU only: fit a trial's folds as one stacked model where the net allows "
             "it (hpo's MLP and CNN; early stopping only on the dataset's validation split); "
-            "--no-stack-folds fits each fold "
-            "as a skorch net of its own.",
+            "--no-stack-folds fits each fold as a skorch net of its own.",
         ),
     ] = True,
 ) -> None:

@@ -57,8 +57,13 @@ class Dropout(nn.Dropout):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0 or self.inplace or input.device.type != "cpu":
             return super().forward(input)
-        mask = torch.rand_like(input).ge_(self.p).mul_(1.0 / (1.0 - self.p))
-        return input * mask
+        return input * keep_mask(torch.rand_like(input), self.p)
+
+
+def keep_mask(uniform: torch.Tensor, p: float) -> torch.Tensor:
+    """``Dropout``'s mask from uniform draws, in place: ``1 / (1 - p)`` where a draw is at
+    least ``p``, else 0."""
+    return uniform.ge_(p).mul_(1.0 / (1.0 - p))
 
 
 def _check_choice(argument: str, value: str, choices: Sequence[str]) -> None:

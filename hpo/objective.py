@@ -312,18 +312,6 @@ def _pruner_starting_up(trial: optuna.Trial, pruner: Any) -> bool:
     return len(complete) < startup
 
 
-def _stackable_groups(
-    net: Any,
-    groups: list[list[int]],
-    splits: list[tuple[np.ndarray, np.ndarray]],
-    device: str,
-    validation: bool,
-) -> bool:
-    stacked = [folds for folds in groups if len(folds) > 1]
-    sizes = [[len(splits[fold][0]) for fold in folds] for folds in stacked]
-    return bool(stacked) and all(stackable(net, group, device, validation) for group in sizes)
-
-
 def evaluate(
     trial: optuna.Trial,
     spec: StudySpec,
@@ -368,15 +356,16 @@ def evaluate(
                     net, data, device, folds, splits, spec.scoring, should_stop
                 )
 
-    prunes_now = may_prune and not _pruner_starting_up(trial, pruner)
-    groups = fold_groups(len(splits), pruner if prunes_now else None)
-    validation = data.X_valid is not None
+    train_sizes = [len(train) for train, _ in splits]
     if (
         pool is None
         and stack_folds
-        and _stackable_groups(net, groups, splits, device, validation)
+        and stackable(net, train_sizes, device, validation=data.X_valid is not None)
         and forward_flops(net, tuple(data.input_shape)) < STACKED_NET_FLOPS
     ):
+        # Asked only here: the pruner's start-up count is a storage read.
+        prunes_now = may_prune and not _pruner_starting_up(trial, pruner)
+        groups = fold_groups(len(splits), pruner if prunes_now else None)
         results: Iterator[FoldResult] = fit_groups(groups)
     elif pool is None:
         results = (fit_here(fold) for fold in range(len(splits)))

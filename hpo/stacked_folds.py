@@ -44,7 +44,7 @@ from skorch.callbacks import EarlyStopping
 from skorch.dataset import Dataset
 from torch import nn
 
-from hpo.models import ACTIVATIONS, CNN, MLP, MODELS, Dropout
+from hpo.models import ACTIVATIONS, CNN, MLP, MODELS, Dropout, keep_mask
 from hpo.nets import OPTIMIZERS, TensorBatches
 from hpo.spec import StudySpec
 
@@ -130,6 +130,9 @@ class _StackedBatchNorm(nn.Module):
             self.eps,
         )
 
+    def _rows(self, fold: int) -> slice:
+        return slice(fold * self.channels, (fold + 1) * self.channels)
+
     def _count_batch(self) -> None:
         if self.training:
             self.num_batches_tracked.add_(1)
@@ -146,10 +149,10 @@ class _StackedBatchNorm(nn.Module):
     def single(self, h: torch.Tensor, fold: int, folds: _Folds) -> torch.Tensor:
         if fold == 0:
             self._count_batch()
-        return self._normalize(h, slice(fold * self.channels, (fold + 1) * self.channels))
+        return self._normalize(h, self._rows(fold))
 
     def fold_state(self, fold: int) -> dict[str, torch.Tensor]:
-        rows = slice(fold * self.channels, (fold + 1) * self.channels)
+        rows = self._rows(fold)
         return {
             "weight": self.weight[rows],
             "bias": self.bias[rows],
@@ -166,20 +169,16 @@ class _StackedDropout(nn.Module):
         super().__init__()
         self.p = layer.p
 
-    def _mask(self, shape: torch.Size, generator: torch.Generator) -> torch.Tensor:
-        return torch.rand(shape, generator=generator)
-
     def stacked(self, h: torch.Tensor, folds: _Folds) -> torch.Tensor:  # h: (K, N, F)
         if not self.training:
             return h
-        masks = torch.stack([self._mask(h.shape[1:], g) for g in folds.generators])
-        return h * masks.ge_(self.p).mul_(1.0 / (1.0 - self.p))
+        uniform = torch.stack([torch.rand(h.shape[1:], generator=g) for g in folds.generators])
+        return h * keep_mask(uniform, self.p)
 
     def single(self, h: torch.Tensor, fold: int, folds: _Folds) -> torch.Tensor:
         if not self.training:
             return h
-        mask = self._mask(h.shape, folds.generators[fold])
-        return h * mask.ge_(self.p).mul_(1.0 / (1.0 - self.p))
+        return h * keep_mask(torch.rand(h.shape, generator=folds.generators[fold]), self.p)
 
     def fold_state(self, fold: int) -> dict[str, torch.Tensor]:
         return {}
