@@ -164,7 +164,14 @@ def worker(
     ] = None,
     heartbeat: HeartbeatOption = None,
     threads: Annotated[
-        int | None, typer.Option("--threads", min=1, help="Torch CPU threads. Default: all cores.")
+        int | None,
+        typer.Option(
+            "--threads",
+            min=1,
+            envvar="HPO_THREADS",
+            show_envvar=False,
+            help="Torch CPU threads. Default: $HPO_THREADS, else all cores.",
+        ),
     ] = None,
     device: Annotated[
         str | None,

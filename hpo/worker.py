@@ -145,6 +145,14 @@ def run_worker(
         torch.set_num_threads(threads)
     device = device or default_device()
     pool = open_fold_pool(spec, data, device, torch.get_num_threads(), folds_at_once, stack_folds)
+    logger.info(
+        "worker %s of %s on %s, %d torch threads%s",
+        "-" if worker_index is None else worker_index,
+        study_name,
+        device,
+        torch.get_num_threads(),
+        f", {pool.processes} fold processes" if pool else "",
+    )
     if not stack_folds and objective is evaluate:
         objective = functools.partial(evaluate, stack_folds=False)
     budget = trials or spec.n_trials

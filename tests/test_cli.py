@@ -67,12 +67,11 @@ def test_a_best_row_configures_a_fresh_skorch_net(
         budget={"trials": 2}, fixed={"max_epochs": 3, "batch_size": 128, "optimizer": "adamax"}
     )
     assert run_hpo("register", str(path), "--storage", sqlite_url).returncode == 0
-    assert (
-        run_hpo(
-            "worker", "--study", "tiny-digits", "--storage", sqlite_url, "--index", "0"
-        ).returncode
-        == 0
-    )
+    worker_command = ["worker", "--study", "tiny-digits", "--storage", sqlite_url, "--index", "0"]
+    # HPO_THREADS: how a compose replica is told its threads
+    worker = run_hpo(*worker_command, env={"HPO_THREADS": "2"})
+    assert worker.returncode == 0, worker.stderr
+    assert "worker 0 of tiny-digits on cpu, 2 torch threads" in worker.stderr
     out = tmp_path / "best.csv"
     exported = run_hpo("export", "tiny-digits", "--out", str(out), "--storage", sqlite_url)
     assert exported.returncode == 0, exported.stderr

@@ -60,6 +60,11 @@ def test_the_compose_file_keeps_the_database_private_and_secrets_out() -> None:
     password = SERVICES["postgres"]["environment"]["POSTGRES_PASSWORD"]
     assert password.startswith("${POSTGRES_PASSWORD:?")
     assert SERVICES["worker"]["deploy"]["replicas"].startswith("${HPO_WORKERS")
+    threads = {k: v for k, v in SERVICES["worker"]["environment"].items() if "THREADS" in k}
+    assert threads == dict.fromkeys(
+        ("HPO_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"), "${HPO_THREADS:-1}"
+    )
+    assert SERVICES["worker"]["environment"]["HPO_STORAGE"].startswith("postgresql+psycopg://")
     gpu = SERVICES["worker-gpu"]
     assert gpu["profiles"] == ["gpu"]
     assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
@@ -84,6 +89,7 @@ def test_register_worker_and_dashboard_services_run_against_postgresql(
         "HPO_STUDY_FILE": "compose.yaml",
         "HPO_STUDY": "compose-study",
         "HPO_HEARTBEAT": "5",
+        "HPO_THREADS": "2",
     }
 
     command, environment = service_process("register", env, postgres_url)
@@ -106,6 +112,8 @@ def test_register_worker_and_dashboard_services_run_against_postgresql(
     ]  # two replicas
     logs = [w.communicate(timeout=240)[0] for w in workers]
     assert [w.returncode for w in workers] == [0, 0], logs
+    for log in logs:  # each replica runs on HPO_THREADS, not on all the host's cores
+        assert "of compose-study on cpu, 2 torch threads" in log, log
     study = optuna.load_study(study_name="compose-study", storage=postgres_url)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
 
