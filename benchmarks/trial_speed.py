@@ -34,6 +34,7 @@ seeds; hpo runs ``--pruning-workers`` workers (2, as ``hpo run --workers 2`` on 
     python benchmarks/trial_speed.py --cases digits-mlp --repeats 5
     python benchmarks/trial_speed.py --cases none --pruning --seeds 5
     python benchmarks/trial_speed.py --cases mnist-mlp,mnist-cnn --device cpu,cuda
+    python benchmarks/trial_speed.py --cases mnist-mlp,mnist-cnn --device cuda --mixed-precision
 """
 
 from __future__ import annotations
@@ -858,6 +859,12 @@ def main() -> None:
         default=2,
         help="hpo workers in the pruning search (default 2, as hpo run --workers 2 on two cores)",
     )
+    parser.add_argument(
+        "--mixed-precision",
+        action="store_true",
+        help="hpo's nets run their forward pass in bfloat16 (mixed_precision: true; a GPU "
+        "with bfloat16); the usual loop stays float32. The CV columns show what it costs",
+    )
     parser.add_argument("--json", type=Path, help="write every repeat's numbers here")
     parser.add_argument(
         "--quiet",
@@ -891,6 +898,16 @@ def main() -> None:
 
         if args.trials:
             cases = {n: Case(c.name, c.spec, args.trials) for n, c in cases.items()}
+        if args.mixed_precision:
+            print("hpo's nets: mixed_precision (bfloat16 forward pass)")
+            cases = {
+                n: Case(
+                    c.name,
+                    {**c.spec, "fixed": {**c.spec["fixed"], "mixed_precision": True}},
+                    c.trials,
+                )
+                for n, c in cases.items()
+            }
         for device in devices:
             for name in names:
                 results.append(

@@ -8,6 +8,8 @@ estimator parameter so an exported CSV row can be applied with ``set_params(**ro
 - ``random_state`` seeds torch when the net initializes, so a fit is reproducible and two
   clones fit identically;
 - ``early_stopping_patience`` adds skorch's ``EarlyStopping`` on the validation loss;
+- ``mixed_precision`` runs the forward pass under ``torch.autocast`` in bfloat16 (the loss,
+  weights, gradients and optimizer stay float32);
 - batches are sliced from whole tensors (``TensorBatches``) instead of being collated from
   per-sample ``Dataset.__getitem__`` calls, which dominates the cost of small nets (skorch#1100).
 
@@ -61,6 +63,7 @@ NET_PARAMS: frozenset[str] = frozenset(
         "optimizer",
         "early_stopping_patience",
         "validation_fraction",
+        "mixed_precision",
     }
 )
 
@@ -234,6 +237,7 @@ class _TunedNet:
         random_state: int | None = 0,
         early_stopping_patience: int | None = None,
         validation_fraction: float = 0.2,
+        mixed_precision: bool = False,
         train_split: Any = None,
         iterator_train: Any = TensorBatches,
         iterator_valid: Any = TensorBatches,
@@ -254,11 +258,27 @@ class _TunedNet:
         self.random_state = random_state
         self.early_stopping_patience = early_stopping_patience
         self.validation_fraction = validation_fraction
+        self.mixed_precision = mixed_precision
 
     def initialize(self) -> Any:
+        if self.mixed_precision not in (True, False):
+            raise ValueError(
+                f"mixed_precision must be true or false, got {self.mixed_precision!r}"
+            )
+        cuda = str(self.device).startswith("cuda")  # type: ignore[attr-defined]
+        if (
+            self.mixed_precision
+            and cuda
+            and not torch.cuda.is_bf16_supported(including_emulation=False)
+        ):
+            raise ValueError(
+                "mixed_precision needs a GPU with bfloat16 (compute capability 8.0 or newer: "
+                f"A100, L4, H100, RTX 30xx and later); {torch.cuda.get_device_name()} has none. "
+                "Remove mixed_precision from the spec."
+            )
         if self.random_state is not None:
             torch.manual_seed(self.random_state)
-        if str(self.device).startswith("cuda"):  # type: ignore[attr-defined]
+        if cuda:
             # Every batch of a fit has the same shape (but the last), so the fastest
             # convolution algorithm is worth finding once.
             torch.backends.cudnn.benchmark = True
@@ -433,6 +453,16 @@ class _TunedNet:
             cache[1][method_name] = hooked
         return hooked
 
+    def infer(self, x: Any, **fit_params: Any) -> Any:
+        if not self.mixed_precision:
+            return super().infer(x, **fit_params)  # type: ignore[misc]
+        # bfloat16 keeps float32's exponent range, so gradients need no loss scaling. The
+        # output goes back to float32: the loss and the predictions are computed in it.
+        device_type = torch.device(self.device).type  # type: ignore[attr-defined]
+        with torch.autocast(device_type, dtype=torch.bfloat16):
+            y = super().infer(x, **fit_params)  # type: ignore[misc]
+        return y.float()
+
     def _set_training(self, training: bool = True) -> None:
         # skorch sets the mode of every submodule before every batch; only a switch needs it.
         for name in self._modules + self._criteria:  # type: ignore[attr-defined]
@@ -468,6 +498,9 @@ class TunedClassifier(_TunedNet, NeuralNetClassifier):
             None.
         validation_fraction: share of the training data held out for early stopping when
             ``train_split`` is None. Default: 0.2.
+        mixed_precision: the forward pass under ``torch.autocast`` in bfloat16, for GPUs
+            with bfloat16 tensor cores (compute capability 8.0+); the output, the loss, the
+            weights and the optimizer stay float32. Default: False.
         train_split: skorch's; default None (all training data is trained on).
         iterator_train, iterator_valid: default ``TensorBatches``; training batches are
             shuffled every epoch.

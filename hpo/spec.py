@@ -45,6 +45,9 @@ NAMED_VALUES: dict[str, Iterable[str]] = {
     "module__weight_init": WEIGHT_INITS,
 }
 
+#: Keys whose values are true or false (YAML's true/false, not a string).
+BOOLEAN_PARAMS = ("mixed_precision", "module__batch_norm")
+
 SAMPLERS = ("grid", "random", "tpe")
 PRUNERS = ("none", "median", "hyperband")
 
@@ -264,6 +267,17 @@ def allowed_keys(model: str) -> list[str]:
     return sorted(NET_PARAMS) + module_keys + optimizer_keys
 
 
+def _given_values(
+    key: str, fixed: Mapping[str, Any], space: Mapping[str, Any]
+) -> list[tuple[str, Any]]:
+    """The values ``key`` may take, each with its section: fixed, or a categorical's choices."""
+    values = [("fixed", fixed[key])] if key in fixed else []
+    param = space.get(key)
+    if isinstance(param, CategoricalParam):
+        values.extend(("space", choice) for choice in param.choices)
+    return values
+
+
 def _semantic_problems(raw: Mapping[str, Any]) -> list[str]:
     problems: list[str] = []
     model = raw.get("model")
@@ -285,19 +299,16 @@ def _semantic_problems(raw: Mapping[str, Any]) -> list[str]:
         problems.append(f"fixed.{key}: also in space; keep it in one of the two")
 
     for key, names in NAMED_VALUES.items():
-        values: list[Any] = []
-        if key in fixed:
-            values.append(fixed[key])
-        param = space.get(key)
-        if isinstance(param, CategoricalParam):
-            values.extend(param.choices)
-        for value in values:
+        for where, value in _given_values(key, fixed, space):
             if not isinstance(value, str) or value not in names:
-                where = "fixed" if key in fixed else "space"
                 problems.append(
                     f"{where}.{key}: unknown name {value!r}{_did_you_mean(str(value), names)} "
                     f"(valid: {', '.join(names)})"
                 )
+    for key in BOOLEAN_PARAMS:
+        for where, value in _given_values(key, fixed, space):
+            if not isinstance(value, bool):
+                problems.append(f"{where}.{key}: must be true or false, got {value!r}")
 
     earlier: list[str] = []
     for name, param in space.items():

@@ -23,10 +23,11 @@ Each fold still computes what its own fit computes (``tests/test_stacked_folds.p
 The sums inside the ops run in a different order, so results agree within float rounding, as
 they do between thread counts.
 
-``stackable`` says which nets qualify: hpo's MLP and CNN, on the CPU, with one of hpo's
-optimizers and its default criterion, iterator and callbacks, no early stopping or early
-stopping on the data's fixed validation split (each fold stops, and keeps its best epoch, as
-skorch's ``EarlyStopping`` would have it), and the same number of batches in every fold.
+``stackable`` says which nets qualify: hpo's MLP and CNN, on the CPU in float32 (no
+``mixed_precision``), with one of hpo's optimizers and its default criterion, iterator and
+callbacks, no early stopping or early stopping on the data's fixed validation split (each
+fold stops, and keeps its best epoch, as skorch's ``EarlyStopping`` would have it), and the
+same number of batches in every fold.
 ``fit_stacked`` trains; ``fold_net`` gives fold k's skorch net, which ``hpo.objective``
 scores as ``cross_val_score`` would.
 """
@@ -329,6 +330,8 @@ def spec_stacks_folds(spec: StudySpec, validation: bool) -> bool:
     validation split (``validation``)."""
     patience = "early_stopping_patience"
     early_stopping = spec.fixed.get(patience) is not None or patience in spec.space
+    if spec.fixed.get("mixed_precision") is True:
+        return False
     return MODELS.get(spec.model) in (MLP, CNN) and (validation or not early_stopping)
 
 
@@ -345,7 +348,7 @@ def stackable(net: Any, train_sizes: list[int], device: str, validation: bool = 
     """
     if torch.device(device).type != "cpu" or len(train_sizes) < 2:
         return False
-    if net.module not in (MLP, CNN) or net.callbacks not in (None, []):
+    if net.module not in (MLP, CNN) or net.callbacks not in (None, []) or net.mixed_precision:
         return False
     if net.early_stopping_patience is None:
         if net.train_split is not None:

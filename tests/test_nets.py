@@ -331,3 +331,48 @@ def test_convolutions_run_channels_last_on_the_cpu() -> None:
     convs = [m for m in net.module_.modules() if isinstance(m, nn.Conv2d)]
     assert convs
     assert all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+
+
+@pytest.mark.parametrize(
+    ("module", "module_params"),
+    [
+        (MLP, {"module__hidden1": 64, "module__dropout": 0.1}),
+        (CNN, {"module__conv1": 8, "module__conv2": 16, "module__batch_norm": True}),
+    ],
+)
+def test_mixed_precision_runs_the_forward_in_bfloat16_and_scores_like_float32(
+    module: type[nn.Module], module_params: dict[str, Any]
+) -> None:
+    # On the GPU where there is one; torch.autocast is the same on the CPU, only slower.
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    X, y = _digits(900)
+    outputs: dict[bool, set[torch.dtype]] = {}
+    scores: dict[bool, float] = {}
+    for mixed in (False, True):
+        net = TunedClassifier(
+            module,
+            module__input_shape=X.shape[1:],
+            lr=0.01,
+            batch_size=64,
+            max_epochs=8,
+            mixed_precision=mixed,
+            device=device,
+            **module_params,
+        ).initialize()
+        layer = next(m for m in net.module_.modules() if isinstance(m, nn.Linear))
+        outputs[mixed] = set()
+        layer.register_forward_hook(lambda _, __, out, seen=outputs[mixed]: seen.add(out.dtype))
+        net.partial_fit(X[:600], y[:600])  # keeps the initialized module and its hook
+        assert net.predict_proba(X[600:]).dtype == np.float32
+        assert all(p.dtype == torch.float32 for p in net.module_.parameters())
+        assert np.isfinite(net.history[-1, "train_loss"])
+        scores[mixed] = net.score(X[600:], y[600:])
+    assert outputs == {False: {torch.float32}, True: {torch.bfloat16}}
+    assert scores[False] > 0.8  # it learned
+    assert scores[True] == pytest.approx(scores[False], abs=0.03)
+
+
+def test_mixed_precision_must_be_a_boolean() -> None:
+    net = TunedClassifier(MLP, mixed_precision="yes")
+    with pytest.raises(ValueError, match="mixed_precision must be true or false, got 'yes'"):
+        net.initialize()

@@ -247,6 +247,18 @@ def test_spec_error_message_lists_every_problem_and_the_source(
         (tiny_spec(direction="minimize"), "direction", ["maximize"]),
         (tiny_spec(fixed={"lr": 0.01}), "fixed.lr", ["also in space"]),
         (
+            tiny_spec(fixed={"mixed_precision": "yes"}),
+            "fixed.mixed_precision",
+            ["must be true or false, got 'yes'"],
+        ),
+        (
+            tiny_spec(
+                space={"module__batch_norm": {"type": "categorical", "choices": [True, "no"]}}
+            ),
+            "space.module__batch_norm",
+            ["must be true or false, got 'no'"],
+        ),
+        (
             tiny_spec(fixed={"module__hiden2": 8}),
             "fixed.module__hiden2",
             ["not a parameter of the mlp net", "did you mean 'module__hidden2'?"],
@@ -343,6 +355,8 @@ def test_spec_error_message_lists_every_problem_and_the_source(
         "dataset-option-csv",
         "direction-minimize",
         "fixed-and-space",
+        "fixed-not-a-boolean",
+        "choice-not-a-boolean",
         "fixed-unknown-param",
         "fixed-unknown-activation",
         "choice-unknown-optimizer",

@@ -281,8 +281,11 @@ def test_what_is_not_stacked() -> None:
     assert not stackable(clone(net).set_params(optimizer=torch.optim.LBFGS), sizes, "cpu")
     assert not stackable(clone(net).set_params(criterion=torch.nn.NLLLoss), sizes, "cpu")
     assert not stackable(clone(net).set_params(module=torch.nn.Linear), sizes, "cpu")
+    assert not stackable(clone(net).set_params(mixed_precision=True), sizes, "cpu")
 
     assert spec_stacks_folds(spec, validation=False)
+    mixed = parse_spec(tiny_spec(fixed={"max_epochs": 3, "mixed_precision": True}))
+    assert not spec_stacks_folds(mixed, validation=False)
     patience = parse_spec(tiny_spec(fixed={"max_epochs": 3, "early_stopping_patience": 2}))
     assert spec_stacks_folds(patience, validation=True)
     assert not spec_stacks_folds(patience, validation=False)
