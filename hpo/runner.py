@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from hpo.export import export_study
+from hpo.nets import default_device
 from hpo.spec import load_spec
 from hpo.storage import open_storage
 from hpo.study import register_study
@@ -72,6 +73,12 @@ def run_study(
         console.print(f"study [bold]{spec.name}[/] already registered; resuming it")
     budget = trials or spec.n_trials
     threads = default_threads(workers)
+    if workers == 1 and threads > 1 and default_device() == "cpu":
+        console.print(
+            f"1 worker on {threads} CPU cores: a small net trains on one of them; "
+            f"[bold]--workers {threads}[/] runs {threads} trials at once",
+            soft_wrap=True,
+        )
     started = time.perf_counter()
     options = []
     if trials:

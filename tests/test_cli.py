@@ -4,6 +4,7 @@ and Optuna's own CLI reading what hpo wrote."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -58,6 +59,10 @@ def test_run_registers_runs_two_workers_and_writes_the_best_params(
     again = run_hpo("run", str(path), "--storage", sqlite_url, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert "already registered" in again.stderr
+    cores = len(os.sched_getaffinity(0))
+    if cores > 1:  # one worker is told how to use the other cores
+        assert f"1 worker on {cores} CPU cores" in again.stderr
+        assert f"--workers {cores} runs {cores} trials at once" in again.stderr
 
 
 def test_a_best_row_configures_a_fresh_skorch_net(
