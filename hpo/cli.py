@@ -169,8 +169,7 @@ def worker(
             "--threads",
             min=1,
             envvar="HPO_THREADS",
-            show_envvar=False,
-            help="Torch CPU threads. Default: $HPO_THREADS, else all cores.",
+            help="Torch CPU threads. Default: all cores.",
         ),
     ] = None,
     device: Annotated[

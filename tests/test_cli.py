@@ -168,3 +168,10 @@ def test_unknown_option_prints_usage_not_a_traceback() -> None:
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "No such option" in result.stderr
+
+
+def test_a_bad_hpo_threads_is_named_in_the_error() -> None:
+    result = run_hpo("worker", "--study", "any", env={"HPO_THREADS": "0"})
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "HPO_THREADS" in result.stderr
