@@ -4,15 +4,17 @@
 # and no network:
 #
 #   bash scripts/gpu-check.sh --fetch-wheels   # here, with pip's registry: fills .whl/ (git-ignored)
-#   bash scripts/gpu-check.sh OUT_DIR          # there, from the repository root, .whl/ carried
+#   bash scripts/gpu-check.sh OUT_DIR [STEP...] # there, from the repository root, .whl/ carried
 #
 # It installs the wheels into /tmp/site (nothing else on that machine changes), then writes to
 # OUT_DIR: the GPU (gpu.txt); the CUDA tests (tests.txt: tests/test_gpu.py, and the nets' and
 # stacked folds' tests, which use the GPU where there is one); trial speed of the MNIST-shaped
 # MLP and CNN on the CPU and the GPU, with two workers sharing the GPU (speed.md,
 # speed.json); and the same on the GPU with mixed_precision (speed-mixed.md, speed-mixed.json).
-# About 8-10 minutes on an H100 machine with 16 cores. DEVICES=cpu runs it without a GPU, to
-# try the script itself.
+# STEPs (default: all three, in this order) pick what runs: tests, speed, mixed; the speed
+# step's CPU half is most of the time (the CUDA half and the other steps take a minute or two
+# each), so split them over two calls where one call's time is capped. DEVICES=cpu runs it
+# all without a GPU, to try the script itself (about 13 minutes on 2 cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,7 +39,9 @@ if [[ ${1:-} == --fetch-wheels ]]; then
   exit 0
 fi
 
-out=${1:?usage: bash scripts/gpu-check.sh OUT_DIR (or --fetch-wheels)}
+out=${1:?usage: bash scripts/gpu-check.sh OUT_DIR [tests] [speed] [mixed] (or --fetch-wheels)}
+shift
+steps=" ${*:-tests speed mixed} "
 mkdir -p "$out"
 devices=${DEVICES:-cpu,cuda}
 if ! python3 -c "import optuna, skorch, optuna_dashboard, plotly" 2>/dev/null; then
@@ -50,16 +54,23 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 { nvidia-smi -L || echo "no nvidia-smi"; python3 -c "import torch; print('torch', torch.__version__,
 'cuda', torch.cuda.is_available() and torch.cuda.get_device_name())"; } >"$out/gpu.txt" 2>&1
 
-python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_nets.py \
-  tests/test_stacked_folds.py >"$out/tests.txt" 2>&1 || echo "tests failed: see tests.txt"
+if [[ $steps == *" tests "* ]]; then
+  python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_nets.py \
+    tests/test_stacked_folds.py >"$out/tests.txt" 2>&1 || echo "tests failed: see tests.txt"
+  tail -n 3 "$out/tests.txt"
+fi
 
 # 4 trials, so that each of the 2 workers sharing the GPU has one after its first (whose
 # lazy imports and CUDA start-up the steady-state columns leave out)
 speed=(python3 benchmarks/trial_speed.py --cases mnist-mlp,mnist-cnn --repeats 1 --trials 4
   --workers 2)
-"${speed[@]}" --device "$devices" --json "$out/speed.json" >"$out/speed.md" 2>&1 \
-  || echo "trial speed failed: see speed.md"
-"${speed[@]}" --device "${devices##*,}" --mixed-precision --json "$out/speed-mixed.json" \
-  >"$out/speed-mixed.md" 2>&1 || echo "trial speed, mixed precision, failed: see speed-mixed.md"
-tail -n 3 "$out/tests.txt"
-grep -h "^| mnist" "$out/speed.md" "$out/speed-mixed.md" || true
+if [[ $steps == *" speed "* ]]; then
+  "${speed[@]}" --device "$devices" --json "$out/speed.json" >"$out/speed.md" 2>&1 \
+    || echo "trial speed failed: see speed.md"
+  grep "^| mnist" "$out/speed.md" || true
+fi
+if [[ $steps == *" mixed "* ]]; then
+  "${speed[@]}" --device "${devices##*,}" --mixed-precision --json "$out/speed-mixed.json" \
+    >"$out/speed-mixed.md" 2>&1 || echo "trial speed, mixed precision, failed: see speed-mixed.md"
+  grep "^| mnist" "$out/speed-mixed.md" || true
+fi
