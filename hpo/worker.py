@@ -32,7 +32,7 @@ from hpo.data import DataSplits, load_dataset
 from hpo.errors import HpoError
 from hpo.fold_pool import FoldPool, open_fold_pool
 from hpo.nets import default_device
-from hpo.objective import WorkerStopped, check_compatible, evaluate
+from hpo.objective import SMALL_NET_FLOPS, WorkerStopped, check_compatible, evaluate
 from hpo.spec import StudySpec
 from hpo.storage import (
     claim_lock,
@@ -153,6 +153,12 @@ def run_worker(
         torch.get_num_threads(),
         f", {pool.processes} fold processes" if pool else "",
     )
+    if threads is None and device == "cpu" and pool is None and torch.get_num_threads() > 1:
+        logger.info(
+            "a net under %g MFLOP per batch trains on one of these threads; for the other "
+            "cores start more workers, each with --threads 1 (or hpo run --workers N)",
+            SMALL_NET_FLOPS / 1e6,
+        )
     if not stack_folds and objective is evaluate:
         objective = functools.partial(evaluate, stack_folds=False)
     budget = trials or spec.n_trials

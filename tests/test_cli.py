@@ -77,6 +77,11 @@ def test_a_best_row_configures_a_fresh_skorch_net(
     worker = run_hpo(*worker_command, env={"HPO_THREADS": "2"})
     assert worker.returncode == 0, worker.stderr
     assert "worker 0 of tiny-digits on cpu, 2 torch threads" in worker.stderr
+    assert "start more workers" not in worker.stderr  # it was told its threads
+    # left to take every core (here 2, as OMP_NUM_THREADS says), it says how to use them
+    idle = run_hpo(*worker_command, env={"OMP_NUM_THREADS": "2"})
+    assert idle.returncode == 0, idle.stderr
+    assert "a net under 2 MFLOP per batch trains on one of these threads" in idle.stderr
     out = tmp_path / "best.csv"
     exported = run_hpo("export", "tiny-digits", "--out", str(out), "--storage", sqlite_url)
     assert exported.returncode == 0, exported.stderr
