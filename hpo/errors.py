@@ -6,7 +6,8 @@ The tree::
     ├── SpecError               a study file is malformed; lists every problem at once (exit 2)
     ├── StudyError              a study is missing, or registered with a different spec
     ├── StorageError            a storage URL cannot be used
-    └── DatasetError            a dataset is unknown, missing, or malformed
+    ├── DatasetError            a dataset is unknown, missing, or malformed
+    └── DeviceError             the device asked for cannot be used here
 
 The CLI catches ``HpoError`` and prints its message; anything else is a bug and keeps its
 traceback.
@@ -44,3 +45,7 @@ class StorageError(HpoError):
 
 class DatasetError(HpoError):
     """A dataset is unknown, its files are missing, or its contents are malformed."""
+
+
+class DeviceError(HpoError):
+    """A ``--device`` is not one torch knows, or names a GPU this machine does not have."""

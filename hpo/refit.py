@@ -40,7 +40,7 @@ from sklearn.metrics import (
 
 from hpo.data import DataSplits, load_dataset
 from hpo.errors import HpoError
-from hpo.nets import default_device
+from hpo.nets import resolve_device
 from hpo.objective import build_net, check_compatible
 from hpo.study import load_study
 
@@ -103,15 +103,17 @@ def refit_study(
 
     Raises:
         StudyError: No such study.
+        DeviceError: ``device`` cannot be used here.
         HpoError: No trial has completed, the dataset cannot be loaded, or the fit diverged.
     """
+    device = resolve_device(device)
     study, spec = load_study(storage, name)
     best = _best_trial(study)
     params = {**spec.fixed, **best.params}
     data = load_dataset(spec.dataset.name, **spec.dataset.options)
     check_compatible(spec, data)
 
-    net = build_net(spec, data, params, device or default_device())
+    net = build_net(spec, data, params, device)
     started = time.perf_counter()
     net.fit(data.X_train, data.y_train)
     seconds = time.perf_counter() - started

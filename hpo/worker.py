@@ -31,7 +31,7 @@ from optuna.trial import TrialState
 from hpo.data import DataSplits, load_dataset
 from hpo.errors import HpoError
 from hpo.fold_pool import FoldPool, open_fold_pool
-from hpo.nets import default_device
+from hpo.nets import resolve_device
 from hpo.objective import SMALL_NET_FLOPS, WorkerStopped, check_compatible, evaluate
 from hpo.spec import StudySpec
 from hpo.storage import (
@@ -135,15 +135,15 @@ def run_worker(
             net) unless a benchmark measures the storage alone.
 
     Raises:
-        HpoError: the study or its dataset cannot be loaded.
+        HpoError: the device cannot be used, or the study or its dataset cannot be loaded.
     """
+    device = resolve_device(device)
     storage = open_storage(storage_url, heartbeat=resolve_heartbeat(heartbeat_seconds))
     study, spec = load_study(storage, study_name, worker_index)
     data = load_dataset(spec.dataset.name, **spec.dataset.options)
     check_compatible(spec, data)
     if threads:
         torch.set_num_threads(threads)
-    device = device or default_device()
     pool = open_fold_pool(spec, data, device, torch.get_num_threads(), folds_at_once, stack_folds)
     logger.info(
         "worker %s of %s on %s, %d torch threads%s",
@@ -151,7 +151,7 @@ def run_worker(
         study_name,
         device,
         torch.get_num_threads(),
-        f", {pool.processes} fold processes" if pool else "",
+        f", {pool.processes} fold process{'es' * (pool.processes > 1)}" if pool else "",
     )
     if threads is None and device == "cpu" and pool is None and torch.get_num_threads() > 1:
         logger.info(

@@ -10,8 +10,10 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import optuna
 import pandas as pd
 import pytest
+import torch
 from conftest import free_port, get_json, run_hpo, served
 
 from hpo.data import load_dataset
@@ -180,3 +182,21 @@ def test_a_bad_hpo_threads_is_named_in_the_error() -> None:
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "HPO_THREADS" in result.stderr
+
+
+def test_a_device_it_cannot_use_fails_the_worker_before_any_trial(
+    write_spec: Callable[..., Path], sqlite_url: str
+) -> None:
+    path = write_spec(budget={"trials": 2})
+    assert run_hpo("register", str(path), "--storage", sqlite_url).returncode == 0
+    unusable = {"gpu": "hpo trains on cpu, cuda or cuda:N"}
+    if not torch.cuda.is_available():
+        unusable["cuda"] = "sees no CUDA GPU here"
+    for device, message in unusable.items():
+        worker = run_hpo(
+            "worker", "--study", "tiny-digits", "--storage", sqlite_url, "--device", device
+        )
+        assert worker.returncode == 1, worker.stderr
+        assert message in " ".join(worker.stderr.split())  # rich wraps long lines
+        assert "Traceback" not in worker.stderr
+    assert optuna.load_study(study_name="tiny-digits", storage=sqlite_url).trials == []
