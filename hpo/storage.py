@@ -29,7 +29,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 from sqlalchemy import Engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, OperationalError
 
 from hpo.errors import StorageError
 
@@ -80,7 +80,8 @@ def open_storage(url: str, heartbeat: float | None = None) -> optuna.storages.Ba
     it, so a trial whose worker is killed there stays RUNNING (see README).
 
     Raises:
-        StorageError: the URL is malformed or its driver is missing.
+        StorageError: the URL is malformed, its driver is missing, or the database cannot be
+            opened (a server down or unreachable, a wrong password, no such database).
     """
     if url.startswith("grpc://"):
         return _open_grpc(url)
@@ -111,6 +112,14 @@ def open_storage(url: str, heartbeat: float | None = None) -> optuna.storages.Ba
         storage = RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat_kwargs)
     except ImportError as error:
         raise StorageError(f"cannot open {backend} storage: {error}") from None
+    except (OperationalError, sqlite3.OperationalError) as error:
+        # The database's own first line says what is wrong: refused, a password, no such db.
+        reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+        shown = make_url(url).render_as_string(hide_password=True)
+        raise StorageError(
+            f"cannot open the storage {shown}: {reason}. Check that the database server is "
+            "running and reachable, and the URL's host, port, user, password and database."
+        ) from None
     if backend == "sqlite" and sqlite_path(url) is not None:
         # (An in-memory database lives in its one connection: it must not be closed.)
         _commit_without_fsync(storage.engine)

@@ -1,4 +1,5 @@
-"""SQLite storage settings: WAL, commits without an fsync each, and nothing lost to a kill."""
+"""Storage settings: SQLite with WAL, commits without an fsync each, nothing lost to a kill;
+and a database that cannot be opened, reported without its password."""
 
 from __future__ import annotations
 
@@ -7,8 +8,12 @@ import sys
 from pathlib import Path
 
 import optuna
+import pytest
+from conftest import free_port
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
+from hpo.errors import StorageError
 from hpo.storage import open_storage
 
 WRITE_THEN_DIE = """
@@ -44,3 +49,23 @@ def test_what_a_killed_writer_committed_is_kept(tmp_path: Path) -> None:
     (trial,) = study.trials
     assert trial.user_attrs == {"written": True}
     assert trial.intermediate_values == {0: 0.5}
+
+
+def test_a_database_it_cannot_open_is_a_storage_error_that_hides_the_password(
+    postgres_url: str,
+) -> None:
+    url = make_url(postgres_url)
+    wrong_password = url.set(password="not-the-password").render_as_string(hide_password=False)
+    nowhere = url.set(port=free_port()).render_as_string(hide_password=False)
+    no_database = url.set(database="no_such_hpo_db").render_as_string(hide_password=False)
+    for bad, reason in (
+        (wrong_password, "password authentication failed"),
+        (nowhere, "Connection refused"),
+        (no_database, 'database "no_such_hpo_db" does not exist'),
+    ):
+        with pytest.raises(StorageError, match="cannot open the storage") as caught:
+            open_storage(bad)
+        message = str(caught.value)
+        assert reason in message
+        assert "not-the-password" not in message and url.password not in message
+        assert f"{url.username}:***@" in message
