@@ -16,6 +16,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from hpo.errors import HpoError
@@ -62,6 +63,12 @@ def _reports_errors(command: F) -> F:
         except HpoError as error:
             err.print(f"[bold red]error:[/] {error}", highlight=False, markup=True)
             raise typer.Exit(error.exit_code) from None
+        except OSError as error:
+            if error.filename is None:
+                raise  # not about a file the user named: a bug, kept whole
+            where = escape(str(error.filename))
+            err.print(f"[bold red]error:[/] {where}: {escape(error.strerror or str(error))}")
+            raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
 

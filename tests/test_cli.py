@@ -87,6 +87,13 @@ def test_a_best_row_configures_a_fresh_skorch_net(
     out = tmp_path / "best.csv"
     exported = run_hpo("export", "tiny-digits", "--out", str(out), "--storage", sqlite_url)
     assert exported.returncode == 0, exported.stderr
+    # a path that cannot be written is reported by name, not as a traceback
+    blocked = run_hpo(
+        "export", "tiny-digits", "--out", str(out / "x.csv"), "--storage", sqlite_url
+    )
+    assert blocked.returncode == 1
+    assert f"error:{out}:" in "".join(blocked.stderr.split())  # however rich wraps it
+    assert "Traceback" not in blocked.stderr
 
     params = read_best_params(out)
     data = load_dataset("digits")
