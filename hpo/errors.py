@@ -9,8 +9,9 @@ The tree::
     ├── DatasetError            a dataset is unknown, missing, or malformed
     └── DeviceError             the device asked for cannot be used here
 
-The CLI catches ``HpoError`` and prints its message; anything else is a bug and keeps its
-traceback.
+The CLI catches ``HpoError`` and prints its message, and an ``OSError`` about a file (one
+that cannot be read or written) as that file and the reason; anything else is a bug and keeps
+its traceback.
 """
 
 from __future__ import annotations
