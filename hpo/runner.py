@@ -23,6 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from hpo.export import export_study
 from hpo.nets import default_device
 from hpo.spec import load_spec
+from hpo.stacked_folds import spec_stacks_folds
 from hpo.storage import open_storage
 from hpo.study import register_study
 from hpo.worker import default_threads
@@ -73,7 +74,9 @@ def run_study(
         console.print(f"study [bold]{spec.name}[/] already registered; resuming it")
     budget = trials or spec.n_trials
     threads = default_threads(workers)
-    if workers == 1 and threads > 1 and default_device() == "cpu":
+    # (a spec whose folds stack fits small nets on one thread; others use fold processes)
+    stacks = spec_stacks_folds(spec, validation=True)
+    if workers == 1 and threads > 1 and stacks and default_device() == "cpu":
         console.print(
             f"1 worker on {threads} CPU cores: a small net trains on one of them; "
             f"[bold]--workers {threads}[/] runs {threads} trials at once",
