@@ -100,15 +100,22 @@ def run(
     from hpo.runner import run_study
     from hpo.storage import resolve_storage_url
 
-    result = run_study(
-        spec_file,
-        resolve_storage_url(storage),
-        workers=workers,
-        trials=trials,
-        results_dir=results,
-        heartbeat_seconds=heartbeat,
-        console=err,
-    )
+    try:
+        result = run_study(
+            spec_file,
+            resolve_storage_url(storage),
+            workers=workers,
+            trials=trials,
+            results_dir=results,
+            heartbeat_seconds=heartbeat,
+            console=err,
+        )
+    except KeyboardInterrupt:
+        err.print(
+            "interrupted: the workers stopped and re-queued their running trials; the same "
+            "command resumes the study"
+        )
+        raise typer.Exit(130) from None
     states = ", ".join(f"{n} {s}" for s, n in sorted(result.states.items()))
     err.print(f"{result.study}: {states} in {result.seconds:.1f} s")
     if result.best_params_csv is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -14,7 +15,7 @@ import optuna
 import pandas as pd
 import pytest
 import torch
-from conftest import free_port, get_json, run_hpo, served
+from conftest import free_port, get_json, run_hpo, served, wait_for_running_trial
 
 from hpo.data import load_dataset
 from hpo.export import read_best_params
@@ -207,3 +208,32 @@ def test_a_device_it_cannot_use_fails_the_worker_before_any_trial(
         assert message in " ".join(worker.stderr.split())  # rich wraps long lines
         assert "Traceback" not in worker.stderr
     assert optuna.load_study(study_name="tiny-digits", storage=sqlite_url).trials == []
+
+
+def test_ctrl_c_stops_the_run_and_says_how_to_resume(
+    write_spec: Callable[..., Path], tmp_path: Path, sqlite_url: str
+) -> None:
+    # trials of a few seconds each, so that Ctrl-C lands in the middle of one
+    path = write_spec(budget={"trials": 50}, fixed={"max_epochs": 300, "batch_size": 32})
+    assert run_hpo("register", str(path), "--storage", sqlite_url).returncode == 0
+    command = [sys.executable, "-m", "hpo", "run", str(path), "--workers", "2"]
+    run = subprocess.Popen(
+        [*command, "--storage", sqlite_url],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as in a terminal
+    )
+    wait_for_running_trial("tiny-digits", sqlite_url)
+    os.killpg(run.pid, signal.SIGINT)  # what Ctrl-C sends: the runner and its workers
+    _, stderr = run.communicate(timeout=120)
+    assert run.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert "the same command resumes the study" in " ".join(stderr.split())
+    study = optuna.load_study(study_name="tiny-digits", storage=sqlite_url)
+    states = {t.state for t in study.get_trials(deepcopy=False)}
+    assert optuna.trial.TrialState.RUNNING not in states  # stopped, re-queued
+    assert optuna.trial.TrialState.WAITING in states
