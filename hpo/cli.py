@@ -313,8 +313,15 @@ def dashboard(
     """Serve optuna-dashboard on the storage (127.0.0.1:8080 unless told otherwise)."""
     from optuna_dashboard import run_server
 
+    opened = _storage(storage)
     err.print(f"optuna-dashboard on http://{host}:{port}/ (Ctrl-C to stop)")
-    run_server(_storage(storage), host=host, port=port)
+    try:
+        run_server(opened, host=host, port=port)
+    except OSError as error:
+        raise HpoError(
+            f"cannot listen on {host}:{port}: {error.strerror or error}; pick another with "
+            "--port (or --host)"
+        ) from None
 
 
 @app.command()

@@ -144,12 +144,24 @@ def serve_storage_proxy(storage_url: str, host: str = "127.0.0.1", port: int = 1
 
     One proxy holds a few database connections on behalf of any number of workers, for
     studies with more workers than one database serves comfortably. Blocks until stopped.
+
+    Raises:
+        StorageError: the storage cannot be opened, or the port cannot be listened on.
     """
     from optuna.storages import run_grpc_proxy_server
 
     if storage_url.startswith("grpc://"):
         raise StorageError("the proxy needs a database URL to serve, not another proxy")
-    run_grpc_proxy_server(open_storage(storage_url), host=host, port=port)
+    storage = open_storage(storage_url)
+    try:
+        run_grpc_proxy_server(storage, host=host, port=port)
+    except RuntimeError as error:
+        if "Failed to bind" not in str(error):
+            raise
+        raise StorageError(
+            f"cannot listen on {host}:{port} (in use, or not this machine's address); pick "
+            "another with --port (or --host)"
+        ) from None
 
 
 def has_claim_lock(storage: optuna.storages.BaseStorage) -> bool:

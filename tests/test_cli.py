@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -237,3 +238,16 @@ def test_ctrl_c_stops_the_run_and_says_how_to_resume(
     states = {t.state for t in study.get_trials(deepcopy=False)}
     assert optuna.trial.TrialState.RUNNING not in states  # stopped, re-queued
     assert optuna.trial.TrialState.WAITING in states
+
+
+def test_a_port_in_use_is_reported_with_a_way_out(sqlite_url: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        for command in ("dashboard", "storage-proxy"):
+            result = run_hpo(command, "--storage", sqlite_url, "--port", port, timeout=60)
+            assert result.returncode == 1, (command, result.stderr)
+            message = " ".join(result.stderr.split())
+            assert f"cannot listen on 127.0.0.1:{port}" in message, (command, message)
+            assert "--port" in message and "Traceback" not in message
