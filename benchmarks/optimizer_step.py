@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
-from hpo.data import load_dataset
-from hpo.models import CNN, MLP
-from hpo.nets import TunedClassifier
+from hpo.engine.data import load_dataset
+from hpo.engine.models import CNN, MLP
+from hpo.engine.nets import TunedClassifier
 
 DIGITS_MLP = {
     "module": MLP,

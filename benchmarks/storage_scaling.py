@@ -35,11 +35,11 @@ from typing import Any
 import optuna
 import sqlalchemy
 
-from hpo.spaces import suggest
-from hpo.spec import parse_spec
-from hpo.storage import open_storage
-from hpo.study import register_study
-from hpo.worker import run_worker
+from hpo.service.storage import open_storage
+from hpo.service.study import register_study
+from hpo.service.worker import run_worker
+from hpo.spec.spaces import suggest
+from hpo.spec.study_spec import parse_spec
 
 REPO = Path(__file__).resolve().parents[1]
 #: Claims that stepped back (no claim lock through the gRPC proxy), per storage URL.

@@ -7,7 +7,7 @@ the default callbacks; ``verbose=0`` so it prints nothing) around the same modul
 criterion and optimizer as hpo, and scores it with ``sklearn.model_selection.cross_val_score``
 on the same ``KFold``. hpo runs the same spec
 the way ``hpo run --workers N`` does: real ``hpo worker`` processes on a temporary SQLite file,
-torch threads per worker from ``hpo.worker.default_threads``. Both run one fixed list of
+torch threads per worker from ``hpo.service.worker.default_threads``. Both run one fixed list of
 configurations (drawn once from the spec's space and enqueued in both studies), so both score
 the same parameters on the same folds with the same seeds.
 
@@ -22,7 +22,7 @@ per minute of the usual loop and of ``--workers`` hpo workers, the mean CV score
 the peak memory of each process (PSS, sampled; a worker's fold processes included), and the
 share of the CPU that other processes used meanwhile (``--quiet`` waits for a quiet machine
 before each run). An hpo worker trains a trial's folds as one stacked model
-(``hpo.stacked_folds``), on two threads for a net that gains from them (one worker on two
+(``hpo.engine.folds.stacked``), on two threads for a net that gains from them (one worker on two
 cores) or one (``--threads 1``, and each of two workers).
 
 ``--pruning`` adds the search that users care about: the time until a trial's mean CV score
@@ -72,16 +72,16 @@ from sklearn.model_selection import cross_val_score
 from skorch import NeuralNetClassifier, NeuralNetRegressor
 from torch import nn
 
-from hpo.data import DataSplits, load_dataset
-from hpo.models import MODELS
-from hpo.nets import OPTIMIZERS
-from hpo.objective import make_folds
-from hpo.runner import worker_command, worker_env
-from hpo.spaces import suggest
-from hpo.spec import StudySpec, parse_spec
-from hpo.storage import open_storage
-from hpo.study import register_study
-from hpo.worker import default_threads
+from hpo.engine.data import DataSplits, load_dataset
+from hpo.engine.models import MODELS
+from hpo.engine.nets import OPTIMIZERS
+from hpo.engine.objective import make_folds
+from hpo.service.runner import worker_command, worker_env
+from hpo.service.storage import open_storage
+from hpo.service.study import register_study
+from hpo.service.worker import default_threads
+from hpo.spec.spaces import suggest
+from hpo.spec.study_spec import StudySpec, parse_spec
 
 #: The seed of the usual loop's torch generator and of the configurations drawn per case.
 SEED = 0
@@ -467,7 +467,7 @@ def run_hpo(
     threads: int | None = None,
 ) -> Run:
     """Register ``spec_dict`` on a fresh SQLite file and run ``workers`` ``hpo worker``
-    processes on it, started as ``hpo run --workers N`` starts them (hpo/runner.py), with
+    processes on it, started as ``hpo run --workers N`` starts them (hpo/service/runner.py), with
     ``threads`` torch threads each (default: ``default_threads(workers)``, as hpo run); with
     ``target``, stop them (SIGTERM) once a trial reaches it."""
     name = spec_dict["name"]

@@ -1,3 +1,3 @@
-from hpo.cli import main
+from hpo.service.cli import main
 
 main()

@@ -17,13 +17,13 @@ from conftest import REPO
 from idx_files import write_mnist_raw
 from optuna.trial import TrialState
 
-from hpo.data import load_dataset
+from hpo.engine.data import load_dataset
 from hpo.errors import DatasetError
-from hpo.refit import refit_study
-from hpo.spec import StudySpec, load_spec, parse_spec
-from hpo.storage import open_storage
-from hpo.study import register_study
-from hpo.worker import run_worker
+from hpo.results.refit import refit_study
+from hpo.service.storage import open_storage
+from hpo.service.study import register_study
+from hpo.service.worker import run_worker
+from hpo.spec.study_spec import StudySpec, load_spec, parse_spec
 
 STUDIES = REPO / "studies"
 MNIST_FAMILY = {

@@ -18,10 +18,10 @@ import pytest
 import torch
 from conftest import free_port, get_json, run_hpo, served, wait_for_running_trial
 
-from hpo.data import load_dataset
-from hpo.export import read_best_params
-from hpo.models import MLP
-from hpo.nets import TunedClassifier
+from hpo.engine.data import load_dataset
+from hpo.engine.models import MLP
+from hpo.engine.nets import TunedClassifier
+from hpo.results.export import read_best_params
 
 
 def test_run_registers_runs_two_workers_and_writes_the_best_params(

@@ -9,7 +9,7 @@ import pytest
 from idx_files import write_mnist_raw
 from sklearn import datasets as sk_datasets
 
-from hpo.data import (
+from hpo.engine.data import (
     DATASETS,
     SYNTHETIC_TRAIN_INTERVALS,
     DataSplits,

@@ -9,12 +9,12 @@ import pytest
 from conftest import run_hpo, tiny_spec
 from optuna.trial import TrialState
 
-from hpo.enqueue import enqueue_point, parse_assignments
 from hpo.errors import HpoError
-from hpo.spec import parse_spec
-from hpo.storage import open_storage
-from hpo.study import register_study
-from hpo.worker import run_worker
+from hpo.service.enqueue import enqueue_point, parse_assignments
+from hpo.service.storage import open_storage
+from hpo.service.study import register_study
+from hpo.service.worker import run_worker
+from hpo.spec.study_spec import parse_spec
 
 
 def two_layer_spec(**overrides: Any) -> dict[str, Any]:

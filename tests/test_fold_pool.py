@@ -19,13 +19,13 @@ import torch
 from conftest import tiny_spec, wait_for_running_trial
 from optuna.trial import TrialState
 
-from hpo.data import DataSplits, load_dataset
-from hpo.fold_pool import FoldPool, folds_at_once, open_fold_pool
-from hpo.objective import WorkerStopped, evaluate, make_folds
-from hpo.spec import StudySpec, parse_spec
-from hpo.storage import open_storage
-from hpo.study import register_study
-from hpo.worker import run_worker
+from hpo.engine.data import DataSplits, load_dataset
+from hpo.engine.folds.processes import FoldPool, folds_at_once, open_fold_pool
+from hpo.engine.objective import WorkerStopped, evaluate, make_folds
+from hpo.service.storage import open_storage
+from hpo.service.study import register_study
+from hpo.service.worker import run_worker
+from hpo.spec.study_spec import StudySpec, parse_spec
 
 DIGITS = tiny_spec(
     cv={"folds": 3, "shuffle": True, "seed": 0},

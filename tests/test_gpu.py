@@ -8,9 +8,9 @@ import pytest
 import torch
 from conftest import run_hpo, tiny_spec
 
-from hpo.data import load_dataset
-from hpo.objective import evaluate
-from hpo.spec import parse_spec
+from hpo.engine.data import load_dataset
+from hpo.engine.objective import evaluate
+from hpo.spec.study_spec import parse_spec
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 

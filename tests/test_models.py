@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from hpo.models import ACTIVATIONS, CNN, MLP, MODELS, WEIGHT_INITS, Dropout
+from hpo.engine.models import ACTIVATIONS, CNN, MLP, MODELS, WEIGHT_INITS, Dropout
 
 
 def _linear_sizes(module: nn.Module) -> list[int]:

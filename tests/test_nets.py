@@ -24,9 +24,9 @@ from skorch.dataset import Dataset, ValidSplit
 from torch import nn
 from torch.utils.data import Subset
 
-from hpo.data import load_dataset
-from hpo.models import CNN, MLP
-from hpo.nets import OPTIMIZERS, TensorBatches, TunedClassifier, TunedRegressor
+from hpo.engine.data import load_dataset
+from hpo.engine.models import CNN, MLP
+from hpo.engine.nets import OPTIMIZERS, TensorBatches, TunedClassifier, TunedRegressor
 
 SEED = 0
 

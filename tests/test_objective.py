@@ -9,11 +9,10 @@ import torch
 from conftest import tiny_spec
 from sklearn.model_selection import cross_val_score
 
-from hpo.data import load_dataset
-from hpo.errors import HpoError
-from hpo.models import MLP
-from hpo.nets import TunedClassifier
-from hpo.objective import (
+from hpo.engine.data import load_dataset
+from hpo.engine.models import MLP
+from hpo.engine.nets import TunedClassifier
+from hpo.engine.objective import (
     build_net,
     check_compatible,
     cpu_threads_for,
@@ -21,7 +20,8 @@ from hpo.objective import (
     forward_flops,
     make_folds,
 )
-from hpo.spec import parse_spec
+from hpo.errors import HpoError
+from hpo.spec.study_spec import parse_spec
 
 
 @pytest.mark.parametrize(

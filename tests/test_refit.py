@@ -12,14 +12,14 @@ import pandas as pd
 import pytest
 from conftest import run_hpo, tiny_spec
 
-from hpo.data import load_dataset
+from hpo.engine.data import load_dataset
+from hpo.engine.objective import build_net
 from hpo.errors import HpoError
-from hpo.objective import build_net
-from hpo.refit import refit_study
-from hpo.spec import parse_spec
-from hpo.storage import open_storage
-from hpo.study import register_study
-from hpo.worker import run_worker
+from hpo.results.refit import refit_study
+from hpo.service.storage import open_storage
+from hpo.service.study import register_study
+from hpo.service.worker import run_worker
+from hpo.spec.study_spec import parse_spec
 
 
 def run_study(url: str, raw: dict[str, Any], trials: int | None = None) -> optuna.Study:

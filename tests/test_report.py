@@ -18,12 +18,12 @@ import pytest
 from conftest import run_hpo, tiny_spec
 from PIL import Image
 
-from hpo.refit import refit_study
-from hpo.report import write_report
-from hpo.spec import parse_spec
-from hpo.storage import open_storage
-from hpo.study import register_study
-from hpo.worker import run_worker
+from hpo.results.refit import refit_study
+from hpo.results.report import write_report
+from hpo.service.storage import open_storage
+from hpo.service.study import register_study
+from hpo.service.worker import run_worker
+from hpo.spec.study_spec import parse_spec
 
 CHROMIUM = Path("/usr/bin/chromium")
 

@@ -9,7 +9,7 @@ import optuna
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
-from hpo.spaces import (
+from hpo.spec.spaces import (
     CategoricalParam,
     FloatParam,
     IntParam,

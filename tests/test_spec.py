@@ -11,7 +11,7 @@ import pytest
 from conftest import REPO, run_hpo, tiny_spec
 
 from hpo.errors import SpecError
-from hpo.spec import StudySpec, load_spec, parse_spec
+from hpo.spec.study_spec import StudySpec, load_spec, parse_spec
 
 STUDIES = sorted((REPO / "studies").glob("*.yaml"))
 

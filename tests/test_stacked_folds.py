@@ -12,9 +12,10 @@ from conftest import tiny_spec
 from sklearn.base import clone
 from sklearn.metrics import get_scorer
 
-from hpo.data import load_dataset
-from hpo.models import CNN
-from hpo.objective import (
+from hpo.engine.data import load_dataset
+from hpo.engine.folds.stacked import StackedFolds, fit_stacked, spec_stacks_folds, stackable
+from hpo.engine.models import CNN
+from hpo.engine.objective import (
     WorkerStopped,
     build_net,
     evaluate,
@@ -23,8 +24,7 @@ from hpo.objective import (
     make_folds,
     resident_training_data,
 )
-from hpo.spec import parse_spec
-from hpo.stacked_folds import StackedFolds, fit_stacked, spec_stacks_folds, stackable
+from hpo.spec.study_spec import parse_spec
 
 CASES: dict[str, tuple[dict[str, Any], str]] = {
     # Dropout and batch norm in an MLP, SGD with momentum; 3 folds of 666/667 rows, so the

@@ -14,12 +14,12 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from hpo.errors import StorageError
-from hpo.storage import open_storage
+from hpo.service.storage import open_storage
 
 WRITE_THEN_DIE = """
 import os, signal, sys
 import optuna
-from hpo.storage import open_storage
+from hpo.service.storage import open_storage
 study = optuna.create_study(storage=open_storage(sys.argv[1]), study_name="killed")
 trial = study.ask()
 trial.set_user_attr("written", True)

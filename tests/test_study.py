@@ -8,9 +8,8 @@ from conftest import tiny_spec
 from optuna.trial import TrialState
 
 from hpo.errors import StudyError
-from hpo.spec import parse_spec
-from hpo.storage import open_storage
-from hpo.study import (
+from hpo.service.storage import open_storage
+from hpo.service.study import (
     delete_study,
     list_study_names,
     load_spec_from_storage,
@@ -18,6 +17,7 @@ from hpo.study import (
     make_sampler,
     register_study,
 )
+from hpo.spec.study_spec import parse_spec
 
 GRID = {
     "name": "tiny-grid",

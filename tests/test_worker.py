@@ -17,9 +17,9 @@ import pytest
 from conftest import REPO, free_port, run_hpo, tiny_spec, wait_for_running_trial
 from optuna.trial import TrialState
 
-from hpo.spec import load_spec
-from hpo.storage import open_storage
-from hpo.study import register_study
+from hpo.service.storage import open_storage
+from hpo.service.study import register_study
+from hpo.spec.study_spec import load_spec
 
 
 def register(path: Path, url: str) -> str:

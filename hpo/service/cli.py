@@ -74,7 +74,7 @@ def _reports_errors(command: F) -> F:
 
 
 def _storage(url: str | None) -> Any:
-    from hpo.storage import open_storage, resolve_storage_url
+    from hpo.service.storage import open_storage, resolve_storage_url
 
     return open_storage(resolve_storage_url(url))
 
@@ -96,9 +96,9 @@ def run(
     ),
 ) -> None:
     """Register a study and run it to its budget with local workers; print the best trial."""
-    from hpo.export import read_best_params
-    from hpo.runner import run_study
-    from hpo.storage import resolve_storage_url
+    from hpo.results.export import read_best_params
+    from hpo.service.runner import run_study
+    from hpo.service.storage import resolve_storage_url
 
     try:
         result = run_study(
@@ -148,8 +148,8 @@ def register(
     storage: StorageOption = None,
 ) -> None:
     """Validate a study file and register it (a no-op when the same spec is already there)."""
-    from hpo.spec import load_spec
-    from hpo.study import register_study
+    from hpo.service.study import register_study
+    from hpo.spec.study_spec import load_spec
 
     spec = load_spec(spec_file)
     registration = register_study(spec, _storage(storage))
@@ -212,8 +212,8 @@ def worker(
     ] = True,
 ) -> None:
     """Pull trials of a study from the storage until its budget is spent."""
-    from hpo.storage import resolve_storage_url
-    from hpo.worker import run_worker
+    from hpo.service.storage import resolve_storage_url
+    from hpo.service.worker import run_worker
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr
@@ -270,7 +270,7 @@ def export(
     storage: StorageOption = None,
 ) -> None:
     """Write the best parameters (or every trial) of a study to CSV or JSON."""
-    from hpo.export import export_study
+    from hpo.results.export import export_study
 
     path = export_study(_storage(storage), study, out_file, all_trials=all_trials)
     out.print(f"wrote {path}")
@@ -283,7 +283,7 @@ def delete(
     storage: StorageOption = None,
 ) -> None:
     """Delete a study and all its trials."""
-    from hpo.study import delete_study
+    from hpo.service.study import delete_study
 
     delete_study(_storage(storage), study)
     out.print(f"deleted {study}")
@@ -297,7 +297,7 @@ def storage_proxy(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 13000,
 ) -> None:
     """Serve a database storage to workers over gRPC (workers use --storage grpc://HOST:PORT)."""
-    from hpo.storage import resolve_storage_url, serve_storage_proxy
+    from hpo.service.storage import resolve_storage_url, serve_storage_proxy
 
     err.print(f"Optuna gRPC storage proxy on grpc://{host}:{port} (Ctrl-C to stop)")
     serve_storage_proxy(resolve_storage_url(storage), host=host, port=port)
@@ -338,7 +338,7 @@ def refit(
     ] = None,
 ) -> None:
     """Retrain the best configuration on the whole training split; score it once on the test."""
-    from hpo.refit import refit_study
+    from hpo.results.refit import refit_study
 
     result = refit_study(_storage(storage), study, results_dir=results, device=device)
     table = Table(title=f"{study}: trial {result.trial} refit in {result.seconds:.1f} s")
@@ -366,7 +366,7 @@ def report(
     ] = Path("results"),
 ) -> None:
     """Write one self-contained HTML report (plotly, works offline) of a study."""
-    from hpo.report import write_report
+    from hpo.results.report import write_report
 
     written = write_report(_storage(storage), study, out=out_file, results_dir=results)
     out.print(f"wrote {written.path} ({len(written.figures)} figures)")
@@ -390,7 +390,7 @@ def enqueue(
 ) -> None:
     """Queue a configuration (a warm start) to run before new samples; it is one of the
     budget's trials."""
-    from hpo.enqueue import enqueue_point, parse_assignments
+    from hpo.service.enqueue import enqueue_point, parse_assignments
 
     queued = enqueue_point(_storage(storage), study, parse_assignments(assignments))
     out.print(f"enqueued trial {queued.trial} of {study}")

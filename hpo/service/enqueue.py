@@ -20,8 +20,8 @@ import yaml
 from optuna.trial import TrialState
 
 from hpo.errors import HpoError, SpecError
-from hpo.spec import _SpecLoader, parse_spec
-from hpo.study import load_study
+from hpo.service.study import load_study
+from hpo.spec.study_spec import _SpecLoader, parse_spec
 
 
 @dataclass(frozen=True)

@@ -22,11 +22,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from sklearn.metrics import get_scorer_names
 
-from hpo.data import DATASETS, dataset_options
+from hpo.engine.data import DATASETS, dataset_options
+from hpo.engine.models import ACTIVATIONS, MODELS, WEIGHT_INITS
+from hpo.engine.nets import NET_PARAMS, OPTIMIZERS
 from hpo.errors import SpecError
-from hpo.models import ACTIVATIONS, MODELS, WEIGHT_INITS
-from hpo.nets import NET_PARAMS, OPTIMIZERS
-from hpo.spaces import (
+from hpo.spec.spaces import (
     CategoricalParam,
     FloatParam,
     IntParam,
@@ -293,7 +293,7 @@ def _semantic_problems(raw: Mapping[str, Any]) -> list[str]:
                     problems.append(
                         f"{section}.{key}: not a parameter of the {model} net"
                         f"{_did_you_mean(key, allowed)} (module__* keys are the model's "
-                        "constructor arguments; see hpo/models.py)"
+                        "constructor arguments; see hpo/engine/models.py)"
                     )
     for key in set(fixed) & set(raw_space):
         problems.append(f"fixed.{key}: also in space; keep it in one of the two")

@@ -26,9 +26,9 @@ import plotly.graph_objects as go
 from optuna import visualization
 from optuna.trial import TrialState
 
-from hpo.refit import CONFUSION_FILE, HISTORY_FILE, METRICS_FILE, TEST_ATTR_PREFIX
-from hpo.spec import StudySpec
-from hpo.study import load_study
+from hpo.results.refit import CONFUSION_FILE, HISTORY_FILE, METRICS_FILE, TEST_ATTR_PREFIX
+from hpo.service.study import load_study
+from hpo.spec.study_spec import StudySpec
 
 REPORT_FILE = "report.html"
 FIGURE_HEIGHT = 460

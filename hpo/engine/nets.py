@@ -520,7 +520,7 @@ class TunedClassifier(_TunedNet, NeuralNetClassifier):
     """skorch ``NeuralNetClassifier`` with hpo's defaults.
 
     Args:
-        module: the ``nn.Module`` class (``hpo.models.MLP``, ``CNN``) or an instance.
+        module: the ``nn.Module`` class (``hpo.engine.models.MLP``, ``CNN``) or an instance.
         criterion: default ``nn.CrossEntropyLoss`` (the module returns logits).
         optimizer: a name from ``OPTIMIZERS`` or a class. Default: ``"adam"``.
         random_state: seed for weights, shuffling and dropout; ``None`` leaves torch's global

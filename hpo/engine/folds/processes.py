@@ -7,13 +7,13 @@ fits, so a worker with T threads fits ``N = min(T, K)`` folds at once, on ``T //
 each: one itself, the others in N - 1 fold processes, as ``cross_val_score(..., n_jobs=T)``
 does with joblib. On the digits nets of ``benchmarks/trial_speed.py`` that makes a trial on
 two cores 1.5 to 2 times as fast as fitting the folds one after another on two threads.
-Stacking the folds in one process (``hpo.stacked_folds``) gains more, so a worker whose folds
+Stacking the folds in one process (``hpo.engine.folds.stacked``) gains more, so a worker whose folds
 are stacked starts no fold processes unless ``--folds-at-once`` asks for them.
 
 The fold processes start once per worker (``spawn``, so no lock held by one of the worker's
 threads is copied into them) and receive the study and the training data once; each fold then
 sends only its parameters and row indices. Every fold, wherever it runs, computes what
-``hpo.objective.fit_and_score_fold`` computes on ``T // N`` threads: same net, same seed, same
+``hpo.engine.objective.fit_and_score_fold`` computes on ``T // N`` threads: same net, same seed, same
 rows, so it does not matter which process took it. Results come back in fold order, so
 pruning after fold k sees what it sees without the processes; the folds still running for a
 pruned, failed or stopped trial are told to stop at their next batch. While the fold processes
@@ -38,12 +38,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from hpo.data import DataSplits
-from hpo.objective import FoldResult, WorkerStopped, build_net, fit_and_score_fold
-from hpo.spec import StudySpec
-from hpo.stacked_folds import spec_stacks_folds
+from hpo.engine.data import DataSplits
+from hpo.engine.folds.stacked import spec_stacks_folds
+from hpo.engine.objective import FoldResult, WorkerStopped, build_net, fit_and_score_fold
+from hpo.spec.study_spec import StudySpec
 
-logger = logging.getLogger("hpo.fold_pool")
+logger = logging.getLogger("hpo.engine.folds.processes")
 
 #: Seconds between looks at ``should_stop`` while the worker waits for a fold.
 STOP_POLL_SECONDS = 0.1
@@ -58,7 +58,7 @@ def open_fold_pool(
     stack_folds: bool = True,
 ) -> FoldPool | None:
     """A worker's fold processes, started; None where it fits its folds itself: one thread,
-    a GPU, ``requested`` 1, folds it stacks (``hpo.stacked_folds``; unless ``requested``
+    a GPU, ``requested`` 1, folds it stacks (``hpo.engine.folds.stacked``; unless ``requested``
     asks for fold processes), or a platform that cannot start processes (no ``/dev/shm``
     semaphores, say), which is logged."""
     at_once = folds_at_once(device, threads, spec.cv.folds, requested)

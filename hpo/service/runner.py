@@ -20,13 +20,13 @@ from optuna.trial import TrialState
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from hpo.export import export_study
-from hpo.nets import default_device
-from hpo.spec import load_spec
-from hpo.stacked_folds import spec_stacks_folds
-from hpo.storage import open_storage
-from hpo.study import register_study
-from hpo.worker import default_threads
+from hpo.engine.folds.stacked import spec_stacks_folds
+from hpo.engine.nets import default_device
+from hpo.results.export import export_study
+from hpo.service.storage import open_storage
+from hpo.service.study import register_study
+from hpo.service.worker import default_threads
+from hpo.spec.study_spec import load_spec
 
 POLL_SECONDS = 0.5
 

@@ -12,9 +12,9 @@ data from the host. Fold scores, fit seconds and epochs go to the storage once p
 once per fold: each write is a round trip to the database.
 
 On the CPU the folds of hpo's MLP and CNN are trained as one stacked model
-(``hpo.stacked_folds``, through ``fit_and_score_stacked``), each fold computing what its own
+(``hpo.engine.folds.stacked``, through ``fit_and_score_stacked``), each fold computing what its own
 fit would. Nets it cannot stack are fitted fold by fold (``fit_and_score_fold``), several at
-once when the worker has fold processes (``hpo.fold_pool.FoldPool``, passed as ``pool``).
+once when the worker has fold processes (``hpo.engine.folds.processes.FoldPool``, passed as ``pool``).
 Either way ``evaluate`` reads the results in fold order, so what is reported and pruned does
 not change.
 """
@@ -39,16 +39,16 @@ from skorch.callbacks import Callback
 from skorch.dataset import Dataset
 from skorch.helper import predefined_split
 
-from hpo.data import DataSplits
+from hpo.engine.data import DataSplits
+from hpo.engine.folds.stacked import fit_stacked, stackable
+from hpo.engine.models import MODELS
+from hpo.engine.nets import TunedClassifier, TunedRegressor
 from hpo.errors import HpoError
-from hpo.models import MODELS
-from hpo.nets import TunedClassifier, TunedRegressor
-from hpo.spaces import suggest
-from hpo.spec import StudySpec
-from hpo.stacked_folds import fit_stacked, stackable
+from hpo.spec.spaces import suggest
+from hpo.spec.study_spec import StudySpec
 
 if TYPE_CHECKING:
-    from hpo.fold_pool import FoldPool
+    from hpo.engine.folds.processes import FoldPool
 
 
 class WorkerStopped(BaseException):
@@ -249,7 +249,7 @@ def fit_and_score_stacked(
     should_stop: Callable[[], bool] | None,
 ) -> Iterator[FoldResult]:
     """``fit_and_score_fold`` for several folds at once, trained as one
-    ``hpo.stacked_folds.StackedFolds``; the results come in fold order, each with an equal
+    ``hpo.engine.folds.stacked.StackedFolds``; the results come in fold order, each with an equal
     share of the fit's seconds. A fold whose loss stopped being finite raises
     ``FloatingPointError`` in its place, after the folds before it.
     """
@@ -323,7 +323,7 @@ def evaluate(
 ) -> float:
     """Score one trial's configuration by K-fold cross-validation on the training split.
 
-    The folds are fitted in this process as one stacked model (``hpo.stacked_folds``) where
+    The folds are fitted in this process as one stacked model (``hpo.engine.folds.stacked``) where
     the net allows it and ``stack_folds`` is true (in two groups when a pruner may stop the
     trial: see ``fold_groups``); with ``pool``, several at once, here and in the pool's
     processes; otherwise one after another. Either way the running mean goes to

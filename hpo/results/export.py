@@ -15,8 +15,8 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from hpo.errors import StudyError
-from hpo.spec import StudySpec
-from hpo.study import load_spec_from_storage
+from hpo.service.study import load_spec_from_storage
+from hpo.spec.study_spec import StudySpec
 
 #: Columns of best_params.csv that are not net parameters.
 BEST_META_COLUMNS = ("study", "trial", "value")

@@ -13,7 +13,7 @@ single-fold steps do (``benchmarks/trial_speed.py``).
 
 Each fold still computes what its own fit computes (``tests/test_stacked_folds.py``):
 - one loss per fold, summed, so each fold's gradients are its own;
-- an optimizer that updates every number on its own (every one of ``hpo.nets.OPTIMIZERS``),
+- an optimizer that updates every number on its own (every one of ``hpo.engine.nets.OPTIMIZERS``),
   so one step over the stacked tensors is K independent steps;
 - fold k's shuffles and dropout masks drawn from a generator of its own, which starts where
   torch's global generator is after the net's seeded initialization, and is drawn from in the
@@ -28,7 +28,7 @@ they do between thread counts.
 callbacks, no early stopping or early stopping on the data's fixed validation split (each
 fold stops, and keeps its best epoch, as skorch's ``EarlyStopping`` would have it), and the
 same number of batches in every fold.
-``fit_stacked`` trains; ``fold_net`` gives fold k's skorch net, which ``hpo.objective``
+``fit_stacked`` trains; ``fold_net`` gives fold k's skorch net, which ``hpo.engine.objective``
 scores as ``cross_val_score`` would.
 """
 
@@ -45,9 +45,9 @@ from skorch.callbacks import EarlyStopping
 from skorch.dataset import Dataset
 from torch import nn
 
-from hpo.models import ACTIVATIONS, CNN, MLP, MODELS, Dropout, keep_mask
-from hpo.nets import OPTIMIZERS, TensorBatches
-from hpo.spec import StudySpec
+from hpo.engine.models import ACTIVATIONS, CNN, MLP, MODELS, Dropout, keep_mask
+from hpo.engine.nets import OPTIMIZERS, TensorBatches
+from hpo.spec.study_spec import StudySpec
 
 
 class _Folds:
@@ -342,7 +342,7 @@ def _is_default(net: Any, prefix: str) -> bool:
 def stackable(net: Any, train_sizes: list[int], device: str, validation: bool = False) -> bool:
     """Whether ``net``'s folds (of ``train_sizes`` rows) can be fitted as ``StackedFolds``.
 
-    ``validation``: the data has a fixed validation split, which ``hpo.objective.build_net``
+    ``validation``: the data has a fixed validation split, which ``hpo.engine.objective.build_net``
     gives a net with early stopping as its ``train_split`` (a split drawn from each fold's
     rows is not stacked).
     """

@@ -38,11 +38,11 @@ from sklearn.metrics import (
     r2_score,
 )
 
-from hpo.data import DataSplits, load_dataset
+from hpo.engine.data import DataSplits, load_dataset
+from hpo.engine.nets import resolve_device
+from hpo.engine.objective import build_net, check_compatible
 from hpo.errors import HpoError
-from hpo.nets import resolve_device
-from hpo.objective import build_net, check_compatible
-from hpo.study import load_study
+from hpo.service.study import load_study
 
 MODEL_FILE = "model.pt"
 PARAMS_FILE = "params.json"

@@ -17,8 +17,8 @@ from typing import Any
 import optuna
 
 from hpo.errors import StudyError
-from hpo.spaces import grid_points
-from hpo.spec import StudySpec, spec_json_equal
+from hpo.spec.spaces import grid_points
+from hpo.spec.study_spec import StudySpec, spec_json_equal
 
 SPEC_ATTR = "hpo_spec"
 VERSION_ATTR = "hpo_version"

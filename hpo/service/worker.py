@@ -28,13 +28,12 @@ import torch
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from hpo.data import DataSplits, load_dataset
+from hpo.engine.data import DataSplits, load_dataset
+from hpo.engine.folds.processes import FoldPool, open_fold_pool
+from hpo.engine.nets import resolve_device
+from hpo.engine.objective import SMALL_NET_FLOPS, WorkerStopped, check_compatible, evaluate
 from hpo.errors import HpoError
-from hpo.fold_pool import FoldPool, open_fold_pool
-from hpo.nets import resolve_device
-from hpo.objective import SMALL_NET_FLOPS, WorkerStopped, check_compatible, evaluate
-from hpo.spec import StudySpec
-from hpo.storage import (
+from hpo.service.storage import (
     claim_lock,
     count_trial_states,
     fail_stale_trials,
@@ -44,9 +43,10 @@ from hpo.storage import (
     open_storage,
     resolve_heartbeat,
 )
-from hpo.study import load_study
+from hpo.service.study import load_study
+from hpo.spec.study_spec import StudySpec
 
-logger = logging.getLogger("hpo.worker")
+logger = logging.getLogger("hpo.service.worker")
 
 #: What scores a trial: (trial, spec, data, device, should_stop, fold pool or None) -> value.
 Objective = Callable[
@@ -120,18 +120,18 @@ def run_worker(
         trials: the study's budget instead of the spec's (for smoke runs). Default: the spec's.
         worker_index: 0 replays the spec's sampler seed exactly; other indexes derive their
             own; None (a worker started on its own) draws a fresh seed. Default: None.
-        heartbeat_seconds: see ``hpo.storage.resolve_heartbeat``; 0 disables it.
+        heartbeat_seconds: see ``hpo.service.storage.resolve_heartbeat``; 0 disables it.
         threads: torch CPU threads. Default: all cores.
         device: ``cuda`` or ``cpu``. Default: ``cuda`` when a GPU is visible.
         folds_at_once: on the CPU, how many folds of a trial are fitted at once, one by the
-            worker and each other in a fold process of its own (``hpo.fold_pool``), all on
+            worker and each other in a fold process of its own (``hpo.engine.folds.processes``), all on
             ``threads // folds_at_once`` threads; 1 fits them one after another in the
             worker. Default: none when the folds are stacked, else one per thread, at most
             the spec's folds. Fold processes are started with ``spawn``, so a script that
             calls ``run_worker`` needs the usual ``if __name__ == "__main__":`` guard.
         stack_folds: on the CPU, fit a trial's folds as one stacked model where the net
-            allows it (``hpo.stacked_folds``); False fits each fold as a net of its own.
-        objective: scores one trial; ``hpo.objective.evaluate`` (K-fold CV of the skorch
+            allows it (``hpo.engine.folds.stacked``); False fits each fold as a net of its own.
+        objective: scores one trial; ``hpo.engine.objective.evaluate`` (K-fold CV of the skorch
             net) unless a benchmark measures the storage alone.
 
     Raises:
