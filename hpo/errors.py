@@ -12,9 +12,15 @@ The tree::
 The CLI catches ``HpoError`` and prints its message, and an ``OSError`` about a file (one
 that cannot be read or written) as that file and the reason; anything else is a bug and keeps
 its traceback.
+
+``closest_name`` (and ``did_you_mean``, which words it) is the one place that suggests a
+close name for a misspelt one.
 """
 
 from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
 
 
 class HpoError(Exception):
@@ -50,3 +56,16 @@ class DatasetError(HpoError):
 
 class DeviceError(HpoError):
     """A ``--device`` is not one torch knows, or names a GPU this machine does not have."""
+
+
+def closest_name(word: object, candidates: Iterable[str]) -> str | None:
+    """The candidate most like ``word`` (``difflib``'s ratio of at least 0.6), or None."""
+    close = difflib.get_close_matches(str(word), list(candidates), n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def did_you_mean(word: object, candidates: Iterable[str]) -> str:
+    """``"; did you mean 'x'?"`` for the candidate closest to ``word``, or ``""`` if none is
+    close; made to end a message such as ``"unknown key 'samplr'"``."""
+    close = closest_name(word, candidates)
+    return "" if close is None else f"; did you mean {close!r}?"

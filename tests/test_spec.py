@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from conftest import REPO, run_hpo, tiny_spec
 
-from hpo.errors import SpecError
+from hpo.errors import SpecError, did_you_mean
 from hpo.spec.study_spec import StudySpec, load_spec, parse_spec
 
 STUDIES = sorted((REPO / "studies").glob("*.yaml"))
@@ -132,6 +132,23 @@ def test_n_trials_of_grid_is_grid_size_plus_enqueued(
 def test_n_trials_of_shipped_grid_study() -> None:
     # 2 widths x 2 depths x 3 activations x 2 optimizers, plus the enqueued warm start.
     assert load_spec(REPO / "studies" / "regression-grid.yaml").n_trials == 24 + 1
+
+
+def test_configuration_is_fixed_merged_with_the_searched_values() -> None:
+    spec = parse_spec(tiny_spec())
+    params = {"module__hidden1": 16, "lr": 0.01}
+
+    configuration = spec.configuration(params)
+
+    assert configuration == {"max_epochs": 3, "batch_size": 128, "module__hidden1": 16, "lr": 0.01}
+    configuration["max_epochs"] = 99
+    assert spec.fixed == {"max_epochs": 3, "batch_size": 128}
+    assert params == {"module__hidden1": 16, "lr": 0.01}
+
+
+def test_configuration_of_a_fully_fixed_spec_is_its_fixed_keys() -> None:
+    spec = parse_spec(grid_spec(space={}, fixed={"max_epochs": 3, "optimizer": "sgd"}))
+    assert spec.configuration({}) == {"max_epochs": 3, "optimizer": "sgd"}
 
 
 # --- one SpecError with every problem ------------------------------------------------------
@@ -495,6 +512,26 @@ def test_missing_required_dataset_option_is_a_spec_error() -> None:
 def test_enqueue_value_out_of_range_is_a_spec_error() -> None:
     problems = problems_of(tiny_spec(enqueue=[{"module__hidden1": 1000, "lr": 0.01}]))
     assert any(p.startswith("enqueue[0].module__hidden1:") for p in problems), problems
+
+
+@pytest.mark.parametrize(
+    ("word", "candidates", "suggestion"),
+    [
+        ("samplr", ["sampler", "pruner", "space"], "; did you mean 'sampler'?"),
+        (
+            "module__hiden1",
+            ("module__hidden1", "module__hidden2"),
+            "; did you mean 'module__hidden1'?",
+        ),
+        ("zzz", ["sampler", "pruner"], ""),
+        ("anything", [], ""),
+        (3, ["3e", "x"], "; did you mean '3e'?"),
+    ],
+)
+def test_did_you_mean_suggests_the_closest_candidate_or_nothing(
+    word: object, candidates: list[str], suggestion: str
+) -> None:
+    assert did_you_mean(word, candidates) == suggestion
 
 
 # --- the CLI -------------------------------------------------------------------------------

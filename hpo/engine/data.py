@@ -11,7 +11,6 @@ labels ``0 .. n_classes - 1`` of shape ``(n,)``, float32 regression targets of s
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import os
 from collections.abc import Callable
@@ -23,7 +22,7 @@ import numpy as np
 from sklearn import datasets as sk_datasets
 from sklearn.model_selection import train_test_split
 
-from hpo.errors import DatasetError
+from hpo.errors import DatasetError, closest_name
 
 TASKS: tuple[str, ...] = ("classification", "regression")
 
@@ -425,8 +424,8 @@ def load_dataset(name: str, **options: Any) -> DataSplits:
     parameters = inspect.signature(_loader(name)).parameters
     problems = []
     for option in sorted(set(options) - set(parameters)):
-        hint = difflib.get_close_matches(option, parameters, n=1)
-        suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
+        hint = closest_name(option, parameters)
+        suggestion = f" (did you mean {hint!r}?)" if hint else ""
         problems.append(f"unknown option {option!r}{suggestion}")
     required = [key for key, p in parameters.items() if p.default is inspect.Parameter.empty]
     problems += [f"missing required option {key!r}" for key in required if key not in options]
@@ -440,8 +439,8 @@ def load_dataset(name: str, **options: Any) -> DataSplits:
 
 def _loader(name: str) -> Callable[..., DataSplits]:
     if name not in DATASETS:
-        hint = difflib.get_close_matches(name, DATASETS, n=1)
-        suggestion = f" Did you mean {hint[0]!r}?" if hint else ""
+        hint = closest_name(name, DATASETS)
+        suggestion = f" Did you mean {hint!r}?" if hint else ""
         raise DatasetError(
             f"Unknown dataset {name!r}.{suggestion} The datasets are: {', '.join(DATASETS)}."
         )

@@ -8,11 +8,10 @@ the file.
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
@@ -22,10 +21,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from sklearn.metrics import get_scorer_names
 
-from hpo.engine.data import DATASETS, dataset_options
-from hpo.engine.models import ACTIVATIONS, MODELS, WEIGHT_INITS
-from hpo.engine.nets import NET_PARAMS, OPTIMIZERS
-from hpo.errors import SpecError
+from hpo.errors import SpecError, did_you_mean
+from hpo.spec.names import (
+    BOOLEAN_PARAMS,
+    DATASETS,
+    MODELS,
+    NAMED_VALUES,
+    NET_PARAMS,
+    OPTIMIZER_ARGS,
+)
 from hpo.spec.spaces import (
     CategoricalParam,
     FloatParam,
@@ -37,19 +41,6 @@ from hpo.spec.spaces import (
 )
 
 MAX_GRID_POINTS = 100_000
-
-#: Parameters whose values are names, and the names each accepts.
-NAMED_VALUES: dict[str, Iterable[str]] = {
-    "optimizer": OPTIMIZERS,
-    "module__activation": ACTIVATIONS,
-    "module__weight_init": WEIGHT_INITS,
-}
-
-#: Keys whose values are true or false (YAML's true/false, not a string).
-BOOLEAN_PARAMS = ("mixed_precision", "module__batch_norm")
-
-SAMPLERS = ("grid", "random", "tpe")
-PRUNERS = ("none", "median", "hyperband")
 
 
 class _Section(BaseModel):
@@ -122,6 +113,21 @@ class StudySpec(_Section):
         if self.budget.trials is not None:
             return self.budget.trials
         return len(self.enqueue) + len(grid_points(self.space))
+
+    def configuration(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """A trial's full configuration: the ``fixed`` keys merged with its searched ``params``.
+
+        The one place that decides how the two combine; the result is skorch ``set_params``
+        keys, ready for the net. A spec never has a key in both (validation rejects it), so
+        ``params`` winning a tie matters only for a caller passing keys outside ``space``.
+
+        Args:
+            params: The searched values, e.g. a trial's ``params``.
+
+        Returns:
+            A new dict; neither ``fixed`` nor ``params`` is changed.
+        """
+        return {**self.fixed, **params}
 
     def to_json(self) -> str:
         return self.model_dump_json()
@@ -207,7 +213,7 @@ def _describe(error: ValidationError) -> list[str]:
         key = ".".join(loc) or "(top level)"
         kind = item["type"]
         if kind == "extra_forbidden":
-            message = f"unknown key{_did_you_mean(loc[-1], _siblings(loc))}"
+            message = f"unknown key{did_you_mean(loc[-1], _siblings(loc))}"
         elif kind == "missing":
             message = "required key is missing"
         elif kind in ("union_tag_not_found", "union_tag_invalid"):
@@ -236,34 +242,17 @@ def _siblings(loc: list[str]) -> list[str]:
     return list(model.model_fields)
 
 
-def _did_you_mean(word: object, candidates: Iterable[str]) -> str:
-    close = difflib.get_close_matches(str(word), list(candidates), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
 @cache
 def _constructor_args(cls: type) -> tuple[str, ...]:
+    """The keyword arguments of an Optuna sampler's or pruner's constructor."""
     parameters = inspect.signature(cls).parameters
-    return tuple(
-        n
-        for n in parameters
-        if n not in ("self", "input_shape", "n_outputs")
-        and parameters[n].kind is not inspect.Parameter.VAR_KEYWORD
-    )
-
-
-@cache
-def _optimizer_args() -> tuple[str, ...]:
-    names: set[str] = set()
-    for cls in OPTIMIZERS.values():
-        names.update(n for n in inspect.signature(cls).parameters if n not in ("params", "lr"))
-    return tuple(sorted(names))
+    return tuple(n for n in parameters if parameters[n].kind is not inspect.Parameter.VAR_KEYWORD)
 
 
 def allowed_keys(model: str) -> list[str]:
     """Every parameter key a spec may set for ``model`` (skorch ``set_params`` keys)."""
-    module_keys = [f"module__{n}" for n in _constructor_args(MODELS[model])]
-    optimizer_keys = [f"optimizer__{n}" for n in _optimizer_args()]
+    module_keys = [f"module__{n}" for n in MODELS[model]]
+    optimizer_keys = [f"optimizer__{n}" for n in OPTIMIZER_ARGS]
     return sorted(NET_PARAMS) + module_keys + optimizer_keys
 
 
@@ -292,7 +281,7 @@ def _semantic_problems(raw: Mapping[str, Any]) -> list[str]:
                 if key not in allowed:
                     problems.append(
                         f"{section}.{key}: not a parameter of the {model} net"
-                        f"{_did_you_mean(key, allowed)} (module__* keys are the model's "
+                        f"{did_you_mean(key, allowed)} (module__* keys are the model's "
                         "constructor arguments; see hpo/engine/models.py)"
                     )
     for key in set(fixed) & set(raw_space):
@@ -302,7 +291,7 @@ def _semantic_problems(raw: Mapping[str, Any]) -> list[str]:
         for where, value in _given_values(key, fixed, space):
             if not isinstance(value, str) or value not in names:
                 problems.append(
-                    f"{where}.{key}: unknown name {value!r}{_did_you_mean(str(value), names)} "
+                    f"{where}.{key}: unknown name {value!r}{did_you_mean(str(value), names)} "
                     f"(valid: {', '.join(names)})"
                 )
     for key in BOOLEAN_PARAMS:
@@ -316,7 +305,7 @@ def _semantic_problems(raw: Mapping[str, Any]) -> list[str]:
             if ref not in earlier or isinstance(space[ref], CategoricalParam):
                 problems.append(
                     f"space.{name}: bound {ref!r} must name an earlier int or float parameter "
-                    f"in space{_did_you_mean(ref, earlier)}"
+                    f"in space{did_you_mean(ref, earlier)}"
                 )
         earlier.append(name)
         problems.extend(_reference_range_problems(name, param, space))
@@ -325,7 +314,7 @@ def _semantic_problems(raw: Mapping[str, Any]) -> list[str]:
     if isinstance(scoring, str) and scoring not in get_scorer_names():
         problems.append(
             f"scoring: {scoring!r} is not a scikit-learn scorer name"
-            f"{_did_you_mean(scoring, get_scorer_names())} (see sklearn.metrics.get_scorer_names)"
+            f"{did_you_mean(scoring, get_scorer_names())} (see sklearn.metrics.get_scorer_names)"
         )
     if raw.get("direction") == "minimize" and isinstance(scoring, str):
         problems.append(
@@ -382,25 +371,20 @@ def _dataset_problems(dataset: Any) -> list[str]:
     name = dataset["name"]
     if name not in DATASETS:
         return [
-            f"dataset.name: unknown dataset {name!r}{_did_you_mean(name, DATASETS)} "
+            f"dataset.name: unknown dataset {name!r}{did_you_mean(name, DATASETS)} "
             f"(valid: {', '.join(DATASETS)})"
         ]
-    options = dataset_options(name)
+    options = DATASETS[name].options
     problems = [
-        f"dataset.{key}: not an option of the {name} dataset{_did_you_mean(key, options)} "
+        f"dataset.{key}: not an option of the {name} dataset{did_you_mean(key, options)} "
         f"(valid: {', '.join(sorted(options)) or 'none'})"
         for key in dataset
         if key != "name" and key not in options
     ]
-    required = [
-        p.name
-        for p in inspect.signature(DATASETS[name]).parameters.values()
-        if p.default is inspect.Parameter.empty and p.kind is p.KEYWORD_ONLY
-    ]
     problems += [
         f"dataset.{key}: required by the {name} dataset; add it"
-        for key in required
-        if key not in dataset
+        for key in DATASETS[name].options
+        if key in DATASETS[name].required and key not in dataset
     ]
     return problems
 
@@ -416,7 +400,7 @@ def _search_problems(raw: Mapping[str, Any], space: Mapping[str, Param]) -> list
             error = grid_size_error(name, param)
             if error:
                 problems.append(error)
-    elif sampler_name in SAMPLERS and "trials" not in budget:
+    elif sampler_name in ("random", "tpe") and "trials" not in budget:
         problems.append("budget.trials: required for a random or tpe search (e.g. trials: 40)")
     sampler_classes = {"random": optuna.samplers.RandomSampler, "tpe": optuna.samplers.TPESampler}
     pruner_classes = {
@@ -439,7 +423,7 @@ def _search_problems(raw: Mapping[str, Any], space: Mapping[str, Param]) -> list
             elif key not in accepted:
                 problems.append(
                     f"{section}.options.{key}: not an option of the {name} {section}"
-                    f"{_did_you_mean(key, accepted)} (valid: {', '.join(accepted) or 'none'})"
+                    f"{did_you_mean(key, accepted)} (valid: {', '.join(accepted) or 'none'})"
                 )
     return problems
 
@@ -456,7 +440,7 @@ def _enqueue_problems(
         for key, value in point.items():
             if key not in raw_space:
                 problems.append(
-                    f"enqueue[{i}].{key}: not a parameter in space{_did_you_mean(key, raw_space)}"
+                    f"enqueue[{i}].{key}: not a parameter in space{did_you_mean(key, raw_space)}"
                 )
             elif isinstance(space.get(key), CategoricalParam):
                 choices = space[key].choices  # type: ignore[union-attr]
