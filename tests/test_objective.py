@@ -5,22 +5,17 @@ from __future__ import annotations
 import numpy as np
 import optuna
 import pytest
-import torch
 from conftest import tiny_spec
 from sklearn.model_selection import cross_val_score
 
+from hpo.engine.build import build_net, check_compatible
 from hpo.engine.data import load_dataset
+from hpo.engine.folds.plan import forward_flops
 from hpo.engine.models import MLP
 from hpo.engine.nets import TunedClassifier
-from hpo.engine.objective import (
-    build_net,
-    check_compatible,
-    cpu_threads_for,
-    evaluate,
-    forward_flops,
-    make_folds,
-)
+from hpo.engine.objective import evaluate, make_folds
 from hpo.errors import HpoError
+from hpo.service.study import make_pruner
 from hpo.spec.study_spec import parse_spec
 
 
@@ -58,7 +53,7 @@ def test_fold_scores_equal_cross_val_score(overrides: dict, dataset: str) -> Non
     value = evaluate(trial, spec, data, "cpu")
     study.tell(trial, value)
 
-    params = {**spec.fixed, **trial.params}
+    params = spec.configuration(trial.params)
     net = build_net(spec, data, params, "cpu")
     expected = cross_val_score(
         net, data.X_train, data.y_train, cv=make_folds(spec), scoring=spec.scoring
@@ -84,12 +79,12 @@ def test_running_mean_is_reported_after_every_fold() -> None:
 
 
 def test_a_trial_far_below_the_median_is_pruned_before_its_last_fold() -> None:
-    spec = parse_spec(tiny_spec(cv={"folds": 4}, fixed={"max_epochs": 4, "batch_size": 64}))
-    data = load_dataset("digits")
-    study = optuna.create_study(
-        direction="maximize",
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
+    median = {"name": "median", "options": {"n_startup_trials": 2, "n_warmup_steps": 0}}
+    spec = parse_spec(
+        tiny_spec(cv={"folds": 4}, fixed={"max_epochs": 4, "batch_size": 64}, pruner=median)
     )
+    data = load_dataset("digits")
+    study = optuna.create_study(direction="maximize", pruner=make_pruner(spec))
     good = {"module__hidden1": 32, "lr": 0.05}
     for _ in range(2):
         study.enqueue_trial(good)
@@ -153,33 +148,3 @@ def test_forward_flops_counts_a_training_batch() -> None:
     net = TunedClassifier(MLP, module__input_shape=(64,), module__hidden1=32, batch_size=16)
     # two matrix products per batch: 16 rows x (64 x 32 + 32 x 10) multiply-adds, 2 FLOPs each
     assert forward_flops(net, (64,)) == 2 * 16 * (64 * 32 + 32 * 10)
-
-
-def test_small_nets_train_on_one_thread_and_big_ones_on_all_the_worker_has() -> None:
-    before = torch.get_num_threads()
-    small = TunedClassifier(MLP, module__input_shape=(1, 8, 8), module__hidden1=64, batch_size=32)
-    big = TunedClassifier(
-        MLP, module__input_shape=(1, 28, 28), module__hidden1=1024, batch_size=128
-    )
-    try:
-        torch.set_num_threads(2)
-        with cpu_threads_for(small, (1, 8, 8), "cpu") as threads:
-            assert threads == torch.get_num_threads() == 1
-        assert torch.get_num_threads() == 2  # the worker's count is given back
-        with cpu_threads_for(big, (1, 28, 28), "cpu") as threads:
-            assert threads == torch.get_num_threads() == 2
-        with cpu_threads_for(small, (1, 8, 8), "cuda") as threads:
-            assert threads == 2  # a GPU trial leaves the CPU threads alone
-        torch.set_num_threads(1)
-        with cpu_threads_for(big, (1, 28, 28), "cpu") as threads:
-            assert threads == 1  # never more than the worker was given
-    finally:
-        torch.set_num_threads(before)
-
-
-def test_the_trial_records_its_threads() -> None:
-    spec = parse_spec(tiny_spec())
-    study = optuna.create_study(direction="maximize")
-    trial = study.ask()
-    evaluate(trial, spec, load_dataset("digits"), "cpu")
-    assert trial.user_attrs["threads"] >= 1

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 from conftest import run_hpo, tiny_spec
 
+from hpo.engine.build import build_net
 from hpo.engine.data import load_dataset
-from hpo.engine.objective import build_net
 from hpo.errors import HpoError
 from hpo.results.refit import refit_study
 from hpo.service.storage import open_storage

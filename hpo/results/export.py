@@ -39,8 +39,7 @@ def best_params_frame(study: optuna.Study, spec: StudySpec) -> pd.DataFrame:
         "study": study.study_name,
         "trial": best.number,
         "value": best.value,
-        **spec.fixed,
-        **best.params,
+        **spec.configuration(best.params),
     }
     return pd.DataFrame([row])
 

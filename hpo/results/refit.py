@@ -38,9 +38,9 @@ from sklearn.metrics import (
     r2_score,
 )
 
+from hpo.engine.build import build_net, check_compatible
 from hpo.engine.data import DataSplits, load_dataset
-from hpo.engine.nets import resolve_device
-from hpo.engine.objective import build_net, check_compatible
+from hpo.engine.device import resolve_device
 from hpo.errors import HpoError
 from hpo.service.study import load_study
 
@@ -109,7 +109,7 @@ def refit_study(
     device = resolve_device(device)
     study, spec = load_study(storage, name)
     best = _best_trial(study)
-    params = {**spec.fixed, **best.params}
+    params = spec.configuration(best.params)
     data = load_dataset(spec.dataset.name, **spec.dataset.options)
     check_compatible(spec, data)
 

@@ -260,7 +260,7 @@ def _summary(study: optuna.Study, spec: StudySpec, refit_folder: Path) -> str:
     if complete:
         best = study.best_trial
         rows.append(("best CV score", f"{best.value:.6g} (trial {best.number})"))
-        params = {**spec.fixed, **best.params}
+        params = spec.configuration(best.params)
         rows.append(("best configuration", ", ".join(f"{k}={_fmt(v)}" for k, v in params.items())))
     test = {
         k.removeprefix(TEST_ATTR_PREFIX): v

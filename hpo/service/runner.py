@@ -20,12 +20,13 @@ from optuna.trial import TrialState
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from hpo.engine.folds.stacked import spec_stacks_folds
-from hpo.engine.nets import default_device
+from hpo.engine.device import default_device
+from hpo.engine.objective import worker_fold_plan
 from hpo.results.export import export_study
 from hpo.service.storage import open_storage
 from hpo.service.study import register_study
 from hpo.service.worker import default_threads
+from hpo.spec.names import DATASETS
 from hpo.spec.study_spec import load_spec
 
 POLL_SECONDS = 0.5
@@ -74,9 +75,13 @@ def run_study(
         console.print(f"study [bold]{spec.name}[/] already registered; resuming it")
     budget = trials or spec.n_trials
     threads = default_threads(workers)
-    # (a spec whose folds stack fits small nets on one thread; others use fold processes)
-    stacks = spec_stacks_folds(spec, validation=True)
-    if workers == 1 and threads > 1 and stacks and default_device() == "cpu":
+    plan = worker_fold_plan(
+        spec,
+        device=default_device(),
+        threads=threads,
+        validation=DATASETS[spec.dataset.name].fixed_validation,
+    )
+    if workers == 1 and plan.idles_cores:
         console.print(
             f"1 worker on {threads} CPU cores: a small net trains on one of them; "
             f"[bold]--workers {threads}[/] runs {threads} trials at once",

@@ -7,14 +7,16 @@ fits, so a worker with T threads fits ``N = min(T, K)`` folds at once, on ``T //
 each: one itself, the others in N - 1 fold processes, as ``cross_val_score(..., n_jobs=T)``
 does with joblib. On the digits nets of ``benchmarks/trial_speed.py`` that makes a trial on
 two cores 1.5 to 2 times as fast as fitting the folds one after another on two threads.
-Stacking the folds in one process (``hpo.engine.folds.stacked``) gains more, so a worker whose folds
-are stacked starts no fold processes unless ``--folds-at-once`` asks for them.
+Stacking the folds in one process (``hpo.engine.folds.stacked``) gains more, so a worker
+whose folds are stacked starts no fold processes unless ``--folds-at-once`` asks for them
+(``hpo.engine.folds.plan`` decides).
 
 The fold processes start once per worker (``spawn``, so no lock held by one of the worker's
 threads is copied into them) and receive the study and the training data once; each fold then
 sends only its parameters and row indices. Every fold, wherever it runs, computes what
-``hpo.engine.objective.fit_and_score_fold`` computes on ``T // N`` threads: same net, same seed, same
-rows, so it does not matter which process took it. Results come back in fold order, so
+``hpo.engine.folds.fold.fit_and_score_fold`` computes on ``T // N`` threads: same net, same
+seed, same rows, so it does not matter which process took it (up to float rounding, which
+differs between processes as between thread counts). Results come back in fold order, so
 pruning after fold k sees what it sees without the processes; the folds still running for a
 pruned, failed or stopped trial are told to stop at their next batch. While the fold processes
 start (a few seconds: each imports torch), the worker fits the folds itself.
@@ -38,9 +40,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from hpo.engine.build import build_net
 from hpo.engine.data import DataSplits
-from hpo.engine.folds.stacked import spec_stacks_folds
-from hpo.engine.objective import FoldResult, WorkerStopped, build_net, fit_and_score_fold
+from hpo.engine.folds.fold import FoldResult, WorkerStopped, fit_and_score_fold
+from hpo.engine.folds.plan import FoldPlan
 from hpo.spec.study_spec import StudySpec
 
 logger = logging.getLogger("hpo.engine.folds.processes")
@@ -49,41 +52,19 @@ logger = logging.getLogger("hpo.engine.folds.processes")
 STOP_POLL_SECONDS = 0.1
 
 
-def open_fold_pool(
-    spec: StudySpec,
-    data: DataSplits,
-    device: str,
-    threads: int,
-    requested: int | None = None,
-    stack_folds: bool = True,
-) -> FoldPool | None:
-    """A worker's fold processes, started; None where it fits its folds itself: one thread,
-    a GPU, ``requested`` 1, folds it stacks (``hpo.engine.folds.stacked``; unless ``requested``
-    asks for fold processes), or a platform that cannot start processes (no ``/dev/shm``
-    semaphores, say), which is logged."""
-    at_once = folds_at_once(device, threads, spec.cv.folds, requested)
-    if requested is None and stack_folds and spec_stacks_folds(spec, data.X_valid is not None):
-        # Stacking gains 2-2.6x over fitting the folds one by one in one process; fold
-        # processes about 1.5x on two cores, for twice the memory (docs/benchmarks.md).
-        return None
-    if at_once < 2:
+def open_fold_pool(spec: StudySpec, data: DataSplits, plan: FoldPlan) -> FoldPool | None:
+    """The fold processes ``plan`` asks for, started; None when it asks for none, or when
+    this platform cannot start processes (no ``/dev/shm`` semaphores, say), which is logged:
+    the worker then fits its folds one by one."""
+    if not plan.processes:
         return None
     try:
-        pool = FoldPool(spec, data, processes=at_once - 1, threads=max(1, threads // at_once))
+        pool = FoldPool(spec, data, processes=plan.processes, threads=plan.threads)
         pool.start()
     except OSError as error:
         logger.warning("cannot start fold processes (%s); fitting folds one at a time", error)
         return None
     return pool
-
-
-def folds_at_once(device: str, threads: int, folds: int, requested: int | None = None) -> int:
-    """How many folds a worker fits at once: one per thread (at most ``folds``) on the CPU,
-    ``requested`` when given; one on a GPU, where the folds share the device anyway."""
-    if torch.device(device).type != "cpu":
-        return 1
-    wanted = threads if requested is None else requested
-    return max(1, min(wanted, folds))
 
 
 class FoldPool:
@@ -163,7 +144,7 @@ class FoldPool:
                 while not ready(due):
                     if fit_here is not None and untaken:
                         mine = untaken.popleft()
-                        fitted_here[mine] = self._fit_here(fit_here, mine)
+                        fitted_here[mine] = fit_here(mine)
                     else:
                         self._wait_for(submitted[due], should_stop)
                     hand_out()
@@ -211,15 +192,6 @@ class FoldPool:
                 raise WorkerStopped
             wait([future], timeout=STOP_POLL_SECONDS, return_when=FIRST_COMPLETED)
 
-    def _fit_here(self, fit_here: Callable[[int], FoldResult], fold: int) -> FoldResult:
-        # on a fold process's share of the threads, as the fold processes fit theirs
-        budget = torch.get_num_threads()
-        torch.set_num_threads(self.threads)
-        try:
-            return fit_here(fold)
-        finally:
-            torch.set_num_threads(budget)
-
 
 @dataclasses.dataclass
 class _FoldProcess:
@@ -227,6 +199,7 @@ class _FoldProcess:
 
     spec: StudySpec
     data: DataSplits
+    threads: int
     abandon: Any  # a multiprocessing Event
 
 
@@ -240,7 +213,7 @@ def _start_fold_process(
     # Ctrl-C reaches every process of the terminal's group; the worker decides what stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
-    _process = _FoldProcess(spec, data, abandon)
+    _process = _FoldProcess(spec, data, threads, abandon)
     threading.Thread(target=_exit_with_worker, args=(worker_pid,), daemon=True).start()
 
 
@@ -261,5 +234,5 @@ def _fit_fold(
         raise WorkerStopped
     net = build_net(spec, data, params, "cpu")
     return fit_and_score_fold(
-        net, data, "cpu", fold, train, test, spec.scoring, _process.abandon.is_set
+        net, data, fold, train, test, spec.scoring, _process.threads, _process.abandon.is_set
     )

@@ -20,8 +20,10 @@ from conftest import tiny_spec, wait_for_running_trial
 from optuna.trial import TrialState
 
 from hpo.engine.data import DataSplits, load_dataset
-from hpo.engine.folds.processes import FoldPool, folds_at_once, open_fold_pool
-from hpo.engine.objective import WorkerStopped, evaluate, make_folds
+from hpo.engine.folds.fold import WorkerStopped
+from hpo.engine.folds.plan import FoldOptions, FoldPlan
+from hpo.engine.folds.processes import FoldPool, open_fold_pool
+from hpo.engine.objective import evaluate, make_folds
 from hpo.service.storage import open_storage
 from hpo.service.study import register_study
 from hpo.service.worker import run_worker
@@ -31,6 +33,10 @@ DIGITS = tiny_spec(
     cv={"folds": 3, "shuffle": True, "seed": 0},
     fixed={"max_epochs": 4, "batch_size": 64, "module__dropout": 0.2},
 )
+#: How far two fits of the same fold may score apart when float rounding differs (another
+#: process, another thread count): MSEs of 0.53 were seen 6e-8 apart.
+ROUNDING = 1e-5
+
 REGRESSION = tiny_spec(
     model="regressor",
     dataset={"name": "synthetic_regression"},
@@ -56,8 +62,10 @@ def scored_trial(
     trial = study.ask()
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # the thread count of each fold process
+    # with the pool, its processes and the worker fit 3 folds at once; without, one by one
+    options = FoldOptions(folds_at_once=1 if pool is None else pool.processes + 1)
     try:
-        study.tell(trial, evaluate(trial, spec, data, "cpu", pool=pool))
+        study.tell(trial, evaluate(trial, spec, data, "cpu", pool=pool, options=options))
     finally:
         torch.set_num_threads(before)
     return study.trials[0]
@@ -70,17 +78,23 @@ def scored_trial(
         {"module__hidden1": 12, "lr": 0.005, "early_stopping_patience": 1, "max_epochs": 30},
     ],
 )
-def test_folds_in_processes_score_exactly_as_in_the_worker(
+def test_folds_in_processes_score_as_in_the_worker(
     digits: tuple[FoldPool, StudySpec, DataSplits], params: dict
 ) -> None:
     pool, spec, data = digits
     here = scored_trial(spec, data, params, pool=None)
     there = scored_trial(spec, data, params, pool=pool)
-    assert there.user_attrs["fold_scores"] == here.user_attrs["fold_scores"]
+    assert there.user_attrs["folds_plan"] == "3 folds at once (2 fold processes), 1 thread each"
+    assert here.user_attrs["folds_plan"] == "folds one by one, 1 thread"
+    # Same net, seed, rows and thread count; but another process may pick other kernels
+    # (seen on Intel Xeon: scores 6e-8 apart), so float rounding is allowed for.
+    np.testing.assert_allclose(
+        there.user_attrs["fold_scores"], here.user_attrs["fold_scores"], rtol=ROUNDING
+    )
     assert there.user_attrs["epochs"] == here.user_attrs["epochs"]
-    assert there.value == here.value
+    assert there.value == pytest.approx(here.value, rel=ROUNDING)
     assert there.user_attrs["threads"] == 1
-    assert there.intermediate_values == here.intermediate_values
+    assert there.intermediate_values == pytest.approx(here.intermediate_values, rel=ROUNDING)
 
 
 def test_regression_folds_match_and_a_diverging_fold_raises_its_reason() -> None:
@@ -89,7 +103,9 @@ def test_regression_folds_match_and_a_diverging_fold_raises_its_reason() -> None
         params = {"lr": 0.004}
         here = scored_trial(spec, data, params, pool=None)
         there = scored_trial(spec, data, params, pool=pool)
-        assert there.user_attrs["fold_scores"] == here.user_attrs["fold_scores"]
+        np.testing.assert_allclose(
+            there.user_attrs["fold_scores"], here.user_attrs["fold_scores"], rtol=ROUNDING
+        )
 
         splits = list(make_folds(spec).split(data.X_train, data.y_train))
         with pytest.raises(FloatingPointError, match="diverged"):
@@ -159,30 +175,12 @@ def test_a_killed_fold_process_fails_the_trial_and_the_next_trial_gets_new_ones(
         assert [r.epochs for r in pool.fold_results(quick, splits)] == [2, 2, 2]
 
 
-def test_folds_at_once() -> None:
-    assert folds_at_once("cpu", threads=2, folds=5) == 2
-    assert folds_at_once("cpu", threads=16, folds=5) == 5
-    assert folds_at_once("cpu", threads=1, folds=5) == 1
-    assert folds_at_once("cpu", threads=4, folds=5, requested=1) == 1
-    assert folds_at_once("cpu", threads=1, folds=3, requested=4) == 3
-    assert folds_at_once("cuda", threads=8, folds=5) == 1
-
-
-def test_a_worker_whose_folds_are_stacked_starts_no_fold_process() -> None:
-    data = load_dataset("digits")
-    assert open_fold_pool(parse_spec(DIGITS), data, "cpu", threads=2) is None
-    patience = {**DIGITS, "fixed": {**DIGITS["fixed"], "early_stopping_patience": 2}}
-    assert open_fold_pool(parse_spec(patience), data, "cpu", threads=2) is None  # digits'
-    # validation split serves every fold; without one, each fold's own split is not stacked
-    patience = {**REGRESSION, "fixed": {**REGRESSION["fixed"], "early_stopping_patience": 2}}
-    pool = open_fold_pool(
-        parse_spec(patience), load_dataset("synthetic_regression"), "cpu", threads=2
-    )
-    assert pool is not None
+def test_a_worker_opens_the_fold_processes_its_plan_asks_for() -> None:
+    spec, data = parse_spec(DIGITS), load_dataset("digits")
+    assert open_fold_pool(spec, data, FoldPlan("stacked", threads=2)) is None
+    pool = open_fold_pool(spec, data, FoldPlan("fold processes", threads=1, at_once=2))
+    assert pool is not None and pool.processes == 1 and pool.threads == 1
     pool.close()
-    unstacked = open_fold_pool(parse_spec(DIGITS), data, "cpu", threads=2, stack_folds=False)
-    assert unstacked is not None
-    unstacked.close()
 
 
 def test_without_process_support_the_worker_fits_its_folds_itself(
@@ -193,7 +191,8 @@ def test_without_process_support_the_worker_fits_its_folds_itself(
 
     monkeypatch.setattr(multiprocessing.get_context("spawn"), "Event", no_semaphores)
     spec = parse_spec(DIGITS)
-    assert open_fold_pool(spec, load_dataset("digits"), "cpu", threads=2, requested=2) is None
+    plan = FoldPlan("fold processes", threads=1, at_once=2)
+    assert open_fold_pool(spec, load_dataset("digits"), plan) is None
     assert "cannot start fold processes" in caplog.text
     url = f"sqlite:///{tmp_path / 'hpo.db'}"
     register_study(spec, open_storage(url))
@@ -225,7 +224,9 @@ def test_a_worker_with_a_fold_process_scores_as_one_fitting_its_folds_one_by_one
         trials = optuna.load_study(study_name=spec.name, storage=url).trials
         values[threads] = [(t.params, t.user_attrs["fold_scores"]) for t in trials]
         assert {t.user_attrs["threads"] for t in trials} == {1}
-    assert values[2] == values[1]
+    for (params_2, scores_2), (params_1, scores_1) in zip(values[2], values[1], strict=True):
+        assert params_2 == params_1  # the same sampler seed draws the same configurations
+        np.testing.assert_allclose(scores_2, scores_1, rtol=ROUNDING)
 
 
 def children_of(pid: int) -> list[int]:

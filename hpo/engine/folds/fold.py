@@ -1,0 +1,126 @@
+"""One fold: fit a ``clone`` of the trial's net on its training rows, score it on the rest.
+
+What every fold strategy shares: the result of a fold (``FoldResult``), the exception that
+ends a fit when the worker is told to stop (``WorkerStopped``), the training data kept on the
+trial's device once per process, and ``fit_and_score_fold``, the unit that the one-by-one and
+the fold-process strategies run.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.base import clone
+from sklearn.metrics import get_scorer
+from skorch.callbacks import Callback
+
+from hpo.engine.data import DataSplits
+from hpo.engine.threads import torch_threads
+
+
+class WorkerStopped(BaseException):
+    """Raised inside a fit when the worker was asked to stop (SIGTERM).
+
+    A ``BaseException`` so that nothing between the signal and the worker loop swallows it.
+    """
+
+
+@dataclass(frozen=True)
+class FoldResult:
+    """What fitting and scoring one fold gave."""
+
+    score: float
+    seconds: float
+    epochs: int
+
+
+class StopCheck(Callback):
+    """Ends a fit at the next batch once ``should_stop()`` turns true."""
+
+    def __init__(self, should_stop: Callable[[], bool]) -> None:
+        self.should_stop = should_stop
+
+    def on_batch_end(self, net: Any, **kwargs: Any) -> None:
+        if self.should_stop():
+            raise WorkerStopped
+
+
+#: The last ``resident_training_data``: (the data it was made from, device, tensors).
+_resident: tuple[weakref.ref[DataSplits], str, tuple[torch.Tensor, torch.Tensor]] | None = None
+
+
+def resident_training_data(data: DataSplits, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``X_train`` and ``y_train`` as tensors on ``device``, made once per worker process.
+
+    A worker scores every trial on the same data, so it is moved to the device once (on the
+    CPU the tensors share the arrays' memory) and each fold is indexed from it in place.
+    """
+    global _resident
+    if _resident is not None:
+        source, resident_device, tensors = _resident
+        if source() is data and resident_device == device:
+            return tensors
+    tensors = (
+        torch.as_tensor(data.X_train, device=device),
+        torch.as_tensor(data.y_train, device=device),
+    )
+    _resident = (weakref.ref(data), device, tensors)
+    return tensors
+
+
+def check_finite(losses: list[float], fold: int) -> None:
+    """Raise ``FloatingPointError`` when fold ``fold``'s training loss stopped being finite."""
+    if not all(math.isfinite(loss) for loss in losses):
+        raise FloatingPointError(
+            f"the training loss became {losses[-1]} in fold {fold}: the configuration "
+            "diverged (a lower lr or a smaller init usually helps)"
+        )
+
+
+def fit_and_score_fold(
+    net: Any,
+    data: DataSplits,
+    fold: int,
+    train: np.ndarray,
+    test: np.ndarray,
+    scoring: str,
+    threads: int | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> FoldResult:
+    """Fit a ``clone`` of ``net`` on the fold's ``train`` rows and score it on its ``test``
+    rows, as ``cross_val_score`` does for one split.
+
+    Args:
+        net: the trial's unfitted skorch net; its ``device`` says where the fold trains.
+        data: the worker's data; the rows index ``X_train``/``y_train``.
+        fold: the fold's number, for messages.
+        train, test: the fold's row indices.
+        scoring: a scikit-learn scorer name.
+        threads: torch CPU threads for the fit; None keeps the current count.
+        should_stop: polled after every batch; true ends the fit with ``WorkerStopped``.
+
+    Raises:
+        FloatingPointError: the training loss stopped being finite.
+        WorkerStopped: ``should_stop()`` turned true during the fit.
+    """
+    X, y = resident_training_data(data, str(net.device))
+    fold_net = clone(net)
+    if should_stop is not None:
+        fold_net.set_params(callbacks=[("stop_check", StopCheck(should_stop))])
+    train_rows = torch.as_tensor(train, device=X.device)
+    with torch_threads(threads):
+        started = time.perf_counter()
+        fold_net.fit(X[train_rows], y[train_rows])
+        seconds = time.perf_counter() - started
+        check_finite(fold_net.history[:, "train_loss"], fold)
+        # The scorer compares predictions with y on the host, as cross_val_score does.
+        test_rows = torch.as_tensor(test, device=X.device)
+        score = get_scorer(scoring)(fold_net, X[test_rows], data.y_train[test])
+    return FoldResult(float(score), seconds, len(fold_net.history))
