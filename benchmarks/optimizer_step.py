@@ -1,114 +1,139 @@
-"""Training-step time with ``DirectStep`` against torch's ``optimizer.step()``, in one run.
+"""Fit time of hpo's nets per optimizer, here or against another checkout of hpo, in one run.
 
-Each case fits the same ``TunedClassifier`` on the digits data twice per repeat: once as hpo
-runs it (the optimizer stepped through ``hpo.direct_step.DirectStep``) and once with
-``optimizer.step()`` (the baseline, everything else the same). It prints the CPU time per
-training step of each (process time, median over ``--repeats``, one torch thread), the
-speed-up, and whether both fits ended with the same training loss (they must: the update is
-bit for bit the same).
+Each case fits one digits MLP configuration (sklearn's ``load_digits``, its first 1000 rows,
+5 folds of ``KFold``) with one optimizer, in one of two ways: the 5 folds stacked
+(``hpo.engine.folds.stacked.fit_stacked``, as a trial runs them on the CPU) or one fold
+through ``TunedClassifier.fit``. The figure is the CPU time of one fit (process time, so other
+processes on the machine weigh less; one torch thread), the median and the minimum over
+``--repeats`` (on a busy machine the minimum is the least disturbed), and the final training
+loss of the last repeat (fold 0's when stacked).
+
+``--before PATH`` compares with the hpo package of another checkout (say, a clone at an older
+commit): each repeat runs every case once under this checkout and once under ``PATH``, each in
+a fresh process, the order alternating from repeat to repeat so drifts in machine speed hit
+both; the table gives both medians and their ratio (this checkout / ``PATH``). ``--after``
+names another checkout to stand for this one (say, an older commit plus one change alone).
 
     python benchmarks/optimizer_step.py
-    python benchmarks/optimizer_step.py --repeats 11 --cases mlp-adam,cnn-adam
+    python benchmarks/optimizer_step.py --before /tmp/hpo-old --repeats 7
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
-import torch
-
-from hpo.engine.data import load_dataset
-from hpo.engine.models import CNN, MLP
-from hpo.engine.nets import TunedClassifier
-
-DIGITS_MLP = {
-    "module": MLP,
+ROOT = Path(__file__).resolve().parent.parent
+OPTIMIZERS = ("adam", "sgd", "adamax")
+WAYS = ("stacked-5", "single")
+MLP_PARAMS: dict[str, Any] = {
     "module__hidden1": 128,
     "module__hidden2": 64,
     "module__dropout": 0.25,
-    "module__activation": "leaky_relu",
-    "optimizer__weight_decay": 1e-5,
-    "batch_size": 64,
-    "max_epochs": 10,
-}
-DIGITS_CNN = {
-    "module": CNN,
-    "module__conv1": 16,
-    "module__conv2": 32,
-    "module__conv3": None,
-    "module__kernel_size": 3,
-    "module__hidden1": 64,
-    "module__dropout": 0.25,
-    "module__batch_norm": True,
+    "lr": 1e-3,
     "batch_size": 32,
-    "max_epochs": 3,
-}
-CASES: dict[str, dict[str, Any]] = {
-    "mlp-adam": {**DIGITS_MLP, "optimizer": "adam"},
-    "mlp-sgd": {**DIGITS_MLP, "optimizer": "sgd"},
-    "mlp-adamax": {**DIGITS_MLP, "optimizer": "adamax"},
-    "small-mlp-adam": {
-        "module": MLP,
-        "module__depth": 2,
-        "module__units": 16,
-        "optimizer": "adam",
-        "batch_size": 20,
-        "max_epochs": 10,
-    },
-    "cnn-adam": {**DIGITS_CNN, "optimizer": "adam"},
-    "cnn-adamax": {**DIGITS_CNN, "optimizer": "adamax"},
+    "max_epochs": 15,
 }
 
 
-class WithOptimizerStep(TunedClassifier):
-    """hpo's net with the baseline update: torch's own ``optimizer.step()``."""
+def _folds() -> tuple[list[Any], list[Any]]:
+    import numpy as np
+    import torch
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import KFold
 
-    def _direct_step(self) -> None:
-        return None
+    digits = load_digits()
+    X = (digits.data[:1000] / 16).astype(np.float32)
+    y = digits.target[:1000].astype(np.int64)
+    train = [rows for rows, _ in KFold(5, shuffle=True, random_state=0).split(X)]
+    X_all, y_all = torch.as_tensor(X), torch.as_tensor(y)
+    return [X_all[rows] for rows in train], [y_all[rows] for rows in train]
 
 
-def time_fit(
-    net_class: type[TunedClassifier], case: dict[str, Any], X: Any, y: Any
-) -> tuple[float, float]:
-    """(CPU microseconds per training step, final training loss) of one fit."""
-    options = dict(case)
-    module = options.pop("module")
-    net = net_class(module, module__input_shape=X.shape[1:], lr=1e-3, **options)
+def _fit(way: str, optimizer: str, X: list[Any], y: list[Any]) -> tuple[float, float]:
+    """(CPU seconds, final training loss) of one fit."""
+    from hpo.engine.folds.stacked import fit_stacked
+    from hpo.engine.models import MLP
+    from hpo.engine.nets import TunedClassifier
+
+    net = TunedClassifier(MLP, module__input_shape=(64,), optimizer=optimizer, **MLP_PARAMS)
     started = time.process_time()
-    net.fit(X, y)
-    seconds = time.process_time() - started
-    steps = options["max_epochs"] * -(-len(y) // options["batch_size"])
-    return seconds / steps * 1e6, net.history[-1, "train_loss"]
+    if way == "single":
+        loss = net.fit(X[0], y[0]).history[-1, "train_loss"]
+    else:
+        loss = fit_stacked(net, X, y).losses(0)[-1]
+    return time.process_time() - started, float(loss)
+
+
+def one_round() -> dict[str, tuple[float, float]]:
+    """Every case fitted once (after one untimed fit of each), in this process."""
+    import torch
+
+    torch.set_num_threads(1)
+    X, y = _folds()
+    cases = [(way, optimizer) for way in WAYS for optimizer in OPTIMIZERS]
+    for way, optimizer in cases:
+        _fit(way, optimizer, X, y)  # warm-up: first calls allocate and dispatch more
+    return {f"{way} {optimizer}": _fit(way, optimizer, X, y) for way, optimizer in cases}
+
+
+def _round_in(checkout: Path) -> dict[str, tuple[float, float]]:
+    env = {**os.environ, "PYTHONPATH": str(checkout)}
+    out = subprocess.run(
+        [sys.executable, __file__, "--round"], env=env, check=True, capture_output=True, text=True
+    ).stdout
+    return {key: tuple(value) for key, value in json.loads(out).items()}  # type: ignore[misc]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cases", default=",".join(CASES), help="comma-separated case names")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--before", type=Path, help="another checkout to compare with")
+    parser.add_argument("--after", type=Path, default=ROOT, help="default: this checkout")
+    parser.add_argument("--round", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    data = load_dataset("digits")
-    X, y = data.X_train, data.y_train
-    images = X.reshape(len(X), 1, 8, 8)
-    print(f"# Training step, {len(y)} digits rows, 1 torch thread, torch {torch.__version__}")
-    print("| case | optimizer.step() µs | DirectStep µs | speed-up | same loss |")
-    print("| --- | ---: | ---: | ---: | --- |")
-    for name in args.cases.split(","):
-        case = CASES[name]
-        inputs = images if case["module"] is CNN else X
-        times: dict[type, list[float]] = {WithOptimizerStep: [], TunedClassifier: []}
-        losses: dict[type, float] = {}
-        for _ in range(args.repeats):  # alternate, so drifts in machine speed hit both
-            for net_class in times:
-                micros, losses[net_class] = time_fit(net_class, case, inputs, y)
-                times[net_class].append(micros)
-        baseline = statistics.median(times[WithOptimizerStep])
-        direct = statistics.median(times[TunedClassifier])
-        same = losses[WithOptimizerStep] == losses[TunedClassifier]
-        print(f"| {name} | {baseline:.0f} | {direct:.0f} | {baseline / direct:.2f}× | {same} |")
+    if args.round:
+        print(json.dumps(one_round()))
+        return
+    import torch
+
+    checkouts = {"before": args.before, "after": args.after}
+    if args.before is None:
+        del checkouts["before"]
+    runs: dict[str, list[dict[str, tuple[float, float]]]] = {name: [] for name in checkouts}
+    for repeat in range(args.repeats):
+        names = list(checkouts) if repeat % 2 == 0 else list(reversed(checkouts))
+        for name in names:
+            runs[name].append(_round_in(checkouts[name]))
+    print(
+        f"# digits MLP 128-64, 1000 rows, 5 folds, batch {MLP_PARAMS['batch_size']}, "
+        f"{MLP_PARAMS['max_epochs']} epochs; CPU seconds per fit, median (min) of "
+        f"{args.repeats}; "
+        f"1 torch thread, torch {torch.__version__}"
+    )
+    columns = " | ".join(f"{name} s | {name} loss" for name in checkouts)
+    ratio = args.before is not None
+    print(f"| case | {columns} |" + (" after/before |" if ratio else ""))
+    print("| --- |" + " ---: |" * (2 * len(checkouts) + ratio))
+    for case in runs["after"][0]:
+        times = {name: [r[case][0] for r in runs[name]] for name in checkouts}
+        medians = {name: statistics.median(times[name]) for name in checkouts}
+        cells = " | ".join(
+            f"{medians[name]:.3f} ({min(times[name]):.3f}) | {runs[name][-1][case][1]:.4f}"
+            for name in checkouts
+        )
+        extra = ""
+        if ratio:
+            fastest = min(times["after"]) / min(times["before"])
+            extra = f" {medians['after'] / medians['before']:.2f} ({fastest:.2f}) |"
+        print(f"| {case} | {cells} |{extra}")
 
 
 if __name__ == "__main__":

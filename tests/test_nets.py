@@ -3,8 +3,11 @@
 The fast path is everything ``TunedClassifier`` / ``TunedRegressor`` change about a fit for
 speed: ``TensorBatches`` instead of skorch's ``DataLoader``, callbacks called only for the hooks
 they implement, no per-batch mode switch, batch losses kept on the device until the epoch ends,
-and bigger evaluation batches. With shuffling off and the same seed, a fit must train and score
-as plain skorch does, up to float rounding.
+bigger evaluation batches, a train step without skorch's closure, and fused or foreach
+optimizers. With shuffling off and the same seed, a fit must train and score as plain skorch
+does: up to float rounding against skorch's defaults (the fused kernels sum in another order),
+bit for bit when plain skorch is given the same optimizer options. And every optimizer hpo
+names must train, alone or with the folds stacked.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from torch import nn
 from torch.utils.data import Subset
 
 from hpo.engine.data import load_dataset
+from hpo.engine.folds.stacked import fit_stacked
 from hpo.engine.models import CNN, MLP
 from hpo.engine.nets import OPTIMIZERS, TensorBatches, TunedClassifier, TunedRegressor
 
@@ -255,11 +259,13 @@ def test_user_callbacks_see_every_batch_in_train_mode() -> None:
     ],
 )
 def test_weights_are_bit_for_bit_those_of_plain_skorch(optimizer: str, options: dict) -> None:
-    # Adam, AdamW and SGD step with torch's fused kernel, which plain skorch is told to use
-    # too (it rounds a few last bits unlike the default loop; the scores test above compares
-    # with the default); Adamax and RMSprop step one flat tensor, with skorch's defaults. All
-    # of them through DirectStep.
+    # Adam, AdamW and SGD step with torch's fused kernel, Adamax and RMSprop with its foreach
+    # loop; plain skorch is told to use the same, so both compute the same ops in the same
+    # order, in one process on the same threads: equal by construction. (The fused kernels
+    # round a few last bits unlike torch's default loop; the scores test above compares with
+    # the default.)
     fused = optimizer in ("adam", "adamw", "sgd")
+    multi_tensor = {"optimizer__fused": True} if fused else {"optimizer__foreach": True}
     X, y = _digits(200)
     common = {
         "module__input_shape": (1, 8, 8),
@@ -281,17 +287,91 @@ def test_weights_are_bit_for_bit_those_of_plain_skorch(optimizer: str, options: 
         optimizer=OPTIMIZERS[optimizer],
         train_split=None,
         verbose=0,
-        **({"optimizer__fused": True} if fused else {}),
+        **multi_tensor,
         **common,
     ).fit(X, y)
-    assert fast.optimizer_.defaults.get("fused") is (True if fused else None)
-    assert fast.flat_optimizer_ is (not fused and "optimizer__param_groups" not in options)
-    # Every step but the first (which creates the state) skipped optimizer.step().
-    assert fast.direct_step_.direct_steps == 2 * 7 - 1
+    for key, value in multi_tensor.items():
+        assert fast.optimizer_.defaults[key.removeprefix("optimizer__")] is value
     fast_state, plain_state = fast.module_.state_dict(), plain.module_.state_dict()
     assert fast_state.keys() == plain_state.keys()
     for key, value in plain_state.items():
         assert torch.equal(fast_state[key], value), key
+
+
+def _initial_and_final_weights(way: str, optimizer: Any) -> tuple[dict, dict, list[float]]:
+    X, y = _digits(200)
+    params = {
+        "module__input_shape": (1, 8, 8),
+        "module__hidden1": 24,
+        "module__batch_norm": True,
+        "optimizer": optimizer,
+        "lr": 0.01,
+        "batch_size": 32,
+        "max_epochs": 4,
+    }
+    net = TunedClassifier(MLP, **params)
+    initial = clone(net).initialize().module_.state_dict()
+    if way == "fit":
+        net.fit(X, y)
+        return initial, net.module_.state_dict(), list(net.history[:, "train_loss"])
+    X_all, y_all = torch.as_tensor(X), torch.as_tensor(y)
+    halves = [slice(0, 100), slice(100, 200)]
+    fit = fit_stacked(net, [X_all[rows] for rows in halves], [y_all[rows] for rows in halves])
+    return initial, fit.fold_net(1).module_.state_dict(), fit.losses(1)
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "way"),
+    [
+        *[(name, way) for name in OPTIMIZERS for way in ("fit", "stacked")],
+        (torch.optim.Adagrad, "fit"),  # stands for the optimizers skorch steps itself
+    ],
+)
+def test_every_optimizer_trains(optimizer: Any, way: str) -> None:
+    # hpo steps its own optimizers without skorch's closure, and the stacked folds without
+    # skorch at all; an optimizer that silently stopped stepping would leave every weight
+    # where it started.
+    initial, final, losses = _initial_and_final_weights(way, optimizer)
+    learned = [key for key, value in initial.items() if value.is_floating_point()]
+    assert learned
+    for key in learned:
+        assert not torch.equal(final[key], initial[key]), key
+    assert losses[-1] < 0.95 * losses[0]
+
+
+def test_an_optimizer_that_calls_the_closure_more_than_once_trains() -> None:
+    X, y = _digits(200)
+    net = TunedClassifier(
+        MLP,
+        module__input_shape=(1, 8, 8),
+        optimizer=torch.optim.LBFGS,
+        lr=0.5,
+        optimizer__max_iter=4,
+        batch_size=-1,
+        max_epochs=5,
+    ).fit(X, y)
+    losses = net.history[:, "train_loss"]
+    assert losses[-1] < 0.5 * losses[0]
+
+
+class _WithASecondOptimizer(TunedClassifier):
+    """A subclass that adds an optimizer of its own (lr 0: it only counts its steps)."""
+
+    def initialize_optimizer(self, triggered_directly: Any = None) -> Any:
+        super().initialize_optimizer(triggered_directly)
+        self.second_optimizer_ = torch.optim.Adam(self.module_.parameters(), lr=0.0)
+        return self
+
+
+def test_a_subclass_with_an_optimizer_of_its_own_steps_both() -> None:
+    X, y = _digits(100)
+    net = _WithASecondOptimizer(
+        MLP, module__input_shape=(1, 8, 8), max_epochs=2, batch_size=25
+    ).fit(X, y)
+    steps = 2 * 4
+    for optimizer in (net.optimizer_, net.second_optimizer_):
+        counts = {int(state["step"]) for state in optimizer.state.values()}
+        assert counts == {steps}
 
 
 def test_a_pickled_net_trains_on_as_the_original() -> None:

@@ -18,27 +18,33 @@ nets also trim what skorch does per batch without changing what a fit computes: 
 called only for the hooks they implement, modules switch between train and eval mode only
 when the mode changes, the batch losses stay on the device until the epoch ends (``.item()``
 per batch would wait for a GPU after every step), and predictions and validation losses run
-in batches of ``EVAL_BATCH_ROWS``. The optimizer steps every parameter at once: Adam, AdamW
-and SGD with torch's fused kernel, Adamax and RMSprop on one flat copy of the parameters
-(``FlatParameters``), each called without ``optimizer.step()``'s per-step Python
-(``hpo.direct_step.DirectStep``). ``tests/test_nets.py`` checks that a fit scores as plain
-skorch does.
+in batches of ``EVAL_BATCH_ROWS``. The optimizer updates every parameter in one call per
+arithmetic step instead of one per parameter: Adam, AdamW and SGD with torch's fused kernel
+(``fused=True``), Adamax and RMSprop with its multi-tensor loop (``foreach=True``).
+
+All of it goes through skorch's and torch's public API: skorch's overridable steps
+(``train_step``, ``train_step_single``, ``validation_step``, ``evaluation_step``,
+``run_single_epoch``, ``get_iterator``, ``infer``, ``notify``) and torch's ``optimizer.step()``;
+no private method of either is called or overridden, so their internals may change from one
+release to the next without an optimizer silently no longer stepping. ``tests/test_nets.py``
+checks that a fit scores as plain skorch does and that every optimizer in ``OPTIMIZERS``
+trains.
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from skorch import NeuralNetClassifier, NeuralNetRegressor
 from skorch.callbacks import Callback, EarlyStopping
-from skorch.dataset import Dataset, ValidSplit, get_len
+from skorch.dataset import Dataset, ValidSplit, get_len, unpack_data
+from skorch.utils import TeeGenerator
 from torch import nn
 
-from hpo.direct_step import DirectStep
 from hpo.errors import DeviceError
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
@@ -48,6 +54,10 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "sgd": torch.optim.SGD,
     "rmsprop": torch.optim.RMSprop,
 }
+
+_OWN_OPTIMIZERS = frozenset(OPTIMIZERS.values())
+
+_Part = TypeVar("_Part")
 
 #: Rows per batch when a net predicts or computes its validation loss through
 #: ``TensorBatches`` and ``iterator_valid__batch_size`` is not set. Nothing is kept for a
@@ -162,63 +172,6 @@ class TensorBatches:
             yield X[start:stop], None if y is None else y[start:stop]
 
 
-class FlatParameters:
-    """A module's parameters mirrored end to end in one tensor, which the optimizer steps.
-
-    Used for the optimizers that torch has no fused kernel for (Adamax, RMSprop). Every
-    optimizer in ``OPTIMIZERS`` updates each number on its own (no norms, no sums over a
-    tensor), so stepping one flat tensor computes bit for bit what stepping the parameters one
-    by one computes, in one op per arithmetic step of the update instead of one per parameter
-    (Adamax has about six such steps). Per training step the parameters and their
-    gradients are copied in and the new values copied back, three multi-tensor copies; the
-    parameters stay the module's own tensors, so loading weights, moving or pickling the
-    module works as usual.
-
-    Args:
-        params: the parameters, in the order they were flattened.
-        flat: the 1-D tensor the optimizer steps, as made by ``flatten``.
-    """
-
-    def __init__(self, params: list[torch.Tensor], flat: torch.Tensor) -> None:
-        if sum(p.numel() for p in params) != flat.numel():
-            raise RuntimeError(
-                "the module's parameters no longer match the optimizer's; call "
-                "net.initialize_optimizer() after changing the module"
-            )
-        self.params = params
-        self.flat = flat
-        self.grad = torch.zeros_like(flat)
-        self.values = _views(flat.detach(), params)
-        self.grads = _views(self.grad, params)
-
-    @staticmethod
-    def flatten(params: list[torch.Tensor]) -> nn.Parameter:
-        """A new flat parameter holding a copy of ``params``."""
-        return nn.Parameter(torch.cat([p.detach().reshape(-1) for p in params]))
-
-    def copy_in(self) -> None:
-        """Copy the parameters and their gradients into the flat tensor and its ``grad``.
-
-        A parameter without a gradient counts as a zero gradient (hpo's models use every
-        parameter in every step).
-        """
-        grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in self.params]
-        with torch.no_grad():
-            torch._foreach_copy_(self.values, self.params)
-            torch._foreach_copy_(self.grads, grads)
-        self.flat.grad = self.grad
-
-    def copy_out(self) -> None:
-        """Copy the stepped values back into the parameters."""
-        with torch.no_grad():
-            torch._foreach_copy_(self.params, self.values)
-
-
-def _views(flat: torch.Tensor, like: list[torch.Tensor]) -> list[torch.Tensor]:
-    chunks = flat.split([p.numel() for p in like])
-    return [chunk.view_as(p) for chunk, p in zip(chunks, like, strict=True)]
-
-
 def _arrays_of(dataset: Any) -> tuple[Any, Any]:
     if isinstance(dataset, torch.utils.data.Subset):
         X, y = _arrays_of(dataset.dataset)
@@ -232,27 +185,26 @@ def _arrays_of(dataset: Any) -> tuple[Any, Any]:
     )
 
 
-def _can_fuse(
+def _multi_tensor_option(
     optimizer_class: type[torch.optim.Optimizer], groups: list[Any], kwargs: dict[str, Any]
-) -> bool:
-    # torch's fused kernels (Adam, AdamW and SGD here) update every parameter in one call, on
-    # the CPU as on a GPU; they round a few last bits differently from the loop skorch's plain
-    # nets use (SGD not at all). A user's own optimizer__foreach or optimizer__fused wins.
-    if optimizer_class not in OPTIMIZERS.values() or {"fused", "foreach"} & kwargs.keys():
-        return False
-    if "fused" not in inspect.signature(optimizer_class).parameters:
-        return False
+) -> dict[str, bool]:
+    """``fused=True`` or ``foreach=True`` for one of hpo's optimizers, else nothing.
+
+    torch's fused kernels (Adam, AdamW and SGD) update every parameter in one call, on the CPU
+    as on a GPU; they round a few last bits differently from the per-parameter loop that
+    torch uses by default on the CPU (SGD not at all). Adamax and RMSprop have no fused kernel;
+    their ``foreach`` loop runs each arithmetic step over all parameters in one op (torch's
+    default on a GPU, not on the CPU), with the same arithmetic as the per-parameter loop. A
+    user's own ``optimizer__foreach`` or ``optimizer__fused`` wins.
+    """
+    if optimizer_class not in _OWN_OPTIMIZERS or {"fused", "foreach"} & kwargs.keys():
+        return {}
+    options = inspect.signature(optimizer_class).parameters
     params = [p for group in groups for p in group["params"]]
-    return all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
-
-
-def _can_flatten(optimizer_class: type[torch.optim.Optimizer], groups: list[Any]) -> bool:
-    # Only hpo's own optimizers (elementwise updates), one group (no per-layer options), and
-    # parameters of one device and dtype can share one flat tensor.
-    if optimizer_class not in OPTIMIZERS.values() or len(groups) != 1:
-        return False
-    params = groups[0]["params"]
-    return len(params) > 1 and len({(p.device, p.dtype, p.layout) for p in params}) == 1
+    fusable = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    if "fused" in options and fusable:
+        return {"fused": True}
+    return {"foreach": True} if "foreach" in options else {}
 
 
 class _TunedNet:
@@ -348,70 +300,76 @@ class _TunedNet:
         )
         optimizer_class = resolve_optimizer(self.optimizer)
         (groups,) = args
-        self.flat_cache_: FlatParameters | None = None
-        self.flat_optimizer_ = False
-        if _can_fuse(optimizer_class, groups, kwargs):
-            kwargs = {**kwargs, "fused": True}
-        elif _can_flatten(optimizer_class, groups):
-            self.flat_optimizer_ = True
-            groups = [{**groups[0], "params": [FlatParameters.flatten(groups[0]["params"])]}]
+        kwargs = {**kwargs, **_multi_tensor_option(optimizer_class, groups, kwargs)}
         self.optimizer_ = optimizer_class(groups, **kwargs)
         return self
 
-    def _flat_parameters(self) -> FlatParameters | None:
-        if not getattr(self, "flat_optimizer_", False):
-            return None
-        flat = self.optimizer_.param_groups[0]["params"][0]
-        cache = getattr(self, "flat_cache_", None)
-        if cache is None or cache.flat is not flat:  # a new optimizer, or just unpickled
-            params = [p for _, p in self.get_all_learnable_params()]  # type: ignore[attr-defined]
-            cache = self.flat_cache_ = FlatParameters(params, flat)
-        return cache
+    def train_step(self, batch: Any, **fit_params: Any) -> dict[str, Any]:
+        """One optimization step on ``batch``: skorch's ``train_step``, without the closure
+        for hpo's own optimizers (which call it exactly once).
 
-    def _zero_grad_optimizer(self, set_to_none: bool | None = None) -> None:
-        flat = self._flat_parameters()
-        if flat is None or set_to_none is False:
-            super()._zero_grad_optimizer(set_to_none)  # type: ignore[misc]
-        else:  # what optimizer.zero_grad() does (set_to_none), without its profiler record
-            flat.flat.grad = None
-        if flat is not None:
-            for param in flat.params:
-                param.grad = None
+        A net whose only optimizer is one of ``OPTIMIZERS`` zeroes the gradients, computes
+        them (``train_step_single``), tells the callbacks (``on_grad_computed``) and steps, as
+        skorch's closure does inside ``optimizer.step(closure)``. Any other optimizer, or a
+        subclass's optimizers of its own, go through skorch's ``train_step``, so an optimizer
+        that calls the closure more than once (LBFGS) works as in plain skorch.
+        """
+        optimizer = self.optimizer_
+        optimizers = self._torch_parts(torch.optim.Optimizer)
+        if type(optimizer) not in _OWN_OPTIMIZERS or optimizers != [optimizer]:
+            return super().train_step(batch, **fit_params)  # type: ignore[misc,no-any-return]
+        optimizer.zero_grad(set_to_none=True)
+        step = self.train_step_single(batch, **fit_params)
+        self.notify(
+            "on_grad_computed",
+            named_parameters=TeeGenerator(
+                self.get_all_learnable_params()  # type: ignore[attr-defined]
+            ),
+            batch=batch,
+            training=True,
+        )
+        optimizer.step()
+        return step
 
-    def _step_optimizer(self, step_fn: Any) -> None:
-        flat = self._flat_parameters()
-        direct = self._direct_step()
-        if flat is None and direct is None:
-            super()._step_optimizer(step_fn)  # type: ignore[misc]
-            return
-        # What optimizer.step(step_fn) does: the closure (zero the gradients, forward,
-        # backward, on_grad_computed), then the update: through DirectStep, which leaves out
-        # torch's per-step Python, and around the flat copy for Adamax and RMSprop.
-        step_fn()
-        if flat is not None:
-            flat.copy_in()
-        if direct is not None:
-            direct.step()
-        else:
-            self.optimizer_.step()
-        if flat is not None:
-            flat.copy_out()
+    def train_step_single(self, batch: Any, **fit_params: Any) -> dict[str, Any]:
+        # skorch's, but for the mode switch (see _train_mode).
+        self._train_mode(True)
+        Xi, yi = unpack_data(batch)
+        y_pred = self.infer(Xi, **fit_params)
+        loss = self.get_loss(y_pred, yi, X=Xi, training=True)  # type: ignore[attr-defined]
+        loss.backward()
+        return {"loss": loss, "y_pred": y_pred}
 
-    def _direct_step(self) -> DirectStep | None:
-        optimizers = self._optimizers  # type: ignore[attr-defined]
-        optimizer = getattr(self, "optimizer_", None)
-        if optimizers != ["optimizer"] or not isinstance(optimizer, torch.optim.Optimizer):
-            return None  # a net with optimizers of its own (skorch steps each one)
-        direct = getattr(self, "direct_step_", None)
-        if direct is None or direct.optimizer is not optimizer:  # a new optimizer, or unpickled
-            direct = self.direct_step_ = DirectStep(optimizer)
-        return direct
+    def validation_step(self, batch: Any, **fit_params: Any) -> dict[str, Any]:
+        # skorch's, but for the mode switch (see _train_mode).
+        self._train_mode(False)
+        Xi, yi = unpack_data(batch)
+        with torch.no_grad():
+            y_pred = self.infer(Xi, **fit_params)
+            loss = self.get_loss(y_pred, yi, X=Xi, training=False)  # type: ignore[attr-defined]
+        return {"loss": loss, "y_pred": y_pred}
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = super().__getstate__()  # type: ignore[misc]
-        state.pop("flat_cache_", None)  # views of the flat tensor; rebuilt on first use
-        state.pop("direct_step_", None)  # the optimizer's gathered state; rebuilt on first use
-        return state  # type: ignore[no-any-return]
+    def evaluation_step(self, batch: Any, training: bool = False) -> Any:
+        # skorch's, but for the mode switch (see _train_mode).
+        self.check_is_fitted()  # type: ignore[attr-defined]
+        Xi, _ = unpack_data(batch)
+        with torch.set_grad_enabled(training):
+            self._train_mode(training)
+            return self.infer(Xi)
+
+    def _train_mode(self, training: bool) -> None:
+        # skorch sets the mode of every module and criterion, recursively, before every batch;
+        # only a switch needs it.
+        for module in self._torch_parts(nn.Module):
+            if module.training != training:
+                module.train(training)
+
+    def _torch_parts(self, kind: type[_Part]) -> list[_Part]:
+        # skorch lists every module, criterion and optimizer a net holds, a subclass's own
+        # included, in its public cuda_dependent_attributes_ (registered as they are set).
+        names = self.cuda_dependent_attributes_  # type: ignore[attr-defined]
+        parts = (getattr(self, name, None) for name in names)
+        return [part for part in parts if isinstance(part, kind)]
 
     def get_iterator(self, dataset: Any, training: bool = False) -> Any:
         prefix = "iterator_train" if training else "iterator_valid"
@@ -494,13 +452,6 @@ class _TunedNet:
         with torch.autocast(device_type, dtype=torch.bfloat16):
             y = super().infer(x, **fit_params)  # type: ignore[misc]
         return y.float()
-
-    def _set_training(self, training: bool = True) -> None:
-        # skorch sets the mode of every submodule before every batch; only a switch needs it.
-        for name in self._modules + self._criteria:  # type: ignore[attr-defined]
-            module = getattr(self, name + "_")
-            if isinstance(module, nn.Module) and module.training != training:
-                module.train(training)
 
     def get_split_datasets(self, X: Any, y: Any = None, **fit_params: Any) -> Any:
         # A validation split is only worth its data when early stopping reads it.

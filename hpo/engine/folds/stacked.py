@@ -517,19 +517,14 @@ def _validation_losses(
 def _train_step(
     trainer: Any, criterion: nn.Module, X: list[torch.Tensor], y: list[torch.Tensor]
 ) -> torch.Tensor:
-    """One optimizer step of every fold, through the trainer net's own optimizer step (the
-    same ``DirectStep`` and flat parameters as a fold's own fit); each fold's loss."""
-    losses: list[torch.Tensor] = []
-
-    def step() -> torch.Tensor:
-        trainer._zero_grad_optimizer()
-        fold_losses = _fold_losses(criterion, trainer.module_(X), y)
-        fold_losses.sum().backward()
-        losses.append(fold_losses.detach())
-        return fold_losses
-
-    trainer._step_optimizer(step)
-    return losses[0]
+    """One optimizer step of every fold, with the trainer net's optimizer (built as a fold's
+    own fit builds it: fused or foreach, with the same options); each fold's loss."""
+    optimizer = trainer.optimizer_
+    optimizer.zero_grad(set_to_none=True)
+    fold_losses = _fold_losses(criterion, trainer.module_(X), y)
+    fold_losses.sum().backward()
+    optimizer.step()
+    return fold_losses.detach()
 
 
 def _fold_losses(
