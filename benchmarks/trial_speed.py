@@ -244,7 +244,7 @@ def draw_configs(spec: StudySpec, n: int) -> list[dict[str, Any]]:
 
 def usual_objective(trial: optuna.Trial, spec: StudySpec, data: DataSplits, device: str) -> float:
     """What a user writes today: skorch defaults, scored by ``cross_val_score``."""
-    params = {**spec.fixed, **suggest(trial, spec.space)}
+    params = spec.configuration(suggest(trial, spec.space))
     regression = data.task == "regression"
     net_class = NeuralNetRegressor if regression else NeuralNetClassifier
     routed = {k: v for k, v in params.items() if k.startswith(("module__", "optimizer__"))}

@@ -12,18 +12,22 @@ from conftest import tiny_spec
 from sklearn.base import clone
 from sklearn.metrics import get_scorer
 
+from hpo.engine.build import build_net
 from hpo.engine.data import load_dataset
-from hpo.engine.folds.stacked import StackedFolds, fit_stacked, spec_stacks_folds, stackable
-from hpo.engine.models import CNN
-from hpo.engine.objective import (
-    WorkerStopped,
-    build_net,
-    evaluate,
+from hpo.engine.folds.fold import WorkerStopped, resident_training_data
+from hpo.engine.folds.plan import FoldOptions
+from hpo.engine.folds.stacked import (
+    StackedFolds,
     fit_and_score_stacked,
+    fit_stacked,
     fold_groups,
-    make_folds,
-    resident_training_data,
+    spec_stacks_folds,
+    stackable,
 )
+from hpo.engine.models import CNN
+from hpo.engine.objective import evaluate, make_folds
+from hpo.service.study import make_pruner
+from hpo.spec.pruning import PruningStart, pruning_start
 from hpo.spec.study_spec import parse_spec
 
 CASES: dict[str, tuple[dict[str, Any], str]] = {
@@ -186,7 +190,8 @@ def test_evaluate_reports_the_same_fold_scores_stacked_or_not() -> None:
     for stack_folds in (True, False):
         study.enqueue_trial(params)
         trial = study.ask()
-        study.tell(trial, evaluate(trial, spec, data, "cpu", stack_folds=stack_folds))
+        options = FoldOptions(stack_folds=stack_folds)
+        study.tell(trial, evaluate(trial, spec, data, "cpu", options=options))
         trials.append(study.trials[-1])
     stacked, separate = trials
     np.testing.assert_allclose(
@@ -197,19 +202,42 @@ def test_evaluate_reports_the_same_fold_scores_stacked_or_not() -> None:
 
 
 def test_with_a_pruner_the_folds_it_may_stop_after_are_fitted_first() -> None:
-    median = optuna.pruners.MedianPruner
     assert fold_groups(5, None) == [[0, 1, 2, 3, 4]]
-    assert fold_groups(5, median(n_warmup_steps=1)) == [[0, 1], [2, 3, 4]]
-    assert fold_groups(5, median(n_warmup_steps=0)) == [[0], [1, 2, 3, 4]]
-    assert fold_groups(5, optuna.pruners.HyperbandPruner()) == [[0], [1, 2, 3, 4]]
-    assert fold_groups(2, median(n_warmup_steps=3)) == [[0, 1]]
+    assert fold_groups(5, 1) == [[0, 1], [2, 3, 4]]  # the median pruner's warm-up of 1 step
+    assert fold_groups(5, 0) == [[0], [1, 2, 3, 4]]
+    assert fold_groups(2, 3) == [[0, 1]]
+
+
+@pytest.mark.parametrize(
+    ("pruner", "start"),
+    [
+        ({"name": "none"}, None),
+        ({"name": "median"}, PruningStart(startup_trials=5, first_fold=1)),
+        ({"name": "median", "options": {"n_warmup_steps": 0}}, PruningStart(5, 0)),
+        ({"name": "hyperband"}, PruningStart(startup_trials=0, first_fold=0)),
+    ],
+)
+def test_the_pruning_start_is_read_from_the_spec(
+    pruner: dict, start: PruningStart | None
+) -> None:
+    spec = parse_spec(tiny_spec(pruner=pruner))
+    assert pruning_start(spec) == start
+    built = make_pruner(spec)  # the pruner Optuna gets is built from the same options
+    if start is not None and pruner["name"] == "median":
+        assert isinstance(built, optuna.pruners.MedianPruner)
+        # what Optuna's pruner keeps of them (private attributes: a loud check that the
+        # options hpo reads are the ones Optuna's pruner uses)
+        assert built._n_warmup_steps == start.first_fold
+        assert built._n_startup_trials == start.startup_trials
 
 
 def test_while_the_pruner_starts_up_all_folds_are_stacked_at_once() -> None:
-    spec = parse_spec(tiny_spec(cv={"folds": 4}, fixed={"max_epochs": 2, "batch_size": 64}))
+    median = {"name": "median", "options": {"n_startup_trials": 1, "n_warmup_steps": 0}}
+    spec = parse_spec(
+        tiny_spec(cv={"folds": 4}, fixed={"max_epochs": 2, "batch_size": 64}, pruner=median)
+    )
     data = load_dataset("digits")
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0)
-    study = optuna.create_study(direction="maximize", pruner=pruner)
+    study = optuna.create_study(direction="maximize", pruner=make_pruner(spec))
     for _ in range(2):
         study.enqueue_trial({"module__hidden1": 32, "lr": 0.05})
     study.optimize(lambda t: evaluate(t, spec, data, "cpu"), n_trials=2)
@@ -250,7 +278,7 @@ def test_a_diverging_stacked_fold_raises_in_its_place() -> None:
     data = load_dataset("synthetic_regression")
     net = build_net(spec, data, {**spec.fixed, "module__hidden1": 8}, "cpu")
     splits = list(make_folds(spec).split(data.X_train, data.y_train))
-    results = fit_and_score_stacked(net, data, "cpu", [0, 1, 2], splits, spec.scoring, None)
+    results = fit_and_score_stacked(net, data, [0, 1, 2], splits, spec.scoring)
     with pytest.raises(FloatingPointError, match="in fold 0: the configuration diverged"):
         next(results)
 
@@ -264,7 +292,9 @@ def test_should_stop_ends_a_stacked_fit() -> None:
         batches.append(1)
         return len(batches) == 3
 
-    results = fit_and_score_stacked(net, data, "cpu", [0, 1, 2], splits, "accuracy", should_stop)
+    results = fit_and_score_stacked(
+        net, data, [0, 1, 2], splits, "accuracy", should_stop=should_stop
+    )
     with pytest.raises(WorkerStopped):
         next(results)
     assert len(batches) == 3

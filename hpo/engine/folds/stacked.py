@@ -35,18 +35,30 @@ scores as ``cross_val_score`` would.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.base import clone
+from sklearn.metrics import get_scorer
 from skorch.callbacks import EarlyStopping
 from skorch.dataset import Dataset
 from torch import nn
 
+from hpo.engine.data import DataSplits
+from hpo.engine.device import device_kind
+from hpo.engine.folds.fold import (
+    FoldResult,
+    WorkerStopped,
+    check_finite,
+    resident_training_data,
+)
 from hpo.engine.models import ACTIVATIONS, CNN, MLP, MODELS, Dropout, keep_mask
 from hpo.engine.nets import OPTIMIZERS, TensorBatches
+from hpo.engine.threads import torch_threads
 from hpo.spec.study_spec import StudySpec
 
 
@@ -342,11 +354,11 @@ def _is_default(net: Any, prefix: str) -> bool:
 def stackable(net: Any, train_sizes: list[int], device: str, validation: bool = False) -> bool:
     """Whether ``net``'s folds (of ``train_sizes`` rows) can be fitted as ``StackedFolds``.
 
-    ``validation``: the data has a fixed validation split, which ``hpo.engine.objective.build_net``
+    ``validation``: the data has a fixed validation split, which ``hpo.engine.build.build_net``
     gives a net with early stopping as its ``train_split`` (a split drawn from each fold's
     rows is not stacked).
     """
-    if torch.device(device).type != "cpu" or len(train_sizes) < 2:
+    if device_kind(device) != "cpu" or len(train_sizes) < 2:
         return False
     if net.module not in (MLP, CNN) or net.callbacks not in (None, []) or net.mixed_precision:
         return False
@@ -537,3 +549,73 @@ def _fold_losses(
     K, N = outputs.shape[:2]
     per_row = criterion(outputs.reshape(K * N, *outputs.shape[2:]), torch.cat(targets))
     return per_row.reshape(K, -1).mean(1)
+
+
+def fold_groups(folds: int, first_prunable_fold: int | None) -> list[list[int]]:
+    """The folds fitted together: all at once, or, when the trial may be pruned after fold
+    ``first_prunable_fold`` (0-based), the folds up to it and then the rest, so a pruned
+    trial fits no fold past it."""
+    if first_prunable_fold is None:
+        return [list(range(folds))]
+    first = min(first_prunable_fold + 1, folds)
+    return [group for group in (list(range(first)), list(range(first, folds))) if group]
+
+
+def fit_and_score_stacked(
+    net: Any,
+    data: DataSplits,
+    folds: list[int],
+    splits: list[tuple[np.ndarray, np.ndarray]],
+    scoring: str,
+    threads: int | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Iterator[FoldResult]:
+    """``hpo.engine.folds.fold.fit_and_score_fold`` for several folds at once, trained as one
+    ``StackedFolds``; the results come in fold order, each with an equal share of the fit's
+    seconds. A fold whose loss stopped being finite raises ``FloatingPointError`` in its
+    place, after the folds before it.
+
+    Args:
+        net: the trial's unfitted net, which ``stackable`` accepts.
+        data: the worker's data.
+        folds: which of ``splits`` to fit.
+        splits: every fold's (train, test) row indices.
+        scoring: a scikit-learn scorer name.
+        threads: torch CPU threads for the fit; None keeps the current count.
+        should_stop: polled after every batch; true ends the fit with ``WorkerStopped``.
+    """
+    X, y = resident_training_data(data, str(net.device))
+    train_rows = [torch.as_tensor(splits[fold][0], device=X.device) for fold in folds]
+    scorer = get_scorer(scoring)
+
+    def stop_check() -> None:
+        if should_stop is not None and should_stop():
+            raise WorkerStopped
+
+    validation = None
+    if data.X_valid is not None and net.early_stopping_patience is not None:
+        validation = (
+            torch.as_tensor(data.X_valid, device=X.device),
+            torch.as_tensor(data.y_valid, device=X.device),
+        )
+    outcomes: list[FoldResult | FloatingPointError] = []
+    with torch_threads(threads):
+        started = time.perf_counter()
+        fit = fit_stacked(
+            net, [X[r] for r in train_rows], [y[r] for r in train_rows], stop_check, validation
+        )
+        seconds = (time.perf_counter() - started) / len(folds)
+        for index, fold in enumerate(folds):
+            try:
+                check_finite(fit.losses(index), fold)
+            except FloatingPointError as error:
+                outcomes.append(error)
+                break
+            test = splits[fold][1]
+            test_rows = torch.as_tensor(test, device=X.device)
+            score = scorer(fit.fold_net(index), X[test_rows], data.y_train[test])
+            outcomes.append(FoldResult(float(score), seconds, fit.epochs(index)))
+    for outcome in outcomes:
+        if isinstance(outcome, FloatingPointError):
+            raise outcome
+        yield outcome
