@@ -45,7 +45,7 @@ from skorch.dataset import Dataset, ValidSplit, get_len, unpack_data
 from skorch.utils import TeeGenerator
 from torch import nn
 
-from hpo.errors import DeviceError
+from hpo.engine.device import device_kind
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam,
@@ -65,19 +65,6 @@ _Part = TypeVar("_Part")
 #: bigger batch changes only the per-batch overhead (and the last bits of float rounding).
 EVAL_BATCH_ROWS = 1024
 
-#: Net-level keys a spec may set besides ``module__*`` and ``optimizer__*``.
-NET_PARAMS: frozenset[str] = frozenset(
-    {
-        "lr",
-        "batch_size",
-        "max_epochs",
-        "optimizer",
-        "early_stopping_patience",
-        "validation_fraction",
-        "mixed_precision",
-    }
-)
-
 
 def resolve_optimizer(optimizer: str | type[torch.optim.Optimizer]) -> type[torch.optim.Optimizer]:
     """Map an optimizer name to its class; a class passes through unchanged."""
@@ -89,42 +76,6 @@ def resolve_optimizer(optimizer: str | type[torch.optim.Optimizer]) -> type[torc
         raise ValueError(
             f"Unknown optimizer {optimizer!r}; use one of {', '.join(OPTIMIZERS)}."
         ) from None
-
-
-def default_device() -> str:
-    """``cuda`` when a GPU is visible to torch, else ``cpu``."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def resolve_device(device: str | None = None) -> str:
-    """``device`` once checked to be usable here (``cpu``, ``cuda`` or ``cuda:N``), else
-    ``default_device()``; checked before any trial, so a wrong one fails no trial.
-
-    Raises:
-        DeviceError: not a device hpo trains on, or a GPU that torch cannot reach.
-    """
-    if device is None:
-        return default_device()
-    try:
-        kind = torch.device(device)
-    except RuntimeError:
-        kind = None
-    if kind is None or kind.type not in ("cpu", "cuda"):
-        raise DeviceError(f"--device {device!r}: hpo trains on cpu, cuda or cuda:N")
-    if kind.type == "cuda":
-        if not torch.cuda.is_available():
-            raise DeviceError(
-                f"--device {device}: torch {torch.__version__} sees no CUDA GPU here (no "
-                "NVIDIA GPU or driver, or a CPU-only build of torch); leave --device out to "
-                "train on the CPU"
-            )
-        count = torch.cuda.device_count()
-        if kind.index is not None and kind.index >= count:
-            raise DeviceError(
-                f"--device {device}: this machine has {count} CUDA GPU(s), cuda:0 to "
-                f"cuda:{count - 1}"
-            )
-    return device
 
 
 class TensorBatches:
@@ -249,7 +200,7 @@ class _TunedNet:
             raise ValueError(
                 f"mixed_precision must be true or false, got {self.mixed_precision!r}"
             )
-        cuda = str(self.device).startswith("cuda")  # type: ignore[attr-defined]
+        cuda = device_kind(self.device) == "cuda"  # type: ignore[attr-defined]
         if (
             self.mixed_precision
             and cuda
@@ -271,7 +222,7 @@ class _TunedNet:
     def initialize_module(self) -> Any:
         super().initialize_module()  # type: ignore[misc]
         module = self.module_  # type: ignore[has-type]
-        on_cpu = torch.device(self.device).type == "cpu"  # type: ignore[attr-defined]
+        on_cpu = device_kind(self.device) == "cpu"  # type: ignore[attr-defined]
         if on_cpu and any(p.dim() == 4 for p in module.parameters()):
             # oneDNN's CPU convolutions, pooling and batch norm run faster on channels-last
             # (NHWC) tensors: 8-40 % per step on the digits CNNs. A convolution whose weight
@@ -448,7 +399,7 @@ class _TunedNet:
             return super().infer(x, **fit_params)  # type: ignore[misc]
         # bfloat16 keeps float32's exponent range, so gradients need no loss scaling. The
         # output goes back to float32: the loss and the predictions are computed in it.
-        device_type = torch.device(self.device).type  # type: ignore[attr-defined]
+        device_type = device_kind(self.device)  # type: ignore[attr-defined]
         with torch.autocast(device_type, dtype=torch.bfloat16):
             y = super().infer(x, **fit_params)  # type: ignore[misc]
         return y.float()
