@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 from hpo.errors import HpoError
 from hpo.service.enqueue import enqueue_point, parse_assignments
 from hpo.service.storage import open_storage
-from hpo.service.study import register_study
+from hpo.service.study import QUEUED_ATTR, register_study
 from hpo.service.worker import run_worker
 from hpo.spec.study_spec import parse_spec
 
@@ -140,4 +140,6 @@ def test_cli_enqueue(sqlite_url: str) -> None:
     assert done.returncode == 0, done.stderr
     assert "enqueued trial 0 of warm" in done.stdout
     study = optuna.load_study(study_name="warm", storage=sqlite_url)
-    assert [t.system_attrs["fixed_params"] for t in study.get_trials()] == [POINT]
+    (trial,) = study.get_trials()
+    assert trial.system_attrs["fixed_params"] == POINT  # (how Optuna queues a point)
+    assert trial.user_attrs == {QUEUED_ATTR: "hpo enqueue"}

@@ -1,20 +1,34 @@
 """Storage settings: SQLite with WAL, commits without an fsync each, nothing lost to a kill;
-and a database that cannot be opened, reported without its password."""
+a database that cannot be opened, reported without its password; and what each backend
+(SQLite, PostgreSQL, the gRPC proxy) does for workers: claim lock, heartbeats, state counts,
+the stale sweep."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import optuna
 import pytest
-from conftest import free_port
+import sqlalchemy
+from conftest import free_port, served, tiny_spec
+from optuna.distributions import FloatDistribution
+from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from hpo.errors import StorageError
-from hpo.service.storage import open_storage
+from hpo.service import optuna_internals
+from hpo.service.backends import StorageBackend
+from hpo.service.storage import open_backend, open_storage
+from hpo.service.study import is_queued_point, register_study
+from hpo.spec.study_spec import parse_spec
 
 WRITE_THEN_DIE = """
 import os, signal, sys
@@ -69,3 +83,159 @@ def test_a_database_it_cannot_open_is_a_storage_error_that_hides_the_password(
         assert reason in message
         assert "not-the-password" not in message and url.password not in message
         assert f"{url.username}:***@" in message
+
+
+@pytest.fixture(scope="module")
+def grpc_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """An ``hpo storage-proxy`` in front of a SQLite file, shared by this module's tests."""
+    database = tmp_path_factory.mktemp("proxy") / "hpo.db"
+    port = free_port()
+    command = [sys.executable, "-m", "hpo", "storage-proxy", "--port", str(port)]
+    with served([*command, "--storage", f"sqlite:///{database}"]) as proxy:
+        optuna.storages.GrpcStorageProxy(port=port).wait_server_ready(timeout=60)
+        assert proxy.poll() is None
+        yield f"grpc://127.0.0.1:{port}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "grpc"])
+def backend(request: pytest.FixtureRequest) -> StorageBackend:
+    """Every kind of storage a worker may use, opened with heartbeats every 30 s."""
+    url = request.getfixturevalue(f"{request.param.replace('postgresql', 'postgres')}_url")
+    return open_backend(url, heartbeat=30)
+
+
+def new_study(backend: StorageBackend) -> optuna.Study:
+    name = f"study-{uuid.uuid4().hex[:8]}"
+    return optuna.create_study(study_name=name, storage=backend.storage)
+
+
+def test_each_kind_says_what_it_has(backend: StorageBackend) -> None:
+    through_proxy = isinstance(backend.storage, optuna.storages.GrpcStorageProxy)
+    assert backend.has_claim_lock is not through_proxy
+    assert backend.has_heartbeat is not through_proxy  # heartbeats do not pass the proxy
+
+
+def test_counts_of_states_equal_optunas_own(backend: StorageBackend) -> None:
+    study = new_study(backend)
+    for state in (TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL):
+        trial = study.ask()
+        trial.suggest_float("x", 0, 1)
+        study.tell(trial, 0.5 if state == TrialState.COMPLETE else None, state=state)
+    study.ask()  # RUNNING
+    study.enqueue_trial({"x": 0.25})  # WAITING
+    study_id = backend.study_id(study.study_name)
+
+    counts = backend.count_states(study_id)
+
+    assert counts == Counter(t.state for t in study.get_trials(deepcopy=False))
+    for state in TrialState:
+        assert counts[state] == backend.storage.get_n_trials(study_id, state=state)
+    assert counts[TrialState.COMPLETE] == 2 and counts[TrialState.WAITING] == 1
+
+
+def test_a_popped_queued_point_is_told_from_a_fresh_sample(backend: StorageBackend) -> None:
+    grid = {"module__hidden1": {"type": "categorical", "choices": [8, 16]}}
+    spec = parse_spec(tiny_spec(sampler={"name": "grid"}, budget={}, space=grid))
+    register_study(spec, backend.storage)
+    study = optuna.load_study(study_name=spec.name, storage=backend.storage)
+    popped = [study.ask() for _ in range(2)]
+    fresh = study.ask()
+    assert [is_queued_point(t) for t in popped] == [True, True]
+    assert not is_queued_point(fresh)
+
+
+def test_a_heartbeat_is_recorded_while_the_block_runs(backend: StorageBackend) -> None:
+    if not backend.has_heartbeat:
+        pytest.skip("heartbeats do not pass through the gRPC proxy")
+    study = new_study(backend)
+    first, second = study.ask(), study.ask()
+    study_id = backend.study_id(study.study_name)
+    engine = backend.storage.engine  # type: ignore[attr-defined]
+
+    def without_beat() -> set[int]:
+        return {i for i, _ in optuna_internals.running_without_heartbeat(engine, study_id)}
+
+    ids = backend.trial_id(study, first), backend.trial_id(study, second)
+    assert without_beat() == set(ids)
+    backend.record_first_heartbeat(ids[0])
+    assert without_beat() == {ids[1]}
+    with backend.heartbeat(ids[1]):
+        pass  # (the first beat goes in as the block starts; leaving joins the beating thread)
+    assert without_beat() == set()
+
+
+def test_the_stale_sweep_requeues_a_trial_that_never_beat(backend: StorageBackend) -> None:
+    study = new_study(backend)
+    started = datetime.now()
+    for hours in (1, 0):  # killed an hour ago between claim and first beat; claimed just now
+        study.add_trial(
+            FrozenTrial(
+                number=0,
+                state=TrialState.RUNNING,
+                value=None,
+                datetime_start=started - timedelta(hours=hours),
+                datetime_complete=None,
+                params={"x": 0.5 + hours / 4},
+                distributions={"x": FloatDistribution(0, 1)},
+                user_attrs={},
+                system_attrs={},
+                intermediate_values={},
+                trial_id=0,
+            )
+        )
+    orphan = backend.trial_id(study, study.trials[0])
+
+    failed = backend.fail_stale_trials(study)
+
+    trials = study.get_trials(deepcopy=False)
+    if not backend.has_heartbeat:  # (the gRPC proxy: a dead worker's trial stays RUNNING)
+        assert failed == [] and [t.state for t in trials] == [TrialState.RUNNING] * 2
+        return
+    assert failed == [orphan]
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING]
+    assert trials[2].params == {"x": 0.75}  # run again with the same parameters
+
+
+CLAIM_AFTER = """
+import sys
+from hpo.service.storage import open_backend
+backend = open_backend(sys.argv[1])
+with backend.claim_lock("shared"), open(sys.argv[2], "a") as log:
+    log.write("second\\n")
+"""
+
+
+def waiting_on_a_lock(url: str, pid: int) -> bool:
+    """Whether the process ``pid`` waits for a claim lock of the database at ``url``."""
+    if url.startswith("sqlite"):  # a blocked flock shows in /proc/locks as "N: -> FLOCK ... PID"
+        blocked = [line.split() for line in Path("/proc/locks").read_text().splitlines()]
+        return any(fields[1] == "->" and fields[5] == str(pid) for fields in blocked)
+    engine = sqlalchemy.create_engine(url)
+    try:
+        with engine.connect() as connection:
+            query = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            return bool(connection.execute(text(query)).scalar())
+    finally:
+        engine.dispose()
+
+
+def test_the_claim_lock_serialises_processes(backend: StorageBackend, tmp_path: Path) -> None:
+    if not backend.has_claim_lock:
+        pytest.skip("no claim lock through the gRPC proxy: workers step back from races")
+    url = backend.storage.engine.url.render_as_string(hide_password=False)  # type: ignore
+    log = tmp_path / "order"
+    with backend.claim_lock("shared"):
+        other = subprocess.Popen(
+            [sys.executable, "-c", CLAIM_AFTER, url, str(log)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        deadline = time.monotonic() + 120  # (a guard against a hang, not a measurement)
+        while not waiting_on_a_lock(url, other.pid):
+            assert other.poll() is None, f"took the held lock: {other.communicate()[0]}"
+            assert time.monotonic() < deadline, "the other process never asked for the lock"
+            time.sleep(0.1)
+        log.write_text("first\n")
+    assert other.wait(timeout=60) == 0, other.communicate()[0]
+    assert log.read_text().splitlines() == ["first", "second"]

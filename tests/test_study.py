@@ -1,4 +1,5 @@
-"""Registration: idempotent, refuses a changed spec, enqueues a grid, carries the spec."""
+"""Registration: idempotent, refuses a changed spec, enqueues a grid, carries the spec; and the
+one count of a study's budget."""
 
 from __future__ import annotations
 
@@ -10,6 +11,10 @@ from optuna.trial import TrialState
 from hpo.errors import StudyError
 from hpo.service.storage import open_storage
 from hpo.service.study import (
+    QUEUED_ATTR,
+    SPEC_ATTR,
+    VERSION_ATTR,
+    budget_used,
     delete_study,
     list_study_names,
     load_spec_from_storage,
@@ -68,9 +73,10 @@ def test_a_grid_is_enqueued_point_by_point_with_warm_starts_first(storage_url: s
     assert register_study(spec, storage).enqueued == 9
     trials = optuna.load_study(study_name=spec.name, storage=storage).trials
     assert all(t.state == TrialState.WAITING for t in trials)
-    points = [t.system_attrs["fixed_params"] for t in trials]
+    points = [t.system_attrs["fixed_params"] for t in trials]  # (how Optuna queues a point)
     assert points[0] == warm
     assert len({tuple(sorted(p.items())) for p in points[1:]}) == 8
+    assert [t.user_attrs[QUEUED_ATTR] for t in trials] == ["spec"] + ["grid"] * 8
     assert spec.n_trials == 9
 
 
@@ -80,6 +86,31 @@ def test_a_half_written_registration_is_redone(storage_url: str) -> None:
     with pytest.raises(StudyError, match="registration did not finish"):
         load_spec_from_storage(storage, "tiny-digits")
     assert register_study(parse_spec(tiny_spec()), storage).created
+
+
+def test_a_stored_spec_this_version_cannot_read_names_the_version_that_wrote_it(
+    storage_url: str,
+) -> None:
+    storage = open_storage(storage_url)
+    register_study(parse_spec(tiny_spec()), storage)
+    study = optuna.load_study(study_name="tiny-digits", storage=storage)
+    study.set_user_attr(SPEC_ATTR, study.user_attrs[SPEC_ATTR].replace('"mlp"', '"gone"'))
+    study.set_user_attr(VERSION_ATTR, "0.0.1")
+    with pytest.raises(StudyError, match=r"written by hpo 0\.0\.1 and does not validate"):
+        load_spec_from_storage(storage, "tiny-digits")
+
+
+def test_the_budget_counts_finished_running_and_queued_trials_never_failed_ones() -> None:
+    counts = {
+        TrialState.COMPLETE: 3,
+        TrialState.PRUNED: 2,
+        TrialState.FAIL: 7,
+        TrialState.RUNNING: 1,
+        TrialState.WAITING: 4,
+    }
+    assert budget_used(counts) == 10
+    assert budget_used(counts, pending=False) == 5
+    assert budget_used({}) == 0
 
 
 def test_unknown_studies_are_named_with_the_known_ones(storage_url: str) -> None:

@@ -4,7 +4,8 @@ A point is checked exactly as a spec's ``enqueue:`` list is (every parameter of 
 given, each value a choice or inside its range, bounds naming earlier parameters respected),
 by validating the registered spec with the point as its only ``enqueue`` entry; it is then
 queued with ``study.enqueue_trial``. The worker counts WAITING trials inside the study's
-budget, so an enqueued point is one of the budget's trials, run before any new sample.
+budget (``hpo.service.study.budget_used``), so an enqueued point is one of the budget's
+trials, run before any new sample.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import yaml
 from optuna.trial import TrialState
 
 from hpo.errors import HpoError, SpecError
-from hpo.service.study import load_study
+from hpo.service.study import QUEUED_ATTR, budget_used, load_study
 from hpo.spec.study_spec import _SpecLoader, parse_spec
 
 
@@ -34,7 +35,7 @@ class Enqueued:
         params: The point, skorch ``set_params`` keys.
         budget: The study's trial budget (``budget.trials``).
         taken: Trials that already count against the budget (done, running or waiting,
-            this one included).
+            this one included; ``budget_used``).
     """
 
     study: str
@@ -113,23 +114,13 @@ def enqueue_point(
             f"the point does not fit the space of study {name!r}; nothing was queued:\n{lines}"
         ) from None
 
-    study.enqueue_trial(params, skip_if_exists=False)
+    study.enqueue_trial(params, user_attrs={QUEUED_ATTR: "hpo enqueue"}, skip_if_exists=False)
     trials = study.get_trials(deepcopy=False)
     waiting = [t for t in trials if t.state == TrialState.WAITING]
-    counts = Counter(t.state for t in trials)
-    taken = sum(
-        counts[state]
-        for state in (
-            TrialState.COMPLETE,
-            TrialState.PRUNED,
-            TrialState.RUNNING,
-            TrialState.WAITING,
-        )
-    )
     return Enqueued(
         study=name,
         trial=max(t.number for t in waiting),
         params=params,
         budget=spec.n_trials,
-        taken=taken,
+        taken=budget_used(Counter(t.state for t in trials)),
     )

@@ -2,7 +2,10 @@
 
 A registered study carries its validated spec in ``user_attrs["hpo_spec"]`` (JSON) and the hpo
 version that wrote it, so a worker anywhere needs only the study name and the storage. A grid
-study has every point enqueued as a WAITING trial at registration, so each point runs once.
+study has every point enqueued as a WAITING trial at registration, so each point runs once;
+each queued point carries ``user_attrs["hpo_queued"]`` (where it came from), which is how a
+worker tells a grid point from a fresh sample. ``budget_used`` is the one count of a study's
+budget that the worker, ``hpo run`` and ``hpo enqueue`` all read.
 """
 
 from __future__ import annotations
@@ -10,18 +13,50 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import optuna
+from optuna.trial import TrialState
 
 from hpo.errors import StudyError
+from hpo.spec.pruning import pruner_options
 from hpo.spec.spaces import grid_points
 from hpo.spec.study_spec import StudySpec, spec_json_equal
 
 SPEC_ATTR = "hpo_spec"
 VERSION_ATTR = "hpo_version"
+#: Trial user attribute of a point hpo queued: "grid", "spec" (its ``enqueue:`` list) or
+#: "hpo enqueue". Optuna copies it to a retry of the trial.
+QUEUED_ATTR = "hpo_queued"
+#: The states of trials that have spent a slot of the budget for good.
+FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
+#: ... and of those that hold one: running, or queued to run before any new sample.
+PENDING_STATES = (TrialState.RUNNING, TrialState.WAITING)
+
+
+def budget_used(counts: Mapping[TrialState, int], *, pending: bool = True) -> int:
+    """How many of a study's budget slots are taken, given its trials counted by state.
+
+    A COMPLETE or PRUNED trial spends a slot; a FAIL trial does not (a worker that died is
+    re-queued as a WAITING trial, a bad configuration is replaced by the next sample).
+
+    Args:
+        counts: trials per state, e.g. ``StorageBackend.count_states`` or
+            ``Counter(t.state for t in study.trials)``.
+        pending: also count RUNNING and WAITING trials, which hold a slot: a worker claims a
+            new trial only while this is under the budget, and an enqueued point runs if it is
+            within it. False counts the trials finished, as progress shows them. Default: True.
+    """
+    states = FINISHED_STATES + PENDING_STATES if pending else FINISHED_STATES
+    return sum(counts.get(state, 0) for state in states)
+
+
+def is_queued_point(trial: optuna.Trial | optuna.trial.FrozenTrial) -> bool:
+    """Whether ``trial`` runs a point hpo queued (a grid point, a warm start), not a sample."""
+    return QUEUED_ATTR in trial.user_attrs
 
 
 def hpo_version() -> str:
@@ -49,13 +84,12 @@ def make_sampler(spec: StudySpec, worker_index: int | None = 0) -> optuna.sample
 
 
 def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
-    """The spec's pruner; trials report the running mean score after each fold."""
+    """The spec's pruner, with hpo's defaults (``hpo.spec.pruning``); trials report the
+    running mean score after each fold."""
     if spec.pruner.name == "median":
-        options = {"n_warmup_steps": 1, **spec.pruner.options}
-        return optuna.pruners.MedianPruner(**options)
+        return optuna.pruners.MedianPruner(**pruner_options(spec))
     if spec.pruner.name == "hyperband":
-        options = {"min_resource": 1, "max_resource": spec.cv.folds, **spec.pruner.options}
-        return optuna.pruners.HyperbandPruner(**options)
+        return optuna.pruners.HyperbandPruner(**pruner_options(spec))
     return optuna.pruners.NopPruner()
 
 
@@ -96,11 +130,11 @@ def register_study(spec: StudySpec, storage: optuna.storages.BaseStorage) -> Reg
         sampler=make_sampler(spec),
         pruner=make_pruner(spec),
     )
-    points = [*spec.enqueue]
+    points = [(point, "spec") for point in spec.enqueue]
     if spec.sampler.name == "grid":
-        points += grid_points(spec.space)
-    for point in points:
-        study.enqueue_trial(point, skip_if_exists=False)
+        points += [(point, "grid") for point in grid_points(spec.space)]
+    for point, origin in points:
+        study.enqueue_trial(point, user_attrs={QUEUED_ATTR: origin}, skip_if_exists=False)
     # Written last: a study is registered once its spec is there.
     study.set_user_attr(VERSION_ATTR, hpo_version())
     study.set_user_attr(SPEC_ATTR, spec_json)
@@ -150,7 +184,16 @@ def load_spec_from_storage(storage: optuna.storages.BaseStorage, name: str) -> S
             f"study {name!r} has no hpo spec: it was not registered by hpo, or its "
             f"registration did not finish. Register it again: hpo register FILE"
         )
-    return StudySpec.from_json(stored)
+    try:
+        return StudySpec.from_json(stored)
+    except ValueError as error:  # (pydantic's ValidationError)
+        written = attrs.get(VERSION_ATTR, "an unknown version")
+        reason = str(error).strip().splitlines()[0]
+        raise StudyError(
+            f"the spec stored with study {name!r} was written by hpo {written} and does not "
+            f"validate in hpo {hpo_version()} ({reason}). Run it with hpo {written}, or "
+            f"register its YAML file again under a new name"
+        ) from None
 
 
 def load_study(

@@ -33,17 +33,14 @@ from hpo.engine.folds.processes import FoldPool, open_fold_pool
 from hpo.engine.nets import resolve_device
 from hpo.engine.objective import SMALL_NET_FLOPS, WorkerStopped, check_compatible, evaluate
 from hpo.errors import HpoError
-from hpo.service.storage import (
-    claim_lock,
-    count_trial_states,
-    fail_stale_trials,
-    has_claim_lock,
-    heartbeat,
-    heartbeat_enabled,
-    open_storage,
-    resolve_heartbeat,
+from hpo.service.storage import StorageBackend, open_backend, resolve_heartbeat
+from hpo.service.study import (
+    FINISHED_STATES,
+    PENDING_STATES,
+    budget_used,
+    is_queued_point,
+    load_study,
 )
-from hpo.service.study import load_study
 from hpo.spec.study_spec import StudySpec
 
 logger = logging.getLogger("hpo.service.worker")
@@ -138,8 +135,8 @@ def run_worker(
         HpoError: the device cannot be used, or the study or its dataset cannot be loaded.
     """
     device = resolve_device(device)
-    storage = open_storage(storage_url, heartbeat=resolve_heartbeat(heartbeat_seconds))
-    study, spec = load_study(storage, study_name, worker_index)
+    storage = open_backend(storage_url, heartbeat=resolve_heartbeat(heartbeat_seconds))
+    study, spec = load_study(storage.storage, study_name, worker_index)
     data = load_dataset(spec.dataset.name, **spec.dataset.options)
     check_compatible(spec, data)
     if threads:
@@ -179,7 +176,9 @@ def run_worker(
                 if claim.trial is None:
                     logger.info("%s: %s", study_name, claim.reason)
                     break
-                state = _run_trial(study, claim.trial, spec, data, device, stop, objective, pool)
+                state = _run_trial(
+                    study, claim.trial, spec, data, device, stop, objective, pool, storage
+                )
             except STORAGE_ERRORS as error:
                 outage.wait(error)
                 continue
@@ -190,16 +189,16 @@ def run_worker(
 
 
 def _claim_trial(
-    study: optuna.Study, spec: StudySpec, budget: int, storage: optuna.storages.BaseStorage
+    study: optuna.Study, spec: StudySpec, budget: int, storage: StorageBackend
 ) -> _Claim:
-    with claim_lock(storage, study.study_name):
-        fail_stale_trials(study)
-        counts = count_trial_states(study)
-        done = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
+    with storage.claim_lock(study.study_name):
+        storage.fail_stale_trials(study)
+        counts = storage.count_states(storage.study_id(study.study_name))
+        done, taken = budget_used(counts, pending=False), budget_used(counts)
         running, waiting = counts[TrialState.RUNNING], counts[TrialState.WAITING]
-        if waiting and done + running < budget:
+        if waiting and taken - waiting < budget:  # finished + running leave a slot: pop one
             return _claim_next(study, spec, budget, storage)
-        if spec.sampler.name == "grid" or done + running >= budget:
+        if spec.sampler.name == "grid" or taken >= budget:
             if running and done < budget and _can_wait(storage):
                 return _Claim(wait=True)  # a running trial may still fail and be re-queued
             return _Claim(reason=f"nothing left to run: {done} of {budget} trials finished")
@@ -212,11 +211,11 @@ def _claim_trial(
 
 
 def _claim_next(
-    study: optuna.Study, spec: StudySpec, budget: int, storage: optuna.storages.BaseStorage
+    study: optuna.Study, spec: StudySpec, budget: int, storage: StorageBackend
 ) -> _Claim:
     """Pop a WAITING trial or start a new one; without a claim lock, step back from a race."""
     trial = _ask(study, storage)
-    if has_claim_lock(storage) or not _is_surplus(study, spec, trial, budget):
+    if storage.has_claim_lock or not _is_surplus(study, spec, trial, budget):
         return _Claim(trial=trial)
     trial.set_user_attr(
         FAIL_REASON_ATTR,
@@ -230,27 +229,26 @@ def _claim_next(
 def _is_surplus(study: optuna.Study, spec: StudySpec, trial: optuna.Trial, budget: int) -> bool:
     # Without a lock (the gRPC proxy) two workers may claim the last slot, or the last grid
     # point, together. Both see both trials afterwards; the later one steps back. A grid
-    # trial that popped no enqueued point is a fresh sample, never part of the grid.
-    frozen = study._storage.get_trial(trial._trial_id)
-    if spec.sampler.name == "grid" and "fixed_params" not in frozen.system_attrs:
+    # trial that popped no queued point is a fresh sample, never part of the grid.
+    if spec.sampler.name == "grid" and not is_queued_point(trial):
         return True
-    live = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+    live = FINISHED_STATES + PENDING_STATES
     numbers = sorted(t.number for t in study.get_trials(deepcopy=False, states=live))
     return trial.number in numbers[budget:]
 
 
-def _ask(study: optuna.Study, storage: optuna.storages.BaseStorage) -> optuna.Trial:
+def _ask(study: optuna.Study, storage: StorageBackend) -> optuna.Trial:
     trial = study.ask()
-    if heartbeat_enabled(storage):
-        # The first beat goes in while the claim lock is still held, so a worker killed now
-        # leaves a trial that fail_stale_trials recognises.
-        storage.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
+    # The first beat goes in while the claim lock is still held, so a worker killed now
+    # leaves a trial that fail_stale_trials recognises.
+    if storage.has_heartbeat:
+        storage.record_first_heartbeat(storage.trial_id(study, trial))
     return trial
 
 
-def _can_wait(storage: optuna.storages.BaseStorage) -> bool:
+def _can_wait(storage: StorageBackend) -> bool:
     # Without heartbeats a dead worker's trial stays RUNNING forever; don't wait on it.
-    return heartbeat_enabled(storage)
+    return storage.has_heartbeat
 
 
 def _run_trial(
@@ -262,10 +260,11 @@ def _run_trial(
     stop: _StopFlag,
     objective: Objective,
     pool: FoldPool | None,
+    storage: StorageBackend,
 ) -> TrialState:
     started = time.perf_counter()
-    storage = study._storage
-    with heartbeat(storage, trial._trial_id):
+    trial_id = storage.trial_id(study, trial)
+    with storage.heartbeat(trial_id):
         try:
             value = objective(trial, spec, data, device, lambda: stop.requested, pool)
         except STORAGE_ERRORS:
@@ -279,7 +278,7 @@ def _run_trial(
             trial.set_user_attr(FAIL_REASON_ATTR, "worker stopped by SIGTERM; re-queued")
             study.tell(trial, state=TrialState.FAIL)
             RetryHeartbeatStaleTrialCallback(max_retry=None)(
-                study, study._storage.get_trial(trial._trial_id)
+                study, storage.storage.get_trial(trial_id)
             )
             logger.warning("trial %d stopped by SIGTERM and re-queued", trial.number)
             return TrialState.FAIL
