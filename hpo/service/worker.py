@@ -28,10 +28,13 @@ import torch
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
+from hpo.engine.build import check_compatible
 from hpo.engine.data import DataSplits, load_dataset
+from hpo.engine.device import resolve_device
+from hpo.engine.folds.fold import WorkerStopped
+from hpo.engine.folds.plan import SMALL_NET_FLOPS, FoldOptions
 from hpo.engine.folds.processes import FoldPool, open_fold_pool
-from hpo.engine.nets import resolve_device
-from hpo.engine.objective import SMALL_NET_FLOPS, WorkerStopped, check_compatible, evaluate
+from hpo.engine.objective import evaluate, worker_fold_plan
 from hpo.errors import HpoError
 from hpo.service.storage import StorageBackend, open_backend, resolve_heartbeat
 from hpo.service.study import (
@@ -121,10 +124,11 @@ def run_worker(
         threads: torch CPU threads. Default: all cores.
         device: ``cuda`` or ``cpu``. Default: ``cuda`` when a GPU is visible.
         folds_at_once: on the CPU, how many folds of a trial are fitted at once, one by the
-            worker and each other in a fold process of its own (``hpo.engine.folds.processes``), all on
-            ``threads // folds_at_once`` threads; 1 fits them one after another in the
-            worker. Default: none when the folds are stacked, else one per thread, at most
-            the spec's folds. Fold processes are started with ``spawn``, so a script that
+            worker and each other in a fold process of its own
+            (``hpo.engine.folds.processes``), all on ``threads // folds_at_once`` threads; 1
+            fits them one after another in the worker. Default: ``hpo.engine.folds.plan``
+            decides (none when the folds are stacked, else one per thread, at most the
+            spec's folds). Fold processes are started with ``spawn``, so a script that
             calls ``run_worker`` needs the usual ``if __name__ == "__main__":`` guard.
         stack_folds: on the CPU, fit a trial's folds as one stacked model where the net
             allows it (``hpo.engine.folds.stacked``); False fits each fold as a net of its own.
@@ -141,23 +145,40 @@ def run_worker(
     check_compatible(spec, data)
     if threads:
         torch.set_num_threads(threads)
-    pool = open_fold_pool(spec, data, device, torch.get_num_threads(), folds_at_once, stack_folds)
+    options = FoldOptions(folds_at_once=folds_at_once, stack_folds=stack_folds)
+    plan = worker_fold_plan(
+        spec,
+        device=device,
+        threads=torch.get_num_threads(),
+        validation=data.X_valid is not None,
+        options=options,
+    )
+    pool = open_fold_pool(spec, data, plan)
+    if plan.processes and pool is None:  # the platform cannot start processes
+        plan = worker_fold_plan(
+            spec,
+            device=device,
+            threads=torch.get_num_threads(),
+            validation=data.X_valid is not None,
+            options=options,
+            fold_processes=False,
+        )
     logger.info(
-        "worker %s of %s on %s, %d torch threads%s",
+        "worker %s of %s on %s, %d torch threads: %s",
         "-" if worker_index is None else worker_index,
         study_name,
         device,
         torch.get_num_threads(),
-        f", {pool.processes} fold process{'es' * (pool.processes > 1)}" if pool else "",
+        plan.describe(),
     )
-    if threads is None and device == "cpu" and pool is None and torch.get_num_threads() > 1:
+    if threads is None and plan.idles_cores:
         logger.info(
             "a net under %g MFLOP per batch trains on one of these threads; for the other "
             "cores start more workers, each with --threads 1 (or hpo run --workers N)",
             SMALL_NET_FLOPS / 1e6,
         )
-    if not stack_folds and objective is evaluate:
-        objective = functools.partial(evaluate, stack_folds=False)
+    if objective is evaluate:
+        objective = functools.partial(evaluate, options=options)
     budget = trials or spec.n_trials
     summary = WorkerSummary(study_name, worker_index)
     deadline = time.monotonic() + spec.budget.timeout if spec.budget.timeout else None
