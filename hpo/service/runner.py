@@ -24,7 +24,7 @@ from hpo.engine.device import default_device
 from hpo.engine.objective import worker_fold_plan
 from hpo.results.export import export_study
 from hpo.service.storage import open_storage
-from hpo.service.study import register_study
+from hpo.service.study import budget_used, register_study
 from hpo.service.worker import default_threads
 from hpo.spec.names import DATASETS
 from hpo.spec.study_spec import load_spec
@@ -158,14 +158,12 @@ def _show_progress(
         task = progress.add_task(study.study_name, total=budget, best="best: -")
         while True:
             running = any(process.poll() is None for process in processes)
-            trials = study.get_trials(
-                deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)
-            )
-            completed = [t for t in trials if t.state == TrialState.COMPLETE]
+            counts = Counter(t.state for t in study.get_trials(deepcopy=False))
             best = "best: -"
-            if completed:
+            if counts[TrialState.COMPLETE]:
                 best = f"best: {study.best_value:.4f} (trial {study.best_trial.number})"
-            progress.update(task, completed=min(len(trials), budget), best=best)
+            done = budget_used(counts, pending=False)
+            progress.update(task, completed=min(done, budget), best=best)
             if not running:
                 return
             time.sleep(POLL_SECONDS)
