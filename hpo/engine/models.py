@@ -46,9 +46,8 @@ class Dropout(nn.Dropout):
     """``nn.Dropout`` whose CPU mask is a uniform draw compared with ``p``.
 
     torch's CPU dropout draws its mask with ``bernoulli_``, which on the small batches of a
-    search costs more than the layer's arithmetic: forward and backward of a 32 x 128 batch
-    take 87 us that way against 37 us with ``rand_like(x).ge_(p)`` on our 2-core machines
-    (``benchmarks/trial_speed.py`` times whole trials). Each unit is kept with the same
+    search costs more than the layer's arithmetic, more than twice what
+    ``rand_like(x).ge_(p)`` costs (measured: docs/benchmarks.md). Each unit is kept with the same
     probability ``1 - p`` and the kept ones are scaled by ``1 / (1 - p)``, as torch does; the
     draws come from torch's global generator, so a seed fixes them. On a GPU (and in eval mode,
     or in place) torch's own kernel runs.

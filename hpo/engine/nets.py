@@ -225,7 +225,7 @@ class _TunedNet:
         on_cpu = device_kind(self.device) == "cpu"  # type: ignore[attr-defined]
         if on_cpu and any(p.dim() == 4 for p in module.parameters()):
             # oneDNN's CPU convolutions, pooling and batch norm run faster on channels-last
-            # (NHWC) tensors: 8-40 % per step on the digits CNNs. A convolution whose weight
+            # (NHWC) tensors (measured: docs/benchmarks.md). A convolution whose weight
             # is channels-last returns channels-last outputs, so the layers after it follow.
             self.module_ = module.to(memory_format=torch.channels_last)
         return self

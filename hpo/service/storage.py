@@ -194,9 +194,9 @@ def _enable_wal(path: Path) -> None:
 
 
 def _commit_without_fsync(engine: Engine) -> None:
-    # With WAL, synchronous=NORMAL syncs the log at checkpoints instead of at every commit:
-    # about 1 ms less per write on our machines, and a trial writes twenty times or more
-    # (each parameter, each fold's report, its attributes). A killed worker loses nothing it
+    # With WAL, synchronous=NORMAL syncs the log at checkpoints instead of at every commit,
+    # and a trial writes twenty times or more (each parameter, each fold's report, its
+    # attributes; the saving is measured in docs/benchmarks.md). A killed worker loses nothing it
     # committed; a power cut or an OS crash can roll back the last commits but leaves the file
     # consistent (https://www.sqlite.org/pragma.html#pragma_synchronous).
     event.listen(engine, "connect", _set_synchronous_normal)

@@ -27,13 +27,14 @@ import torch
 from hpo.engine.device import device_kind
 
 #: Forward FLOPs per training batch below which a net trains faster on one CPU thread: its
-#: ops are too small for torch to split them profitably (docs/benchmarks.md, "Threads").
+#: ops are too small for torch to split them profitably (docs/benchmarks.md, "Measured
+#: choices in the code").
 SMALL_NET_FLOPS = 2_000_000
 
 #: Forward FLOPs per training batch from which a net's folds are fitted one by one rather than
 #: stacked: a bigger net's ops are bound by their arithmetic, and oneDNN's grouped
 #: convolutions and batched matrix products are then slower than separate ones
-#: (docs/benchmarks.md, "Stacked folds by net size").
+#: (measured: docs/benchmarks.md).
 STACKED_NET_FLOPS = 16_000_000
 
 Strategy = Literal["stacked", "fold processes", "one by one"]
@@ -157,7 +158,7 @@ def plan_folds(
 def forward_flops(net: Any, input_shape: tuple[int, ...]) -> int:
     """FLOPs of one forward pass of ``net``'s module over a training batch (matrix products
     and convolutions, as ``torch.utils.flop_counter`` counts them)."""
-    # Imported here: the flop counter pulls in about 75 MiB of torch's compiler stack, which a
+    # Imported here: the flop counter pulls in torch's compiler stack (tens of MiB), which a
     # worker that never asks (a GPU, or folds in processes) should not carry.
     from torch.utils.flop_counter import FlopCounterMode
 

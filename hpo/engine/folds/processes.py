@@ -5,11 +5,11 @@ each op across its threads, and an op of a few microseconds gains little from th
 Python around it (skorch's loop, autograd) runs on one core anyway. K folds are K independent
 fits, so a worker with T threads fits ``N = min(T, K)`` folds at once, on ``T // N`` threads
 each: one itself, the others in N - 1 fold processes, as ``cross_val_score(..., n_jobs=T)``
-does with joblib. On the digits nets of ``benchmarks/trial_speed.py`` that makes a trial on
-two cores 1.5 to 2 times as fast as fitting the folds one after another on two threads.
-Stacking the folds in one process (``hpo.engine.folds.stacked``) gains more, so a worker
-whose folds are stacked starts no fold processes unless ``--folds-at-once`` asks for them
-(``hpo.engine.folds.plan`` decides).
+does with joblib, which on two cores beats fitting the folds one after another on two
+threads (measured: docs/benchmarks.md). Stacking the folds in one process
+(``hpo.engine.folds.stacked``) gains more, so a worker whose folds are stacked starts no
+fold processes unless ``--folds-at-once`` asks for them (``hpo.engine.folds.plan``
+decides).
 
 The fold processes start once per worker (``spawn``, so no lock held by one of the worker's
 threads is copied into them) and receive the study and the training data once; each fold then

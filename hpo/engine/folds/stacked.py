@@ -8,8 +8,7 @@ hyperparameters, on different rows. ``StackedFolds`` holds the K copies of every
 one tensor and runs them side by side: a linear layer is one batched matrix product over the
 folds (``baddbmm``), a convolution one grouped convolution (fold k's channels are group k),
 a batch norm one batch norm over the K folds' channels; activations and pooling act on every
-fold's values at once. A digits CNN's training step for 5 folds costs about what 2 of its
-single-fold steps do (``benchmarks/trial_speed.py``).
+fold's values at once (what it gains is measured in docs/benchmarks.md).
 
 Each fold still computes what its own fit computes (``tests/test_stacked_folds.py``):
 - one loss per fold, summed, so each fold's gradients are its own;
