@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STUDY ?= studies/digits-mlp-tpe.yaml
 WORKERS ?= 2
 
-.PHONY: setup run test lint postgres postgres-stop clean
+.PHONY: setup run test test-fast lint postgres postgres-stop clean
 
 $(BIN)/hpo: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,9 +23,16 @@ lint: setup
 
 # The tests need a real PostgreSQL (installed from Debian's packages when missing) and
 # Chromium for the HTML report; both are set up here so CI and a fresh clone run everything.
+# Most of the suite's time is worker processes importing torch, so two pytest processes
+# (pytest-xdist, a test file each at a time) keep both cores busy.
 test: setup
 	bash scripts/ensure-chromium.sh
-	HPO_TEST_POSTGRES_URL="$$(bash scripts/postgres.sh start)" $(BIN)/python -m pytest -q
+	HPO_TEST_POSTGRES_URL="$$(bash scripts/postgres.sh start)" $(BIN)/python -m pytest -q -n 2 --dist loadfile
+
+# The inner loop: the unit tests, no worker processes or servers (tests marked slow are left
+# out; the PostgreSQL kinds of storage tests run when scripts/postgres.sh has a server up).
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
 
 clean:
 	rm -rf $(VENV) hpo.db hpo.db-* results

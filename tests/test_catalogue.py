@@ -155,6 +155,7 @@ def test_digits_studies_stop_early_on_the_validation_split_with_adamax(name: str
 # --- the downloaded datasets, offline -------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(MNIST_FAMILY))
 def test_mnist_family_study_runs_a_trial_on_idx_files(
     name: str, tmp_path: Path, sqlite_url: str

@@ -23,6 +23,8 @@ from hpo.engine.models import MLP
 from hpo.engine.nets import TunedClassifier
 from hpo.results.export import read_best_params
 
+pytestmark = pytest.mark.slow  # the real hpo command in subprocesses
+
 
 def test_run_registers_runs_two_workers_and_writes_the_best_params(
     write_spec: Callable[..., Path], tmp_path: Path, sqlite_url: str

@@ -75,6 +75,7 @@ def test_the_compose_file_keeps_the_database_private_and_secrets_out() -> None:
     assert "POSTGRES_PASSWORD=" in (REPO / ".env.example").read_text()
 
 
+@pytest.mark.slow
 def test_register_worker_and_dashboard_services_run_against_postgresql(
     tmp_path: Path, postgres_url: str
 ) -> None:

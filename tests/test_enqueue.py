@@ -131,6 +131,7 @@ def test_a_point_past_a_spent_budget_says_so(sqlite_url: str) -> None:
     assert queued.trial == 2 and queued.taken == 3 and not queued.within_budget
 
 
+@pytest.mark.slow
 def test_cli_enqueue(sqlite_url: str) -> None:
     registered(sqlite_url)
     args = ["module__hidden1=16", "module__hidden2=8", "lr=2e-2", "optimizer=sgd"]

@@ -29,6 +29,8 @@ from hpo.service.study import register_study
 from hpo.service.worker import run_worker
 from hpo.spec.study_spec import StudySpec, parse_spec
 
+pytestmark = pytest.mark.slow  # fold processes and worker processes
+
 DIGITS = tiny_spec(
     cv={"folds": 3, "shuffle": True, "seed": 0},
     fixed={"max_epochs": 4, "batch_size": 64, "module__dropout": 0.2},

@@ -15,9 +15,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import optuna
+import pytest
 from conftest import tiny_spec
 
 import hpo.spec
+
+pytestmark = pytest.mark.slow  # the real hpo command in subprocesses
 
 HEAVY = frozenset({"torch", "skorch", "torchvision"})
 

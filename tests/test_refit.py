@@ -129,6 +129,7 @@ def test_refit_without_a_completed_trial_is_a_clear_error(sqlite_url: str, tmp_p
     assert not (tmp_path / "refit-digits").exists()
 
 
+@pytest.mark.slow
 def test_cli_refit(sqlite_url: str, tmp_path: Path) -> None:
     run_study(sqlite_url, classification_spec(), trials=1)
     done = run_hpo(

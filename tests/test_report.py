@@ -89,6 +89,7 @@ def count_class(dom: str, name: str) -> int:
     return len(re.findall(rf'class="(?:[^"]* )?{re.escape(name)}(?: [^"]*)?"', dom))
 
 
+@pytest.mark.slow
 def test_report_renders_every_figure_offline(sqlite_url: str, tmp_path: Path) -> None:
     run_study(sqlite_url, report_spec(trials=3))
     refit_study(open_storage(sqlite_url), "report-digits", results_dir=tmp_path / "results")
@@ -155,6 +156,7 @@ def test_report_of_a_study_without_completed_trials(sqlite_url: str, tmp_path: P
     assert "1 FAIL" in report.path.read_text()
 
 
+@pytest.mark.slow
 def test_cli_report(sqlite_url: str, tmp_path: Path) -> None:
     register_study(parse_spec(report_spec(trials=2)), open_storage(sqlite_url))
     done = run_hpo(

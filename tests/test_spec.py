@@ -537,6 +537,7 @@ def test_did_you_mean_suggests_the_closest_candidate_or_nothing(
 # --- the CLI -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cli_register_bad_spec_exits_2_listing_every_problem_and_writes_nothing(
     write_spec: Callable[..., Path], tmp_path: Path, sqlite_url: str
 ) -> None:

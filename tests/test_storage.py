@@ -55,6 +55,7 @@ def test_an_in_memory_database_keeps_its_one_connection() -> None:
     assert len(study.trials) == 2
 
 
+@pytest.mark.slow
 def test_what_a_killed_writer_committed_is_kept(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'hpo.db'}"
     done = subprocess.run([sys.executable, "-c", WRITE_THEN_DIE, url], check=False)
@@ -219,6 +220,7 @@ def waiting_on_a_lock(url: str, pid: int) -> bool:
         engine.dispose()
 
 
+@pytest.mark.slow
 def test_the_claim_lock_serialises_processes(backend: StorageBackend, tmp_path: Path) -> None:
     if not backend.has_claim_lock:
         pytest.skip("no claim lock through the gRPC proxy: workers step back from races")

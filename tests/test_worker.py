@@ -4,22 +4,32 @@ once, failures, SIGTERM, SIGKILL and a database restart."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import optuna
 import pytest
-from conftest import REPO, free_port, run_hpo, tiny_spec, wait_for_running_trial
+from conftest import (
+    REPO,
+    free_port,
+    postgres_base_url,
+    run_hpo,
+    tiny_spec,
+    wait_for_running_trial,
+)
 from optuna.trial import TrialState
 
 from hpo.service.storage import open_storage
 from hpo.service.study import register_study
 from hpo.spec.study_spec import load_spec
+
+pytestmark = pytest.mark.slow  # every test starts worker processes
 
 
 def register(path: Path, url: str) -> str:
@@ -177,39 +187,58 @@ def test_a_killed_workers_trial_is_detected_by_heartbeat_and_rerun(
     assert len(retried) == 1 and retried[0].params == killed.params
 
 
-def test_workers_ride_out_a_postgresql_restart(
-    write_spec: Callable[..., Path], postgres_url: str
+@pytest.fixture
+def private_postgres() -> Iterator[Callable[[str], str]]:
+    """A PostgreSQL cluster of the test's own (``scripts/postgres.sh`` on a free port), which it
+    may stop and start while other tests, in other pytest-xdist workers, use the shared one.
+
+    Yields ``postgres(command)``: runs ``scripts/postgres.sh COMMAND`` on it (``url``,
+    ``stop``, ``start``) and returns what it printed.
+    """
+    if postgres_base_url() is None:
+        pytest.skip("no PostgreSQL: run `make test` or scripts/postgres.sh start")
+    port = free_port()
+    environment = {**os.environ, "HPO_PG_PORT": str(port)}
+
+    def postgres(command: str) -> str:
+        done = subprocess.run(
+            ["bash", str(REPO / "scripts" / "postgres.sh"), command],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=environment,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    postgres("start")
+    try:
+        yield postgres
+    finally:
+        postgres("stop")
+        shutil.rmtree(f"/tmp/hpo-postgres-{port}", ignore_errors=True)
+
+
+def test_workers_ride_out_a_postgresql_outage(
+    write_spec: Callable[..., Path], private_postgres: Callable[[str], str]
 ) -> None:
+    url = private_postgres("url")
     name = register(
-        write_spec(budget={"trials": 12}, fixed={"max_epochs": 100, "batch_size": 64}),
-        postgres_url,
+        write_spec(budget={"trials": 12}, fixed={"max_epochs": 100, "batch_size": 64}), url
     )
-    workers = [
-        start_worker(name, postgres_url, "--index", str(i), "--heartbeat", "2") for i in range(2)
-    ]
-    wait_for_running_trial(name, postgres_url)
+    workers = [start_worker(name, url, "--index", str(i), "--heartbeat", "2") for i in range(2)]
+    wait_for_running_trial(name, url)
     # Down for longer than a trial takes, so every worker meets the outage when it tells its
     # result (a restart of a second or two could fall between two writes and go unseen).
-    postgres("stop")
+    private_postgres("stop")
     time.sleep(5.0)
-    postgres("start")
+    private_postgres("start")
     logs = [w.communicate(timeout=300)[0] for w in workers]
     assert [w.returncode for w in workers] == [0, 0], logs
-    final = states(name, postgres_url)
+    final = states(name, url)
     assert final[TrialState.COMPLETE] == 12, (final, logs)
     assert final[TrialState.RUNNING] == 0
     assert any("storage unreachable" in log for log in logs), logs
-
-
-def postgres(command: str) -> None:
-    """Run ``scripts/postgres.sh COMMAND`` (stop, start) on the test cluster."""
-    done = subprocess.run(
-        ["bash", str(REPO / "scripts" / "postgres.sh"), command],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
 
 
 @pytest.mark.parametrize("sampler", ["random", "grid"])
