@@ -225,8 +225,8 @@ def _claim_trial(
             return _Claim(reason=f"nothing left to run: {done} of {budget} trials finished")
         if counts[TrialState.FAIL] >= max(budget, 10) + counts[TrialState.COMPLETE]:
             return _Claim(
-                reason=f"stopping: {counts[TrialState.FAIL]} trials failed; "
-                "see their fail_reason with: hpo export NAME --all"
+                reason=f"stopping: {counts[TrialState.FAIL]} trials failed; see their "
+                f"fail_reason with: hpo export {study.study_name} --all --out trials.csv"
             )
         return _claim_next(study, spec, budget, storage)
 
