@@ -71,27 +71,6 @@ def test_run_registers_runs_two_workers_and_writes_the_best_params(
         assert f"--workers {cores} runs {cores} trials at once" in again.stderr
 
 
-@pytest.mark.skipif(len(os.sched_getaffinity(0)) != 2, reason="the plan for 2 cores")
-def test_hpo_run_hints_only_what_its_workers_do(
-    write_spec: Callable[..., Path], tmp_path: Path, sqlite_url: str
-) -> None:
-    # Early stopping without the dataset's own validation split is not stacked: the worker
-    # fits its folds in fold processes on every core, so no core is left idle to hint at.
-    path = write_spec(
-        model="regressor",
-        dataset={"name": "synthetic_regression"},
-        scoring="neg_mean_squared_error",
-        budget={"trials": 1},
-        fixed={"max_epochs": 2, "batch_size": 64, "early_stopping_patience": 1},
-    )
-    result = run_hpo("run", str(path), "--storage", sqlite_url, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert "2 torch threads: 2 folds at once (1 fold process), 1 thread each" in result.stderr
-    assert "1 worker on" not in result.stderr
-    trial = optuna.load_study(study_name="tiny-digits", storage=sqlite_url).trials[0]
-    assert trial.user_attrs["folds_plan"] == "2 folds at once (1 fold process), 1 thread each"
-
-
 def test_a_best_row_configures_a_fresh_skorch_net(
     write_spec: Callable[..., Path], tmp_path: Path, sqlite_url: str
 ) -> None:

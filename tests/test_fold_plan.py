@@ -7,6 +7,7 @@ import pytest
 from conftest import tiny_spec
 
 from hpo.engine.data import load_dataset
+from hpo.engine.device import default_device
 from hpo.engine.folds.plan import (
     SMALL_NET_FLOPS,
     STACKED_NET_FLOPS,
@@ -16,6 +17,7 @@ from hpo.engine.folds.plan import (
     plan_folds,
 )
 from hpo.engine.objective import evaluate, worker_fold_plan
+from hpo.service.runner import local_worker_plan
 from hpo.spec.study_spec import parse_spec
 
 SMALL = NetFacts(stackable=True, flops=SMALL_NET_FLOPS // 2)
@@ -105,3 +107,28 @@ def test_a_trial_records_the_plan_it_ran() -> None:
     evaluate(trial, spec, load_dataset("digits"), "cpu")
     assert trial.user_attrs["folds_plan"] == "folds stacked, 1 thread"  # a tiny MLP
     assert trial.user_attrs["threads"] == 1
+
+
+@pytest.mark.parametrize(
+    ("dataset", "fixed"),
+    [
+        ("digits", {}),  # stacked
+        ("digits", {"early_stopping_patience": 2}),  # stacked on digits' validation split
+        ("synthetic_regression", {"early_stopping_patience": 2}),  # fold processes
+        ("diabetes", {"mixed_precision": True}),  # never stacked
+    ],
+)
+@pytest.mark.parametrize("threads", [1, 2, 8])
+def test_hpo_run_plans_what_its_workers_will_plan(
+    dataset: str, fixed: dict, threads: int
+) -> None:
+    task = {"model": "regressor", "scoring": "r2"} if dataset != "digits" else {}
+    spec = parse_spec(
+        tiny_spec(dataset={"name": dataset}, fixed={"max_epochs": 2, **fixed}, **task)
+    )
+    data = load_dataset(dataset)
+    # what run_worker computes once it has loaded the data, on the device hpo run picks
+    worker = worker_fold_plan(
+        spec, device=default_device(), threads=threads, validation=data.X_valid is not None
+    )
+    assert local_worker_plan(spec, threads) == worker

@@ -187,6 +187,17 @@ def test_a_killed_workers_trial_is_detected_by_heartbeat_and_rerun(
     assert len(retried) == 1 and retried[0].params == killed.params
 
 
+def started_log(worker: subprocess.Popen[str]) -> str:
+    """The worker's output up to its start-up line (storage open, data loaded, folds planned)."""
+    assert worker.stdout is not None
+    lines = []
+    for line in worker.stdout:
+        lines.append(line)
+        if "torch threads" in line:
+            return "".join(lines)
+    raise AssertionError("the worker exited before it started: " + "".join(lines))
+
+
 @pytest.fixture
 def private_postgres() -> Iterator[Callable[[str], str]]:
     """A PostgreSQL cluster of the test's own (``scripts/postgres.sh`` on a free port), which it
@@ -227,13 +238,15 @@ def test_workers_ride_out_a_postgresql_outage(
         write_spec(budget={"trials": 12}, fixed={"max_epochs": 100, "batch_size": 64}), url
     )
     workers = [start_worker(name, url, "--index", str(i), "--heartbeat", "2") for i in range(2)]
+    # Both have opened the storage (a worker that cannot open it at start exits, saying so).
+    started = [started_log(worker) for worker in workers]
     wait_for_running_trial(name, url)
     # Down for longer than a trial takes, so every worker meets the outage when it tells its
     # result (a restart of a second or two could fall between two writes and go unseen).
     private_postgres("stop")
     time.sleep(5.0)
     private_postgres("start")
-    logs = [w.communicate(timeout=300)[0] for w in workers]
+    logs = [head + w.communicate(timeout=300)[0] for head, w in zip(started, workers, strict=True)]
     assert [w.returncode for w in workers] == [0, 0], logs
     final = states(name, url)
     assert final[TrialState.COMPLETE] == 12, (final, logs)

@@ -21,13 +21,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from hpo.engine.device import default_device
+from hpo.engine.folds.plan import FoldPlan
 from hpo.engine.objective import worker_fold_plan
 from hpo.results.export import export_study
 from hpo.service.storage import open_storage
 from hpo.service.study import budget_used, register_study
 from hpo.service.worker import default_threads
 from hpo.spec.names import DATASETS
-from hpo.spec.study_spec import load_spec
+from hpo.spec.study_spec import StudySpec, load_spec
 
 POLL_SECONDS = 0.5
 
@@ -75,12 +76,7 @@ def run_study(
         console.print(f"study [bold]{spec.name}[/] already registered; resuming it")
     budget = trials or spec.n_trials
     threads = default_threads(workers)
-    plan = worker_fold_plan(
-        spec,
-        device=default_device(),
-        threads=threads,
-        validation=DATASETS[spec.dataset.name].fixed_validation,
-    )
+    plan = local_worker_plan(spec, threads)
     if workers == 1 and plan.idles_cores:
         console.print(
             f"1 worker on {threads} CPU cores: a small net trains on one of them; "
@@ -116,6 +112,18 @@ def run_study(
             storage, spec.name, Path(results_dir) / spec.name / "best_params.csv"
         )
     return RunResult(spec.name, best_csv, dict(states), time.perf_counter() - started, exit_codes)
+
+
+def local_worker_plan(spec: StudySpec, threads: int) -> FoldPlan:
+    """The fold plan each of ``hpo run``'s workers will log when it starts: the worker's own
+    ``worker_fold_plan``, asked before any worker has loaded the data (the built-in datasets'
+    names say whether they have a fixed validation split)."""
+    return worker_fold_plan(
+        spec,
+        device=default_device(),
+        threads=threads,
+        validation=DATASETS[spec.dataset.name].fixed_validation,
+    )
 
 
 def worker_command(study: str, storage_url: str, threads: int, *options: str) -> list[str]:
