@@ -24,10 +24,11 @@ lint: setup
 # The tests need a real PostgreSQL (installed from Debian's packages when missing) and
 # Chromium for the HTML report; both are set up here so CI and a fresh clone run everything.
 # Most of the suite's time is worker processes importing torch, so two pytest processes
-# (pytest-xdist) keep both cores busy.
+# (pytest-xdist, a test file each at a time) keep both cores busy; per test, the heavy
+# multi-worker tests would overlap and run slower.
 test: setup
 	bash scripts/ensure-chromium.sh
-	HPO_TEST_POSTGRES_URL="$$(bash scripts/postgres.sh start)" $(BIN)/python -m pytest -q -n 2
+	HPO_TEST_POSTGRES_URL="$$(bash scripts/postgres.sh start)" $(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 # The inner loop: the unit tests, no worker processes or servers (tests marked slow are left
 # out; the PostgreSQL kinds of storage tests run when scripts/postgres.sh has a server up).
