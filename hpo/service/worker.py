@@ -146,23 +146,18 @@ def run_worker(
     if threads:
         torch.set_num_threads(threads)
     options = FoldOptions(folds_at_once=folds_at_once, stack_folds=stack_folds)
-    plan = worker_fold_plan(
+    plan_here = functools.partial(
+        worker_fold_plan,
         spec,
         device=device,
         threads=torch.get_num_threads(),
         validation=data.X_valid is not None,
         options=options,
     )
+    plan = plan_here()
     pool = open_fold_pool(spec, data, plan)
     if plan.processes and pool is None:  # the platform cannot start processes
-        plan = worker_fold_plan(
-            spec,
-            device=device,
-            threads=torch.get_num_threads(),
-            validation=data.X_valid is not None,
-            options=options,
-            fold_processes=False,
-        )
+        plan = plan_here(fold_processes=False)
     logger.info(
         "worker %s of %s on %s, %d torch threads: %s",
         "-" if worker_index is None else worker_index,
