@@ -148,7 +148,9 @@ def evaluate(
     results: Iterator[FoldResult]
     if plan.strategy == "stacked":
         # The pruner's start-up count is a storage read: asked only when it decides something.
-        prunes_now = start is not None and _complete_trials(trial) >= start.startup_trials
+        prunes_now = start is not None and (
+            not start.startup_trials or _complete_trials(trial) >= start.startup_trials
+        )
         groups = fold_groups(len(splits), start.first_fold if prunes_now and start else None)
         results = _stacked(net, data, groups, splits, spec.scoring, plan, should_stop, fit_one)
     elif plan.strategy == "fold processes" and pool is not None:
