@@ -210,8 +210,8 @@ class SQLiteBackend(RDBStorageBackend):
 
     @contextlib.contextmanager
     def claim_lock(self, study_name: str) -> Iterator[None]:
-        if self.path is None:
-            with _process_lock:
+        if self.path is None:  # one process: the base's lock between its threads
+            with super().claim_lock(study_name):
                 yield
             return
         with _process_lock, open(f"{self.path}.lock", "a") as handle:
