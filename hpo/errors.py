@@ -7,6 +7,7 @@ The tree::
     ├── StudyError              a study is missing, or registered with a different spec
     ├── StorageError            a storage URL cannot be used
     ├── DatasetError            a dataset is unknown, missing, or malformed
+    ├── CodeImportError         a spec's own module or loss cannot be imported here
     └── DeviceError             the device asked for cannot be used here
 
 The CLI catches ``HpoError`` and prints its message, and an ``OSError`` about a file (one
@@ -52,6 +53,10 @@ class StorageError(HpoError):
 
 class DatasetError(HpoError):
     """A dataset is unknown, its files are missing, or its contents are malformed."""
+
+
+class CodeImportError(HpoError):
+    """A spec's ``package.module:Name`` cannot be imported on this machine."""
 
 
 class DeviceError(HpoError):

@@ -8,7 +8,6 @@ side and not the other fails here, naming the file to update.
 from __future__ import annotations
 
 import inspect
-import typing
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +17,6 @@ from skorch import NeuralNet
 
 from hpo.engine import data, models, nets
 from hpo.spec import names
-from hpo.spec.study_spec import StudySpec
 
 UPDATE = "update hpo/spec/names.py to match the engine (or the engine to match it)"
 
@@ -45,12 +43,12 @@ def test_model_names_are_the_engines() -> None:
     assert tuple(names.MODELS) == tuple(models.MODELS), f"hpo.engine.models.MODELS: {UPDATE}"
 
 
-def test_model_names_are_the_specs_choices() -> None:
-    choices = typing.get_args(StudySpec.model_fields["model"].annotation)
-    assert choices == tuple(names.MODELS), (
-        "StudySpec.model's Literal and hpo/spec/names.py MODELS list different models; "
-        "make them the same"
-    )
+def test_criterion_names_are_torch_losses() -> None:
+    for name, class_name in names.CRITERIA.items():
+        loss = getattr(torch.nn, class_name, None)
+        assert isinstance(loss, type) and issubclass(loss, torch.nn.modules.loss._Loss), (
+            f"criterion {name}: torch.nn has no loss {class_name}; {UPDATE}"
+        )
 
 
 @pytest.mark.parametrize("model", sorted(names.MODELS))
@@ -118,8 +116,9 @@ def test_every_knob_the_tuned_nets_add_is_a_net_param() -> None:
     added = set(keyword_args(nets.TunedClassifier.__init__)) - set(
         keyword_args(NeuralNet.__init__)
     )
-    # random_state is set by the engine per trial, not by a spec.
-    assert added - {"random_state"} <= names.NET_PARAMS, (
+    # random_state is set by the engine per trial, not by a spec; preprocess is the spec's
+    # top-level preprocess: key.
+    assert added - {"random_state", "preprocess"} <= names.NET_PARAMS, (
         f"hpo.engine.nets's nets take {sorted(added - names.NET_PARAMS)}: {UPDATE} (NET_PARAMS)"
     )
 

@@ -223,7 +223,7 @@ def test_spec_error_message_lists_every_problem_and_the_source(
             "scoring",
             ["required key is missing"],
         ),
-        (tiny_spec(model="mlpp"), "model", ["'mlp', 'cnn' or 'regressor'", "'mlpp'"]),
+        (tiny_spec(model="mlpp"), "model", ["did you mean 'mlp'", "package.module:ClassName"]),
         (tiny_spec(sampler={"name": "tpee"}), "sampler.name", ["'tpe'", "'tpee'"]),
         (
             grid_spec(space={"lr": {"type": "float", "low": 1e-3, "high": 1e-1}}),

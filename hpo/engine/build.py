@@ -12,8 +12,8 @@ from skorch.dataset import Dataset
 from skorch.helper import predefined_split
 
 from hpo.engine.data import DataSplits
-from hpo.engine.models import MODELS
 from hpo.engine.nets import TunedClassifier, TunedRegressor
+from hpo.engine.user_code import data_arguments, model_class
 from hpo.errors import HpoError
 from hpo.spec.study_spec import StudySpec
 
@@ -47,20 +47,45 @@ def build_net(
     """The unfitted skorch net of one configuration.
 
     Args:
-        spec: the study.
+        spec: the study: its ``model`` (built-in, or the user's module, imported).
         data: the worker's data: its task picks classifier or regressor, its shape and
             classes size the module, its fixed validation split (if any) feeds early stopping.
         configuration: skorch ``set_params`` keys, fixed and searched
             (``StudySpec.configuration``).
         device: where the net trains.
     """
-    net_class = TunedRegressor if data.task == "regression" else TunedClassifier
-    kwargs: dict[str, Any] = {
-        "module__input_shape": tuple(data.input_shape),
-        "module__n_outputs": 1 if data.task == "regression" else data.n_classes,
-        "device": device,
-        **configuration,
-    }
+    net = net_for(
+        spec.model,
+        task=data.task,
+        input_shape=tuple(data.input_shape),
+        n_outputs=outputs_of(data),
+        configuration=configuration,
+        device=device,
+    )
     if data.X_valid is not None and configuration.get("early_stopping_patience") is not None:
-        kwargs["train_split"] = predefined_split(Dataset(data.X_valid, data.y_valid))
-    return net_class(MODELS[spec.model], **kwargs)
+        net.set_params(train_split=predefined_split(Dataset(data.X_valid, data.y_valid)))
+    return net
+
+
+def outputs_of(data: DataSplits) -> int:
+    """The module's outputs: one per class, or one value for a regression."""
+    return 1 if data.task == "regression" or data.n_classes is None else data.n_classes
+
+
+def net_for(
+    model: str,
+    *,
+    task: str,
+    input_shape: tuple[int, ...],
+    n_outputs: int,
+    configuration: dict[str, Any],
+    device: str = "cpu",
+) -> TunedClassifier | TunedRegressor:
+    """The unfitted net of ``model`` for a task and data shape, without the data itself (what
+    ``hpo.load_refit`` rebuilds a refit net from). ``input_shape`` and ``n_outputs`` go to
+    the module's constructor when it takes arguments of those names (hpo's models do)."""
+    module = model_class(model)
+    given = {"input_shape": input_shape, "n_outputs": n_outputs}
+    kwargs: dict[str, Any] = {f"module__{name}": given[name] for name in data_arguments(module)}
+    net_class = TunedRegressor if task == "regression" else TunedClassifier
+    return net_class(module, device=device, **kwargs, **configuration)

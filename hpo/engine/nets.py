@@ -4,12 +4,16 @@
 ``set_params`` and ``cross_val_score`` work on them) with four additions, each an
 estimator parameter so an exported CSV row can be applied with ``set_params(**row)``:
 
-- ``optimizer`` may be a name (``adam``, ``sgd``, ``adamax``, ``rmsprop``);
+- ``optimizer`` may be a name (``adam``, ``sgd``, ``adamax``, ``rmsprop``), and ``criterion``
+  a name (``mse``, ``huber``, ...; ``hpo.spec.names.CRITERIA``) or ``package.module:Name``;
 - ``random_state`` seeds torch when the net initializes, so a fit is reproducible and two
   clones fit identically;
 - ``early_stopping_patience`` adds skorch's ``EarlyStopping`` on the validation loss;
 - ``mixed_precision`` runs the forward pass under ``torch.autocast`` in bfloat16 (the loss,
   weights, gradients and optimizer stay float32);
+- ``preprocess`` scales the features by statistics fitted on the rows ``fit`` is given
+  (``standard`` or ``minmax``), so each fold and the refit are scaled by their own training
+  rows and a saved net predicts on raw features;
 - batches are sliced from whole tensors (``TensorBatches``) instead of being collated from
   per-sample ``Dataset.__getitem__`` calls, which dominates the cost of small nets (skorch#1100).
 
@@ -46,6 +50,8 @@ from skorch.utils import TeeGenerator
 from torch import nn
 
 from hpo.engine.device import device_kind
+from hpo.engine.preprocess import Scaling, fit_scaling
+from hpo.engine.user_code import criterion_class
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam,
@@ -173,6 +179,7 @@ class _TunedNet:
         early_stopping_patience: int | None = None,
         validation_fraction: float = 0.2,
         mixed_precision: bool = False,
+        preprocess: str = "none",
         train_split: Any = None,
         iterator_train: Any = TensorBatches,
         iterator_valid: Any = TensorBatches,
@@ -194,6 +201,14 @@ class _TunedNet:
         self.early_stopping_patience = early_stopping_patience
         self.validation_fraction = validation_fraction
         self.mixed_precision = mixed_precision
+        self.preprocess = preprocess
+
+    def fit(self, X: Any, y: Any = None, **fit_params: Any) -> Any:
+        """skorch's ``fit``, after fitting ``preprocess`` on ``X``, the rows it trains on
+        (``hpo.engine.preprocess``); a warm start keeps the scaling it had."""
+        if not (self.warm_start and hasattr(self, "scaling_")):  # type: ignore[attr-defined]
+            self.scaling_: Scaling | None = fit_scaling(self.preprocess, X)
+        return super().fit(X, y, **fit_params)  # type: ignore[misc]
 
     def initialize(self) -> Any:
         if self.mixed_precision not in (True, False):
@@ -243,6 +258,13 @@ class _TunedNet:
                 )
             )
         return callbacks
+
+    def initialize_criterion(self) -> Any:
+        # skorch's, but the criterion may be a name (mse, huber, ...) or package.module:Name.
+        loss = criterion_class(self.criterion, self.default_criterion)  # type: ignore[attr-defined]
+        kwargs = self.get_params_for("criterion")  # type: ignore[attr-defined]
+        self.criterion_ = self.initialized_instance(loss, kwargs)  # type: ignore[attr-defined]
+        return self
 
     def initialize_optimizer(self, triggered_directly: Any = None) -> Any:
         named_parameters = self.get_all_learnable_params()  # type: ignore[attr-defined]
@@ -395,6 +417,9 @@ class _TunedNet:
         return hooked
 
     def infer(self, x: Any, **fit_params: Any) -> Any:
+        scaling = getattr(self, "scaling_", None)
+        if scaling is not None:
+            x = scaling(torch.as_tensor(x, device=self.device))  # type: ignore[attr-defined]
         if not self.mixed_precision:
             return super().infer(x, **fit_params)  # type: ignore[misc]
         # bfloat16 keeps float32's exponent range, so gradients need no loss scaling. The
@@ -435,6 +460,9 @@ class TunedClassifier(_TunedNet, NeuralNetClassifier):
         mixed_precision: the forward pass under ``torch.autocast`` in bfloat16, for GPUs
             with bfloat16 tensor cores (compute capability 8.0+); the output, the loss, the
             weights and the optimizer stay float32. Default: False.
+        preprocess: ``standard``, ``minmax`` or ``none``: features scaled by statistics
+            fitted in ``fit`` on the rows it is given, applied to every batch after
+            (``scaling_``; ``hpo.engine.preprocess``). Default: ``"none"``.
         train_split: skorch's; default None (all training data is trained on).
         iterator_train, iterator_valid: default ``TensorBatches``; training batches are
             shuffled every epoch.

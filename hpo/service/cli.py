@@ -52,6 +52,17 @@ HeartbeatOption = Annotated[
     ),
 ]
 
+AllowModuleOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--allow-module",
+        help="Trust code under this module prefix (repeatable), for a spec's "
+        "model: / criterion: package.module:Name. $HPO_ALLOW_MODULES adds a,b,...; hpo's own "
+        "modules are always trusted.",
+        show_default=False,
+    ),
+]
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -94,6 +105,7 @@ def run(
     results: Annotated[Path, typer.Option(help="Folder for <study>/best_params.csv.")] = Path(
         "results"
     ),
+    allow_module: AllowModuleOption = None,
 ) -> None:
     """Register a study and run it to its budget with local workers; print the best trial."""
     from hpo.results.export import read_best_params
@@ -108,6 +120,7 @@ def run(
             trials=trials,
             results_dir=results,
             heartbeat_seconds=heartbeat,
+            allow_modules=allow_module or (),
             console=err,
         )
     except KeyboardInterrupt:
@@ -152,6 +165,8 @@ def register(
     from hpo.spec.study_spec import load_spec
 
     spec = load_spec(spec_file)
+    if spec.custom_code:
+        _check_code_if_importable(spec, str(spec_file))
     registration = register_study(spec, _storage(storage))
     if registration.created:
         out.print(
@@ -160,6 +175,18 @@ def register(
         )
     else:
         out.print(f"{spec.name} is already registered with this spec; nothing to do")
+
+
+def _check_code_if_importable(spec: Any, source: str) -> None:
+    """Registration checks a spec's own module and loss where they import; where they do
+    not, the workers check them before their first trial."""
+    from hpo.engine.user_code import check_user_code
+    from hpo.errors import CodeImportError
+
+    try:
+        check_user_code(spec, source)
+    except CodeImportError as error:
+        err.print(f"[yellow]not checked here:[/] {escape(str(error))}; each worker checks it")
 
 
 @app.command()
@@ -210,6 +237,7 @@ def worker(
             "--no-stack-folds fits each fold as a skorch net of its own.",
         ),
     ] = True,
+    allow_module: AllowModuleOption = None,
 ) -> None:
     """Pull trials of a study from the storage until its budget is spent."""
     from hpo.service.storage import resolve_storage_url
@@ -228,6 +256,7 @@ def worker(
         device=device,
         folds_at_once=folds_at_once,
         stack_folds=stack_folds,
+        allow_modules=allow_module or (),
     )
     done = ", ".join(f"{n} {s}" for s, n in sorted(summary.states.items())) or "no trials"
     err.print(f"worker {index if index is not None else '-'} of {study}: {done}")

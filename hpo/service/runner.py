@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from hpo.engine.device import default_device
 from hpo.engine.folds.plan import FoldPlan
 from hpo.engine.objective import worker_fold_plan
+from hpo.engine.user_code import admit_user_code
 from hpo.results.export import export_study
 from hpo.service.storage import open_storage
 from hpo.service.study import budget_used, register_study
@@ -52,6 +54,7 @@ def run_study(
     trials: int | None = None,
     results_dir: str | Path = "results",
     heartbeat_seconds: float | None = None,
+    allow_modules: Sequence[str] = (),
     console: Console | None = None,
 ) -> RunResult:
     """Register ``spec_path`` and run it to its budget with ``workers`` local processes.
@@ -63,13 +66,17 @@ def run_study(
         trials: the study's budget instead of the spec's. Default: the spec's.
         results_dir: where ``<study>/best_params.csv`` goes. Default: ``results``.
         heartbeat_seconds: passed to each worker (``--heartbeat``).
+        allow_modules: module prefixes the spec's own code (``model:``, ``criterion:``) may
+            come from; passed to each worker (``--allow-module``).
         console: where progress goes. Default: stderr.
 
     Raises:
         SpecError, StudyError: from registration, before any worker starts.
+        HpoError: the spec names code that is not trusted, not importable or called wrongly.
     """
     console = console or Console(stderr=True)
     spec = load_spec(spec_path)
+    admit_user_code(spec, allow_modules, str(spec_path))
     storage = open_storage(storage_url)
     registration = register_study(spec, storage)
     if not registration.created:
@@ -89,6 +96,8 @@ def run_study(
         options += ["--trials", str(trials)]
     if heartbeat_seconds is not None:
         options += ["--heartbeat", str(heartbeat_seconds)]
+    for prefix in allow_modules:
+        options += ["--allow-module", prefix]
     processes = [
         subprocess.Popen(
             worker_command(spec.name, storage_url, threads, *options, "--index", str(i)),

@@ -17,7 +17,7 @@ import signal
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +35,7 @@ from hpo.engine.folds.fold import WorkerStopped
 from hpo.engine.folds.plan import SMALL_NET_FLOPS, FoldOptions
 from hpo.engine.folds.processes import FoldPool, open_fold_pool
 from hpo.engine.objective import evaluate, worker_fold_plan
+from hpo.engine.user_code import admit_user_code
 from hpo.errors import HpoError
 from hpo.service.storage import StorageBackend, open_backend, resolve_heartbeat
 from hpo.service.study import (
@@ -110,6 +111,7 @@ def run_worker(
     device: str | None = None,
     folds_at_once: int | None = None,
     stack_folds: bool = True,
+    allow_modules: Sequence[str] = (),
     objective: Objective = evaluate,
 ) -> WorkerSummary:
     """Pull trials of ``study_name`` until the study's budget is spent.
@@ -132,15 +134,19 @@ def run_worker(
             calls ``run_worker`` needs the usual ``if __name__ == "__main__":`` guard.
         stack_folds: on the CPU, fit a trial's folds as one stacked model where the net
             allows it (``hpo.engine.folds.stacked``); False fits each fold as a net of its own.
+        allow_modules: module prefixes whose code the spec may name (``model:``,
+            ``criterion:``) and this worker may import; ``HPO_ALLOW_MODULES`` adds more.
         objective: scores one trial; ``hpo.engine.objective.evaluate`` (K-fold CV of the skorch
             net) unless a benchmark measures the storage alone.
 
     Raises:
-        HpoError: the device cannot be used, or the study or its dataset cannot be loaded.
+        HpoError: the device cannot be used, the study or its dataset cannot be loaded, or
+            the spec names code that is not trusted, not importable or called wrongly.
     """
     device = resolve_device(device)
     storage = open_backend(storage_url, heartbeat=resolve_heartbeat(heartbeat_seconds))
     study, spec = load_study(storage.storage, study_name, worker_index)
+    admit_user_code(spec, allow_modules, f"study {study_name}")
     data = load_dataset(spec.dataset.name, **spec.dataset.options)
     check_compatible(spec, data)
     if threads:

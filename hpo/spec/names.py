@@ -57,11 +57,15 @@ class DatasetNames(NamedTuple):
         required: The options without a default, which a spec must give.
         fixed_validation: Whether the dataset comes with its own validation split, which early
             stopping then uses instead of holding out ``validation_fraction``.
+        preprocess: The ``preprocess`` a study gets when its spec does not say: ``standard``
+            for tables, whose columns come in any units; ``none`` for images, which the loader
+            already scales to ``[0, 1]``, and for the 1-D synthetic data, already in ``[0, 1]``.
     """
 
     options: tuple[str, ...] = ()
     required: frozenset[str] = frozenset()
     fixed_validation: bool = False
+    preprocess: str = "none"
 
 
 _IMAGE_OPTIONS = ("root", "download", "max_train", "max_test", "test_fraction")
@@ -69,15 +73,36 @@ _IMAGE_OPTIONS = ("root", "download", "max_train", "max_test", "test_fraction")
 #: The built-in datasets, in the order messages list them; see ``hpo.engine.data``.
 DATASETS: dict[str, DatasetNames] = {
     "digits": DatasetNames(fixed_validation=True),
-    "diabetes": DatasetNames(("test_size", "seed")),
+    "diabetes": DatasetNames(("test_size", "seed"), preprocess="standard"),
     "synthetic_regression": DatasetNames(("n_train", "n_test", "noise", "seed")),
-    "npz": DatasetNames(("path", "task", "test_size", "seed"), frozenset({"path"})),
+    "npz": DatasetNames(
+        ("path", "task", "test_size", "seed"), frozenset({"path"}), preprocess="standard"
+    ),
     "csv": DatasetNames(
-        ("path", "target", "task", "test_size", "seed"), frozenset({"path", "target"})
+        ("path", "target", "task", "test_size", "seed"),
+        frozenset({"path", "target"}),
+        preprocess="standard",
     ),
     "mnist": DatasetNames(_IMAGE_OPTIONS),
     "fashion_mnist": DatasetNames(_IMAGE_OPTIONS),
     "svhn": DatasetNames(("root", "download", "max_train", "max_test")),
+}
+
+#: Values of ``preprocess``: how a fold's features are scaled, fitted on its training rows only
+#: (``standard``: zero mean, unit variance per feature; ``minmax``: each feature to ``[0, 1]``);
+#: see ``hpo.engine.preprocess``.
+PREPROCESSORS: tuple[str, ...] = ("standard", "minmax", "none")
+
+#: Names of the built-in losses ``criterion:`` may give (any other is ``package.module:Name``),
+#: each the ``torch.nn`` class it stands for; see ``hpo.engine.nets.CRITERIA``. Without
+#: ``criterion:`` a classifier uses cross_entropy and a regressor mse.
+CRITERIA: dict[str, str] = {
+    "cross_entropy": "CrossEntropyLoss",
+    "nll": "NLLLoss",
+    "mse": "MSELoss",
+    "l1": "L1Loss",
+    "huber": "HuberLoss",
+    "smooth_l1": "SmoothL1Loss",
 }
 
 #: Names of the optimizers a spec may choose; see ``hpo.engine.nets.OPTIMIZERS``.

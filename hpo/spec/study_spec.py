@@ -18,18 +18,20 @@ from typing import Any, Literal
 
 import optuna
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 from sklearn.metrics import get_scorer_names
 
 from hpo.errors import SpecError, did_you_mean
 from hpo.spec.names import (
     BOOLEAN_PARAMS,
+    CRITERIA,
     DATASETS,
     MODELS,
     NAMED_VALUES,
     NET_PARAMS,
     OPTIMIZER_ARGS,
 )
+from hpo.spec.references import is_reference
 from hpo.spec.spaces import (
     CategoricalParam,
     FloatParam,
@@ -95,8 +97,10 @@ class StudySpec(_Section):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=200)
     description: str = ""
-    model: Literal["mlp", "cnn", "regressor"]
+    model: str
     dataset: DatasetSpec
+    criterion: str | None = None
+    preprocess: Literal["standard", "minmax", "none"] | None = None
     sampler: SamplerSpec = SamplerSpec()
     pruner: PrunerSpec = PrunerSpec()
     direction: Literal["maximize", "minimize"] = "maximize"
@@ -106,6 +110,39 @@ class StudySpec(_Section):
     fixed: dict[str, Any] = Field(default_factory=dict)
     space: dict[str, Param] = Field(default_factory=dict)
     enqueue: list[dict[str, Any]] = Field(default_factory=list)
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, model: str) -> str:
+        if model not in MODELS and not is_reference(model):
+            raise ValueError(
+                f"unknown model {model!r}{did_you_mean(model, MODELS)} (built-in: "
+                f"{', '.join(MODELS)}; or your own nn.Module as package.module:ClassName)"
+            )
+        return model
+
+    @field_validator("criterion")
+    @classmethod
+    def _known_criterion(cls, criterion: str | None) -> str | None:
+        if criterion is not None and criterion not in CRITERIA and not is_reference(criterion):
+            raise ValueError(
+                f"unknown loss {criterion!r}{did_you_mean(criterion, CRITERIA)} (built-in: "
+                f"{', '.join(CRITERIA)}; or your own as package.module:ClassName)"
+            )
+        return criterion
+
+    @property
+    def custom_code(self) -> list[tuple[str, str]]:
+        """The user code the spec names, as (key, ``package.module:Name``) pairs."""
+        named = (("model", self.model), ("criterion", self.criterion))
+        return [(key, value) for key, value in named if value is not None and is_reference(value)]
+
+    @property
+    def preprocessing(self) -> str:
+        """``preprocess``, or the dataset's default when the spec leaves it out."""
+        if self.preprocess is not None:
+            return self.preprocess
+        return DATASETS[self.dataset.name].preprocess
 
     @property
     def n_trials(self) -> int:
@@ -250,10 +287,31 @@ def _constructor_args(cls: type) -> tuple[str, ...]:
 
 
 def allowed_keys(model: str) -> list[str]:
-    """Every parameter key a spec may set for ``model`` (skorch ``set_params`` keys)."""
+    """Every parameter key a spec may set for built-in ``model`` (skorch ``set_params`` keys),
+    but ``criterion__*``, whose names depend on the loss."""
     module_keys = [f"module__{n}" for n in MODELS[model]]
     optimizer_keys = [f"optimizer__{n}" for n in OPTIMIZER_ARGS]
     return sorted(NET_PARAMS) + module_keys + optimizer_keys
+
+
+def _key_problem(section: str, key: str, model: str) -> str | None:
+    """Why ``key`` cannot be a parameter of ``model``'s net, or None. A user module's
+    ``module__*`` and any ``criterion__*`` keys are checked against the constructors once the
+    code is imported (``hpo.engine.user_code``)."""
+    if not isinstance(key, str):
+        return f"{section}.{key}: parameter names must be text"
+    if key.startswith("criterion__") or (key.startswith("module__") and model not in MODELS):
+        return None
+    if model in MODELS:
+        allowed = allowed_keys(model)
+        hint = "module__* keys are the model's constructor arguments; see hpo/engine/models.py"
+    else:
+        allowed = sorted(NET_PARAMS) + [f"optimizer__{n}" for n in OPTIMIZER_ARGS]
+        hint = "module__* keys are your module's constructor arguments"
+    if key in allowed:
+        return None
+    suggestion = did_you_mean(key, allowed)
+    return f"{section}.{key}: not a parameter of the {model} net{suggestion} ({hint})"
 
 
 def _given_values(
@@ -274,16 +332,12 @@ def _semantic_problems(raw: Mapping[str, Any]) -> list[str]:
     raw_space = raw.get("space") if isinstance(raw.get("space"), dict) else {}
     space = _valid_params(raw_space)
 
-    if model in MODELS:
-        allowed = allowed_keys(model)
+    if isinstance(model, str) and (model in MODELS or is_reference(model)):
         for section, keys in (("fixed", fixed), ("space", raw_space)):
             for key in keys:
-                if key not in allowed:
-                    problems.append(
-                        f"{section}.{key}: not a parameter of the {model} net"
-                        f"{did_you_mean(key, allowed)} (module__* keys are the model's "
-                        "constructor arguments; see hpo/engine/models.py)"
-                    )
+                problem = _key_problem(section, key, model)
+                if problem:
+                    problems.append(problem)
     for key in set(fixed) & set(raw_space):
         problems.append(f"fixed.{key}: also in space; keep it in one of the two")
 
