@@ -194,7 +194,7 @@ def test_one_point_grid_refits_like_any_study(tmp_path: Path, sqlite_url: str) -
 
     result = refit_study(open_storage(sqlite_url), spec.name, results_dir=tmp_path / "results")
 
-    assert result.params == spec.fixed and 0.0 <= result.metrics["accuracy"] <= 1.0
+    assert result.params == spec.configuration({}) and 0.0 <= result.metrics["accuracy"] <= 1.0
     assert (tmp_path / "results" / spec.name / "confusion_matrix.csv").is_file()
 
 

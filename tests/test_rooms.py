@@ -17,9 +17,9 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "hpo.engine": ("hpo.service", "hpo.results"),
     "hpo.service": ("hpo.results",),
 }
-#: The entry points that sit on top of every room: the CLI and ``hpo run`` (which writes
-#: the results' CSV when the workers are done).
-ENTRY_POINTS = frozenset({"hpo.service.cli", "hpo.service.runner"})
+#: The entry points that sit on top of every room: the CLI, ``hpo run`` (which writes the
+#: results' CSV when the workers are done) and the Python API (``hpo``, ``hpo.api``).
+ENTRY_POINTS = frozenset({"hpo", "hpo.api", "hpo.service.cli", "hpo.service.runner"})
 
 
 def module_name(path: Path) -> str:

@@ -140,15 +140,26 @@ def test_configuration_is_fixed_merged_with_the_searched_values() -> None:
 
     configuration = spec.configuration(params)
 
-    assert configuration == {"max_epochs": 3, "batch_size": 128, "module__hidden1": 16, "lr": 0.01}
+    assert configuration == {
+        "preprocess": "none",  # digits' default
+        "max_epochs": 3,
+        "batch_size": 128,
+        "module__hidden1": 16,
+        "lr": 0.01,
+    }
     configuration["max_epochs"] = 99
     assert spec.fixed == {"max_epochs": 3, "batch_size": 128}
     assert params == {"module__hidden1": 16, "lr": 0.01}
 
 
-def test_configuration_of_a_fully_fixed_spec_is_its_fixed_keys() -> None:
+def test_configuration_of_a_fully_fixed_spec_is_its_fixed_keys_and_preprocess() -> None:
     spec = parse_spec(grid_spec(space={}, fixed={"max_epochs": 3, "optimizer": "sgd"}))
-    assert spec.configuration({}) == {"max_epochs": 3, "optimizer": "sgd"}
+    assert spec.configuration({}) == {"preprocess": "none", "max_epochs": 3, "optimizer": "sgd"}
+
+
+def test_a_named_criterion_is_part_of_the_configuration() -> None:
+    spec = parse_spec(tiny_spec(criterion="nll"))
+    assert spec.configuration({})["criterion"] == "nll"
 
 
 # --- one SpecError with every problem ------------------------------------------------------

@@ -39,7 +39,7 @@ def model_class(model: str) -> type[nn.Module]:
     return found
 
 
-def criterion_class(criterion: str | type | None, default: type[nn.Module]) -> Any:
+def criterion_class(criterion: str | type | None, default: type[nn.Module] | None = None) -> Any:
     """The loss of a spec's ``criterion:``: ``default`` when None, a built-in name's
     ``torch.nn`` class, an imported ``package.module:Name``, or a class as given."""
     if criterion is None:

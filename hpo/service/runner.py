@@ -30,6 +30,7 @@ from hpo.service.storage import open_storage
 from hpo.service.study import budget_used, register_study
 from hpo.service.worker import default_threads
 from hpo.spec.names import DATASETS
+from hpo.spec.references import code_roots
 from hpo.spec.study_spec import StudySpec, load_spec
 
 POLL_SECONDS = 0.5
@@ -47,7 +48,7 @@ class RunResult:
 
 
 def run_study(
-    spec_path: str | Path,
+    spec_path: str | Path | StudySpec,
     storage_url: str,
     *,
     workers: int = 1,
@@ -60,7 +61,7 @@ def run_study(
     """Register ``spec_path`` and run it to its budget with ``workers`` local processes.
 
     Args:
-        spec_path: a study file (``studies/*.yaml``).
+        spec_path: a study file (``studies/*.yaml``), or a spec already read.
         storage_url: the storage to register into and run on.
         workers: worker processes, each with ``cores // workers`` torch threads. Default: 1.
         trials: the study's budget instead of the spec's. Default: the spec's.
@@ -75,8 +76,9 @@ def run_study(
         HpoError: the spec names code that is not trusted, not importable or called wrongly.
     """
     console = console or Console(stderr=True)
-    spec = load_spec(spec_path)
-    admit_user_code(spec, allow_modules, str(spec_path))
+    spec = spec_path if isinstance(spec_path, StudySpec) else load_spec(spec_path)
+    source = f"study {spec.name}" if isinstance(spec_path, StudySpec) else str(spec_path)
+    admit_user_code(spec, allow_modules, source)
     storage = open_storage(storage_url)
     registration = register_study(spec, storage)
     if not registration.created:
@@ -101,7 +103,7 @@ def run_study(
     processes = [
         subprocess.Popen(
             worker_command(spec.name, storage_url, threads, *options, "--index", str(i)),
-            env=worker_env(threads),
+            env=worker_env(threads, code_roots(spec.custom_code)),
         )
         for i in range(workers)
     ]
@@ -152,13 +154,19 @@ def worker_command(study: str, storage_url: str, threads: int, *options: str) ->
     ]
 
 
-def worker_env(threads: int) -> dict[str, str]:
+def worker_env(threads: int, code_paths: Sequence[str] = ()) -> dict[str, str]:
     """The environment of a worker with ``threads`` torch threads.
 
     OpenMP/MKL read these before torch.set_num_threads runs; unset, each worker would start a
-    thread per core and the workers would fight over the cores.
+    thread per core and the workers would fight over the cores. ``code_paths`` (the folders
+    the spec's own code was imported from here) go first on the worker's ``PYTHONPATH``, so a
+    worker imports the same code.
     """
-    return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    paths = [*code_paths, *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+    if paths:
+        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    return env
 
 
 def _show_progress(

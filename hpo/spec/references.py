@@ -132,6 +132,27 @@ def import_reference(text: str, key: str = "model") -> Any:
         ) from None
 
 
+def code_roots(references: Iterable[tuple[str, str]]) -> list[str]:
+    """The folders the referenced modules' top-level packages were imported from here (as
+    ``sys.path`` entries), so that processes started from this one import the same code."""
+    roots = []
+    for _, text in references:
+        top = sys.modules.get(parse_reference(text).module.split(".")[0])
+        for location in _locations(top):
+            roots.append(os.path.dirname(os.path.abspath(location)))
+    return list(dict.fromkeys(roots))
+
+
+def _locations(module: Any) -> list[str]:
+    if module is None:
+        return []
+    package_dirs = list(getattr(module, "__path__", []) or [])
+    if package_dirs:
+        return package_dirs
+    origin = getattr(module, "__file__", None)
+    return [origin] if origin else []
+
+
 def _import_module(name: str) -> Any:
     try:
         return importlib.import_module(name)

@@ -158,13 +158,19 @@ class StudySpec(_Section):
         keys, ready for the net. A spec never has a key in both (validation rejects it), so
         ``params`` winning a tie matters only for a caller passing keys outside ``space``.
 
+        ``preprocess`` (always) and ``criterion`` (when the spec names one) come first, as the
+        net parameters of those names.
+
         Args:
             params: The searched values, e.g. a trial's ``params``.
 
         Returns:
             A new dict; neither ``fixed`` nor ``params`` is changed.
         """
-        return {**self.fixed, **params}
+        top: dict[str, Any] = {"preprocess": self.preprocessing}
+        if self.criterion is not None:
+            top["criterion"] = self.criterion
+        return {**top, **self.fixed, **params}
 
     def to_json(self) -> str:
         return self.model_dump_json()
