@@ -1,0 +1,1 @@
+"""A user's own model package: nothing in it knows about hpo."""
