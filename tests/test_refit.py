@@ -1,4 +1,5 @@
-"""hpo refit: the best configuration retrained on the training split and judged on the test."""
+"""hpo refit: the best configuration retrained on the training split and judged on the test,
+its files written for people and stored as the study's Optuna artifacts."""
 
 from __future__ import annotations
 
@@ -14,10 +15,12 @@ from conftest import run_hpo, tiny_spec
 
 from hpo.engine.build import build_net
 from hpo.engine.data import load_dataset
+from hpo.engine.preprocess import Scaling
 from hpo.errors import HpoError
+from hpo.results.artifacts import REFIT_ARTIFACTS_ATTR
 from hpo.results.refit import refit_study
 from hpo.service.storage import open_storage
-from hpo.service.study import register_study
+from hpo.service.study import hpo_version, register_study
 from hpo.service.worker import run_worker
 from hpo.spec.study_spec import parse_spec
 
@@ -37,6 +40,7 @@ def classification_spec() -> dict[str, Any]:
     return tiny_spec(
         name="refit-digits",
         budget={"trials": 2},
+        preprocess="standard",
         fixed={"max_epochs": 6, "batch_size": 128, "early_stopping_patience": 3},
     )
 
@@ -62,23 +66,41 @@ def test_refit_classification_scores_the_best_trial_on_the_test_split(
     study = run_study(sqlite_url, classification_spec())
     best = study.best_trial
 
-    result = refit_study(open_storage(sqlite_url), "refit-digits", results_dir=tmp_path / "r")
+    result = refit_study(
+        open_storage(sqlite_url),
+        "refit-digits",
+        results_dir=tmp_path / "r",
+        artifacts=tmp_path / "artifacts",
+    )
 
     folder = tmp_path / "r" / "refit-digits"
+    spec = parse_spec(classification_spec())
     assert result.folder == folder
     assert result.trial == best.number and result.cv_score == pytest.approx(best.value)
-    assert result.params == {**classification_spec()["fixed"], **best.params}
-    assert json.loads((folder / "params.json").read_text()) == result.params
+    assert result.params == spec.configuration(best.params)
+    assert {**classification_spec()["fixed"], **best.params}.items() <= result.params.items()
     assert set(result.metrics) == {"score", "accuracy", "log_loss"}
     assert result.metrics["score"] == result.metrics["accuracy"]  # the spec scores accuracy
     assert 0.0 <= result.metrics["accuracy"] <= 1.0 and result.metrics["log_loss"] > 0
 
-    # The saved weights reproduce the reported test accuracy in a fresh net.
-    spec = parse_spec(classification_spec())
+    # params.json rebuilds the net without the data: model, shapes, classes, scaling.
     data = load_dataset("digits")
+    rebuild = json.loads((folder / "params.json").read_text())
+    assert rebuild["configuration"] == result.params
+    assert rebuild["model"] == "mlp" and rebuild["task"] == "classification"
+    assert rebuild["input_shape"] == [1, 8, 8] and rebuild["n_outputs"] == 10
+    assert rebuild["n_classes"] == 10 and rebuild["classes"] == list(range(10))
+    assert rebuild["trial"] == best.number and rebuild["hpo_version"] == hpo_version()
+    scaling = Scaling.from_state(rebuild["scaling"])
+    assert scaling.kind == "standard"
+    np.testing.assert_array_equal(scaling.center, result.net.scaling_.center)
+    np.testing.assert_array_equal(scaling.spread, result.net.scaling_.spread)
+
+    # The saved weights reproduce the reported test accuracy in a fresh net.
     net = build_net(spec, data, result.params, "cpu")
     net.initialize()
     net.load_params(f_params=str(folder / "model.pt"))
+    net.scaling_ = scaling
     accuracy = float(np.mean(net.predict(data.X_test) == data.y_test))
     assert accuracy == pytest.approx(result.metrics["accuracy"])
 
@@ -103,10 +125,48 @@ def test_refit_classification_scores_the_best_trial_on_the_test_split(
     assert attrs["refit_trial"] == best.number
 
 
+def test_refit_stores_its_files_as_artifacts_of_the_study(sqlite_url: str, tmp_path: Path) -> None:
+    run_study(sqlite_url, regression_spec())
+
+    result = refit_study(
+        open_storage(sqlite_url),
+        "refit-regression",
+        results_dir=tmp_path / "results",
+        artifacts=tmp_path / "store",
+    )
+
+    study = optuna.load_study(study_name="refit-regression", storage=sqlite_url)
+    linked = {meta.artifact_id: meta for meta in optuna.artifacts.get_all_artifact_meta(study)}
+    assert set(result.artifacts) == {"model", "params", "metrics", "history"}
+    assert set(result.artifacts.values()) == set(linked)
+    record = study.user_attrs[REFIT_ARTIFACTS_ATTR]
+    assert record == {"dir": str((tmp_path / "store").resolve()), "files": result.artifacts}
+    store = optuna.artifacts.FileSystemArtifactStore(tmp_path / "store")
+    for kind, artifact_id in result.artifacts.items():
+        local = result.files[kind]
+        assert linked[artifact_id].filename == local.name
+        with store.open_reader(artifact_id) as stored:
+            assert stored.read() == local.read_bytes(), kind
+    assert linked[result.artifacts["params"]].mimetype == "application/json"
+
+    # A second refit links a second set; the user_attr names the latest.
+    again = refit_study(
+        open_storage(sqlite_url),
+        "refit-regression",
+        results_dir=tmp_path / "results",
+        artifacts=tmp_path / "store",
+    )
+    study = optuna.load_study(study_name="refit-regression", storage=sqlite_url)
+    assert len(optuna.artifacts.get_all_artifact_meta(study)) == 8
+    assert study.user_attrs[REFIT_ARTIFACTS_ATTR]["files"] == again.artifacts != result.artifacts
+
+
 def test_refit_regression_reports_mse_and_r2(sqlite_url: str, tmp_path: Path) -> None:
     run_study(sqlite_url, regression_spec())
 
-    result = refit_study(open_storage(sqlite_url), "refit-regression", results_dir=tmp_path)
+    result = refit_study(
+        open_storage(sqlite_url), "refit-regression", results_dir=tmp_path, artifacts=tmp_path
+    )
 
     assert set(result.metrics) == {"score", "mse", "r2"}
     assert result.metrics["mse"] == pytest.approx(-result.metrics["score"], rel=1e-5)
@@ -125,8 +185,29 @@ def test_refit_regression_reports_mse_and_r2(sqlite_url: str, tmp_path: Path) ->
 def test_refit_without_a_completed_trial_is_a_clear_error(sqlite_url: str, tmp_path: Path) -> None:
     register_study(parse_spec(classification_spec()), open_storage(sqlite_url))
     with pytest.raises(HpoError, match="no completed trial to refit"):
-        refit_study(open_storage(sqlite_url), "refit-digits", results_dir=tmp_path)
+        refit_study(
+            open_storage(sqlite_url),
+            "refit-digits",
+            results_dir=tmp_path,
+            artifacts=tmp_path / "store",
+        )
     assert not (tmp_path / "refit-digits").exists()
+    assert not (tmp_path / "store").exists()
+
+
+def test_refit_refuses_an_artifact_folder_that_is_a_file_before_training(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    run_study(sqlite_url, regression_spec(), trials=1)
+    (tmp_path / "store").write_text("not a folder")
+    with pytest.raises(HpoError, match=r"store is not a folder.*--artifacts DIR"):
+        refit_study(
+            open_storage(sqlite_url),
+            "refit-regression",
+            results_dir=tmp_path,
+            artifacts=tmp_path / "store",
+        )
+    assert not (tmp_path / "refit-regression").exists()
 
 
 @pytest.mark.slow
@@ -138,3 +219,14 @@ def test_cli_refit(sqlite_url: str, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "test accuracy" in done.stdout and "CV score" in done.stdout
     assert (tmp_path / "out" / "refit-digits" / "model.pt").exists()
+    # The artifact folder: --artifacts, else HPO_ARTIFACTS, else results.
+    assert "stored as 5 artifacts" in done.stdout
+    assert len(list((tmp_path / "results").iterdir())) == 5
+    env = {"HPO_ARTIFACTS": "from-env"}
+    for flag, folder in (((), "from-env"), (("--artifacts", "from-flag"), "from-flag")):
+        again = run_hpo(
+            "refit", "refit-digits", "--storage", sqlite_url, *flag, cwd=tmp_path, env=env
+        )
+        assert again.returncode == 0, again.stderr
+        assert len(list((tmp_path / folder).iterdir())) == 5
+    assert len(list((tmp_path / "from-env").iterdir())) == 5

@@ -1,4 +1,5 @@
-"""hpo report: one self-contained HTML file, checked by rendering it in headless Chromium.
+"""hpo report: one self-contained HTML file, checked by rendering it in headless Chromium, and
+stored as an artifact of the study.
 
 Chromium is Debian's ``chromium`` package (``scripts/ensure-chromium.sh`` installs it). It
 renders the file with every host name unresolvable, so a figure that needed a CDN would stay
@@ -18,6 +19,7 @@ import pytest
 from conftest import run_hpo, tiny_spec
 from PIL import Image
 
+from hpo.results.artifacts import REPORT_ARTIFACT_ATTR
 from hpo.results.refit import refit_study
 from hpo.results.report import write_report
 from hpo.service.storage import open_storage
@@ -92,10 +94,18 @@ def count_class(dom: str, name: str) -> int:
 @pytest.mark.slow
 def test_report_renders_every_figure_offline(sqlite_url: str, tmp_path: Path) -> None:
     run_study(sqlite_url, report_spec(trials=3))
-    refit_study(open_storage(sqlite_url), "report-digits", results_dir=tmp_path / "results")
+    refit_study(
+        open_storage(sqlite_url),
+        "report-digits",
+        results_dir=tmp_path / "results",
+        artifacts=tmp_path / "store",
+    )
 
     report = write_report(
-        open_storage(sqlite_url), "report-digits", results_dir=tmp_path / "results"
+        open_storage(sqlite_url),
+        "report-digits",
+        results_dir=tmp_path / "results",
+        artifacts=tmp_path / "store",
     )
 
     assert report.path == tmp_path / "results" / "report-digits" / "report.html"
@@ -132,7 +142,13 @@ def test_report_notes_what_one_trial_cannot_show(sqlite_url: str, tmp_path: Path
     run_study(sqlite_url, report_spec(trials=1))
     out = tmp_path / "one.html"
 
-    report = write_report(open_storage(sqlite_url), "report-digits", out=out, results_dir=tmp_path)
+    report = write_report(
+        open_storage(sqlite_url),
+        "report-digits",
+        out=out,
+        results_dir=tmp_path,
+        artifacts=tmp_path / "store",
+    )
 
     assert report.path == out and out.is_file()
     assert "Optimization history" in report.figures
@@ -148,20 +164,82 @@ def test_report_of_a_study_without_completed_trials(sqlite_url: str, tmp_path: P
     study = optuna.load_study(study_name="report-digits", storage=sqlite_url)
     study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)
 
-    report = write_report(open_storage(sqlite_url), "report-digits", results_dir=tmp_path)
+    report = write_report(
+        open_storage(sqlite_url), "report-digits", results_dir=tmp_path, artifacts=tmp_path
+    )
 
     assert report.figures == []
     assert set(report.notes) == {*SEARCH_FIGURES, "Learning curves"}
     assert "No trial has completed yet" in report.notes["Slices"]
     assert "1 FAIL" in report.path.read_text()
+    assert report.refit_source is None
+
+
+@pytest.mark.slow
+def test_report_travels_as_an_artifact_and_reads_the_refit_from_artifacts(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    run_study(sqlite_url, report_spec(trials=1))
+    refit = refit_study(
+        open_storage(sqlite_url),
+        "report-digits",
+        results_dir=tmp_path / "here",
+        artifacts=tmp_path / "store",
+    )
+    # Another machine: the storage and the artifact folder, no results/<study>/.
+    for path in refit.files.values():
+        path.unlink()
+
+    report = write_report(
+        open_storage(sqlite_url),
+        "report-digits",
+        results_dir=tmp_path / "elsewhere",
+        artifacts=tmp_path / "store",
+    )
+
+    assert report.refit_source == "artifacts"
+    assert report.figures[-2:] == REFIT_FIGURES
+    assert f"accuracy {refit.metrics['accuracy']:.4g}" in report.path.read_text()
+    study = optuna.load_study(study_name="report-digits", storage=sqlite_url)
+    assert study.user_attrs[REPORT_ARTIFACT_ATTR] == report.artifact_id
+    [meta] = [
+        m
+        for m in optuna.artifacts.get_all_artifact_meta(study)
+        if m.artifact_id == report.artifact_id
+    ]
+    assert meta.filename == "report.html" and meta.mimetype == "text/html"
+    stored = (tmp_path / "store" / report.artifact_id).read_bytes()
+    assert stored == report.path.read_bytes()
+
+    # A wrong artifact folder: the report says where the refit's files went, and how to
+    # name the folder.
+    lost = write_report(
+        open_storage(sqlite_url),
+        "report-digits",
+        results_dir=tmp_path / "elsewhere",
+        artifacts=tmp_path / "empty",
+    )
+    assert lost.refit_source is None
+    note = lost.notes["Learning curves"]
+    assert "was refit" in note and str(tmp_path / "store") in note and "--artifacts" in note
 
 
 @pytest.mark.slow
 def test_cli_report(sqlite_url: str, tmp_path: Path) -> None:
     register_study(parse_spec(report_spec(trials=2)), open_storage(sqlite_url))
     done = run_hpo(
-        "report", "report-digits", "--storage", sqlite_url, "--out", "r.html", cwd=tmp_path
+        "report",
+        "report-digits",
+        "--storage",
+        sqlite_url,
+        "--out",
+        "r.html",
+        "--artifacts",
+        "store",
+        cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr
     assert "r.html" in done.stdout and (tmp_path / "r.html").is_file()
     assert "No trial has completed yet" in done.stderr  # the notes are shown too
+    [stored] = (tmp_path / "store").iterdir()
+    assert stored.read_bytes() == (tmp_path / "r.html").read_bytes()

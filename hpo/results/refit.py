@@ -5,12 +5,18 @@ ones, fits one net on every training row (a validation split is used only for ea
 the dataset's fixed one where it has one, else skorch's ``ValidSplit``), and scores it once on
 the held-out test split the search never saw. It writes under ``results/<study>/``:
 
-- ``model.pt``: the weights, from skorch ``save_params`` (load them with
-  ``net.initialize(); net.load_params(f_params=...)`` on a net built with ``params.json``);
-- ``params.json``: the configuration as skorch ``set_params`` keys;
+- ``model.pt``: the weights, from skorch ``save_params``;
+- ``params.json``: everything that rebuilds the net without the dataset: the study's
+  ``model``, ``task``, ``input_shape``, ``n_outputs``, ``n_classes`` (and the ``classes`` the
+  net predicts), the ``configuration`` (skorch ``set_params`` keys), the fitted feature
+  ``scaling`` (``Scaling.state()``, or null), the ``trial`` and the ``hpo_version``;
 - ``metrics.json``: the test metrics, the CV score they stand beside, epochs and seconds;
 - ``history.json``: train and validation loss per epoch (the learning curves);
 - ``confusion_matrix.csv``: true classes in rows, predicted in columns (classification only).
+
+The same files are uploaded as Optuna artifacts of the study (``hpo.results.artifacts``) to
+the artifact folder (``--artifacts``, ``HPO_ARTIFACTS``, default ``results``), which is what
+``hpo.results.load.load_refit`` reads on any machine and optuna-dashboard shows.
 
 The test metrics also go into the study's user_attrs (``test_accuracy``, ``test_log_loss``;
 ``test_mse``, ``test_r2``; and ``test_score``, the spec's own scorer), so optuna-dashboard shows
@@ -38,11 +44,13 @@ from sklearn.metrics import (
     r2_score,
 )
 
-from hpo.engine.build import build_net, check_compatible
+from hpo.engine.build import build_net, check_compatible, outputs_of
 from hpo.engine.data import DataSplits, load_dataset
 from hpo.engine.device import resolve_device
 from hpo.errors import HpoError
-from hpo.service.study import load_study
+from hpo.results.artifacts import open_artifact_store, resolve_artifacts_dir, upload_refit
+from hpo.service.study import hpo_version, load_study
+from hpo.spec.study_spec import StudySpec
 
 MODEL_FILE = "model.pt"
 PARAMS_FILE = "params.json"
@@ -70,6 +78,9 @@ class RefitResult:
         folder: Where the files went.
         files: Each file written, by kind (``model``, ``params``, ``metrics``, ``history``,
             ``confusion_matrix``).
+        artifacts_dir: The artifact folder the files were uploaded to.
+        artifacts: The artifact id of each file, by kind.
+        net: The fitted net (in this process only; ``load_refit`` rebuilds it anywhere).
     """
 
     study: str
@@ -81,6 +92,9 @@ class RefitResult:
     seconds: float
     folder: Path
     files: dict[str, Path] = field(default_factory=dict)
+    artifacts_dir: Path | None = None
+    artifacts: dict[str, str] = field(default_factory=dict)
+    net: Any = field(default=None, repr=False, compare=False)
 
 
 def refit_study(
@@ -88,27 +102,38 @@ def refit_study(
     name: str,
     *,
     results_dir: str | Path = "results",
+    artifacts: str | Path | None = None,
     device: str | None = None,
 ) -> RefitResult:
     """Retrain the best configuration of study ``name`` and score it once on the test split.
+
+    The spec's own code (a ``package.module:Name`` model or loss) is imported as it is; a
+    caller with a spec from a shared storage checks it first
+    (``hpo.engine.user_code.admit_user_code``), as ``hpo refit`` does.
 
     Args:
         storage: The storage the study lives in.
         name: A registered study with at least one completed trial.
         results_dir: Parent folder; files go to ``<results_dir>/<name>/``. Default ``results``.
+        artifacts: The artifact folder the files are uploaded to, made when missing. Default:
+            ``$HPO_ARTIFACTS``, else ``results``.
         device: ``cuda`` or ``cpu``. Default: ``cuda`` when a GPU is visible.
 
     Returns:
-        The metrics and the paths written.
+        The metrics, the paths written, the artifact ids and the fitted net.
 
     Raises:
         StudyError: No such study.
         DeviceError: ``device`` cannot be used here.
-        HpoError: No trial has completed, the dataset cannot be loaded, or the fit diverged.
+        HpoError: No trial has completed, the dataset cannot be loaded, the fit diverged, or
+            the artifact folder is not a folder.
     """
     device = resolve_device(device)
     study, spec = load_study(storage, name)
     best = _best_trial(study)
+    # Before minutes of training, not after: the artifact folder can be written.
+    artifacts_dir = resolve_artifacts_dir(artifacts)
+    open_artifact_store(artifacts_dir, create=True)
     params = spec.configuration(best.params)
     data = load_dataset(spec.dataset.name, **spec.dataset.options)
     check_compatible(spec, data)
@@ -134,19 +159,12 @@ def refit_study(
         metrics.update(_regression_metrics(net, data))
 
     folder = Path(results_dir) / name
-    folder.mkdir(parents=True, exist_ok=True)
-    files = {
-        "model": folder / MODEL_FILE,
-        "params": folder / PARAMS_FILE,
-        "metrics": folder / METRICS_FILE,
-        "history": folder / HISTORY_FILE,
-    }
-    net.save_params(f_params=str(files["model"]))
-    _write_json(files["params"], params)
-    _write_json(files["history"], history)
-    _write_json(
-        files["metrics"],
-        {
+    files = _write_files(
+        folder,
+        net,
+        rebuild=_rebuild_params(spec, data, net, params, best.number),
+        history=history,
+        summary={
             "study": name,
             "trial": best.number,
             "scoring": spec.scoring,
@@ -158,11 +176,10 @@ def refit_study(
             "epochs": len(history),
             "fit_seconds": round(seconds, 3),
         },
+        confusion=confusion,
     )
-    if confusion is not None:
-        files["confusion_matrix"] = folder / CONFUSION_FILE
-        confusion.to_csv(files["confusion_matrix"])
 
+    artifact_ids = upload_refit(study, artifacts_dir, files)
     for key, value in metrics.items():
         study.set_user_attr(f"{TEST_ATTR_PREFIX}{key}", value)
     study.set_user_attr("refit_trial", best.number)
@@ -177,6 +194,9 @@ def refit_study(
         seconds=seconds,
         folder=folder,
         files=files,
+        artifacts_dir=artifacts_dir,
+        artifacts=artifact_ids,
+        net=net,
     )
 
 
@@ -188,6 +208,56 @@ def _best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
             f"study {study.study_name!r} has no completed trial to refit; run it first: "
             f"hpo worker --study {study.study_name}"
         ) from None
+
+
+def _write_files(
+    folder: Path,
+    net: Any,
+    *,
+    rebuild: dict[str, Any],
+    history: list[dict[str, float]],
+    summary: dict[str, Any],
+    confusion: pd.DataFrame | None,
+) -> dict[str, Path]:
+    """The refit's files in ``folder``, by kind."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {
+        "model": folder / MODEL_FILE,
+        "params": folder / PARAMS_FILE,
+        "metrics": folder / METRICS_FILE,
+        "history": folder / HISTORY_FILE,
+    }
+    net.save_params(f_params=str(files["model"]))
+    _write_json(files["params"], rebuild)
+    _write_json(files["history"], history)
+    _write_json(files["metrics"], summary)
+    if confusion is not None:
+        files["confusion_matrix"] = folder / CONFUSION_FILE
+        confusion.to_csv(files["confusion_matrix"])
+    return files
+
+
+def _rebuild_params(
+    spec: StudySpec, data: DataSplits, net: Any, configuration: dict[str, Any], trial: int
+) -> dict[str, Any]:
+    """``params.json``: what ``hpo.engine.build.net_for`` needs to rebuild the fitted net
+    without the dataset, and what the net learned besides its weights (the feature scaling,
+    the classes)."""
+    scaling = getattr(net, "scaling_", None)
+    classes = getattr(net, "classes_", None) if data.task == "classification" else None
+    return {
+        "study": spec.name,
+        "trial": trial,
+        "hpo_version": hpo_version(),
+        "model": spec.model,
+        "task": data.task,
+        "input_shape": list(data.input_shape),
+        "n_outputs": outputs_of(data),
+        "n_classes": data.n_classes,
+        "classes": None if classes is None else np.asarray(classes).tolist(),
+        "configuration": configuration,
+        "scaling": None if scaling is None else scaling.state(),
+    }
 
 
 def _history(net: Any) -> list[dict[str, float]]:

@@ -2,16 +2,21 @@
 
 ``write_report`` draws Optuna's plotly figures (optimization history, parameter importances,
 parallel coordinates, slices, the running mean score after each fold) and, when ``hpo refit``
-has left ``history.json`` and ``confusion_matrix.csv`` in ``results/<study>/``, the learning
-curves and the confusion matrix. plotly.js is embedded once, so the file opens offline and
-needs no CDN. A figure that cannot be drawn (parameter importances need two completed trials
-and a parameter that varies) becomes a short note, never an error.
+has run, its learning curves and confusion matrix: read from the study's refit artifacts
+(``hpo.results.artifacts``) when the artifact folder holds them, so a report written on
+another machine has them too, else from ``results/<study>/``. plotly.js is embedded once, so
+the file opens offline and needs no CDN. A figure that cannot be drawn (parameter importances
+need two completed trials and a parameter that varies) becomes a short note, never an error.
+
+The page is written to ``results/<study>/report.html`` (or ``out``) and uploaded as an
+artifact of the study (user_attr ``report_artifact``), so optuna-dashboard shows it.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import tempfile
 import warnings
 from collections import Counter
 from collections.abc import Callable
@@ -26,12 +31,25 @@ import plotly.graph_objects as go
 from optuna import visualization
 from optuna.trial import TrialState
 
+from hpo.errors import HpoError
+from hpo.results.artifacts import (
+    download_refit,
+    recorded_refit,
+    resolve_artifacts_dir,
+    upload_report,
+)
 from hpo.results.refit import CONFUSION_FILE, HISTORY_FILE, METRICS_FILE, TEST_ATTR_PREFIX
 from hpo.service.study import load_study
 from hpo.spec.study_spec import StudySpec
 
 REPORT_FILE = "report.html"
 FIGURE_HEIGHT = 460
+#: The refit's files the report reads, by kind, and their names in ``results/<study>/``.
+REFIT_FILES = {
+    "metrics": METRICS_FILE,
+    "history": HISTORY_FILE,
+    "confusion_matrix": CONFUSION_FILE,
+}
 
 
 @dataclass(frozen=True)
@@ -42,11 +60,16 @@ class Report:
         path: The HTML file.
         figures: Titles of the figures drawn, in page order.
         notes: Why each figure that was left out is missing, by title.
+        artifact_id: The id of the page as an artifact of the study.
+        refit_source: Where the refit's files were read from: ``artifacts`` (the study's
+            refit artifacts), ``folder`` (``<results_dir>/<name>/``) or None (no refit).
     """
 
     path: Path
     figures: list[str] = field(default_factory=list)
     notes: dict[str, str] = field(default_factory=dict)
+    artifact_id: str | None = None
+    refit_source: str | None = None
 
 
 @dataclass(frozen=True)
@@ -62,18 +85,23 @@ def write_report(
     *,
     out: str | Path | None = None,
     results_dir: str | Path = "results",
+    artifacts: str | Path | None = None,
 ) -> Report:
-    """Write the HTML report of study ``name``.
+    """Write the HTML report of study ``name`` and upload it as an artifact of the study.
 
     Args:
         storage: The storage the study lives in.
         name: A registered study; it may have no completed trial yet (the figures then say so).
         out: The HTML file to write. Default ``<results_dir>/<name>/report.html``.
         results_dir: Where ``hpo refit`` wrote ``<name>/``; its learning curves and confusion
-            matrix are added when present. Default ``results``.
+            matrix are read from there when the artifact folder does not hold them. Default
+            ``results``.
+        artifacts: The artifact folder: the refit's files are read from it, and the page is
+            uploaded to it (made when missing). Default: ``$HPO_ARTIFACTS``, else ``results``.
 
     Returns:
-        The path written, the figures drawn and the notes for those left out.
+        The path written, the figures drawn, the notes for those left out, and the page's
+        artifact id.
 
     Raises:
         StudyError: No such study.
@@ -81,12 +109,38 @@ def write_report(
     study, spec = load_study(storage, name)
     refit_folder = Path(results_dir) / name
     path = Path(out) if out is not None else refit_folder / REPORT_FILE
+    artifacts_dir = resolve_artifacts_dir(artifacts)
 
-    with warnings.catch_warnings():
-        # Optuna warns about what the notes already say (too few trials, empty figures).
-        warnings.simplefilter("ignore")
-        sections = [*_search_sections(study), *_refit_sections(refit_folder)]
+    with tempfile.TemporaryDirectory(prefix="hpo-report-") as downloads:
+        refit_files, source, missing = _refit_files(
+            study, artifacts_dir, refit_folder, Path(downloads)
+        )
+        with warnings.catch_warnings():
+            # Optuna warns about what the notes already say (too few trials, empty figures).
+            warnings.simplefilter("ignore")
+            sections = [*_search_sections(study), *_refit_sections(refit_files, missing)]
+        summary = _summary(study, spec, refit_files.get("metrics"))
 
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        _PAGE.format(
+            title=html.escape(f"hpo report: {name}"),
+            summary=summary,
+            body=_body(sections),
+            css=_CSS,
+        ),
+        encoding="utf-8",
+    )
+    return Report(
+        path=path,
+        figures=[s.title for s in sections if s.figure is not None],
+        notes={s.title: s.note for s in sections if s.figure is None},
+        artifact_id=upload_report(study, artifacts_dir, path),
+        refit_source=source,
+    )
+
+
+def _body(sections: list[_Section]) -> str:
     parts: list[str] = []
     plotly_js_written = False
     for section in sections:
@@ -112,22 +166,25 @@ def write_report(
         else:
             parts.append(f'<p class="note">{html.escape(section.note)}</p>')
         parts.append("</section>")
+    return "\n".join(parts)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        _PAGE.format(
-            title=html.escape(f"hpo report: {name}"),
-            summary=_summary(study, spec, refit_folder),
-            body="\n".join(parts),
-            css=_CSS,
-        ),
-        encoding="utf-8",
-    )
-    return Report(
-        path=path,
-        figures=[s.title for s in sections if s.figure is not None],
-        notes={s.title: s.note for s in sections if s.figure is None},
-    )
+
+def _refit_files(
+    study: optuna.Study, artifacts_dir: Path, folder: Path, downloads: Path
+) -> tuple[dict[str, Path], str | None, str]:
+    """The refit's files by kind, where they came from (``artifacts``, ``folder`` or None),
+    and, when the study records a refit whose artifacts could not be read, why."""
+    record = recorded_refit(study.user_attrs)
+    missing = ""
+    if record is not None:
+        try:
+            files = download_refit(record, artifacts_dir, downloads, tuple(REFIT_FILES))
+            return files, "artifacts", ""
+        except HpoError as error:
+            missing = str(error)
+    local = {kind: folder / file for kind, file in REFIT_FILES.items()}
+    found = {kind: path for kind, path in local.items() if path.is_file()}
+    return found, ("folder" if found else None), missing
 
 
 def _search_sections(study: optuna.Study) -> list[_Section]:
@@ -203,16 +260,16 @@ def _plotted(
     return _Section(title, figure=figure)
 
 
-def _refit_sections(folder: Path) -> list[_Section]:
-    history_path = folder / HISTORY_FILE
-    if not history_path.is_file():
-        return [
-            _Section(
-                "Learning curves",
-                note="The best configuration has not been refit yet; run hpo refit NAME, "
-                "then write the report again to add its learning curves and confusion matrix.",
-            )
-        ]
+def _refit_sections(files: dict[str, Path], missing: str) -> list[_Section]:
+    history_path = files.get("history")
+    if history_path is None:
+        note = (
+            "The best configuration has not been refit yet; run hpo refit NAME, "
+            "then write the report again to add its learning curves and confusion matrix."
+        )
+        if missing:
+            note = f"The study was refit, but its learning curves could not be read: {missing}."
+        return [_Section("Learning curves", note=note)]
     history = pd.DataFrame(json.loads(history_path.read_text(encoding="utf-8")))
     curves = go.Figure()
     for column, label in (("train_loss", "training loss"), ("valid_loss", "validation loss")):
@@ -223,8 +280,8 @@ def _refit_sections(folder: Path) -> list[_Section]:
     curves.update_layout(xaxis_title="epoch", yaxis_title="loss", template="plotly_white")
     sections = [_Section("Learning curves (refit)", figure=curves)]
 
-    confusion_path = folder / CONFUSION_FILE
-    if confusion_path.is_file():
+    confusion_path = files.get("confusion_matrix")
+    if confusion_path is not None:
         matrix = pd.read_csv(confusion_path, index_col=0)
         labels = [str(c) for c in matrix.columns]
         heatmap = go.Figure(
@@ -245,7 +302,7 @@ def _refit_sections(folder: Path) -> list[_Section]:
     return sections
 
 
-def _summary(study: optuna.Study, spec: StudySpec, refit_folder: Path) -> str:
+def _summary(study: optuna.Study, spec: StudySpec, metrics_path: Path | None) -> str:
     trials = study.get_trials(deepcopy=False)
     states = Counter(t.state.name for t in trials)
     rows: list[tuple[str, str]] = [
@@ -267,8 +324,7 @@ def _summary(study: optuna.Study, spec: StudySpec, refit_folder: Path) -> str:
         for k, v in study.user_attrs.items()
         if k.startswith(TEST_ATTR_PREFIX)
     }
-    metrics_path = refit_folder / METRICS_FILE
-    if metrics_path.is_file():
+    if metrics_path is not None:
         test = json.loads(metrics_path.read_text(encoding="utf-8")).get("test", test)
     if test:
         rows.append(("test split (refit)", ", ".join(f"{k} {_fmt(v)}" for k, v in test.items())))

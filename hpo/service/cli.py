@@ -332,20 +332,42 @@ def storage_proxy(
     serve_storage_proxy(resolve_storage_url(storage), host=host, port=port)
 
 
+ArtifactsOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--artifacts",
+        help="Artifact folder of the studies' refit files (Optuna's FileSystemArtifactStore; "
+        "share it with the machines that load them). Default: $HPO_ARTIFACTS, else results.",
+        show_default=False,
+    ),
+]
+
+
 @app.command()
 @_reports_errors
 def dashboard(
     storage: StorageOption = None,
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+    artifacts: ArtifactsOption = None,
 ) -> None:
-    """Serve optuna-dashboard on the storage (127.0.0.1:8080 unless told otherwise)."""
+    """Serve optuna-dashboard on the storage (127.0.0.1:8080 unless told otherwise), with the
+    refit's files and reports from the artifact folder on each study's page."""
+    from optuna.artifacts import FileSystemArtifactStore
     from optuna_dashboard import run_server
 
+    from hpo.results.artifacts import resolve_artifacts_dir
+
     opened = _storage(storage)
+    folder = resolve_artifacts_dir(artifacts)
+    if not folder.is_dir():
+        err.print(
+            f"[yellow]no artifact folder {escape(str(folder))} yet:[/] a study's refit files "
+            "show once hpo refit writes them there (--artifacts)"
+        )
     err.print(f"optuna-dashboard on http://{host}:{port}/ (Ctrl-C to stop)")
     try:
-        run_server(opened, host=host, port=port)
+        run_server(opened, host=host, port=port, artifact_store=FileSystemArtifactStore(folder))
     except OSError as error:
         raise HpoError(
             f"cannot listen on {host}:{port}: {error.strerror or error}; pick another with "
@@ -365,11 +387,18 @@ def refit(
         str | None,
         typer.Option("--device", help="cuda or cpu. Default: cuda when a GPU is visible."),
     ] = None,
+    artifacts: ArtifactsOption = None,
+    allow_module: AllowModuleOption = None,
 ) -> None:
-    """Retrain the best configuration on the whole training split; score it once on the test."""
+    """Retrain the best configuration on the whole training split; score it once on the test;
+    store the net as artifacts of the study (hpo.load_refit reads them on any machine)."""
+    from hpo.engine.user_code import admit_user_code
     from hpo.results.refit import refit_study
+    from hpo.service.study import load_spec_from_storage
 
-    result = refit_study(_storage(storage), study, results_dir=results, device=device)
+    opened = _storage(storage)
+    admit_user_code(load_spec_from_storage(opened, study), allow_module or (), f"study {study}")
+    result = refit_study(opened, study, results_dir=results, artifacts=artifacts, device=device)
     table = Table(title=f"{study}: trial {result.trial} refit in {result.seconds:.1f} s")
     table.add_column("metric")
     table.add_column("value")
@@ -379,6 +408,10 @@ def refit(
     table.add_row("epochs", str(result.epochs))
     out.print(table)
     out.print(f"weights, metrics and learning curves written to {result.folder}")
+    out.print(
+        f"and stored as {len(result.artifacts)} artifacts of {study} in {result.artifacts_dir} "
+        "(hpo dashboard shows them; hpo.load_refit loads the net)"
+    )
 
 
 @app.command()
@@ -393,12 +426,16 @@ def report(
     results: Annotated[
         Path, typer.Option(help="Where hpo refit wrote <study>/ (learning curves, confusion).")
     ] = Path("results"),
+    artifacts: ArtifactsOption = None,
 ) -> None:
-    """Write one self-contained HTML report (plotly, works offline) of a study."""
+    """Write one self-contained HTML report (plotly, works offline) of a study, and store it
+    as an artifact of the study (hpo dashboard shows it)."""
     from hpo.results.report import write_report
 
-    written = write_report(_storage(storage), study, out=out_file, results_dir=results)
-    out.print(f"wrote {written.path} ({len(written.figures)} figures)")
+    written = write_report(
+        _storage(storage), study, out=out_file, results_dir=results, artifacts=artifacts
+    )
+    out.print(f"wrote {written.path} ({len(written.figures)} figures), stored as an artifact")
     for title, note in written.notes.items():
         err.print(f"[yellow]{title}:[/] {note}", highlight=False)
 
