@@ -178,3 +178,10 @@ def test_only_offline_datasets_checked_above_have_a_fixed_validation_split() -> 
     # The file and image datasets cannot be loaded here; none of their loaders sets X_valid.
     fixed = {name for name, dataset in names.DATASETS.items() if dataset.fixed_validation}
     assert fixed == {"digits"}
+
+
+def test_default_criteria_are_the_tuned_nets_defaults() -> None:
+    defaults = {"classification": nets.TunedClassifier, "regression": nets.TunedRegressor}
+    for task, net in defaults.items():
+        named = getattr(torch.nn, names.CRITERIA[names.DEFAULT_CRITERIA[task]])
+        assert named is net.default_criterion, f"{task}: {UPDATE} (DEFAULT_CRITERIA)"

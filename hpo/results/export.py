@@ -2,7 +2,9 @@
 
 Parameter columns are skorch ``set_params`` keys, fixed ones included, so
 ``net.set_params(**row)`` rebuilds the configuration from a row of ``best_params.csv`` (after
-dropping the ``study``, ``trial`` and ``value`` columns).
+dropping the ``study``, ``trial`` and ``value`` columns); ``hpo.skorch_params(row)`` turns a
+row into plain skorch arguments. The row names the loss (``criterion``) even when the spec
+leaves it to the task's default, since plain skorch's classifier defaults to another one.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from hpo.errors import StudyError
-from hpo.service.study import load_spec_from_storage
+from hpo.service.study import TASK_ATTR, load_spec_from_storage
+from hpo.spec.names import DEFAULT_CRITERIA
 from hpo.spec.study_spec import StudySpec
 
 #: Columns of best_params.csv that are not net parameters.
@@ -35,12 +38,11 @@ def best_params_frame(study: optuna.Study, spec: StudySpec) -> pd.DataFrame:
             f"study {study.study_name!r} has no completed trial yet; run a worker "
             f"first: hpo worker --study {study.study_name}"
         ) from None
-    row = {
-        "study": study.study_name,
-        "trial": best.number,
-        "value": best.value,
-        **spec.configuration(best.params),
-    }
+    configuration = spec.configuration(best.params)
+    task = study.user_attrs.get(TASK_ATTR)
+    if "criterion" not in configuration and task in DEFAULT_CRITERIA:
+        configuration["criterion"] = DEFAULT_CRITERIA[task]
+    row = {"study": study.study_name, "trial": best.number, "value": best.value, **configuration}
     return pd.DataFrame([row])
 
 

@@ -28,6 +28,9 @@ from hpo.spec.study_spec import StudySpec, spec_json_equal
 
 SPEC_ATTR = "hpo_spec"
 VERSION_ATTR = "hpo_version"
+#: Study user attribute: the task of the study's data (classification or regression), which
+#: workers write once they have loaded it, for exports that do not load the data.
+TASK_ATTR = "hpo_task"
 #: Trial user attribute of a point hpo queued: "grid", "spec" (its ``enqueue:`` list) or
 #: "hpo enqueue". Optuna copies it to a retry of the trial.
 QUEUED_ATTR = "hpo_queued"
@@ -194,6 +197,12 @@ def load_spec_from_storage(storage: optuna.storages.BaseStorage, name: str) -> S
             f"validate in hpo {hpo_version()} ({reason}). Run it with hpo {written}, or "
             f"register its YAML file again under a new name"
         ) from None
+
+
+def record_task(study: optuna.Study, task: str) -> None:
+    """Keep the task of the study's data in ``TASK_ATTR`` (one write, by the first worker)."""
+    if study.user_attrs.get(TASK_ATTR) != task:
+        study.set_user_attr(TASK_ATTR, task)
 
 
 def load_study(

@@ -44,6 +44,7 @@ from hpo.service.study import (
     budget_used,
     is_queued_point,
     load_study,
+    record_task,
 )
 from hpo.spec.study_spec import StudySpec
 
@@ -149,6 +150,7 @@ def run_worker(
     admit_user_code(spec, allow_modules, f"study {study_name}")
     data = load_dataset(spec.dataset.name, **spec.dataset.options)
     check_compatible(spec, data)
+    record_task(study, data.task)
     if threads:
         torch.set_num_threads(threads)
     options = FoldOptions(folds_at_once=folds_at_once, stack_folds=stack_folds)

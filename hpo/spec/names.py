@@ -105,6 +105,9 @@ CRITERIA: dict[str, str] = {
     "smooth_l1": "SmoothL1Loss",
 }
 
+#: The loss of each task when the spec names none (``hpo.engine.nets``' default criteria).
+DEFAULT_CRITERIA: dict[str, str] = {"classification": "cross_entropy", "regression": "mse"}
+
 #: Names of the optimizers a spec may choose; see ``hpo.engine.nets.OPTIMIZERS``.
 OPTIMIZERS: tuple[str, ...] = ("adam", "adamw", "adamax", "sgd", "rmsprop")
 
