@@ -1,0 +1,237 @@
+"""A user's own module stacked through torch.func: each fold computes what its own skorch fit
+computes, within float rounding; a module the probe refuses still scores, fold by fold."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+import optuna
+import pytest
+import torch
+from conftest import tiny_spec
+from sklearn.base import clone
+from sklearn.metrics import get_scorer
+from sklearn.model_selection import cross_val_score
+from torch import nn
+
+from hpo.engine.build import build_net
+from hpo.engine.data import load_dataset
+from hpo.engine.folds.fold import fit_and_score_fold, resident_training_data
+from hpo.engine.folds.stacked import fit_stacked, spec_stacks_folds, stackable
+from hpo.engine.folds.vmapped import VmappedFolds, net_refusal, vmap_refusal
+from hpo.engine.nets import TunedClassifier
+from hpo.engine.objective import evaluate, make_folds
+from hpo.engine.user_code import model_class
+from hpo.spec.study_spec import parse_spec
+
+# The modules live in tests/user_nets.py and are named as a spec names them.
+CASES: dict[str, tuple[dict[str, Any], str]] = {
+    # 3 folds of 666/667 rows: the last batch of an epoch differs in size between folds and
+    # runs fold by fold.
+    "mlp-adam": (
+        {
+            "model": "tests.user_nets:UserMLP",
+            "fixed": {
+                "max_epochs": 3,
+                "batch_size": 64,
+                "module__hidden": 32,
+                "optimizer": "adam",
+                "lr": 0.01,
+            },
+        },
+        "digits",
+    ),
+    "cnn-sgd": (
+        {
+            "model": "tests.user_nets:UserCNN",
+            "fixed": {
+                "max_epochs": 2,
+                "batch_size": 32,
+                "module__channels": 4,
+                "module__hidden": 16,
+                "optimizer": "sgd",
+                "optimizer__momentum": 0.5,
+                "lr": 0.05,
+            },
+        },
+        "digits",
+    ),
+    "regressor-rmsprop": (
+        {
+            "model": "tests.user_nets:UserMLP",
+            "scoring": "neg_mean_squared_error",
+            "fixed": {
+                "max_epochs": 5,
+                "batch_size": 32,
+                "module__hidden": 16,
+                "optimizer": "rmsprop",
+                "lr": 0.003,
+            },
+        },
+        "synthetic_regression",
+    ),
+}
+
+REFUSED = {
+    "tests.user_nets:DropoutMLP": "draws random numbers",
+    "tests.user_nets:BatchNormMLP": r"training changes its buffers \(norm\.running_mean",
+    "tests.user_nets:BranchingMLP": "data-dependent control flow",
+}
+
+
+def _spec(case: str, **changes: Any) -> tuple[Any, Any]:
+    overrides, dataset = CASES[case]
+    spec = parse_spec(
+        tiny_spec(
+            dataset={"name": dataset},
+            cv={"folds": 3, "seed": 1},
+            space={"optimizer__weight_decay": {"type": "categorical", "choices": [1e-4]}},
+            **{**overrides, **changes},
+        )
+    )
+    return spec, load_dataset(dataset)
+
+
+def _net(spec: Any, data: Any, **changes: Any) -> Any:
+    return build_net(spec, data, {**spec.fixed, "optimizer__weight_decay": 1e-4, **changes}, "cpu")
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_each_vmapped_fold_ends_where_its_own_fit_ends(case: str) -> None:
+    # Measured: weights within 1.2e-7 of their own fit's, losses within a relative 1.2e-7.
+    spec, data = _spec(case)
+    net = _net(spec, data)
+    splits = list(make_folds(spec).split(data.X_train, data.y_train))
+    X, y = resident_training_data(data, "cpu")
+    rows = [torch.as_tensor(train) for train, _ in splits]
+    assert stackable(net, [len(r) for r in rows], "cpu")
+
+    fit = fit_stacked(net, [X[r] for r in rows], [y[r] for r in rows])
+
+    assert isinstance(fit.module, VmappedFolds)
+    scorer = get_scorer(spec.scoring)
+    for fold, (train, test) in enumerate(splits):
+        own = clone(net).fit(X[rows[fold]], y[rows[fold]])
+        expected = own.module_.state_dict()
+        got = fit.module.fold_state_dict(fold)
+        assert got.keys() == expected.keys()
+        for name, value in expected.items():
+            torch.testing.assert_close(got[name], value, rtol=1e-5, atol=1e-6, msg=name)
+        np.testing.assert_allclose(fit.losses(fold), own.history[:, "train_loss"], rtol=1e-5)
+        score = scorer(fit.fold_net(fold), X[test], data.y_train[test])
+        own_result = fit_and_score_fold(net, data, fold, train, test, spec.scoring)
+        assert score == pytest.approx(own_result.score, rel=1e-5)
+        assert fit.epochs(fold) == own_result.epochs
+
+
+def test_with_early_stopping_each_vmapped_fold_stops_and_keeps_its_best_epoch() -> None:
+    spec, data = _spec("mlp-adam")
+    net = _net(spec, data, max_epochs=40, early_stopping_patience=2, lr=0.05)
+    splits = list(make_folds(spec).split(data.X_train, data.y_train))
+    X, y = resident_training_data(data, "cpu")
+    rows = [torch.as_tensor(train) for train, _ in splits]
+    assert stackable(net, [len(r) for r in rows], "cpu", validation=True)
+    validation = (torch.as_tensor(data.X_valid), torch.as_tensor(data.y_valid))
+
+    fit = fit_stacked(net, [X[r] for r in rows], [y[r] for r in rows], validation=validation)
+
+    epochs = []
+    for fold in range(len(splits)):
+        own = clone(net).fit(X[rows[fold]], y[rows[fold]])
+        epochs.append(len(own.history))
+        assert fit.epochs(fold) == len(own.history)
+        expected = own.module_.state_dict()  # its best epoch's, restored by EarlyStopping
+        got = fit.fold_net(fold).module_.state_dict()
+        for name, value in expected.items():
+            torch.testing.assert_close(got[name], value, rtol=1e-5, atol=1e-6, msg=name)
+    assert max(epochs) < 40  # every fold stopped early
+
+
+def test_evaluate_stacks_a_user_module_and_scores_as_cross_val_score() -> None:
+    spec, data = _spec("mlp-adam")
+    assert spec_stacks_folds(spec, validation=False)
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask()
+    study.tell(trial, evaluate(trial, spec, data, "cpu"))
+
+    assert trial.user_attrs["folds_plan"].startswith("folds stacked")
+    expected = cross_val_score(
+        _net(spec, data), data.X_train, data.y_train, cv=make_folds(spec), scoring=spec.scoring
+    )
+    np.testing.assert_allclose(trial.user_attrs["fold_scores"], expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize(("model", "reason"), list(REFUSED.items()))
+def test_a_module_the_probe_refuses_says_why(model: str, reason: str) -> None:
+    module = model_class(model)(input_shape=(1, 8, 8), n_outputs=10)
+    before = {name: value.clone() for name, value in module.state_dict().items()}
+    batch = torch.randn(4, 1, 8, 8)
+    generator = torch.get_rng_state()
+
+    refusal = vmap_refusal(module, batch)
+
+    assert refusal is not None
+    assert re.search(reason, refusal), refusal
+    # the probe ran on a copy, and drew nothing from torch's generator
+    assert torch.equal(torch.get_rng_state(), generator)
+    for name, value in module.state_dict().items():
+        assert torch.equal(value, before[name]), name
+
+
+@pytest.mark.parametrize("model", list(REFUSED))
+def test_a_refused_module_still_scores_fold_by_fold_as_cross_val_score(model: str) -> None:
+    spec, data = _spec("mlp-adam", model=model)
+    net = _net(spec, data)
+    assert spec_stacks_folds(spec, validation=False)  # the spec may stack; this net does not
+    assert not stackable(net, [666, 667, 667], "cpu")
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask()
+    study.tell(trial, evaluate(trial, spec, data, "cpu"))
+
+    assert trial.user_attrs["folds_plan"].startswith("folds one by one")
+    expected = cross_val_score(
+        net, data.X_train, data.y_train, cv=make_folds(spec), scoring=spec.scoring
+    )
+    np.testing.assert_allclose(trial.user_attrs["fold_scores"], expected, rtol=1e-6)
+
+
+class _Tied(nn.Module):
+    """An autoencoder-like module whose decoder reuses its encoder's weight."""
+
+    def __init__(self, input_shape: tuple[int, ...], n_outputs: int) -> None:
+        super().__init__()
+        self.encode = nn.Linear(64, 16)
+        self.decode = nn.Linear(16, 64)
+        self.decode.weight = nn.Parameter(self.encode.weight.t().contiguous())
+        self.tied = self.encode  # the same layer under a second name
+        self.head = nn.Linear(64, n_outputs)
+        self.register_buffer("offset", torch.full((64,), 0.5))
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.tied(X.flatten(1) - self.offset))
+        return self.head(self.decode(h))
+
+
+def test_fold_state_dict_has_every_name_a_tied_module_has_and_loads() -> None:
+    module = _Tied((1, 8, 8), 10)
+    assert vmap_refusal(module, torch.zeros(2, 1, 8, 8)) is None  # a constant buffer is fine
+    stacked = VmappedFolds(module, 3)
+    with torch.no_grad():
+        stacked.stacked[0][1].add_(1.0)  # fold 1's encoder weight, shared with tied.weight
+
+    state = stacked.fold_state_dict(1)
+
+    assert state.keys() == module.state_dict().keys()
+    torch.testing.assert_close(state["tied.weight"], module.encode.weight + 1.0)
+    assert torch.equal(state["offset"], module.offset)
+    fresh = _Tied((1, 8, 8), 10)
+    fresh.load_state_dict(state)
+    outputs = stacked([torch.ones(5, 1, 8, 8)] * 3)
+    torch.testing.assert_close(outputs[1], fresh(torch.ones(5, 1, 8, 8)))
+
+
+def test_a_module_without_input_shape_is_not_probed() -> None:
+    net = TunedClassifier(nn.Linear, module__in_features=64, module__out_features=10)
+    assert "takes no input_shape" in (net_refusal(net) or "")
