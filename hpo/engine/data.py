@@ -5,6 +5,11 @@ fixed validation split); ``X_test``/``y_test`` are kept back for the final repor
 takes keyword-only options, so a study spec's ``dataset`` mapping is passed straight through
 `load_dataset`.
 
+Features come as the data has them (images scaled to ``[0, 1]`` by a fixed divisor); no
+statistic of the data is applied here, since a statistic taken before the folds are cut would
+leak each fold's held-out rows into its training. A net's ``preprocess`` fits one inside each
+fit instead (``hpo.engine.preprocess``).
+
 Arrays follow what skorch expects: float32 features of shape ``(n, *input_shape)``, int64 class
 labels ``0 .. n_classes - 1`` of shape ``(n,)``, float32 regression targets of shape ``(n, 1)``.
 """
@@ -102,9 +107,11 @@ def load_digits() -> DataSplits:
 def load_diabetes(*, test_size: float = 0.2, seed: int = 0) -> DataSplits:
     """scikit-learn's bundled diabetes regression data (442 patients, 10 features).
 
-    Features are standardized with the mean and standard deviation of the train split only, so
-    nothing about the test split leaks into training. The target (disease progression, about
-    25 to 346) is left in its own units.
+    Features are raw, in their own units (age in years, BMI, blood pressure, six blood serum
+    measurements; sex as 1 or 2), as is the target (disease progression, about 25 to 346).
+    Scaling is left to the net's ``preprocess`` (``standard`` by default for this dataset),
+    fitted on each fold's training rows, so no fold's held-out rows shape it
+    (``hpo.engine.preprocess``).
 
     Args:
         test_size: Fraction of rows held out for the test split. Default 0.2.
@@ -114,14 +121,12 @@ def load_diabetes(*, test_size: float = 0.2, seed: int = 0) -> DataSplits:
     X_train, X_test, y_train, y_test = _split(
         "diabetes", bunch.data, bunch.target, test_size=test_size, seed=seed
     )
-    mean = X_train.mean(axis=0)
-    std = X_train.std(axis=0)
     return DataSplits(
         name="diabetes",
         task="regression",
-        X_train=((X_train - mean) / std).astype(np.float32),
+        X_train=X_train.astype(np.float32),
         y_train=y_train.astype(np.float32).reshape(-1, 1),
-        X_test=((X_test - mean) / std).astype(np.float32),
+        X_test=X_test.astype(np.float32),
         y_test=y_test.astype(np.float32).reshape(-1, 1),
         input_shape=(X_train.shape[1],),
         n_classes=None,
