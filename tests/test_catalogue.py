@@ -192,7 +192,12 @@ def test_one_point_grid_refits_like_any_study(tmp_path: Path, sqlite_url: str) -
     register_study(spec, open_storage(sqlite_url))
     run_worker(spec.name, sqlite_url, worker_index=0, heartbeat_seconds=0, threads=1)
 
-    result = refit_study(open_storage(sqlite_url), spec.name, results_dir=tmp_path / "results")
+    result = refit_study(
+        open_storage(sqlite_url),
+        spec.name,
+        results_dir=tmp_path / "results",
+        artifacts=tmp_path / "artifacts",
+    )
 
     assert result.params == spec.configuration({}) and 0.0 <= result.metrics["accuracy"] <= 1.0
     assert (tmp_path / "results" / spec.name / "confusion_matrix.csv").is_file()

@@ -90,6 +90,27 @@ def _storage(url: str | None) -> Any:
     return open_storage(resolve_storage_url(url))
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from hpo import __version__
+
+        out.print(f"hpo {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print hpo's version."
+        ),
+    ] = False,
+) -> None:
+    """Hyperparameter optimization for PyTorch models: declared studies, skorch nets, K-fold
+    CV, many workers on one Optuna storage."""
+
+
 @app.command()
 @_reports_errors
 def run(
