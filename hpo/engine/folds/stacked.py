@@ -57,6 +57,7 @@ from hpo.engine.folds.fold import (
 )
 from hpo.engine.models import ACTIVATIONS, CNN, MLP, MODELS, Dropout, keep_mask
 from hpo.engine.nets import OPTIMIZERS, TensorBatches
+from hpo.engine.preprocess import Scaling, fit_scaling
 from hpo.engine.threads import torch_threads
 from hpo.spec.study_spec import StudySpec
 
@@ -381,7 +382,8 @@ def stackable(net: Any, train_sizes: list[int], device: str, validation: bool = 
 
 
 class StackedFit:
-    """What ``fit_stacked`` trained: the stacked module, and each fold's epochs and losses."""
+    """What ``fit_stacked`` trained: the stacked module, each fold's epochs and losses, and
+    each fold's ``preprocess`` scaling (fitted on its own training rows)."""
 
     def __init__(
         self,
@@ -390,12 +392,14 @@ class StackedFit:
         data: tuple[list[torch.Tensor], list[torch.Tensor]],
         losses: torch.Tensor,
         stopping: list[_FoldEarlyStopping] | None,
+        scalings: list[Scaling | None] | None = None,
     ) -> None:
         self.net = net
         self.module = module
         self.data = data
         self._losses = losses
         self._stopping = stopping
+        self.scalings = scalings if scalings is not None else [None] * len(data[0])
 
     def epochs(self, fold: int) -> int:
         """The epochs fold k trained, as its own fit's ``len(history)``."""
@@ -407,10 +411,12 @@ class StackedFit:
 
     def fold_net(self, fold: int) -> Any:
         """Fold k's net: a fitted clone of ``net`` with fold k's weights (with early stopping,
-        those of its best epoch, as ``EarlyStopping(load_best=True)`` restores), in eval mode."""
+        those of its best epoch, as ``EarlyStopping(load_best=True)`` restores) and fold k's
+        scaling (``scaling_``, so it predicts on raw rows as its own fit would), in eval mode."""
         fold_net = clone(self.net).initialize()
         X, y = self.data
         fold_net.check_data(X[fold], y[fold])  # as fit does: a classifier learns its classes
+        fold_net.scaling_ = self.scalings[fold]
         best = None if self._stopping is None else self._stopping[fold].best_state
         # No best epoch (a validation loss that was never finite): skorch restores nothing.
         fold_net.module_.load_state_dict(best or self.module.fold_state_dict(fold))
@@ -458,6 +464,8 @@ def fit_stacked(
     With early stopping, ``validation`` is the fixed validation split (X, y): each fold
     stops, and keeps its best epoch's weights, as its own fit would; the fit ends when every
     fold has stopped (a stopped fold trains on until then, unused).
+    ``X`` and ``validation`` are raw features: as in its own fit, fold k's training rows and
+    its copy of the validation split are scaled by ``net.preprocess`` fitted on ``X[k]``.
     """
     base = clone(net).initialize()  # seeds torch and builds the module each fold starts from
     after_init = torch.get_rng_state()
@@ -475,18 +483,24 @@ def fit_stacked(
     criterion = type(trainer.criterion_)(reduction="none")
     batch_size = net.batch_size if net.batch_size != -1 else max(len(rows) for rows in X)
     sizes = torch.tensor([len(rows) for rows in X], dtype=torch.float32)
+    scalings = [fit_scaling(net.preprocess, rows) for rows in X]
+    X_scaled = [_scaled(rows, scaling) for rows, scaling in zip(X, scalings, strict=True)]
     stopping = None
+    fold_validation = None
     if net.early_stopping_patience is not None:
         if validation is None:
             raise ValueError("early stopping needs the data's fixed validation split")
         rule = dict(base.callbacks_)["early_stopping"]
         stopping = [_FoldEarlyStopping(rule) for _ in X]
+        X_valid, y_valid = validation
+        fold_validation = ([_scaled(X_valid, scaling) for scaling in scalings], y_valid)
     losses = []
     for _ in range(net.max_epochs):
         orders = [
-            torch.randperm(len(rows), generator=g) for rows, g in zip(X, generators, strict=True)
+            torch.randperm(len(rows), generator=g)
+            for rows, g in zip(X_scaled, generators, strict=True)
         ]
-        X_epoch = [rows[order] for rows, order in zip(X, orders, strict=True)]
+        X_epoch = [rows[order] for rows, order in zip(X_scaled, orders, strict=True)]
         y_epoch = [rows[order] for rows, order in zip(y, orders, strict=True)]
         epoch_loss = torch.zeros(folds)
         for start in range(0, int(sizes.max()), batch_size):
@@ -497,32 +511,43 @@ def fit_stacked(
             if after_batch is not None:
                 after_batch()
         losses.append(epoch_loss / sizes)
-        if stopping is not None and validation is not None:
-            valid_losses = _validation_losses(trainer, criterion, validation).tolist()
+        if stopping is not None and fold_validation is not None:
+            valid_losses = _validation_losses(trainer, criterion, fold_validation).tolist()
             for fold, fold_stopping in enumerate(stopping):
                 if not fold_stopping.stopped:
                     fold_stopping.end_epoch(valid_losses[fold], module, fold)
             if all(fold_stopping.stopped for fold_stopping in stopping):
                 break
     module.eval()
-    return StackedFit(net, module, (X, y), torch.stack(losses), stopping)
+    return StackedFit(net, module, (X, y), torch.stack(losses), stopping, scalings)
+
+
+def _scaled(X: torch.Tensor, scaling: Scaling | None) -> torch.Tensor:
+    """``X`` as a net with ``scaling_ = scaling`` feeds it to its module (``infer``)."""
+    return X if scaling is None else scaling(X)
 
 
 def _validation_losses(
-    trainer: Any, criterion: nn.Module, validation: tuple[torch.Tensor, torch.Tensor]
+    trainer: Any, criterion: nn.Module, validation: tuple[list[torch.Tensor], torch.Tensor]
 ) -> torch.Tensor:
     """Each fold's mean loss on the validation split in eval mode, in the batches skorch's
-    validation uses (``get_iterator``), averaged by batch size as its history does."""
+    validation uses (``get_iterator``), averaged by batch size as its history does.
+
+    ``validation`` holds one copy of the split's features per fold, scaled as that fold's
+    own fit scales them, and the targets they share.
+    """
     X, y = validation
     module = trainer.module_
-    folds = len(module.folds)
-    total = torch.zeros(folds)
+    total = torch.zeros(len(X))
     module.eval()
     with torch.no_grad():
-        for Xb, yb in trainer.get_iterator(Dataset(X, y), training=False):
-            total += _fold_losses(criterion, module([Xb] * folds), [yb] * folds) * len(Xb)
+        iterators = [trainer.get_iterator(Dataset(rows, y), training=False) for rows in X]
+        for batches in zip(*iterators, strict=True):
+            Xb = [rows for rows, _ in batches]
+            yb = [targets for _, targets in batches]
+            total += _fold_losses(criterion, module(Xb), yb) * len(yb[0])
     module.train()
-    return total / len(X)
+    return total / len(y)
 
 
 def _train_step(
