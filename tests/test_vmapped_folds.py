@@ -232,6 +232,15 @@ def test_fold_state_dict_has_every_name_a_tied_module_has_and_loads() -> None:
     torch.testing.assert_close(outputs[1], fresh(torch.ones(5, 1, 8, 8)))
 
 
+def test_a_module_too_big_to_gain_from_vmap_is_not_stacked() -> None:
+    spec, data = _spec("mlp-adam")
+    small = _net(spec, data)
+    big = _net(spec, data, module__hidden=1024, batch_size=128)  # about 17 MFLOP per batch
+    assert net_refusal(small) is None
+    assert "MFLOP per batch" in (net_refusal(big) or "")
+    assert not stackable(big, [666, 667, 667], "cpu")
+
+
 def test_a_module_without_input_shape_is_not_probed() -> None:
     net = TunedClassifier(nn.Linear, module__in_features=64, module__out_features=10)
     assert "takes no input_shape" in (net_refusal(net) or "")

@@ -37,6 +37,12 @@ SMALL_NET_FLOPS = 2_000_000
 #: (measured: docs/benchmarks.md).
 STACKED_NET_FLOPS = 16_000_000
 
+#: The same limit for a user's own module, whose folds are stacked through ``torch.func.vmap``
+#: (``hpo.engine.folds.vmapped``): its batching rules cost more per op than hpo's own stacked
+#: layers, and reshuffle memory between a convolution and a pooling, so stacking pays only
+#: for smaller nets (measured: docs/benchmarks.md). ``stackable`` applies it.
+VMAPPED_NET_FLOPS = 4_000_000
+
 Strategy = Literal["stacked", "fold processes", "one by one"]
 
 

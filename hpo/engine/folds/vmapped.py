@@ -24,9 +24,16 @@ accepts a module when, on a batch of two rows, in one cheap probe:
   Python control flow (``if x.sum() > 0``, ``.item()``) too, which ``vmap`` cannot trace;
 - its output is one tensor with a row per input row.
 
-A refused module runs as before: one fold after another, or in fold processes. What the probe
-cannot see is Python state the forward keeps (an attribute set in ``forward``): a module must
-be a function of its parameters, buffers and input, as ``functional_call`` assumes.
+What the probe cannot see is Python state the forward keeps (an attribute set in
+``forward``): a module must be a function of its parameters, buffers and input, as
+``functional_call`` assumes.
+
+``net_refusal``, which ``hpo.engine.folds.stacked.stackable`` asks for a trial's net, adds
+what the probe does not decide: the module is built from the net's ``module__*`` parameters
+(so its constructor must take ``input_shape``, to make a batch), and it must take under
+``hpo.engine.folds.plan.VMAPPED_NET_FLOPS`` per batch, the size up to which stacking through
+``vmap`` was measured to pay. A refused module's folds run one after another (or in fold
+processes, where the worker has them), with the same scores.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 from torch.nn.parameter import is_lazy
 
+from hpo.engine.folds.plan import VMAPPED_NET_FLOPS, forward_flops
 from hpo.engine.threads import torch_threads
 
 logger = logging.getLogger("hpo.engine.folds.vmapped")
@@ -102,10 +110,14 @@ class VmappedFolds(nn.Module):
         return self._vmapped(self._parameters_by_name(), torch.stack(batches))  # type: ignore[no-any-return]
 
     def _call(self, parameters: dict[str, torch.Tensor], X: torch.Tensor) -> torch.Tensor:
-        return functional_call(self.module, parameters, (X,))  # type: ignore[no-any-return]
+        # Every name of a tied parameter is given (_parameters_by_name), so functional_call
+        # need not look for ties on every call.
+        return functional_call(self.module, parameters, (X,), tie_weights=False)  # type: ignore[no-any-return]
 
     def _parameters_by_name(self) -> dict[str, torch.Tensor]:
-        return dict(zip(self.names, self.stacked, strict=True))
+        """Each stacked parameter under every name the module has for it."""
+        stacked = dict(zip(self.names, self.stacked, strict=True))
+        return {name: stacked[source] for name, source in self.aliases.items()}
 
     def _single(self, X: torch.Tensor, fold: int) -> torch.Tensor:
         parameters = {name: value[fold] for name, value in self._parameters_by_name().items()}
@@ -114,10 +126,9 @@ class VmappedFolds(nn.Module):
     def fold_state_dict(self, fold: int) -> dict[str, torch.Tensor]:
         """Fold k's weights and buffers, under the names of the module it was stacked from."""
         state = self.module.state_dict()
-        stacked = self._parameters_by_name()
-        for name, source in self.aliases.items():
+        for name, stacked in self._parameters_by_name().items():
             if name in state:
-                state[name] = stacked[source][fold]
+                state[name] = stacked[fold]
         return {name: value.detach().clone() for name, value in state.items()}
 
 
@@ -218,9 +229,14 @@ def _first_line(error: Exception, limit: int = 200) -> str:
 
 
 def net_refusal(net: Any) -> str | None:
-    """``vmap_refusal`` for the module of an unfitted skorch ``net``, built from its
-    ``module__*`` parameters and probed with zeros of its ``module__input_shape`` (which hpo
-    passes when the constructor takes it). Logged once per module class and reason."""
+    """Why hpo does not stack the folds of an unfitted skorch ``net``'s user module, or None.
+
+    ``vmap_refusal`` for its module, built from its ``module__*`` parameters and probed with
+    zeros of its ``module__input_shape`` (which hpo passes when the constructor takes it);
+    then, as the plan's FLOP limits are measured, a module of ``VMAPPED_NET_FLOPS`` or more
+    per batch, which gains nothing from being stacked this way. Logged once per module class
+    and reason.
+    """
     reason = _net_refusal(net)
     if reason is not None:
         name = getattr(net.module, "__qualname__", type(net.module).__name__)
@@ -235,12 +251,21 @@ def _net_refusal(net: Any) -> str | None:
     shape = arguments.get("input_shape")
     if shape is None:
         return "its constructor takes no input_shape, so hpo cannot probe it with a batch"
+    if not isinstance(net.module, type):
+        return "it is given as an instance, not as a class hpo builds for each trial"
     try:
         with torch.random.fork_rng(devices=[]):  # the module's initialization draws
-            if isinstance(net.module, nn.Module):
-                module = copy.deepcopy(net.module)
-            else:
-                module = net.module(**arguments)
+            module = net.module(**arguments)
     except Exception as error:  # the fit will raise it where it belongs
         return f"its constructor fails: {_first_line(error)}"
-    return vmap_refusal(module, torch.zeros(PROBE_ROWS, *shape))
+    reason = vmap_refusal(module, torch.zeros(PROBE_ROWS, *shape))
+    if reason is not None:
+        return reason
+    with torch.random.fork_rng(devices=[]):
+        flops = forward_flops(net, tuple(shape))
+    if flops >= VMAPPED_NET_FLOPS:
+        return (
+            f"its forward takes {flops / 1e6:.1f} MFLOP per batch; stacked through vmap, "
+            f"only a net under {VMAPPED_NET_FLOPS / 1e6:.0f} MFLOP gains"
+        )
+    return None
