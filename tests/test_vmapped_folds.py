@@ -1,5 +1,6 @@
 """A user's own module stacked through torch.func: each fold computes what its own skorch fit
-computes, within float rounding; a module the probe refuses still scores, fold by fold."""
+computes, within float rounding; a module the probe refuses still scores, one fold after another
+or in fold processes."""
 
 from __future__ import annotations
 
@@ -19,10 +20,13 @@ from torch import nn
 from hpo.engine.build import build_net
 from hpo.engine.data import load_dataset
 from hpo.engine.folds.fold import fit_and_score_fold, resident_training_data
+from hpo.engine.folds.plan import FoldOptions
+from hpo.engine.folds.processes import FoldPool
 from hpo.engine.folds.stacked import fit_stacked, spec_stacks_folds, stackable
 from hpo.engine.folds.vmapped import VmappedFolds, net_refusal, vmap_refusal
 from hpo.engine.nets import TunedClassifier
 from hpo.engine.objective import evaluate, make_folds
+from hpo.engine.threads import torch_threads
 from hpo.engine.user_code import model_class
 from hpo.spec.study_spec import parse_spec
 
@@ -193,6 +197,22 @@ def test_a_refused_module_still_scores_fold_by_fold_as_cross_val_score(model: st
     assert trial.user_attrs["folds_plan"].startswith("folds one by one")
     expected = cross_val_score(
         net, data.X_train, data.y_train, cv=make_folds(spec), scoring=spec.scoring
+    )
+    np.testing.assert_allclose(trial.user_attrs["fold_scores"], expected, rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_refused_module_scores_in_fold_processes_as_cross_val_score() -> None:
+    spec, data = _spec("mlp-adam", model="tests.user_nets:DropoutMLP")
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask()
+    with FoldPool(spec, data, processes=1, threads=1) as pool, torch_threads(1):
+        options = FoldOptions(folds_at_once=2)
+        study.tell(trial, evaluate(trial, spec, data, "cpu", pool=pool, options=options))
+
+    assert trial.user_attrs["folds_plan"] == "2 folds at once (1 fold process), 1 thread each"
+    expected = cross_val_score(
+        _net(spec, data), data.X_train, data.y_train, cv=make_folds(spec), scoring=spec.scoring
     )
     np.testing.assert_allclose(trial.user_attrs["fold_scores"], expected, rtol=1e-6)
 
