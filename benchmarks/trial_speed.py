@@ -25,6 +25,11 @@ before each run). An hpo worker trains a trial's folds as one stacked model
 (``hpo.engine.folds.stacked``), on two threads for a net that gains from them (one worker on two
 cores) or one (``--threads 1``, and each of two workers).
 
+The ``user-*`` cases name a user's own module (``benchmarks.user_nets``, imported from the
+repository root, as ``model: package.module:Class``): both ways build the same class, hpo's
+workers start with ``--allow-module benchmarks``, and hpo stacks its folds through
+``torch.func`` (``hpo.engine.folds.vmapped``).
+
 ``--pruning`` adds the search that users care about: the time until a trial's mean CV score
 reaches each ``--target``, for the usual loop (no pruning), hpo without pruning (a control that
 shows what speed alone gives) and hpo with the median pruner across folds, over ``--seeds`` TPE
@@ -32,6 +37,7 @@ seeds; hpo runs ``--pruning-workers`` workers (2, as ``hpo run --workers 2`` on 
 
     python benchmarks/trial_speed.py                               # digits MLP, CNN, regression
     python benchmarks/trial_speed.py --cases digits-mlp --repeats 5
+    python benchmarks/trial_speed.py --cases user-mlp,user-cnn      # a user's own modules
     python benchmarks/trial_speed.py --cases none --pruning --seeds 5
     python benchmarks/trial_speed.py --cases mnist-mlp,mnist-cnn --device cpu,cuda
     python benchmarks/trial_speed.py --cases mnist-mlp,mnist-cnn --device cuda --mixed-precision
@@ -73,13 +79,14 @@ from skorch import NeuralNetClassifier, NeuralNetRegressor
 from torch import nn
 
 from hpo.engine.data import DataSplits, load_dataset
-from hpo.engine.models import MODELS
 from hpo.engine.nets import OPTIMIZERS
 from hpo.engine.objective import make_folds
+from hpo.engine.user_code import data_arguments, model_class
 from hpo.service.runner import worker_command, worker_env
 from hpo.service.storage import open_storage
 from hpo.service.study import register_study
 from hpo.service.worker import default_threads
+from hpo.spec.references import code_roots, import_reference
 from hpo.spec.spaces import suggest
 from hpo.spec.study_spec import StudySpec, parse_spec
 
@@ -108,6 +115,21 @@ DIGITS_CNN_SPACE = {  # studies/digits-cnn-tpe.yaml
     "optimizer": {"type": "categorical", "choices": ["adam", "adamax"]},
     "batch_size": {"type": "categorical", "choices": [32, 64]},
 }
+#: The digits spaces for ``benchmarks/user_nets.py``'s modules, which have no dropout or
+#: batch norm (a module with them is not stacked: ``hpo.engine.folds.vmapped``).
+USER_MLP_SPACE = {
+    key: value for key, value in DIGITS_MLP_SPACE.items() if key != "module__dropout"
+}
+USER_CNN_SPACE = {
+    **{
+        key: value
+        for key, value in DIGITS_CNN_SPACE.items()
+        if key not in ("module__dropout", "module__batch_norm", "module__hidden1")
+    },
+    "module__hidden": DIGITS_CNN_SPACE["module__hidden1"],
+}
+#: The prefix of the user modules' package, which hpo's workers are told to trust.
+USER_PACKAGE = "benchmarks"
 REGRESSION_SPACE = {  # studies/regression-random.yaml, without the optimizers that diverge
     "batch_size": {"type": "categorical", "choices": [10, 20, 50]},
     "module__units": {"type": "int", "low": 5, "high": 50, "log": True},
@@ -184,6 +206,28 @@ def make_cases(data_dir: Path) -> dict[str, Case]:
             ),
             trials=8,
         ),
+        "user-mlp": Case(
+            "user-mlp",
+            _case_spec(
+                f"{USER_PACKAGE}.user_nets:MLP",
+                {"name": "digits"},
+                "accuracy",
+                {"max_epochs": 20},
+                USER_MLP_SPACE,
+            ),
+            trials=8,
+        ),
+        "user-cnn": Case(
+            "user-cnn",
+            _case_spec(
+                f"{USER_PACKAGE}.user_nets:CNN",
+                {"name": "digits"},
+                "accuracy",
+                {"max_epochs": 20},
+                USER_CNN_SPACE,
+            ),
+            trials=6,
+        ),
         "mnist-mlp": Case(
             "mnist-mlp",
             _case_spec(
@@ -248,17 +292,21 @@ def usual_objective(trial: optuna.Trial, spec: StudySpec, data: DataSplits, devi
     regression = data.task == "regression"
     net_class = NeuralNetRegressor if regression else NeuralNetClassifier
     routed = {k: v for k, v in params.items() if k.startswith(("module__", "optimizer__"))}
+    module = model_class(spec.model)  # hpo's built-in, or the user's own (user-* cases)
+    given = {
+        "input_shape": tuple(data.input_shape),
+        "n_outputs": 1 if regression else data.n_classes,
+    }
     net = net_class(
-        MODELS[spec.model],
+        module,
         criterion=nn.MSELoss if regression else nn.CrossEntropyLoss,
         optimizer=OPTIMIZERS[params.get("optimizer", "adam")],
         lr=params["lr"],
         batch_size=params.get("batch_size", 128),
         max_epochs=params["max_epochs"],
-        module__input_shape=tuple(data.input_shape),
-        module__n_outputs=1 if regression else data.n_classes,
         device=device,
         verbose=0,
+        **{f"module__{name}": given[name] for name in data_arguments(module)},
         **routed,
     )
     torch.manual_seed(SEED)
@@ -309,6 +357,12 @@ class Run:
                 return math.nan
             rate += (len(times) - 1) / seconds
         return rate if ends else math.nan
+
+    @property
+    def plans(self) -> str:
+        """How hpo's trials ran their folds (``folds_plan``), each plan once."""
+        plans = dict.fromkeys(str(t.user_attrs.get("folds_plan")) for t in self.trials)
+        return "; ".join(plans)
 
     @property
     def done(self) -> int:
@@ -473,10 +527,15 @@ def run_hpo(
     name = spec_dict["name"]
     url = f"sqlite:///{folder / name}.db"
     storage = open_storage(url)
-    register_study(parse_spec(spec_dict), storage)
+    spec = parse_spec(spec_dict)
+    register_study(spec, storage)
     threads = threads or default_threads(workers)
-    command = worker_command(name, url, threads, "--device", device)
-    env = worker_env(threads)
+    # A user's module: trusted, and imported from where it is imported here (as hpo run does).
+    trust = ["--allow-module", USER_PACKAGE] if spec.custom_code else []
+    command = worker_command(name, url, threads, "--device", device, *trust)
+    for key, reference in spec.custom_code:
+        import_reference(reference, key)
+    env = worker_env(threads, code_roots(spec.custom_code))
     logs = [folder / f"{name}-{i}.log" for i in range(workers)]
     machine_before = cpu_seconds()
     started = time.perf_counter()
@@ -615,6 +674,7 @@ def measure_case(
             "hpo_done": one.done,
             "hpo_workers_done": many.done,
             "others_cpu": max(run.others_cpu for run in (usual, one, many)),
+            "hpo_plans": one.plans,
         }
         row["per_trial_ratio"] = row["usual_s_per_trial"] / row["hpo_s_per_trial"]
         row["per_trial_ratio_1thread"] = row["usual_s_per_trial"] / row["hpo_1thread_s_per_trial"]
@@ -635,7 +695,7 @@ def measure_case(
             f"trials/min ({row['throughput_ratio']:.2f}x); whole study "
             f"{row['per_trial_ratio_whole']:.2f}x / {row['throughput_ratio_whole']:.2f}x; CV "
             f"{row['usual_cv']:.4f} vs {row['hpo_cv']:.4f}; other processes used up to "
-            f"{row['others_cpu']:.0%} of the CPU",
+            f"{row['others_cpu']:.0%} of the CPU; hpo's folds: {row['hpo_plans']}",
             file=sys.stderr,
             flush=True,
         )
@@ -839,8 +899,8 @@ def main() -> None:
     parser.add_argument(
         "--cases",
         default="digits-mlp,digits-cnn,regression",
-        help="comma-separated: digits-mlp, digits-cnn, regression, mnist-mlp, mnist-cnn; "
-        "'none' for none",
+        help="comma-separated: digits-mlp, digits-cnn, regression, user-mlp, user-cnn, "
+        "mnist-mlp, mnist-cnn; 'none' for none",
     )
     parser.add_argument("--mnist-shape", action="store_true", help="add mnist-mlp, mnist-cnn")
     parser.add_argument("--repeats", type=int, default=3)
