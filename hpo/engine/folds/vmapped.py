@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -214,7 +215,7 @@ def _vmap_refusal(module: nn.Module, X: torch.Tensor) -> str | None:
         if "random" in message:
             return (
                 "its forward draws random numbers in training (dropout, noise), which stacked "
-                f"folds cannot draw as each fold's own fit does ({message})"
+                "folds cannot draw as each fold's own fit does"
             )
         return f"torch.func.vmap cannot run its forward and backward: {message}"
     finally:
@@ -240,8 +241,9 @@ def net_refusal(net: Any) -> str | None:
     reason = _net_refusal(net)
     if reason is not None:
         name = getattr(net.module, "__qualname__", type(net.module).__name__)
-        if (name, reason) not in _logged:
-            _logged.add((name, reason))
+        kind = re.sub(r"\d+(\.\d+)?", "N", reason)  # one line for every size of a net
+        if (name, kind) not in _logged:
+            _logged.add((name, kind))
             logger.info("folds of %s are not stacked: %s", name, reason)
     return reason
 
