@@ -22,7 +22,13 @@ Each fold still computes what its own fit computes (``tests/test_stacked_folds.p
 The sums inside the ops run in a different order, so results agree within float rounding, as
 they do between thread counts.
 
-``stackable`` says which nets qualify: hpo's MLP and CNN, on the CPU in float32 (no
+A user's own module (``model: package.module:Class``) is stacked by torch instead:
+``hpo.engine.folds.vmapped.VmappedFolds`` runs its forward over the K folds with
+``torch.func.vmap``, with the same interface, so ``fit_stacked`` trains either.
+
+``stackable`` says which nets qualify: hpo's MLP and CNN, or a user's module that
+``hpo.engine.folds.vmapped.net_refusal`` accepts (no random draws, no buffers that training
+changes, no data-dependent control flow, under 4 MFLOP per batch), on the CPU in float32 (no
 ``mixed_precision``), with one of hpo's optimizers and its default criterion, iterator and
 callbacks, no early stopping or early stopping on the data's fixed validation split (each
 fold stops, and keeps its best epoch, as skorch's ``EarlyStopping`` would have it), and the
@@ -55,7 +61,8 @@ from hpo.engine.folds.fold import (
     check_finite,
     resident_training_data,
 )
-from hpo.engine.models import ACTIVATIONS, CNN, MLP, MODELS, Dropout, keep_mask
+from hpo.engine.folds.vmapped import VmappedFolds, net_refusal
+from hpo.engine.models import ACTIVATIONS, CNN, MLP, Dropout, keep_mask
 from hpo.engine.nets import OPTIMIZERS, TensorBatches
 from hpo.engine.preprocess import Scaling, fit_scaling
 from hpo.engine.threads import torch_threads
@@ -338,13 +345,15 @@ class StackedFolds(nn.Module):
 
 def spec_stacks_folds(spec: StudySpec, validation: bool) -> bool:
     """Whether ``spec``'s trials will be stacked on the CPU (``stackable`` decides per
-    trial): hpo's models, trained without early stopping or with it on the data's fixed
-    validation split (``validation``)."""
+    trial): hpo's models and a user's own (which ``stackable`` probes per trial), trained
+    without early stopping or with it on the data's fixed validation split (``validation``)."""
     patience = "early_stopping_patience"
     early_stopping = spec.fixed.get(patience) is not None or patience in spec.space
     if spec.fixed.get("mixed_precision") is True:
         return False
-    return MODELS.get(spec.model) in (MLP, CNN) and (validation or not early_stopping)
+    # Every model but hpo's built-ins is a user's module; whether it stacks depends on its
+    # constructor's arguments (dropout, batch norm), so only a trial's net can tell.
+    return validation or not early_stopping
 
 
 def _is_default(net: Any, prefix: str) -> bool:
@@ -352,7 +361,8 @@ def _is_default(net: Any, prefix: str) -> bool:
 
 
 def stackable(net: Any, train_sizes: list[int], device: str, validation: bool = False) -> bool:
-    """Whether ``net``'s folds (of ``train_sizes`` rows) can be fitted as ``StackedFolds``.
+    """Whether ``net``'s folds (of ``train_sizes`` rows) can be fitted as ``StackedFolds``
+    (hpo's MLP and CNN) or ``VmappedFolds`` (a user's module that ``net_refusal`` accepts).
 
     ``validation``: the data has a fixed validation split, which ``hpo.engine.build.build_net``
     gives a net with early stopping as its ``train_split`` (a split drawn from each fold's
@@ -360,7 +370,7 @@ def stackable(net: Any, train_sizes: list[int], device: str, validation: bool = 
     """
     if device_kind(device) != "cpu" or len(train_sizes) < 2:
         return False
-    if net.module not in (MLP, CNN) or net.callbacks not in (None, []) or net.mixed_precision:
+    if net.callbacks not in (None, []) or net.mixed_precision:
         return False
     if net.early_stopping_patience is None:
         if net.train_split is not None:
@@ -378,7 +388,10 @@ def stackable(net: Any, train_sizes: list[int], device: str, validation: bool = 
         return False
     batch_size = net.batch_size if net.batch_size != -1 else max(train_sizes)
     batches = {math.ceil(size / batch_size) for size in train_sizes}
-    return len(batches) == 1 and (net.batch_size != -1 or len(set(train_sizes)) == 1)
+    if len(batches) > 1 or (net.batch_size == -1 and len(set(train_sizes)) > 1):
+        return False
+    # Last: the probe builds the module and runs it.
+    return net.module in (MLP, CNN) or net_refusal(net) is None
 
 
 class StackedFit:
@@ -470,7 +483,8 @@ def fit_stacked(
     base = clone(net).initialize()  # seeds torch and builds the module each fold starts from
     after_init = torch.get_rng_state()
     folds = len(X)
-    module = StackedFolds(base.module_, folds)
+    stacking = StackedFolds if type(base.module_) in (MLP, CNN) else VmappedFolds
+    module = stacking(base.module_, folds)
     options = {
         key: value
         for key, value in net.get_params().items()
