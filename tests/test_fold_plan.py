@@ -39,9 +39,13 @@ def plan(net: NetFacts | None = None, **kwargs: object) -> FoldPlan:
         (SMALL, {}, FoldPlan("stacked", 1)),
         (MEDIUM, {}, FoldPlan("stacked", 2)),
         (None, {}, FoldPlan("stacked", 2)),  # at the worker's start: the most a trial uses
-        # a big net, or one that cannot be stacked, one fold after another
-        (BIG, {}, FoldPlan("one by one", 2)),
-        (UNSTACKABLE, {}, FoldPlan("one by one", 1)),
+        # a big net, or one that cannot be stacked, one fold after another...
+        (BIG, {"fold_processes": False}, FoldPlan("one by one", 2)),
+        (UNSTACKABLE, {"fold_processes": False}, FoldPlan("one by one", 1)),
+        # ... or in the fold processes a worker keeps for them (a user's module)
+        (UNSTACKABLE, {}, FoldPlan("fold processes", 1, at_once=2)),
+        (BIG, {"threads": 8, "folds": 3}, FoldPlan("fold processes", 2, at_once=3)),
+        (UNSTACKABLE, {"threads": 1}, FoldPlan("one by one", 1)),
         # specs whose nets never stack: one fold per thread, in fold processes
         (SMALL, {"spec_stacks": False}, FoldPlan("fold processes", 1, at_once=2)),
         (None, {"spec_stacks": False, "threads": 16}, FoldPlan("fold processes", 3, at_once=5)),

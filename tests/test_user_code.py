@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
-from conftest import run_hpo, tiny_spec
+from conftest import REPO, run_hpo, tiny_spec
 
 from hpo.engine.build import build_net
 from hpo.engine.data import load_dataset
@@ -357,3 +357,32 @@ def test_hpo_run_needs_the_flag_and_its_workers_import_the_code(
     assert ran.returncode == 0, ran.stderr
     assert "2 COMPLETE" in ran.stderr
     assert os.path.exists(tmp_path / "results" / "user-digits" / "best_params.csv")
+
+
+@pytest.mark.slow
+def test_a_worker_keeps_fold_processes_for_the_trials_whose_module_does_not_stack(
+    tmp_path: Path, write_spec: Callable[..., Path]
+) -> None:
+    """tests/user_nets.py: UserMLP stacks through vmap, DropoutMLP is refused by the probe; a
+    worker on two threads stacks the one and fits the other's folds two at once."""
+    url = f"sqlite:///{tmp_path / 'plans.db'}"
+    models = {"stacks": "tests.user_nets:UserMLP", "refused": "tests.user_nets:DropoutMLP"}
+    for name, model in models.items():
+        path = write_spec(
+            tiny_spec(name=name, model=model, space={}, budget={"trials": 1}),
+            name=f"{name}.yaml",
+        )
+        assert run_hpo("register", str(path), "--storage", url).returncode == 0
+        worker = run_hpo(
+            "worker", "--study", name, "--storage", url, "--threads", "2",
+            "--allow-module", "tests", env={"PYTHONPATH": str(REPO)},
+        )  # fmt: skip
+        assert worker.returncode == 0, worker.stderr
+    plans = {
+        name: optuna.load_study(study_name=name, storage=url).trials[0].user_attrs["folds_plan"]
+        for name in ("stacks", "refused")
+    }
+    assert plans == {
+        "stacks": "folds stacked, 1 thread",
+        "refused": "2 folds at once (1 fold process), 1 thread each",
+    }

@@ -10,6 +10,7 @@ trial is marked FAIL and its configuration queued again for another worker.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -34,6 +35,7 @@ from hpo.engine.device import resolve_device
 from hpo.engine.folds.fold import WorkerStopped
 from hpo.engine.folds.plan import SMALL_NET_FLOPS, FoldOptions
 from hpo.engine.folds.processes import FoldPool, open_fold_pool
+from hpo.engine.folds.stacked import stacking_depends_on_trial
 from hpo.engine.objective import evaluate, worker_fold_plan
 from hpo.engine.user_code import admit_user_code
 from hpo.errors import HpoError
@@ -163,16 +165,23 @@ def run_worker(
         options=options,
     )
     plan = plan_here()
-    pool = open_fold_pool(spec, data, plan)
-    if plan.processes and pool is None:  # the platform cannot start processes
+    pool_plan = plan
+    if plan.strategy == "stacked" and stacking_depends_on_trial(spec):
+        # A user's module stacks or not by what each trial's net does; the trials whose net
+        # does not stack fit their folds in these processes.
+        pool_plan = plan_here(options=dataclasses.replace(options, stack_folds=False))
+    pool = open_fold_pool(spec, data, pool_plan)
+    if pool_plan.processes and pool is None:  # the platform cannot start processes
         plan = plan_here(fold_processes=False)
+    fallback = f"; else {pool_plan.describe()}" if pool is not None and pool_plan != plan else ""
     logger.info(
-        "worker %s of %s on %s, %d torch threads: %s",
+        "worker %s of %s on %s, %d torch threads: %s%s",
         "-" if worker_index is None else worker_index,
         study_name,
         device,
         torch.get_num_threads(),
         plan.describe(),
+        fallback,
     )
     if threads is None and plan.idles_cores:
         logger.info(

@@ -139,8 +139,9 @@ def plan_folds(
         On a GPU, one by one on the worker's threads. On the CPU, fold processes when the
         folds will not be stacked and the worker has threads for several folds (or
         ``options.folds_at_once`` asks for them); else stacked where the net allows it (under
-        ``STACKED_NET_FLOPS``), else one by one; a net under ``SMALL_NET_FLOPS`` fits on one
-        thread.
+        ``STACKED_NET_FLOPS``), else in fold processes when the worker has them (it keeps
+        them for a user's module, which only a trial's net says whether it stacks), else one
+        by one; a net under ``SMALL_NET_FLOPS`` fits on one thread.
     """
     threads = max(1, threads)
     options = options or FoldOptions()
@@ -158,6 +159,11 @@ def plan_folds(
     fit_threads = 1 if facts.flops < SMALL_NET_FLOPS else threads
     if may_stack and facts.stackable and facts.flops < STACKED_NET_FLOPS:
         return FoldPlan("stacked", fit_threads)
+    if may_stack and fold_processes and min(threads, folds) > 1:
+        # A worker that keeps fold processes for the nets that do not stack (a user's module
+        # the probe refuses): this trial's folds run there.
+        at_once = min(threads, folds)
+        return FoldPlan("fold processes", max(1, threads // at_once), at_once)
     return FoldPlan("one by one", fit_threads)
 
 

@@ -62,7 +62,7 @@ from hpo.engine.folds.fold import (
     resident_training_data,
 )
 from hpo.engine.folds.vmapped import VmappedFolds, net_refusal
-from hpo.engine.models import ACTIVATIONS, CNN, MLP, Dropout, keep_mask
+from hpo.engine.models import ACTIVATIONS, CNN, MLP, MODELS, Dropout, keep_mask
 from hpo.engine.nets import OPTIMIZERS, TensorBatches
 from hpo.engine.preprocess import Scaling, fit_scaling
 from hpo.engine.threads import torch_threads
@@ -354,6 +354,13 @@ def spec_stacks_folds(spec: StudySpec, validation: bool) -> bool:
     # Every model but hpo's built-ins is a user's module; whether it stacks depends on its
     # constructor's arguments (dropout, batch norm), so only a trial's net can tell.
     return validation or not early_stopping
+
+
+def stacking_depends_on_trial(spec: StudySpec) -> bool:
+    """Whether only a trial's net can tell if its folds stack: a user's module, which
+    ``net_refusal`` probes with the trial's arguments (dropout or batch norm may be searched),
+    where hpo's MLP and CNN stack whenever ``spec_stacks_folds`` says so."""
+    return spec.model not in MODELS
 
 
 def _is_default(net: Any, prefix: str) -> bool:
