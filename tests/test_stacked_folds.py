@@ -9,8 +9,8 @@ import optuna
 import pytest
 import torch
 from conftest import tiny_spec
+from fold_checks import assert_folds_end_as_their_own_fits
 from sklearn.base import clone
-from sklearn.metrics import get_scorer
 
 from hpo.engine.build import build_net
 from hpo.engine.data import load_dataset
@@ -127,27 +127,7 @@ def _spec_and_net(case: str) -> tuple[Any, Any, Any]:
 @pytest.mark.parametrize("case", list(CASES))
 def test_each_stacked_fold_ends_where_its_own_fit_ends(case: str) -> None:
     spec, data, net = _spec_and_net(case)
-    splits = list(make_folds(spec).split(data.X_train, data.y_train))
-    X, y = resident_training_data(data, "cpu")
-    rows = [torch.as_tensor(train) for train, _ in splits]
-    sizes = [len(r) for r in rows]
-    assert stackable(net, sizes, "cpu")
-
-    fit = fit_stacked(net, [X[r] for r in rows], [y[r] for r in rows])
-
-    scorer = get_scorer(spec.scoring)
-    for fold, (_, test) in enumerate(splits):
-        own = clone(net).fit(X[rows[fold]], y[rows[fold]])
-        expected = own.module_.state_dict()
-        got = fit.module.fold_state_dict(fold)
-        assert got.keys() == expected.keys()
-        for name, value in expected.items():
-            torch.testing.assert_close(got[name], value, rtol=1e-4, atol=1e-5, msg=name)
-        np.testing.assert_allclose(fit.losses(fold), own.history[:, "train_loss"], rtol=1e-5)
-        fold_net = fit.fold_net(fold)
-        assert scorer(fold_net, X[test], data.y_train[test]) == pytest.approx(
-            scorer(own, X[test], data.y_train[test]), rel=1e-5
-        )
+    assert_folds_end_as_their_own_fits(net, spec, data, rtol=1e-4, atol=1e-5)
 
 
 def test_with_early_stopping_each_stacked_fold_stops_and_keeps_its_best_epoch() -> None:

@@ -12,14 +12,14 @@ import optuna
 import pytest
 import torch
 from conftest import tiny_spec
+from fold_checks import assert_folds_end_as_their_own_fits
 from sklearn.base import clone
-from sklearn.metrics import get_scorer
 from sklearn.model_selection import cross_val_score
 from torch import nn
 
 from hpo.engine.build import build_net
 from hpo.engine.data import load_dataset
-from hpo.engine.folds.fold import fit_and_score_fold, resident_training_data
+from hpo.engine.folds.fold import resident_training_data
 from hpo.engine.folds.plan import FoldOptions
 from hpo.engine.folds.processes import FoldPool
 from hpo.engine.folds.stacked import fit_stacked, spec_stacks_folds, stackable
@@ -106,28 +106,8 @@ def _net(spec: Any, data: Any, **changes: Any) -> Any:
 def test_each_vmapped_fold_ends_where_its_own_fit_ends(case: str) -> None:
     # Measured: weights within 1.2e-7 of their own fit's, losses within a relative 1.2e-7.
     spec, data = _spec(case)
-    net = _net(spec, data)
-    splits = list(make_folds(spec).split(data.X_train, data.y_train))
-    X, y = resident_training_data(data, "cpu")
-    rows = [torch.as_tensor(train) for train, _ in splits]
-    assert stackable(net, [len(r) for r in rows], "cpu")
-
-    fit = fit_stacked(net, [X[r] for r in rows], [y[r] for r in rows])
-
+    fit = assert_folds_end_as_their_own_fits(_net(spec, data), spec, data, rtol=1e-5, atol=1e-6)
     assert isinstance(fit.module, VmappedFolds)
-    scorer = get_scorer(spec.scoring)
-    for fold, (train, test) in enumerate(splits):
-        own = clone(net).fit(X[rows[fold]], y[rows[fold]])
-        expected = own.module_.state_dict()
-        got = fit.module.fold_state_dict(fold)
-        assert got.keys() == expected.keys()
-        for name, value in expected.items():
-            torch.testing.assert_close(got[name], value, rtol=1e-5, atol=1e-6, msg=name)
-        np.testing.assert_allclose(fit.losses(fold), own.history[:, "train_loss"], rtol=1e-5)
-        score = scorer(fit.fold_net(fold), X[test], data.y_train[test])
-        own_result = fit_and_score_fold(net, data, fold, train, test, spec.scoring)
-        assert score == pytest.approx(own_result.score, rel=1e-5)
-        assert fit.epochs(fold) == own_result.epochs
 
 
 def test_with_early_stopping_each_vmapped_fold_stops_and_keeps_its_best_epoch() -> None:
