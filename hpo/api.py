@@ -11,8 +11,9 @@ face, importable as ``hpo.run``, ``hpo.best_net``, ``hpo.refit``, ``hpo.load_ref
     hpo.refit(study.study_name)                                 # fit on train, score on test
     fitted = hpo.load_refit(study.study_name)                   # here or on another machine
 
-Storage: ``storage=None`` means ``$HPO_STORAGE``, else ``sqlite:///hpo.db``, as for the
-command; a URL or an ``optuna.storages.BaseStorage`` works too.
+``load_refit`` is ``hpo.results.load.load_refit``. Storage: ``storage=None`` means
+``$HPO_STORAGE``, else ``sqlite:///hpo.db``, as for the command; a URL or an
+``optuna.storages.BaseStorage`` works too.
 """
 
 from __future__ import annotations
@@ -26,12 +27,15 @@ from typing import TYPE_CHECKING, Any
 import optuna
 
 from hpo.errors import HpoError
+from hpo.results.load import load_refit
 from hpo.spec.study_spec import StudySpec, load_spec, parse_spec
 
 if TYPE_CHECKING:
     from skorch import NeuralNet
 
     from hpo.results.refit import RefitResult
+
+__all__ = ["best_net", "load_refit", "refit", "run", "skorch_params"]
 
 #: Columns of ``best_params.csv`` (and of ``trials.csv``) that describe a trial, not a net.
 META_COLUMNS = frozenset(
@@ -77,7 +81,9 @@ def run(
 
     study_spec = _as_spec(spec)
     own = [parse_reference(text).module for _, text in study_spec.custom_code]
-    url = _storage_url(storage)
+    from hpo.service.storage import resolve_storage_url
+
+    url = resolve_storage_url(storage)
     result = run_study(
         study_spec,
         url,
@@ -121,7 +127,7 @@ def best_net(
     from hpo.engine.user_code import admit_user_code
     from hpo.service.study import load_study
 
-    study, spec = load_study(_open(_storage_url(storage)), name)
+    study, spec = load_study(_open(storage), name)
     admit_user_code(spec, allow_modules, f"study {name}")
     try:
         best = study.best_trial
@@ -157,39 +163,9 @@ def refit(
     from hpo.results.refit import refit_study
     from hpo.service.study import load_spec_from_storage
 
-    opened = _open(_storage_url(storage))
+    opened = _open(storage)
     admit_user_code(load_spec_from_storage(opened, name), allow_modules, f"study {name}")
     return refit_study(opened, name, artifacts=artifacts, device=device)
-
-
-def load_refit(
-    name: str,
-    storage: str | optuna.storages.BaseStorage | None = None,
-    *,
-    artifacts: str | Path | None = None,
-    allow_modules: Sequence[str] = (),
-    device: str = "cpu",
-) -> NeuralNet:
-    """The net ``refit`` trained for study ``name``, fitted and ready for ``predict`` on raw
-    features (its fitted ``preprocess`` scaling included), from the study's artifacts: on
-    any machine that shares the storage and the artifact folder.
-
-    Args:
-        name: a study that was refit.
-        storage: as for ``run``.
-        artifacts: the artifact folder. Default: ``$HPO_ARTIFACTS``, else ``results``.
-        allow_modules: as for ``best_net``.
-        device: where the net predicts. Default: ``cpu``.
-    """
-    from hpo.results.load import load_refit as load
-
-    return load(
-        name,
-        _open(_storage_url(storage)),
-        artifacts=artifacts,
-        allow_modules=allow_modules,
-        device=device,
-    )
 
 
 def skorch_params(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -274,19 +250,7 @@ def _as_spec(spec: str | Path | Mapping[str, Any] | StudySpec) -> StudySpec:
     return load_spec(spec)
 
 
-def _storage_url(
-    storage: str | optuna.storages.BaseStorage | None,
-) -> str | optuna.storages.BaseStorage:
-    if isinstance(storage, optuna.storages.BaseStorage):
-        return storage
-    from hpo.service.storage import resolve_storage_url
+def _open(storage: str | optuna.storages.BaseStorage | None) -> optuna.storages.BaseStorage:
+    from hpo.service.storage import as_storage
 
-    return resolve_storage_url(storage)
-
-
-def _open(storage: str | optuna.storages.BaseStorage) -> optuna.storages.BaseStorage:
-    if isinstance(storage, optuna.storages.BaseStorage):
-        return storage
-    from hpo.service.storage import open_storage
-
-    return open_storage(storage)
+    return as_storage(storage)

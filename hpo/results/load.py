@@ -26,7 +26,7 @@ from hpo.engine.build import net_for
 from hpo.engine.device import resolve_device
 from hpo.engine.preprocess import Scaling
 from hpo.results.artifacts import download_refit, refit_artifact_ids, resolve_artifacts_dir
-from hpo.service.storage import open_storage, resolve_storage_url
+from hpo.service.storage import as_storage
 from hpo.service.study import load_spec_from_storage
 from hpo.spec.references import allowed_prefixes, check_trusted, is_reference
 
@@ -61,7 +61,7 @@ def load_refit(
             missing or is not the one refit wrote to.
         DeviceError: ``device`` cannot be used here.
     """
-    opened = _open(storage)
+    opened = as_storage(storage)
     spec = load_spec_from_storage(opened, name)
     prefixes = allowed_prefixes(allow_modules)
     check_trusted(spec.custom_code, prefixes)
@@ -113,8 +113,3 @@ def _references(params: dict[str, Any]) -> list[tuple[str, str]]:
     named = (("model", params.get("model")), ("criterion", criterion))
     return [(key, value) for key, value in named if is_reference(value)]
 
-
-def _open(storage: str | optuna.storages.BaseStorage | None) -> optuna.storages.BaseStorage:
-    if isinstance(storage, optuna.storages.BaseStorage):
-        return storage
-    return open_storage(resolve_storage_url(storage))

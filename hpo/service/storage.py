@@ -118,6 +118,14 @@ def open_storage(url: str, heartbeat: float | None = None) -> optuna.storages.Ba
     return open_backend(url, heartbeat).storage
 
 
+def as_storage(storage: str | optuna.storages.BaseStorage | None) -> optuna.storages.BaseStorage:
+    """An open storage from what the Python API accepts: a storage as it is, a URL opened, or
+    None for ``resolve_storage_url()``'s default."""
+    if isinstance(storage, optuna.storages.BaseStorage):
+        return storage
+    return open_storage(resolve_storage_url(storage))
+
+
 def _open_rdb(
     url: str, kind: str, engine_kwargs: dict[str, object], heartbeat: float | None
 ) -> RDBStorage:

@@ -408,7 +408,7 @@ class StackedFit:
     def __init__(
         self,
         net: Any,
-        module: StackedFolds,
+        module: StackedFolds | VmappedFolds,
         data: tuple[list[torch.Tensor], list[torch.Tensor]],
         losses: torch.Tensor,
         stopping: list[_FoldEarlyStopping] | None,
@@ -455,7 +455,7 @@ class _FoldEarlyStopping:
         self.epochs = 0
         self.stopped = False
 
-    def end_epoch(self, valid_loss: float, module: StackedFolds, fold: int) -> None:
+    def end_epoch(self, valid_loss: float, module: StackedFolds | VmappedFolds, fold: int) -> None:
         """What ``EarlyStopping.on_epoch_end`` does after an epoch (lower is better)."""
         self.epochs += 1
         if valid_loss < self.threshold:
