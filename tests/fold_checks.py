@@ -19,20 +19,26 @@ from hpo.engine.objective import make_folds
 def assert_folds_end_as_their_own_fits(
     net: Any, spec: Any, data: Any, *, rtol: float, atol: float
 ) -> StackedFit:
-    """Fit ``net``'s folds stacked; each fold's weights (within ``rtol``/``atol``), training
-    losses and score (within a relative 1e-5) equal those of the fold's own fit."""
+    """Fit ``net``'s folds stacked (early stopping on the data's fixed validation split when
+    the net has it); each fold's epochs, weights (within ``rtol``/``atol``; with early
+    stopping, its best epoch's), training losses and score (within a relative 1e-5) equal
+    those of the fold's own fit."""
     splits = list(make_folds(spec).split(data.X_train, data.y_train))
     X, y = resident_training_data(data, "cpu")
     rows = [torch.as_tensor(train) for train, _ in splits]
-    assert stackable(net, [len(r) for r in rows], "cpu")
+    early_stopping = net.early_stopping_patience is not None
+    assert stackable(net, [len(r) for r in rows], "cpu", validation=early_stopping)
+    validation = None
+    if early_stopping:
+        validation = (torch.as_tensor(data.X_valid), torch.as_tensor(data.y_valid))
 
-    fit = fit_stacked(net, [X[r] for r in rows], [y[r] for r in rows])
+    fit = fit_stacked(net, [X[r] for r in rows], [y[r] for r in rows], validation=validation)
 
     scorer = get_scorer(spec.scoring)
     for fold, (_, test) in enumerate(splits):
         own = clone(net).fit(X[rows[fold]], y[rows[fold]])
-        expected = own.module_.state_dict()
-        got = fit.module.fold_state_dict(fold)
+        expected = own.module_.state_dict()  # with early stopping, its best epoch's
+        got = fit.fold_net(fold).module_.state_dict()
         assert got.keys() == expected.keys()
         for name, value in expected.items():
             torch.testing.assert_close(got[name], value, rtol=rtol, atol=atol, msg=name)

@@ -14,12 +14,11 @@ from sklearn.base import clone
 
 from hpo.engine.build import build_net
 from hpo.engine.data import load_dataset
-from hpo.engine.folds.fold import WorkerStopped, resident_training_data
+from hpo.engine.folds.fold import WorkerStopped
 from hpo.engine.folds.plan import FoldOptions
 from hpo.engine.folds.stacked import (
     StackedFolds,
     fit_and_score_stacked,
-    fit_stacked,
     fold_groups,
     spec_stacks_folds,
     stackable,
@@ -139,24 +138,9 @@ def test_with_early_stopping_each_stacked_fold_stops_and_keeps_its_best_epoch() 
         "cpu",
     )
     splits = list(make_folds(spec).split(data.X_train, data.y_train))
-    X, y = resident_training_data(data, "cpu")
-    rows = [torch.as_tensor(train) for train, _ in splits]
-    assert stackable(net, [len(r) for r in rows], "cpu", validation=True)
-    assert not stackable(net, [len(r) for r in rows], "cpu", validation=False)
-    validation = (torch.as_tensor(data.X_valid), torch.as_tensor(data.y_valid))
-
-    fit = fit_stacked(net, [X[r] for r in rows], [y[r] for r in rows], validation=validation)
-
-    epochs = []
-    for fold in range(len(splits)):
-        own = clone(net).fit(X[rows[fold]], y[rows[fold]])
-        epochs.append(len(own.history))
-        assert fit.epochs(fold) == len(own.history)
-        np.testing.assert_allclose(fit.losses(fold), own.history[:, "train_loss"], rtol=1e-5)
-        expected = own.module_.state_dict()  # its best epoch's, restored by EarlyStopping
-        got = fit.fold_net(fold).module_.state_dict()
-        for name, value in expected.items():
-            torch.testing.assert_close(got[name], value, rtol=1e-4, atol=1e-5, msg=name)
+    assert not stackable(net, [len(train) for train, _ in splits], "cpu", validation=False)
+    fit = assert_folds_end_as_their_own_fits(net, spec, data, rtol=1e-4, atol=1e-5)
+    epochs = [fit.epochs(fold) for fold in range(len(splits))]
     assert max(epochs) < 40  # every fold stopped early
     assert len(set(epochs)) > 1  # at different epochs: the stopped ones trained on, unused
 

@@ -13,16 +13,14 @@ import pytest
 import torch
 from conftest import tiny_spec
 from fold_checks import assert_folds_end_as_their_own_fits
-from sklearn.base import clone
 from sklearn.model_selection import cross_val_score
 from torch import nn
 
 from hpo.engine.build import build_net
 from hpo.engine.data import load_dataset
-from hpo.engine.folds.fold import resident_training_data
 from hpo.engine.folds.plan import FoldOptions
 from hpo.engine.folds.processes import FoldPool
-from hpo.engine.folds.stacked import fit_stacked, spec_stacks_folds, stackable
+from hpo.engine.folds.stacked import spec_stacks_folds, stackable
 from hpo.engine.folds.vmapped import VmappedFolds, net_refusal, vmap_refusal
 from hpo.engine.nets import TunedClassifier
 from hpo.engine.objective import evaluate, make_folds
@@ -113,23 +111,8 @@ def test_each_vmapped_fold_ends_where_its_own_fit_ends(case: str) -> None:
 def test_with_early_stopping_each_vmapped_fold_stops_and_keeps_its_best_epoch() -> None:
     spec, data = _spec("mlp-adam")
     net = _net(spec, data, max_epochs=40, early_stopping_patience=2, lr=0.05)
-    splits = list(make_folds(spec).split(data.X_train, data.y_train))
-    X, y = resident_training_data(data, "cpu")
-    rows = [torch.as_tensor(train) for train, _ in splits]
-    assert stackable(net, [len(r) for r in rows], "cpu", validation=True)
-    validation = (torch.as_tensor(data.X_valid), torch.as_tensor(data.y_valid))
-
-    fit = fit_stacked(net, [X[r] for r in rows], [y[r] for r in rows], validation=validation)
-
-    epochs = []
-    for fold in range(len(splits)):
-        own = clone(net).fit(X[rows[fold]], y[rows[fold]])
-        epochs.append(len(own.history))
-        assert fit.epochs(fold) == len(own.history)
-        expected = own.module_.state_dict()  # its best epoch's, restored by EarlyStopping
-        got = fit.fold_net(fold).module_.state_dict()
-        for name, value in expected.items():
-            torch.testing.assert_close(got[name], value, rtol=1e-5, atol=1e-6, msg=name)
+    fit = assert_folds_end_as_their_own_fits(net, spec, data, rtol=1e-5, atol=1e-6)
+    epochs = [fit.epochs(fold) for fold in range(spec.cv.folds)]
     assert max(epochs) < 40  # every fold stopped early
 
 
