@@ -22,6 +22,18 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads_restored() -> Iterator[None]:
+    """A test that runs a worker in-process (``run_worker(threads=1)``) sets torch's thread
+    count for the process; the next test starts from the count this one started with."""
+    torch = sys.modules.get("torch")
+    threads = torch.get_num_threads() if torch is not None else None
+    yield
+    torch = sys.modules.get("torch")
+    if threads is not None and torch is not None and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 def tiny_spec(**overrides: Any) -> dict[str, Any]:
     """A digits MLP study small enough to run a trial in about a second on one core."""
     spec: dict[str, Any] = {

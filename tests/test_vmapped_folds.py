@@ -111,7 +111,10 @@ def test_each_vmapped_fold_ends_where_its_own_fit_ends(case: str) -> None:
 def test_with_early_stopping_each_vmapped_fold_stops_and_keeps_its_best_epoch() -> None:
     spec, data = _spec("mlp-adam")
     net = _net(spec, data, max_epochs=40, early_stopping_patience=2, lr=0.05)
-    fit = assert_folds_end_as_their_own_fits(net, spec, data, rtol=1e-5, atol=1e-6)
+    # Measured on one thread (a worker's, or after a test that set one): weights within 3.9e-6
+    # of their own fit's after 7 epochs at lr 0.05 (2 threads: within 1e-6); the tolerance
+    # of hpo's own stacked folds.
+    fit = assert_folds_end_as_their_own_fits(net, spec, data, rtol=1e-4, atol=1e-5)
     epochs = [fit.epochs(fold) for fold in range(spec.cv.folds)]
     assert max(epochs) < 40  # every fold stopped early
 
