@@ -45,6 +45,7 @@ DIABETES = {
     "fixed": {"max_epochs": 8, "batch_size": 32},
 }
 PARAMS = {"module__hidden1": 16, "lr": 0.02}
+PARAMS_LR = {"type": "categorical", "choices": [PARAMS["lr"]]}
 
 #: How a trial's folds run in this process, and the plan it then records.
 STRATEGIES = {
@@ -359,3 +360,28 @@ def test_scaling_survives_its_json_state() -> None:
     np.testing.assert_array_equal(again.center, scaling.center)
     np.testing.assert_array_equal(again.spread, scaling.spread)
     torch.testing.assert_close(again(torch.as_tensor(X)), scaling(torch.as_tensor(X)))
+
+
+def test_a_users_module_stacked_through_vmap_is_scaled_by_each_folds_rows_too() -> None:
+    """tests/user_nets.py's UserMLP stacks through torch.func (VmappedFolds); its folds are
+    scaled as a Pipeline scales them."""
+    space = {"module__hidden": {"type": "categorical", "choices": [16]}, "lr": PARAMS_LR}
+    spec = parse_spec(
+        tiny_spec(**{**DIABETES, "model": "tests.user_nets:UserMLP", "space": space})
+    )
+    data = load_dataset("diabetes")
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask()
+    study.tell(trial, evaluate(trial, spec, data, "cpu", options=FoldOptions()))
+    frozen = study.trials[0]
+    assert frozen.user_attrs["folds_plan"] == "folds stacked, 1 thread"
+
+    net = build_net(spec, data, {**spec.configuration(frozen.params), "preprocess": "none"}, "cpu")
+    expected = cross_val_score(
+        make_pipeline(StandardScaler(), net),
+        data.X_train,
+        data.y_train,
+        cv=make_folds(spec),
+        scoring=spec.scoring,
+    )
+    np.testing.assert_allclose(frozen.user_attrs["fold_scores"], expected, rtol=ROUNDING)
