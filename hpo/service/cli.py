@@ -188,7 +188,9 @@ def register(
     spec = load_spec(spec_file)
     if spec.custom_code:
         _check_code_if_importable(spec, str(spec_file))
-    registration = register_study(spec, _storage(storage))
+    from hpo.service.storage import open_backend, resolve_storage_url
+
+    registration = register_study(spec, open_backend(resolve_storage_url(storage)))
     if registration.created:
         out.print(
             f"registered {spec.name} ({registration.enqueued} trials enqueued, "

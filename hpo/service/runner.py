@@ -26,7 +26,7 @@ from hpo.engine.folds.plan import FoldPlan
 from hpo.engine.objective import worker_fold_plan
 from hpo.engine.user_code import admit_user_code
 from hpo.results.export import export_study
-from hpo.service.storage import open_storage
+from hpo.service.storage import open_backend
 from hpo.service.study import budget_used, register_study
 from hpo.service.worker import default_threads
 from hpo.spec.names import DATASETS
@@ -79,8 +79,9 @@ def run_study(
     spec = spec_path if isinstance(spec_path, StudySpec) else load_spec(spec_path)
     source = f"study {spec.name}" if isinstance(spec_path, StudySpec) else str(spec_path)
     admit_user_code(spec, allow_modules, source)
-    storage = open_storage(storage_url)
-    registration = register_study(spec, storage)
+    backend = open_backend(storage_url)
+    storage = backend.storage
+    registration = register_study(spec, backend)
     if not registration.created:
         console.print(f"study [bold]{spec.name}[/] already registered; resuming it")
     budget = trials or spec.n_trials

@@ -22,6 +22,7 @@ import optuna
 from optuna.trial import TrialState
 
 from hpo.errors import StudyError
+from hpo.service.backends import StorageBackend
 from hpo.spec.pruning import pruner_options
 from hpo.spec.spaces import grid_points
 from hpo.spec.study_spec import StudySpec, spec_json_equal
@@ -105,12 +106,27 @@ class Registration:
     enqueued: int
 
 
-def register_study(spec: StudySpec, storage: optuna.storages.BaseStorage) -> Registration:
+def register_study(
+    spec: StudySpec, storage: optuna.storages.BaseStorage | StorageBackend
+) -> Registration:
     """Create the study for ``spec``, or do nothing if the same spec is already registered.
+
+    Safe under any number of concurrent registrations of the same spec (``hpo register`` and
+    ``hpo run`` on several machines): the whole registration holds the study's claim lock
+    (``StorageBackend.claim_lock``: a file lock beside a SQLite file, an advisory lock on
+    PostgreSQL), so one process creates the study and fills its grid while the others wait,
+    then find the same spec and do nothing. Pass the backend (``open_backend``) for that; a
+    plain Optuna storage is locked between this process's threads only.
 
     Raises:
         StudyError: a study of that name exists with a different spec.
     """
+    backend = storage if isinstance(storage, StorageBackend) else StorageBackend(storage)
+    with backend.claim_lock(spec.name):
+        return _register(spec, backend.storage)
+
+
+def _register(spec: StudySpec, storage: optuna.storages.BaseStorage) -> Registration:
     spec_json = spec.to_json()
     existing = _study_attrs(storage, spec.name)
     if existing is not None:
@@ -123,7 +139,8 @@ def register_study(spec: StudySpec, storage: optuna.storages.BaseStorage) -> Reg
                 f"({_differences(stored, spec_json)}). Give the changed study a new `name`, "
                 f"or delete the old one first: hpo delete {spec.name}"
             )
-        # A study without a spec is a registration that died half-way: start it again.
+        # A study without a spec is a registration that died half-way (a live one would hold
+        # the lock): start it again.
         optuna.delete_study(study_name=spec.name, storage=storage)
 
     study = optuna.create_study(
