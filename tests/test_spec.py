@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from conftest import REPO, run_hpo, tiny_spec
 
 from hpo.errors import SpecError, did_you_mean
@@ -574,3 +575,46 @@ def test_cli_register_bad_spec_exits_2_listing_every_problem_and_writes_nothing(
     # The spec is checked before the storage is opened: not even an empty database is left.
     assert not (tmp_path / "hpo.db").exists()
     assert sqlite_url.endswith(str(tmp_path / "hpo.db"))
+
+
+# --- issue 15: duplicate keys ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "key"),
+    [
+        ("name: x\nmodel: mlp\nname: y\n", 3, "'name'"),
+        ("name: x\nfixed:\n  lr: 0.1\n  max_epochs: 3\n  lr: 0.2\n", 5, "'lr'"),
+        ("name: x\nspace:\n  lr: {type: float, low: 0.1, high: 1, low: 0.2}\n", 3, "'low'"),
+        ("name: x\nenqueue:\n  - {lr: 0.1, lr: 0.2}\n", 3, "'lr'"),
+    ],
+    ids=["top", "fixed", "flow-mapping", "in-a-list"],
+)
+def test_duplicate_key_is_refused_with_key_and_line(
+    tmp_path: Path, text: str, line: int, key: str
+) -> None:
+    path = tmp_path / "study.yaml"
+    path.write_text(text)
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    [problem] = info.value.problems
+    assert problem.startswith(f"line {line}, column "), problem
+    assert f"duplicate key {key}" in problem
+    assert "keep only one" in problem
+
+
+def test_merge_keys_may_still_be_overridden(tmp_path: Path) -> None:
+    path = tmp_path / "study.yaml"
+    spec = tiny_spec()
+    spec["fixed"] = {"<<": {"max_epochs": 5, "batch_size": 64}, "max_epochs": 3}
+    path.write_text(
+        "base: &base {max_epochs: 5, batch_size: 64}\n"
+        + yaml.safe_dump({k: v for k, v in spec.items() if k != "fixed"})
+        + "fixed: {<<: *base, max_epochs: 3}\n"
+    )
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    # only the anchor's holder is unknown; the merge itself is fine
+    [problem] = info.value.problems
+    assert problem.startswith("base: unknown key")
+

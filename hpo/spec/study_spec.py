@@ -180,9 +180,36 @@ class StudySpec(_Section):
         return cls.model_validate_json(text)
 
 
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A mapping of the file gives the same key twice."""
+
+
 class _SpecLoader(yaml.SafeLoader):
     """YAML 1.1 reads ``1e-3`` (no dot) as a string; read it as the float YAML 1.2 and
-    every user mean."""
+    every user mean. A key given twice in one mapping, at any depth, is an error (plain YAML
+    keeps the last one silently); keys brought in by a ``<<`` merge may still be overridden."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                except TypeError:
+                    continue  # an unhashable key; construction reports it
+                if first is not None:
+                    raise DuplicateKeyError(
+                        None,
+                        None,
+                        f"duplicate key {key!r} (first given on line {first + 1}); "
+                        "keep only one of them",
+                        key_node.start_mark,
+                    )
+                seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
 
 
 _SpecLoader.add_implicit_resolver(
@@ -213,6 +240,11 @@ def load_spec(path: str | Path) -> StudySpec:
     except UnicodeDecodeError as error:
         raise SpecError(
             str(path), [f"the file is not UTF-8 text ({error.reason} at byte {error.start})"]
+        ) from None
+    except DuplicateKeyError as error:
+        mark = error.problem_mark
+        raise SpecError(
+            str(path), [f"line {mark.line + 1}, column {mark.column + 1}: {error.problem}"]
         ) from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
