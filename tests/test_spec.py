@@ -618,3 +618,28 @@ def test_merge_keys_may_still_be_overridden(tmp_path: Path) -> None:
     [problem] = info.value.problems
     assert problem.startswith("base: unknown key")
 
+
+# --- issue 15: seeds -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        ({"sampler": {"name": "random", "seed": -1}}, "sampler.seed"),
+        ({"cv": {"folds": 2, "seed": -5}}, "cv.seed"),
+        ({"cv": {"folds": 2, "seed": 2**32}}, "cv.seed"),
+        ({"sampler": {"name": "random", "seed": True}}, "sampler.seed"),
+        ({"dataset": {"name": "diabetes", "seed": -1}}, "dataset.seed"),
+        ({"dataset": {"name": "synthetic_regression", "seed": "one"}}, "dataset.seed"),
+    ],
+    ids=["sampler", "cv", "cv-too-big", "bool", "dataset", "dataset-text"],
+)
+def test_bad_seed_is_refused(overrides: dict[str, Any], key: str) -> None:
+    [problem] = problems_of(tiny_spec(**overrides))
+    assert problem.startswith(f"{key}: must be "), problem
+    assert "from 0 to" in problem
+
+
+def test_null_and_zero_seeds_are_fine() -> None:
+    parse_spec(tiny_spec(sampler={"name": "random", "seed": None}, cv={"folds": 2, "seed": 0}))
+    parse_spec(tiny_spec(dataset={"name": "diabetes", "seed": 7}))

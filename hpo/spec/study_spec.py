@@ -44,6 +44,27 @@ from hpo.spec.spaces import (
 
 MAX_GRID_POINTS = 100_000
 
+#: Seeds go to NumPy and scikit-learn, which take 0 <= seed < 2**32.
+MAX_SEED = 2**32 - 1
+
+
+def _seed_problem(seed: Any) -> str | None:
+    """Why ``seed`` cannot seed a random generator, or None (null means unseeded)."""
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        return f"must be a whole number from 0 to {MAX_SEED} (or null), got {seed!r}"
+    if not 0 <= seed <= MAX_SEED:
+        return f"must be from 0 to {MAX_SEED} (or null), got {seed}; e.g. seed: 0"
+    return None
+
+
+def _check_seed(seed: int | None) -> int | None:
+    problem = _seed_problem(seed)
+    if problem:
+        raise ValueError(problem)
+    return seed
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -67,6 +88,8 @@ class SamplerSpec(_Section):
     seed: int | None = 0
     options: dict[str, Any] = Field(default_factory=dict)
 
+    _seed = field_validator("seed", mode="before")(_check_seed)
+
 
 class PrunerSpec(_Section):
     """``none``, ``median`` or ``hyperband``; ``options`` go to the Optuna pruner."""
@@ -82,6 +105,8 @@ class CVSpec(_Section):
     shuffle: bool = True
     seed: int | None = 0
     stratified: bool = False
+
+    _seed = field_validator("seed", mode="before")(_check_seed)
 
 
 class BudgetSpec(_Section):
@@ -478,6 +503,9 @@ def _dataset_problems(dataset: Any) -> list[str]:
         for key in DATASETS[name].options
         if key in DATASETS[name].required and key not in dataset
     ]
+    seed_problem = _seed_problem(dataset.get("seed")) if "seed" in options else None
+    if seed_problem:
+        problems.append(f"dataset.seed: {seed_problem}")
     return problems
 
 
