@@ -18,6 +18,7 @@ from hpo.engine.data import load_dataset
 from hpo.engine.preprocess import Scaling
 from hpo.errors import HpoError
 from hpo.results.artifacts import REFIT_ARTIFACTS_ATTR
+from hpo.results.paths import study_folder
 from hpo.results.refit import refit_study
 from hpo.service.storage import open_storage
 from hpo.service.study import hpo_version, register_study
@@ -230,3 +231,42 @@ def test_cli_refit(sqlite_url: str, tmp_path: Path) -> None:
         assert again.returncode == 0, again.stderr
         assert len(list((tmp_path / folder).iterdir())) == 5
     assert len(list((tmp_path / "from-env").iterdir())) == 5
+
+
+@pytest.mark.parametrize("hostile", ["../../escape", "/abs-escape"])
+def test_refit_refuses_a_study_name_that_leaves_the_results_folder(
+    sqlite_url: str, tmp_path: Path, hostile: str
+) -> None:
+    """A study made with plain Optuna may carry any name; its files must not land outside."""
+    run_study(sqlite_url, regression_spec(), trials=1)
+    name = hostile if not hostile.startswith("/") else str(tmp_path / "abs-escape")
+    optuna.copy_study(
+        from_study_name="refit-regression",
+        from_storage=sqlite_url,
+        to_storage=sqlite_url,
+        to_study_name=name,
+    )
+    results = tmp_path / "inner" / "deeper" / "results"
+    before = sorted(tmp_path.rglob("*"))
+    with pytest.raises(HpoError, match=r"study name .*escape.* outside the results folder"):
+        refit_study(
+            open_storage(sqlite_url), name, results_dir=results, artifacts=results / "store"
+        )
+    assert sorted(tmp_path.rglob("*")) == before
+    assert not (tmp_path / "inner" / "escape").exists()
+    assert not (tmp_path / "abs-escape").exists()
+
+
+@pytest.mark.parametrize(
+    "name", ["..", ".", "", "  ", "a/b", "../x", "/abs", "a\\b", "C:x", "nul\x00", "x/.."]
+)
+def test_study_folder_refuses_names_that_are_not_one_plain_folder(
+    tmp_path: Path, name: str
+) -> None:
+    with pytest.raises(HpoError, match=r"outside the results folder.*--out FILE"):
+        study_folder(tmp_path, name)
+
+
+@pytest.mark.parametrize("name", ["digits-mlp", "a.b", "..a", "x y", "ünï"])
+def test_study_folder_keeps_plain_names_inside(tmp_path: Path, name: str) -> None:
+    assert study_folder(tmp_path, name) == tmp_path / name

@@ -19,6 +19,7 @@ import pytest
 from conftest import run_hpo, tiny_spec
 from PIL import Image
 
+from hpo.errors import HpoError
 from hpo.results.artifacts import REPORT_ARTIFACT_ATTR
 from hpo.results.refit import refit_study
 from hpo.results.report import write_report
@@ -173,6 +174,36 @@ def test_report_of_a_study_without_completed_trials(sqlite_url: str, tmp_path: P
     assert "No trial has completed yet" in report.notes["Slices"]
     assert "1 FAIL" in report.path.read_text()
     assert report.refit_source is None
+
+
+def test_report_refuses_a_study_name_that_leaves_the_results_folder(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """A study made with plain Optuna may be named ``../../escape``: without ``out`` its page
+    would land outside the results folder; with ``out`` it goes where it is told."""
+    register_study(parse_spec(report_spec(trials=2)), open_storage(sqlite_url))
+    optuna.copy_study(
+        from_study_name="report-digits",
+        from_storage=sqlite_url,
+        to_storage=sqlite_url,
+        to_study_name="../../escape",
+    )
+    results = tmp_path / "inner" / "deeper" / "results"
+    store = results / "store"
+    before = sorted(tmp_path.rglob("*"))
+    with pytest.raises(HpoError, match=r"'\.\./\.\./escape'.*outside the results folder.*--out"):
+        write_report(
+            open_storage(sqlite_url), "../../escape", results_dir=results, artifacts=store
+        )
+    assert sorted(tmp_path.rglob("*")) == before
+
+    out = tmp_path / "pages" / "escape.html"
+    report = write_report(
+        open_storage(sqlite_url), "../../escape", out=out, results_dir=results, artifacts=store
+    )
+    assert report.path == out and out.is_file()
+    assert report.refit_source is None
+    assert not (tmp_path / "inner" / "escape").exists()
 
 
 @pytest.mark.slow

@@ -49,6 +49,7 @@ from hpo.engine.data import DataSplits, load_dataset
 from hpo.engine.device import resolve_device
 from hpo.errors import HpoError
 from hpo.results.artifacts import open_artifact_store, resolve_artifacts_dir, upload_refit
+from hpo.results.paths import study_folder
 from hpo.service.study import hpo_version, load_study
 from hpo.spec.study_spec import StudySpec
 
@@ -125,13 +126,16 @@ def refit_study(
     Raises:
         StudyError: No such study.
         DeviceError: ``device`` cannot be used here.
-        HpoError: No trial has completed, the dataset cannot be loaded, the fit diverged, or
-            the artifact folder is not a folder.
+        HpoError: No trial has completed, the study's name cannot be a folder inside
+            ``results_dir`` (``hpo.results.paths.study_folder``), the dataset cannot be
+            loaded, the fit diverged, or the artifact folder is not a folder.
     """
     device = resolve_device(device)
     study, spec = load_study(storage, name)
     best = _best_trial(study)
-    # Before minutes of training, not after: the artifact folder can be written.
+    # Before minutes of training, not after: the results folder and the artifact folder can
+    # be written.
+    folder = study_folder(results_dir, name)
     artifacts_dir = resolve_artifacts_dir(artifacts)
     open_artifact_store(artifacts_dir, create=True)
     params = spec.configuration(best.params)
@@ -158,7 +162,6 @@ def refit_study(
     else:
         metrics.update(_regression_metrics(net, data))
 
-    folder = Path(results_dir) / name
     files = _write_files(
         folder,
         net,

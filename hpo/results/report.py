@@ -38,6 +38,7 @@ from hpo.results.artifacts import (
     resolve_artifacts_dir,
     upload_report,
 )
+from hpo.results.paths import study_folder
 from hpo.results.refit import CONFUSION_FILE, HISTORY_FILE, METRICS_FILE, TEST_ATTR_PREFIX
 from hpo.service.study import load_study
 from hpo.spec.study_spec import StudySpec
@@ -105,10 +106,21 @@ def write_report(
 
     Raises:
         StudyError: No such study.
+        HpoError: ``out`` is not given and the study's name cannot be a folder inside
+            ``results_dir`` (``hpo.results.paths.study_folder``).
     """
     study, spec = load_study(storage, name)
-    refit_folder = Path(results_dir) / name
-    path = Path(out) if out is not None else refit_folder / REPORT_FILE
+    if out is None:
+        refit_folder: Path | None = study_folder(results_dir, name)
+        path = refit_folder / REPORT_FILE
+    else:
+        path = Path(out)
+        try:
+            refit_folder = study_folder(results_dir, name)
+        except HpoError:
+            # A name that cannot be a folder under results_dir (a study made with plain
+            # Optuna): the page goes to ``out``, and the refit is read from artifacts only.
+            refit_folder = None
     artifacts_dir = resolve_artifacts_dir(artifacts)
 
     with tempfile.TemporaryDirectory(prefix="hpo-report-") as downloads:
@@ -170,7 +182,7 @@ def _body(sections: list[_Section]) -> str:
 
 
 def _refit_files(
-    study: optuna.Study, artifacts_dir: Path, folder: Path, downloads: Path
+    study: optuna.Study, artifacts_dir: Path, folder: Path | None, downloads: Path
 ) -> tuple[dict[str, Path], str | None, str]:
     """The refit's files by kind, where they came from (``artifacts``, ``folder`` or None),
     and, when the study records a refit whose artifacts could not be read, why."""
@@ -182,6 +194,8 @@ def _refit_files(
             return files, "artifacts", ""
         except HpoError as error:
             missing = str(error)
+    if folder is None:
+        return {}, None, missing
     local = {kind: folder / file for kind, file in REFIT_FILES.items()}
     found = {kind: path for kind, path in local.items() if path.is_file()}
     return found, ("folder" if found else None), missing
