@@ -643,3 +643,75 @@ def test_bad_seed_is_refused(overrides: dict[str, Any], key: str) -> None:
 def test_null_and_zero_seeds_are_fine() -> None:
     parse_spec(tiny_spec(sampler={"name": "random", "seed": None}, cv={"folds": 2, "seed": 0}))
     parse_spec(tiny_spec(dataset={"name": "diabetes", "seed": 7}))
+
+
+# --- issue 15: NaN and infinities ------------------------------------------------------------
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        ({"space": {"lr": {"type": "float", "low": NAN, "high": 0.1}}}, "space.lr.low"),
+        ({"space": {"lr": {"type": "float", "low": 0.01, "high": INF}}}, "space.lr.high"),
+        (
+            {"space": {"module__hidden1": {"type": "int", "low": -INF, "high": 8}}},
+            "space.module__hidden1.low",
+        ),
+        ({"space": {"lr": {"type": "categorical", "choices": [0.1, NAN]}}}, "space.lr.choices[1]"),
+        (
+            {"space": {"lr": {"type": "float", "low": 0.01, "high": 0.1, "step": NAN}}},
+            "space.lr.step",
+        ),
+        ({"fixed": {"max_epochs": 3, "lr": INF}}, "fixed.lr"),
+        ({"fixed": {"max_epochs": NAN}}, "fixed.max_epochs"),
+        (
+            {
+                "space": {"lr": {"type": "float", "low": 0.01, "high": 0.1}},
+                "enqueue": [{"lr": NAN}],
+            },
+            "enqueue[0].lr",
+        ),
+        ({"sampler": {"name": "tpe", "options": {"n_startup_trials": INF}}}, "sampler.options"),
+        ({"pruner": {"name": "median", "options": {"n_warmup_steps": NAN}}}, "pruner.options"),
+        ({"budget": {"trials": NAN}}, "budget.trials"),
+        ({"budget": {"trials": 4, "timeout": INF}}, "budget.timeout"),
+        ({"dataset": {"name": "synthetic_regression", "noise": NAN}}, "dataset.noise"),
+    ],
+    ids=[
+        "low-nan",
+        "high-inf",
+        "int-low-minus-inf",
+        "choice",
+        "step",
+        "fixed-lr",
+        "fixed-max-epochs",
+        "enqueue",
+        "sampler-option",
+        "pruner-option",
+        "budget-trials",
+        "budget-timeout",
+        "dataset-option",
+    ],
+)
+def test_non_finite_number_is_one_problem_naming_its_key(
+    overrides: dict[str, Any], key: str
+) -> None:
+    [problem] = problems_of(tiny_spec(**overrides))
+    assert problem.startswith(key), problem
+    assert "must be a finite number" in problem
+
+
+def test_yaml_nan_and_inf_are_refused_from_a_file(tmp_path: Path) -> None:
+    spec = tiny_spec()
+    spec["space"]["lr"] = {"type": "float", "low": 0.001, "high": 0.1}
+    text = yaml.safe_dump(spec).replace("high: 0.1", "high: .inf").replace("low: 8", "low: .nan")
+    path = tmp_path / "study.yaml"
+    path.write_text(text)
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    assert sorted(p.partition(":")[0] for p in info.value.problems) == [
+        "space.lr.high",
+        "space.module__hidden1.low",
+    ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import re
 from collections.abc import Mapping
 from functools import cache
@@ -290,12 +291,54 @@ def parse_spec(raw: Any, source: str = "<spec>") -> StudySpec:
     except ValidationError as error:
         problems.extend(_describe(error))
     problems.extend(_semantic_problems(raw))
+    non_finite = _non_finite_problems(raw)
+    if non_finite:
+        # A NaN or infinity is the one problem of its key: drop what other checks made of it.
+        flagged = {problem.partition(": ")[0] for problem in non_finite}
+        problems = non_finite + [
+            problem
+            for problem in problems
+            if not any(_is_under(problem.partition(": ")[0], key) for key in flagged)
+        ]
     if spec is not None and not problems and spec.sampler.name == "grid":
         problems.extend(_grid_budget_problems(spec))
     if problems:
         raise SpecError(source, list(dict.fromkeys(problems)))
     assert spec is not None
     return spec
+
+
+def _non_finite_problems(value: Any, key: str = "") -> list[str]:
+    """A problem for every NaN or infinity anywhere in the spec (YAML ``.nan``, ``.inf``),
+    each named by its key, e.g. ``space.lr.low`` or ``enqueue[0].lr``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        written = ".nan" if math.isnan(value) else ("-.inf" if value < 0 else ".inf")
+        return [
+            f"{key or '(top level)'}: must be a finite number, got {written}; "
+            "NaN and infinities poison a study; give a real number"
+        ]
+    if isinstance(value, dict):
+        return [
+            problem
+            for name, item in value.items()
+            for problem in _non_finite_problems(item, f"{key}.{name}" if key else str(name))
+        ]
+    if isinstance(value, list):
+        return [
+            problem
+            for i, item in enumerate(value)
+            for problem in _non_finite_problems(item, f"{key}[{i}]")
+        ]
+    return []
+
+
+def _is_under(key: str, flagged: str) -> bool:
+    """Whether the problem key ``key`` is ``flagged`` or a key inside it."""
+    return key == flagged or key.startswith((flagged + ".", flagged + "["))
+
+
+def _is_finite_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 #: Parts of a pydantic error location that name a union's arm, not a key of the file.
@@ -558,6 +601,8 @@ def _enqueue_problems(
         if not isinstance(point, dict):
             continue
         for key, value in point.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                continue  # reported by _non_finite_problems
             if key not in raw_space:
                 problems.append(
                     f"enqueue[{i}].{key}: not a parameter in space{did_you_mean(key, raw_space)}"
