@@ -26,7 +26,8 @@ from sqlalchemy.engine import make_url
 from hpo.errors import StorageError
 from hpo.service import optuna_internals
 from hpo.service.backends import StorageBackend
-from hpo.service.storage import open_backend, open_storage
+from hpo.service.runner import worker_command, worker_env
+from hpo.service.storage import masked_url, open_backend, open_storage, resolve_storage_url
 from hpo.service.study import is_queued_point, register_study
 from hpo.spec.study_spec import parse_spec
 
@@ -84,6 +85,48 @@ def test_a_database_it_cannot_open_is_a_storage_error_that_hides_the_password(
         assert reason in message
         assert "not-the-password" not in message and url.password not in message
         assert f"{url.username}:***@" in message
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://u:s3cret@h/db", "postgresql://u:***@h/db"),
+        ("postgresql+psycopg://u:s3cret@h:5432/db", "postgresql+psycopg://u:***@h:5432/db"),
+        ("postgresql://u:s3cr%40t@h/db", "postgresql://u:***@h/db"),
+        ("sqlite:///hpo.db", "sqlite:///hpo.db"),
+        ("grpc://127.0.0.1:13000", "grpc://127.0.0.1:13000"),
+        # SQLAlchemy cannot parse these: masked all the same
+        ("postgresql://u:s3cret@h:port/db", "postgresql://u:***@h:port/db"),
+        ("://u:s3c@ret@h/db", "://u:***@h/db"),
+        ("grpc://u:s3cret@h:nope", "grpc://u:***@h:nope"),
+        ("not a url", "not a url"),
+    ],
+)
+def test_masked_url_hides_the_password(url: str, shown: str) -> None:
+    assert masked_url(url) == shown
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["postgresql://u:s3cret@h:port/db", "://u:s3cret@h", "grpc://u:s3cret@h:port"],
+)
+def test_a_url_it_cannot_parse_is_named_without_its_password(url: str) -> None:
+    with pytest.raises(StorageError) as caught:
+        open_storage(url)
+    assert "s3cret" not in str(caught.value) and "u:***@" in str(caught.value)
+
+
+def test_hpo_run_passes_the_storage_to_its_workers_in_the_environment_not_argv(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    url = "postgresql+psycopg://u:s3cret@db.example/hpo"
+    command = worker_command("study", 2, "--trials", "3", "--index", "0")
+    assert not any("s3cret" in part or "--storage" == part for part in command)
+    assert command[command.index("--study") + 1] == "study"
+    env = worker_env(2, storage_url=url)
+    assert env["HPO_STORAGE"] == url and env["OMP_NUM_THREADS"] == "2"
+    monkeypatch.setenv("HPO_STORAGE", env["HPO_STORAGE"])
+    assert resolve_storage_url(None) == url  # what hpo worker does without --storage
 
 
 @pytest.fixture(scope="module")

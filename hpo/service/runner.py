@@ -103,8 +103,8 @@ def run_study(
         options += ["--allow-module", prefix]
     processes = [
         subprocess.Popen(
-            worker_command(spec.name, storage_url, threads, *options, "--index", str(i)),
-            env=worker_env(threads, code_roots(spec.custom_code)),
+            worker_command(spec.name, threads, *options, "--index", str(i)),
+            env=worker_env(threads, code_roots(spec.custom_code), storage_url=storage_url),
         )
         for i in range(workers)
     ]
@@ -138,8 +138,13 @@ def local_worker_plan(spec: StudySpec, threads: int) -> FoldPlan:
     )
 
 
-def worker_command(study: str, storage_url: str, threads: int, *options: str) -> list[str]:
-    """The ``hpo worker`` command line ``hpo run`` starts, with further ``options``."""
+def worker_command(study: str, threads: int, *options: str) -> list[str]:
+    """The ``hpo worker`` command line ``hpo run`` starts, with further ``options``.
+
+    The storage URL is not on it: a command line is visible to every user of the machine
+    (``ps``), and the URL may hold the database's password. ``worker_env`` passes it as
+    ``HPO_STORAGE`` instead, which ``hpo worker`` reads when it has no ``--storage``.
+    """
     return [
         sys.executable,
         "-m",
@@ -147,16 +152,17 @@ def worker_command(study: str, storage_url: str, threads: int, *options: str) ->
         "worker",
         "--study",
         study,
-        "--storage",
-        storage_url,
         "--threads",
         str(threads),
         *options,
     ]
 
 
-def worker_env(threads: int, code_paths: Sequence[str] = ()) -> dict[str, str]:
-    """The environment of a worker with ``threads`` torch threads.
+def worker_env(
+    threads: int, code_paths: Sequence[str] = (), storage_url: str | None = None
+) -> dict[str, str]:
+    """The environment of a worker with ``threads`` torch threads, on ``storage_url``
+    (``HPO_STORAGE``; only the user and root can read a process's environment).
 
     OpenMP/MKL read these before torch.set_num_threads runs; unset, each worker would start a
     thread per core and the workers would fight over the cores. ``code_paths`` (the folders
@@ -164,6 +170,8 @@ def worker_env(threads: int, code_paths: Sequence[str] = ()) -> dict[str, str]:
     worker imports the same code.
     """
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    if storage_url is not None:
+        env["HPO_STORAGE"] = storage_url
     paths = [*code_paths, *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
     if paths:
         env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))

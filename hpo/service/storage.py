@@ -12,6 +12,7 @@ for everything that only reads or registers studies.
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -40,6 +41,25 @@ MAX_RETRY = 3
 def resolve_storage_url(flag: str | None = None) -> str:
     """The storage URL: ``flag``, else ``$HPO_STORAGE``, else ``sqlite:///hpo.db``."""
     return flag or os.environ.get("HPO_STORAGE") or DEFAULT_STORAGE
+
+
+def masked_url(url: str) -> str:
+    """``url`` with its password shown as ``***`` (``postgresql://u:***@h/db``), for any
+    message that names a storage.
+
+    A URL SQLAlchemy cannot parse is masked all the same: everything between the first ``:``
+    after ``user`` and the last ``@`` is hidden (more than the password, never less).
+    """
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError, TypeError):
+        pass
+    return _USERINFO_PASSWORD.sub(r"\g<user>:***@", url, count=1)
+
+
+#: ``scheme://user:password@``: the user stops at ``:``, ``/`` or ``@``; the password runs to
+#: the last ``@`` (a password may hold ``@`` or ``/``).
+_USERINFO_PASSWORD = re.compile(r"(?P<user>^[^:/@]*://[^:/@]*):.*@", re.DOTALL)
 
 
 def resolve_heartbeat(flag: float | None = None) -> float:
@@ -87,9 +107,9 @@ def open_backend(url: str, heartbeat: float | None = None) -> StorageBackend:
         return GrpcProxyBackend(_open_grpc(url))
     try:
         kind = make_url(url).get_backend_name()
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         raise StorageError(
-            f"cannot parse storage URL {url!r}; expected e.g. sqlite:///hpo.db or "
+            f"cannot parse storage URL {masked_url(url)!r}; expected e.g. sqlite:///hpo.db or "
             "postgresql+psycopg://user:password@host/db"
         ) from None
     if kind == "sqlite":
@@ -145,24 +165,29 @@ def _open_rdb(
     except (OperationalError, sqlite3.OperationalError) as error:
         # The database's own first line says what is wrong: refused, a password, no such db.
         reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
-        shown = make_url(url).render_as_string(hide_password=True)
         raise StorageError(
-            f"cannot open the storage {shown}: {reason}. Check that the database server is "
-            "running and reachable, and the URL's host, port, user, password and database."
+            f"cannot open the storage {masked_url(url)}: {reason}. Check that the database "
+            "server is running and reachable, and the URL's host, port, user, password and "
+            "database."
         ) from None
 
 
 def _open_grpc(url: str) -> optuna.storages.BaseStorage:
     address = urlsplit(url)
-    if not address.hostname or not address.port:
+    try:
+        port = address.port
+    except ValueError:  # not a number, or past 65535
+        port = None
+    if not address.hostname or not port:
         raise StorageError(
-            f"a gRPC storage URL needs a host and a port, e.g. grpc://127.0.0.1:13000; got {url!r}"
+            "a gRPC storage URL needs a host and a port, e.g. grpc://127.0.0.1:13000; "
+            f"got {masked_url(url)!r}"
         )
     try:
         from optuna.storages import GrpcStorageProxy
     except ImportError as error:
-        raise StorageError(f"cannot use {url}: {error}") from None
-    return GrpcStorageProxy(host=address.hostname, port=address.port)
+        raise StorageError(f"cannot use {masked_url(url)}: {error}") from None
+    return GrpcStorageProxy(host=address.hostname, port=port)
 
 
 def serve_storage_proxy(storage_url: str, host: str = "127.0.0.1", port: int = 13000) -> None:
