@@ -133,6 +133,17 @@ def test_studies_lists_and_delete_removes(
     assert "Traceback" not in missing.stderr
 
 
+def test_brackets_in_what_the_user_typed_are_printed_as_text(sqlite_url: str) -> None:
+    # rich reads "[/]" as markup: printed as is, it crashes the error printer or vanishes
+    for command, name in (("delete", "[/]"), ("export", "[/x]"), ("refit", "[bold]x[/]")):
+        result = run_hpo(command, name, "--storage", sqlite_url)
+        assert result.returncode == 1, (command, result.stderr)
+        assert "Traceback" not in result.stderr
+        message = " ".join(result.stderr.split())  # however rich wraps it
+        assert message.startswith(f"error: no study named {name!r} in this storage"), message
+        assert message.count("error:") == 1, message
+
+
 def test_storage_is_the_flag_else_hpo_storage_else_hpo_db_here(
     write_spec: Callable[..., Path], tmp_path: Path
 ) -> None:

@@ -72,7 +72,9 @@ def _reports_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except HpoError as error:
-            err.print(f"[bold red]error:[/] {error}", highlight=False, markup=True)
+            # The message quotes what the user typed (a study name, a key): "[/]" in it is
+            # text, not markup.
+            err.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False)
             raise typer.Exit(error.exit_code) from None
         except OSError as error:
             if error.filename is None:
@@ -151,14 +153,14 @@ def run(
         )
         raise typer.Exit(130) from None
     states = ", ".join(f"{n} {s}" for s, n in sorted(result.states.items()))
-    err.print(f"{result.study}: {states} in {result.seconds:.1f} s")
+    err.print(f"{escape(result.study)}: {states} in {result.seconds:.1f} s")
     if result.best_params_csv is None:
         err.print(
             "[bold red]no trial completed[/]; see why with: "
-            f"hpo export {result.study} --all --out trials.csv"
+            f"hpo export {escape(result.study)} --all --out trials.csv"
         )
         raise typer.Exit(1)
-    table = Table(title=f"best trial of {result.study}")
+    table = Table(title=f"best trial of {escape(result.study)}")
     table.add_column("parameter")
     table.add_column("value")
     import pandas as pd
@@ -167,9 +169,9 @@ def run(
     table.add_row("trial", str(row["trial"]))
     table.add_row("value", f"{row['value']:.6g}")
     for key, value in read_best_params(result.best_params_csv).items():
-        table.add_row(key, str(value))
+        table.add_row(escape(key), escape(str(value)))
     out.print(table)
-    out.print(f"best parameters written to {result.best_params_csv}")
+    out.print(f"best parameters written to {escape(str(result.best_params_csv))}")
     if any(code != 0 for code in result.worker_exit_codes):
         err.print(f"[yellow]worker exit codes: {result.worker_exit_codes}[/]")
         raise typer.Exit(1)
@@ -193,11 +195,11 @@ def register(
     registration = register_study(spec, open_backend(resolve_storage_url(storage)))
     if registration.created:
         out.print(
-            f"registered {spec.name} ({registration.enqueued} trials enqueued, "
+            f"registered {escape(spec.name)} ({registration.enqueued} trials enqueued, "
             f"budget {spec.n_trials})"
         )
     else:
-        out.print(f"{spec.name} is already registered with this spec; nothing to do")
+        out.print(f"{escape(spec.name)} is already registered with this spec; nothing to do")
 
 
 def _check_code_if_importable(spec: Any, source: str) -> None:
@@ -282,7 +284,7 @@ def worker(
         allow_modules=allow_module or (),
     )
     done = ", ".join(f"{n} {s}" for s, n in sorted(summary.states.items())) or "no trials"
-    err.print(f"worker {index if index is not None else '-'} of {study}: {done}")
+    err.print(f"worker {index if index is not None else '-'} of {escape(study)}: {done}")
 
 
 @app.command()
@@ -300,7 +302,7 @@ def studies(storage: StorageOption = None) -> None:
         states = Counter(t.state.name for t in study.get_trials(deepcopy=False))
         best = summary.best_trial
         table.add_row(
-            summary.study_name,
+            escape(summary.study_name),
             summary.direction.name.lower(),
             str(summary.n_trials),
             ", ".join(f"{n} {s}" for s, n in states.items()),
@@ -325,7 +327,7 @@ def export(
     from hpo.results.export import export_study
 
     path = export_study(_storage(storage), study, out_file, all_trials=all_trials)
-    out.print(f"wrote {path}")
+    out.print(f"wrote {escape(str(path))}")
 
 
 @app.command()
@@ -338,7 +340,7 @@ def delete(
     from hpo.service.study import delete_study
 
     delete_study(_storage(storage), study)
-    out.print(f"deleted {study}")
+    out.print(f"deleted {escape(study)}")
 
 
 @app.command("storage-proxy")
@@ -351,7 +353,7 @@ def storage_proxy(
     """Serve a database storage to workers over gRPC (workers use --storage grpc://HOST:PORT)."""
     from hpo.service.storage import resolve_storage_url, serve_storage_proxy
 
-    err.print(f"Optuna gRPC storage proxy on grpc://{host}:{port} (Ctrl-C to stop)")
+    err.print(f"Optuna gRPC storage proxy on grpc://{escape(host)}:{port} (Ctrl-C to stop)")
     serve_storage_proxy(resolve_storage_url(storage), host=host, port=port)
 
 
@@ -388,7 +390,7 @@ def dashboard(
             f"[yellow]no artifact folder {escape(str(folder))} yet:[/] a study's refit files "
             "show once hpo refit writes them there (--artifacts)"
         )
-    err.print(f"optuna-dashboard on http://{host}:{port}/ (Ctrl-C to stop)")
+    err.print(f"optuna-dashboard on http://{escape(host)}:{port}/ (Ctrl-C to stop)")
     try:
         run_server(opened, host=host, port=port, artifact_store=FileSystemArtifactStore(folder))
     except OSError as error:
@@ -422,17 +424,18 @@ def refit(
     opened = _storage(storage)
     admit_user_code(load_spec_from_storage(opened, study), allow_module or (), f"study {study}")
     result = refit_study(opened, study, results_dir=results, artifacts=artifacts, device=device)
-    table = Table(title=f"{study}: trial {result.trial} refit in {result.seconds:.1f} s")
+    table = Table(title=f"{escape(study)}: trial {result.trial} refit in {result.seconds:.1f} s")
     table.add_column("metric")
     table.add_column("value")
     table.add_row("CV score (search)", f"{result.cv_score:.6g}")
     for key, value in result.metrics.items():
-        table.add_row(f"test {key.replace('_', ' ')}", f"{value:.6g}")
+        table.add_row(escape(f"test {key.replace('_', ' ')}"), f"{value:.6g}")
     table.add_row("epochs", str(result.epochs))
     out.print(table)
-    out.print(f"weights, metrics and learning curves written to {result.folder}")
+    out.print(f"weights, metrics and learning curves written to {escape(str(result.folder))}")
     out.print(
-        f"and stored as {len(result.artifacts)} artifacts of {study} in {result.artifacts_dir} "
+        f"and stored as {len(result.artifacts)} artifacts of {escape(study)} in "
+        f"{escape(str(result.artifacts_dir))} "
         "(hpo dashboard shows them; hpo.load_refit loads the net)"
     )
 
@@ -458,9 +461,12 @@ def report(
     written = write_report(
         _storage(storage), study, out=out_file, results_dir=results, artifacts=artifacts
     )
-    out.print(f"wrote {written.path} ({len(written.figures)} figures), stored as an artifact")
+    out.print(
+        f"wrote {escape(str(written.path))} ({len(written.figures)} figures), "
+        "stored as an artifact"
+    )
     for title, note in written.notes.items():
-        err.print(f"[yellow]{title}:[/] {note}", highlight=False)
+        err.print(f"[yellow]{escape(title)}:[/] {escape(note)}", highlight=False)
 
 
 @app.command()
@@ -482,11 +488,11 @@ def enqueue(
     from hpo.service.enqueue import enqueue_point, parse_assignments
 
     queued = enqueue_point(_storage(storage), study, parse_assignments(assignments))
-    out.print(f"enqueued trial {queued.trial} of {study}")
+    out.print(f"enqueued trial {queued.trial} of {escape(study)}")
     if not queued.within_budget:
         err.print(
             f"[yellow]the budget of {queued.budget} trials is already taken; run the point "
-            f"with: hpo worker --study {study} --trials {queued.taken}[/]",
+            f"with: hpo worker --study {escape(study)} --trials {queued.taken}[/]",
             highlight=False,
         )
 

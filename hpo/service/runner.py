@@ -19,6 +19,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from hpo.engine.device import default_device
@@ -83,7 +84,7 @@ def run_study(
     storage = backend.storage
     registration = register_study(spec, backend)
     if not registration.created:
-        console.print(f"study [bold]{spec.name}[/] already registered; resuming it")
+        console.print(f"study [bold]{escape(spec.name)}[/] already registered; resuming it")
     budget = trials or spec.n_trials
     threads = default_threads(workers)
     plan = local_worker_plan(spec, threads)
