@@ -16,6 +16,7 @@ from hpo.spec.spaces import (
     Param,
     expand_grid,
     grid_points,
+    grid_size,
     grid_size_error,
     suggest,
 )
@@ -352,3 +353,74 @@ def test_references_lists_bounds_that_name_parameters() -> None:
     ]
     assert PARAM.validate_python({"type": "float", "low": 0.0, "high": 1.0}).references() == []
     assert PARAM.validate_python({"type": "categorical", "choices": ["a"]}).references() == []
+
+
+# --- grid_size (issue 15) ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"x": {"type": "int", "low": 1, "high": 4}},
+        {"x": {"type": "int", "low": 0, "high": 10, "step": 3}},
+        {"x": {"type": "float", "low": 0.0, "high": 1.0, "step": 0.3}},
+        {"x": {"type": "float", "low": 0.2, "high": 0.2, "step": 0.1}},
+        {
+            "a": {"type": "categorical", "choices": ["adam", "sgd", "adamw"]},
+            "b": {"type": "int", "low": 8, "high": 24, "step": 8},
+            "c": {"type": "float", "low": 1e-3, "high": 4e-3, "step": 1e-3},
+        },
+        {},
+    ],
+)
+def test_grid_size_is_exact_without_references(raw: dict[str, Any]) -> None:
+    space = make_space(raw)
+    assert grid_size(space) == len(grid_points(space))
+
+
+def test_grid_size_bounds_a_cut_grid_by_its_box() -> None:
+    space = make_space(
+        {
+            "a": {"type": "int", "low": 8, "high": 32, "step": 8},
+            "b": {"type": "int", "low": 8, "high": "a", "step": 8},
+        }
+    )
+    assert len(grid_points(space)) == 10
+    assert grid_size(space) == 16
+
+
+@pytest.mark.parametrize(
+    ("raw", "size"),
+    [
+        ({"x": {"type": "int", "low": 1, "high": 10**12}}, 10**12),
+        (
+            {
+                "x": {"type": "int", "low": 1, "high": 10**6},
+                "y": {"type": "int", "low": 1, "high": 10**6},
+            },
+            10**12,
+        ),
+        ({"x": {"type": "float", "low": 0.0, "high": 1.0, "step": 1e-12}}, 10**12 + 1),
+    ],
+    ids=["int-1e12", "product-1e12", "float-1e12"],
+)
+def test_grid_size_counts_huge_grids_without_expanding(raw: dict[str, Any], size: int) -> None:
+    assert grid_size(make_space(raw)) == size  # instant; expanding would need terabytes
+
+
+def test_grid_size_of_an_overflowing_float_range_is_past_any_cap() -> None:
+    space = make_space({"x": {"type": "float", "low": -1e308, "high": 1e308, "step": 1.0}})
+    assert grid_size(space) > 10**300
+
+
+def test_expand_grid_is_lazy_for_a_huge_range() -> None:
+    space = make_space({"x": {"type": "int", "low": 1, "high": 10**15}})
+    first = next(expand_grid(space))
+    assert first == {"x": 1}
+    space = make_space({"x": {"type": "float", "low": 0.0, "high": 1.0, "step": 1e-15}})
+    assert next(expand_grid(space)) == {"x": 0.0}
+
+
+def test_grid_size_refuses_a_param_without_a_finite_grid() -> None:
+    with pytest.raises(ValueError):
+        grid_size(make_space({"x": {"type": "float", "low": 0.0, "high": 1.0}}))

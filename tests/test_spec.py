@@ -715,3 +715,58 @@ def test_yaml_nan_and_inf_are_refused_from_a_file(tmp_path: Path) -> None:
         "space.lr.high",
         "space.module__hidden1.low",
     ]
+
+
+# --- issue 15: huge grids ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("space", "fragment"),
+    [
+        (
+            {"optimizer__momentum": {"type": "float", "low": 0.0, "high": 1.0, "step": 1e-7}},
+            "10,000,001 points",
+        ),
+        (
+            {
+                "optimizer__weight_decay": {
+                    "type": "float",
+                    "low": 0.0,
+                    "high": 1.0,
+                    "step": 1e-6,
+                },
+                "optimizer__momentum": {"type": "float", "low": 0.0, "high": 1.0, "step": 1e-6},
+            },
+            "about 10^12 points",
+        ),
+        (
+            {
+                "module__hidden1": {"type": "int", "low": 1, "high": 2000},
+                "module__hidden2": {"type": "int", "low": 1, "high": "module__hidden1"},
+            },
+            "may have up to 4,000,000 points",
+        ),
+        (
+            {
+                "module__hidden1": {"type": "int", "low": 1, "high": 600},
+                "module__hidden2": {"type": "int", "low": 1, "high": "module__hidden1"},
+            },
+            "more than 100000 points",
+        ),
+    ],
+    ids=["1e7", "1e12", "cut-box-too-big-to-walk", "cut-walked"],
+)
+def test_huge_grid_is_refused_without_expanding(space: dict[str, Any], fragment: str) -> None:
+    [problem] = problems_of(grid_spec(space=space))
+    assert problem.startswith("space: ")
+    assert fragment in problem
+    assert "random or tpe" in problem
+
+
+def test_cut_grid_under_the_cap_is_counted_exactly() -> None:
+    space = {
+        "module__hidden1": {"type": "int", "low": 1, "high": 400},
+        "module__hidden2": {"type": "int", "low": 1, "high": "module__hidden1"},
+    }
+    # its uncut box has 160,000 points, but the cut leaves 400 * 401 / 2
+    assert parse_spec(grid_spec(space=space)).n_trials == 80_200

@@ -7,7 +7,7 @@ values already drawn for the trial, so ``module__hidden2 <= module__hidden1`` al
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -106,17 +106,63 @@ def suggest(trial: optuna.Trial, space: Mapping[str, Param]) -> dict[str, Any]:
     return values
 
 
-def _grid_values(param: Param, low: Any, high: Any) -> list[Any]:
+def _float_count(low: float, high: float, step: float) -> int:
+    """How many values ``low, low + step, ...`` stay <= ``high`` (0 when high < low)."""
+    if high < low:
+        return 0
+    steps = (high - low) / step
+    if not math.isfinite(steps):
+        return _HUGE  # (high - low) overflowed; far beyond any grid
+    return int(math.floor(steps + 1e-9)) + 1
+
+
+#: A count past every cap, for a float range too wide to divide into steps.
+_HUGE = 10**400
+
+
+def _grid_values(param: Param, low: Any, high: Any) -> Iterable[Any]:
+    """The values ``param`` takes on the grid, lazily: a range of 10**9 ints costs nothing."""
     if isinstance(param, CategoricalParam):
         return list(param.choices)
     if isinstance(param, IntParam):
         if param.log:
             raise ValueError("an int on a log scale has no grid; give a step instead of log")
-        return list(range(int(low), int(high) + 1, param.step))
-    if param.step is None:
+        return range(int(low), int(high) + 1, param.step)
+    step = param.step
+    if step is None:
         raise ValueError("a float range needs `step` to form a grid")
-    count = int(math.floor((high - low) / param.step + 1e-9)) + 1
-    return [float(v) for v in np.round(low + param.step * np.arange(count), 12)]
+    count = _float_count(low, high, step)
+    # One value at a time, with the same arithmetic as ``np.round(low + step * np.arange(n))``.
+    return (float(np.round(low + step * np.float64(i), 12)) for i in range(count))
+
+
+def grid_size(space: Mapping[str, Param]) -> int:
+    """An upper bound on the number of grid points, counted without expanding the grid.
+
+    Exact when no bound names another parameter; a bound naming one is taken at the widest
+    that parameter allows, so a cut grid counts as its uncut box (``expand_grid`` then gives
+    the exact number). A parameter with no finite grid (see ``grid_size_error``) raises
+    ``ValueError``.
+    """
+    extent: dict[str, tuple[float, float]] = {}  # each numeric parameter's widest [low, high]
+    total = 1
+    for name, param in space.items():
+        if isinstance(param, CategoricalParam):
+            total *= len(param.choices)
+            continue
+        low = extent[param.low][0] if isinstance(param.low, str) else param.low
+        high = extent[param.high][1] if isinstance(param.high, str) else param.high
+        extent[name] = (low, high)
+        if isinstance(param, IntParam):
+            if param.log:
+                raise ValueError("an int on a log scale has no grid; give a step instead of log")
+            count = max(0, (int(high) - int(low)) // param.step + 1)
+        elif param.step is None:
+            raise ValueError("a float range needs `step` to form a grid")
+        else:
+            count = _float_count(low, high, param.step)
+        total *= count
+    return total
 
 
 def grid_size_error(name: str, param: Param) -> str | None:

@@ -40,10 +40,15 @@ from hpo.spec.spaces import (
     Param,
     expand_grid,
     grid_points,
+    grid_size,
     grid_size_error,
 )
 
 MAX_GRID_POINTS = 100_000
+
+#: The largest uncut box of a grid whose bounds name other parameters that is still walked
+#: point by point to count what the cuts leave (about a second).
+_MAX_GRID_WALK = 10 * MAX_GRID_POINTS
 
 #: Seeds go to NumPy and scikit-learn, which take 0 <= seed < 2**32.
 MAX_SEED = 2**32 - 1
@@ -638,14 +643,32 @@ def _enqueued_range_problems(
     return []
 
 
+def _count(n: int) -> str:
+    """``n`` for a message: 1,234,567 or, past a trillion, about 10^15."""
+    return f"{n:,}" if n < 10**12 else f"about 10^{len(str(n)) - 1}"
+
+
 def _grid_budget_problems(spec: StudySpec) -> list[str]:
+    # Counted first, arithmetically: expanding a grid of 10**12 points would never finish.
+    size = grid_size(spec.space)
+    fix = "coarsen the steps or use the random or tpe sampler"
+    cut = any(param.references() for param in spec.space.values())
+    if size > MAX_GRID_POINTS and not cut:
+        return [
+            f"space: the grid has {_count(size)} points, more than the {MAX_GRID_POINTS} a "
+            f"study may run; {fix}"
+        ]
+    if size > _MAX_GRID_WALK:
+        return [
+            f"space: the grid may have up to {_count(size)} points (a bound naming another "
+            f"parameter counted at its widest), more than the {MAX_GRID_POINTS} a study may "
+            f"run; {fix}"
+        ]
+    # Small enough to walk: bounds naming other parameters cut points, so count them.
     points = 0
     for points, _ in enumerate(expand_grid(spec.space), start=1):
         if points > MAX_GRID_POINTS:
-            return [
-                f"space: the grid has more than {MAX_GRID_POINTS} points; coarsen the steps "
-                "or use the random or tpe sampler"
-            ]
+            return [f"space: the grid has more than {MAX_GRID_POINTS} points; {fix}"]
     total = points + len(spec.enqueue)
     if spec.budget.trials is not None and spec.budget.trials != total:
         return [
