@@ -3,6 +3,11 @@ one count of a study's budget."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
 import optuna
 import pytest
 from conftest import tiny_spec
@@ -137,3 +142,37 @@ def test_worker_zero_replays_the_seed_and_others_draw_different_points() -> None
     assert first_points(1) == first_points(1)
     assert first_points(0) != first_points(1)
     assert first_points(None) != first_points(None)
+
+
+@pytest.mark.slow
+def test_concurrent_registrations_of_a_grid_create_and_fill_it_once(
+    storage_url: str, write_spec: Callable[..., Path]
+) -> None:
+    """Six ``hpo register`` processes of the same 300-point grid at once (issue 15: on SQLite
+    they used to delete and refill each other's study; on PostgreSQL one died with a raw
+    DuplicatedStudyError)."""
+    space = {
+        "module__hidden1": {"type": "int", "low": 1, "high": 100},
+        "lr": {"type": "categorical", "choices": [0.001, 0.01, 0.1]},
+    }
+    grid = tiny_spec(name="race-grid", sampler={"name": "grid"}, budget={}, space=space)
+    path = write_spec(grid)
+    command = [sys.executable, "-m", "hpo", "register", str(path), "--storage", storage_url]
+    processes = [
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(6)
+    ]
+    outcomes = [(p.wait(timeout=300), *p.communicate()) for p in processes]
+
+    assert [code for code, _, _ in outcomes] == [0] * 6, outcomes
+    said = sorted(out.split(" (")[0].strip() for _, out, _ in outcomes)
+    assert said == ["race-grid is already registered with this spec; nothing to do"] * 5 + [
+        "registered race-grid"
+    ], said
+    assert all("Traceback" not in err for _, _, err in outcomes)
+    trials = optuna.load_study(study_name="race-grid", storage=storage_url).trials
+    assert len(trials) == 300
+    assert len({t.number for t in trials}) == 300
+    assert {t.state for t in trials} == {TrialState.WAITING}
+    points = {tuple(sorted(t.system_attrs["fixed_params"].items())) for t in trials}
+    assert len(points) == 300

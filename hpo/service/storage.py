@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -21,7 +22,7 @@ import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from sqlalchemy import Engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 
 from hpo.errors import StorageError
 from hpo.service.backends import (
@@ -146,6 +147,10 @@ def as_storage(storage: str | optuna.storages.BaseStorage | None) -> optuna.stor
     return open_storage(resolve_storage_url(storage))
 
 
+#: Tries at opening a database that other processes may be creating Optuna's tables in.
+SCHEMA_RACE_ATTEMPTS = 5
+
+
 def _open_rdb(
     url: str, kind: str, engine_kwargs: dict[str, object], heartbeat: float | None
 ) -> RDBStorage:
@@ -159,7 +164,16 @@ def _open_rdb(
             ),
         }
     try:
-        return RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat_kwargs)
+        for attempt in range(SCHEMA_RACE_ATTEMPTS):
+            try:
+                return RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat_kwargs)
+            except IntegrityError:
+                # Processes opening a new database at once all create Optuna's tables and
+                # insert its version row; the ones that lose find them made on a retry.
+                if attempt + 1 == SCHEMA_RACE_ATTEMPTS:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+        raise AssertionError("unreachable")
     except ImportError as error:
         raise StorageError(f"cannot open {kind} storage: {error}") from None
     except (OperationalError, sqlite3.OperationalError) as error:
