@@ -264,3 +264,27 @@ def test_a_port_in_use_is_reported_with_a_way_out(sqlite_url: str) -> None:
             message = " ".join(result.stderr.split())
             assert f"cannot listen on 127.0.0.1:{port}" in message, (command, message)
             assert "--port" in message and "Traceback" not in message
+
+
+def test_listening_beyond_loopback_needs_expose_and_warns(sqlite_url: str) -> None:
+    for command in ("dashboard", "storage-proxy"):
+        for host in ("0.0.0.0", "10.0.0.1", "::"):
+            refused = run_hpo(command, "--storage", sqlite_url, "--host", host, timeout=60)
+            assert refused.returncode == 2, (command, host, refused.stderr)
+            message = " ".join(refused.stderr.split())
+            assert "no authentication and no TLS" in message, message
+            assert "--expose" in message and "ssh -L" in message, message
+            assert "Traceback" not in message and "(Ctrl-C to stop)" not in message
+        for port in ("0", "65536", "-1"):
+            bad = run_hpo(command, "--storage", sqlite_url, "--port", port, timeout=60)
+            assert bad.returncode == 2, (command, port, bad.stderr)
+            assert "Invalid value for '--port'" in bad.stderr
+            assert "Traceback" not in bad.stderr and "Ctrl-C to stop" not in bad.stderr
+
+    port = free_port()
+    command = [sys.executable, "-m", "hpo", "storage-proxy", "--storage", sqlite_url]
+    with served([*command, "--host", "0.0.0.0", "--port", str(port), "--expose"]) as proxy:
+        optuna.storages.GrpcStorageProxy(port=port).wait_server_ready(timeout=60)
+    output = " ".join(proxy.stdout.read().split())  # type: ignore[union-attr]
+    assert "warning: hpo storage-proxy has no authentication and no TLS" in output, output
+    assert "read, rewrite or delete every study" in output

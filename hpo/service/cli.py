@@ -285,6 +285,9 @@ def worker(
     )
     done = ", ".join(f"{n} {s}" for s, n in sorted(summary.states.items())) or "no trials"
     err.print(f"worker {index if index is not None else '-'} of {escape(study)}: {done}")
+    if summary.gave_up:
+        err.print(f"[bold red]gave up:[/] {escape(summary.gave_up)}", highlight=False)
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -343,15 +346,75 @@ def delete(
     out.print(f"deleted {escape(study)}")
 
 
+HostOption = Annotated[
+    str,
+    typer.Option(
+        help="Interface to listen on. Anything but loopback (127.0.0.1, ::1, localhost) "
+        "needs --expose."
+    ),
+]
+ExposeOption = Annotated[
+    bool,
+    typer.Option(
+        "--expose",
+        help="Allow a --host other than loopback. The server has no authentication and no "
+        "TLS: anyone who reaches the port can read, rewrite or delete every study. Prefer an "
+        "SSH tunnel.",
+    ),
+]
+
+
+def _port_option(default_help: str) -> Any:
+    return typer.Option(min=1, max=65535, help=default_help)
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_exposure(command: str, host: str, port: int, expose: bool) -> None:
+    """Refuse (exit 2) to listen beyond loopback without ``--expose``; warn with it."""
+    if _is_loopback(host):
+        return
+    danger = (
+        f"hpo {command} has no authentication and no TLS: anyone who can reach port {port} "
+        "of this machine can read, rewrite or delete every study"
+    )
+    tunnel = f"ssh -L {port}:127.0.0.1:{port} <this host>"
+    if not expose:
+        err.print(
+            f"[bold red]error:[/] --host {escape(host)} listens beyond this machine, and "
+            f"{danger}. Keep the default 127.0.0.1 and reach it through an SSH tunnel "
+            f"({escape(tunnel)}), or pass --expose to listen there anyway (a trusted private "
+            "network only).",
+            highlight=False,
+        )
+        raise typer.Exit(2)
+    err.print(f"[bold yellow]warning:[/] {danger}.", highlight=False)
+
+
 @app.command("storage-proxy")
 @_reports_errors
 def storage_proxy(
     storage: StorageOption = None,
-    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 13000,
+    host: HostOption = "127.0.0.1",
+    port: Annotated[int, _port_option("Port to listen on.")] = 13000,
+    expose: ExposeOption = False,
 ) -> None:
-    """Serve a database storage to workers over gRPC (workers use --storage grpc://HOST:PORT)."""
+    """Serve a database storage to workers over gRPC (workers use --storage grpc://HOST:PORT).
+
+    It listens on 127.0.0.1 unless told otherwise: it has no authentication and no TLS, so
+    workers on other machines reach it through an SSH tunnel."""
     from hpo.service.storage import resolve_storage_url, serve_storage_proxy
+
+    _check_exposure("storage-proxy", host, port, expose)
 
     err.print(f"Optuna gRPC storage proxy on grpc://{escape(host)}:{port} (Ctrl-C to stop)")
     serve_storage_proxy(resolve_storage_url(storage), host=host, port=port)
@@ -372,12 +435,14 @@ ArtifactsOption = Annotated[
 @_reports_errors
 def dashboard(
     storage: StorageOption = None,
-    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+    host: HostOption = "127.0.0.1",
+    port: Annotated[int, _port_option("Port to listen on.")] = 8080,
     artifacts: ArtifactsOption = None,
+    expose: ExposeOption = False,
 ) -> None:
     """Serve optuna-dashboard on the storage (127.0.0.1:8080 unless told otherwise), with the
     refit's files and reports from the artifact folder on each study's page."""
+    _check_exposure("dashboard", host, port, expose)
     from optuna.artifacts import FileSystemArtifactStore
     from optuna_dashboard import run_server
 
