@@ -306,3 +306,24 @@ def test_workers_through_the_grpc_proxy_keep_the_budget(
     )
     if sampler == "grid":
         assert len({(t.params["module__hidden1"], t.params["lr"]) for t in complete}) == 8
+
+
+@pytest.mark.slow
+def test_a_worker_whose_trials_keep_failing_gives_up_with_a_non_zero_exit(
+    tmp_path: Path, write_spec: Callable[..., Path]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'failing.db'}"
+    diverging = {"max_epochs": 2, "batch_size": 128, "optimizer": "sgd", "lr": 1.0e12}
+    space = {"module__hidden1": {"type": "int", "low": 8, "high": 32}}
+    path = write_spec(
+        tiny_spec(name="diverges", fixed=diverging, space=space, budget={"trials": 2})
+    )
+    assert run_hpo("register", str(path), "--storage", url).returncode == 0
+
+    worker = run_hpo("worker", "--study", "diverges", "--storage", url, "--threads", "1")
+
+    assert worker.returncode == 1, worker.stderr
+    assert "gave up: stopping: 10 trials failed" in worker.stderr
+    assert "Traceback" not in worker.stderr
+    trials = optuna.load_study(study_name="diverges", storage=url).trials
+    assert [t.state for t in trials] == [TrialState.FAIL] * 10

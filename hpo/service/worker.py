@@ -82,6 +82,8 @@ class WorkerSummary:
     worker_index: int | None
     states: Counter[str] = field(default_factory=Counter)
     stopped_by_signal: bool = False
+    #: Why the worker gave up before the budget was spent (trials kept failing), or "".
+    gave_up: str = ""
 
 
 @dataclass
@@ -91,6 +93,8 @@ class _Claim:
     trial: optuna.Trial | None = None
     wait: bool = False
     reason: str = ""
+    #: The reason is a failure: the study cannot go on (its trials keep failing).
+    gave_up: bool = False
 
 
 def default_threads(workers: int) -> int:
@@ -208,6 +212,8 @@ def run_worker(
                     continue
                 if claim.trial is None:
                     logger.info("%s: %s", study_name, claim.reason)
+                    if claim.gave_up:
+                        summary.gave_up = claim.reason
                     break
                 state = _run_trial(
                     study, claim.trial, spec, data, device, stop, objective, pool, storage
@@ -238,7 +244,8 @@ def _claim_trial(
         if counts[TrialState.FAIL] >= max(budget, 10) + counts[TrialState.COMPLETE]:
             return _Claim(
                 reason=f"stopping: {counts[TrialState.FAIL]} trials failed; see their "
-                f"fail_reason with: hpo export {study.study_name} --all --out trials.csv"
+                f"fail_reason with: hpo export {study.study_name} --all --out trials.csv",
+                gave_up=True,
             )
         return _claim_next(study, spec, budget, storage)
 
