@@ -5,11 +5,17 @@ Parameter columns are skorch ``set_params`` keys, fixed ones included, so
 dropping the ``study``, ``trial`` and ``value`` columns); ``hpo.skorch_params(row)`` turns a
 row into plain skorch arguments. The row names the loss (``criterion``) even when the spec
 leaves it to the task's default, since plain skorch's classifier defaults to another one.
+
+In CSV (never JSON), a text cell a spreadsheet would take for a formula (``=...``,
+``+...``, ``-...``, ``@...``, a leading tab or carriage return) starts with an added ``'``
+(``csv_cell``); ``read_best_params`` and ``hpo.skorch_params`` take it off again
+(``csv_value``). Numbers are written as numbers.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import optuna
@@ -23,6 +29,11 @@ from hpo.spec.study_spec import StudySpec
 
 #: Columns of best_params.csv that are not net parameters.
 BEST_META_COLUMNS = ("study", "trial", "value")
+
+#: First characters that make a spreadsheet read a cell as a formula (OWASP CSV injection).
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+_PLAIN_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
 def best_params_frame(study: optuna.Study, spec: StudySpec) -> pd.DataFrame:
@@ -87,16 +98,72 @@ def export_study(
     if out.suffix == ".json":
         frame.to_json(out, orient="records", indent=2)
     else:
-        frame.to_csv(out, index=False)
+        safe = neutralised_csv_frame(frame)
+        # Python's csv quotes a cell holding a line terminator's character only: with CRLF
+        # line ends (RFC 4180) a carriage return inside a cell is quoted too, so the file
+        # still reads back as the same rows. Plain "\n" otherwise, as before.
+        lineterminator = "\r\n" if _holds_carriage_return(safe) else "\n"
+        safe.to_csv(out, index=False, lineterminator=lineterminator)
     return out
 
 
 def read_best_params(path: str | Path) -> dict[str, object]:
-    """The net parameters of a ``best_params.csv``, ready for ``net.set_params(**params)``."""
+    """The net parameters of a ``best_params.csv``, ready for ``net.set_params(**params)``.
+
+    Cells neutralised against formula injection (``csv_cell``) are read back as written.
+    """
     row = pd.read_csv(path).iloc[0].to_dict()
-    params = {key: value for key, value in row.items() if key not in BEST_META_COLUMNS}
+    params = {
+        csv_value(key): csv_value(value)
+        for key, value in row.items()
+        if key not in BEST_META_COLUMNS
+    }
     return {
         key: (value.item() if hasattr(value, "item") else value)
         for key, value in params.items()
         if not pd.isna(value)
     }
+
+
+def _is_formula_like(text: str) -> bool:
+    """Whether a spreadsheet could take ``text`` for a formula; a plain decimal number
+    (``-0.5``, ``+3``, ``-1e-3``) is read as that number, not a formula."""
+    if text[:1] == "'":
+        return _is_formula_like(text[1:])
+    return text[:1] in FORMULA_PREFIXES and not _PLAIN_NUMBER.fullmatch(text)
+
+
+def csv_cell(value: object) -> object:
+    """A CSV cell safe from spreadsheet formula injection (OWASP "CSV injection").
+
+    A string a spreadsheet would take for a formula (one starting with ``= + - @``, a tab or
+    a carriage return) gets a leading single quote, which spreadsheets show as text; so does
+    one that already starts with quotes before such a character, so that ``csv_value``
+    reads every cell back exactly. Anything not a string (numbers, negative ones included)
+    is returned as it is.
+    """
+    if isinstance(value, str) and _is_formula_like(value):
+        return "'" + value
+    return value
+
+
+def csv_value(value: object) -> object:
+    """The value ``csv_cell`` was given, from the cell it wrote (as pandas reads it)."""
+    if isinstance(value, str) and value[:1] == "'" and _is_formula_like(value[1:]):
+        return value[1:]
+    return value
+
+
+def _holds_carriage_return(frame: pd.DataFrame) -> bool:
+    texts = [*frame.columns, *frame.to_numpy().ravel()]
+    return any(isinstance(text, str) and "\r" in text for text in texts)
+
+
+def neutralised_csv_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with every string cell, and every column name, passed through ``csv_cell``;
+    for CSV output only (JSON keeps the values as they are)."""
+    safe = frame.rename(columns=lambda column: csv_cell(column))
+    for column in safe.columns:
+        if not pd.api.types.is_numeric_dtype(safe[column]):
+            safe[column] = safe[column].map(csv_cell)
+    return safe
