@@ -770,3 +770,104 @@ def test_cut_grid_under_the_cap_is_counted_exactly() -> None:
     }
     # its uncut box has 160,000 points, but the cut leaves 400 * 401 / 2
     assert parse_spec(grid_spec(space=space)).n_trials == 80_200
+
+
+# --- issue 15: value rules of the net parameters hpo knows -----------------------------------
+
+
+def _cat(*choices: Any) -> dict[str, Any]:
+    return {"type": "categorical", "choices": list(choices)}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key", "fragment"),
+    [
+        ({"fixed": {"max_epochs": 0}}, "fixed.max_epochs", "got 0"),
+        ({"fixed": {"max_epochs": 2.5}}, "fixed.max_epochs", "whole number"),
+        ({"fixed": {"max_epochs": True}}, "fixed.max_epochs", "got True"),
+        ({"fixed": {"max_epochs": 3, "batch_size": "two"}}, "fixed.batch_size", "got 'two'"),
+        ({"fixed": {"max_epochs": 3, "batch_size": 0}}, "fixed.batch_size", "-1 for"),
+        ({"fixed": {"max_epochs": 3, "batch_size": -2}}, "fixed.batch_size", "got -2"),
+        ({"fixed": {"max_epochs": 3, "lr": 0}}, "fixed.lr", "> 0"),
+        ({"fixed": {"max_epochs": 3, "lr": "0.1"}}, "fixed.lr", "got '0.1'"),
+        ({"fixed": {"max_epochs": 3, "early_stopping_patience": 0}}, "fixed.early_stopping", ""),
+        ({"fixed": {"max_epochs": 3, "validation_fraction": 1.0}}, "fixed.validation", "(0, 1)"),
+        ({"fixed": {"max_epochs": 3, "validation_fraction": 0}}, "fixed.validation", "(0, 1)"),
+        ({"fixed": {"max_epochs": 3, "module__dropout": 1.0}}, "fixed.module__dropout", "[0, 1)"),
+        ({"fixed": {"max_epochs": 3, "module__dropout": -0.1}}, "fixed.module__dropout", ""),
+        ({"fixed": {"max_epochs": 3, "module__units": 10**8}}, "fixed.module__units", "100000"),
+        ({"fixed": {"max_epochs": 3, "module__depth": 0}}, "fixed.module__depth", "got 0"),
+        ({"fixed": {"max_epochs": 3, "optimizer__weight_decay": -1e-4}}, "fixed.optimizer__w", ""),
+        ({"fixed": {"max_epochs": None}}, "fixed.max_epochs", "got null"),
+        ({"space": {"module__hidden1": _cat(64, 0)}}, "space.module__hidden1", "every choice"),
+        ({"space": {"module__hidden1": _cat(64, False)}}, "space.module__hidden1", "got False"),
+        ({"space": {"module__dropout": _cat(0.0, 1.5)}}, "space.module__dropout", "got 1.5"),
+        ({"space": {"batch_size": _cat(32, "64")}}, "space.batch_size", "got '64'"),
+        (
+            {"space": {"module__hidden1": {"type": "int", "low": 0, "high": 64}}},
+            "space.module__hidden1.low",
+            "out of range",
+        ),
+        (
+            {"space": {"module__hidden1": {"type": "int", "low": 8, "high": 10**8}}},
+            "space.module__hidden1.high",
+            "100000",
+        ),
+        (
+            {"space": {"lr": {"type": "float", "low": 0.0, "high": 0.1}}},
+            "space.lr.low",
+            "> 0",
+        ),
+        (
+            {"space": {"module__dropout": {"type": "float", "low": 0.0, "high": 1.0}}},
+            "space.module__dropout.high",
+            "[0, 1)",
+        ),
+        (
+            {"space": {"batch_size": {"type": "int", "low": -1, "high": 64}}},
+            "space.batch_size.low",
+            "out of range",
+        ),
+        (
+            {"space": {"max_epochs": {"type": "float", "low": 1, "high": 9}}},
+            "space.max_epochs",
+            "type: int",
+        ),
+    ],
+)
+def test_value_breaking_its_rule_is_one_problem_naming_its_key(
+    overrides: dict[str, Any], key: str, fragment: str
+) -> None:
+    # only the key under test: nothing of tiny_spec's fixed or space in the way
+    spec = tiny_spec(fixed={}, space={})
+    spec.update(overrides)
+    [problem] = problems_of(spec)
+    assert problem.startswith(key), problem
+    assert fragment in problem
+    assert "must be" in problem
+
+
+@pytest.mark.parametrize(
+    "fixed",
+    [
+        {"max_epochs": 1, "batch_size": -1},
+        {"max_epochs": 3, "batch_size": 1, "lr": 1, "early_stopping_patience": None},
+        {"max_epochs": 3, "module__dropout": 0, "module__hidden2": None, "module__units": 100_000},
+        {"max_epochs": 3, "validation_fraction": 0.5, "optimizer__weight_decay": 0},
+    ],
+)
+def test_values_within_their_rules_are_fine(fixed: dict[str, Any]) -> None:
+    parse_spec(tiny_spec(fixed=fixed, space={"module__hidden1": _cat(8, 16)}))
+
+
+def test_module_rules_hold_for_built_in_models_only() -> None:
+    spec = tiny_spec(model="mynets.nets:Net", fixed={"max_epochs": 3, "module__units": "wide"})
+    parse_spec(spec)  # a user module's arguments are its own business
+
+
+def test_every_rule_names_a_parameter_of_some_built_in_model() -> None:
+    from hpo.spec.rules import RULES
+    from hpo.spec.study_spec import allowed_keys
+
+    known = {key for model in ("mlp", "cnn", "regressor") for key in allowed_keys(model)}
+    assert set(RULES) <= known

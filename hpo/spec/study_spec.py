@@ -33,6 +33,7 @@ from hpo.spec.names import (
     OPTIMIZER_ARGS,
 )
 from hpo.spec.references import is_reference
+from hpo.spec.rules import RULES, Rule, describe, value_problem, within
 from hpo.spec.spaces import (
     CategoricalParam,
     FloatParam,
@@ -464,6 +465,8 @@ def _semantic_problems(raw: Mapping[str, Any]) -> list[str]:
             if not isinstance(value, bool):
                 problems.append(f"{where}.{key}: must be true or false, got {value!r}")
 
+    problems.extend(_rule_problems(model, fixed, space))
+
     earlier: list[str] = []
     for name, param in space.items():
         for ref in param.references():
@@ -491,6 +494,51 @@ def _semantic_problems(raw: Mapping[str, Any]) -> list[str]:
     problems.extend(_search_problems(raw, space))
     problems.extend(_enqueue_problems(raw.get("enqueue"), raw_space, space))
     return problems
+
+
+def _rule_for(key: Any, model: Any) -> Rule | None:
+    """The rule ``key``'s values follow (``hpo.spec.rules``), or None when hpo knows none:
+    ``module__*`` rules hold for the built-in models' own arguments only."""
+    if not isinstance(key, str) or key not in RULES:
+        return None
+    if key.startswith("module__") and key.removeprefix("module__") not in MODELS.get(model, ()):
+        return None
+    return RULES[key]
+
+
+def _rule_problems(model: Any, fixed: Mapping[str, Any], space: Mapping[str, Param]) -> list[str]:
+    """``fixed`` values, categorical choices and numeric ranges that break their key's rule."""
+    problems = []
+    for key, value in fixed.items():
+        rule = _rule_for(key, model)
+        problem = rule and not _is_non_finite(value) and value_problem(rule, value)
+        if problem:
+            problems.append(f"fixed.{key}: {problem}")
+    for key, param in space.items():
+        rule = _rule_for(key, model)
+        if rule is None:
+            continue
+        if isinstance(param, CategoricalParam):
+            for choice in param.choices:
+                problem = not _is_non_finite(choice) and value_problem(rule, choice)
+                if problem:
+                    problems.append(f"space.{key}: every choice {problem}")
+                    break
+            continue
+        if isinstance(param, FloatParam) and rule.kind == "int":
+            problems.append(f"space.{key}: must be {describe(rule)}; use type: int")
+            continue
+        for side, bound in (("low", param.low), ("high", param.high)):
+            if _is_finite_number(bound) and not within(rule, bound):
+                problems.append(
+                    f"space.{key}.{side}: {bound!r} is out of range; {key} must be "
+                    f"{describe(rule)}"
+                )
+    return problems
+
+
+def _is_non_finite(value: Any) -> bool:
+    return isinstance(value, float) and not math.isfinite(value)
 
 
 def _reference_range_problems(name: str, param: Param, space: Mapping[str, Param]) -> list[str]:
