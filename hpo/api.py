@@ -181,7 +181,8 @@ def skorch_params(row: Mapping[str, Any]) -> dict[str, Any]:
     - ``early_stopping_patience`` becomes an ``EarlyStopping(load_best=True)`` callback on
       a ``ValidSplit`` of ``validation_fraction``; without it, ``train_split=None`` (hpo
       trains on every row, where skorch's default holds out a fifth);
-    - list values written as text (``"[0.9, 0.999]"``) are read back;
+    - list values written as text (``"[0.9, 0.999]"``) are read back, and text the CSV export
+      quoted against spreadsheet formulas (``'=...``) loses its quote;
     - ``preprocess`` (a scaler hpo fits inside each fit) and ``mixed_precision`` have no
       plain skorch parameter and are left out, with a warning when they are not ``none`` /
       false: put ``StandardScaler()`` (or ``MinMaxScaler()``) before the net in a
@@ -193,8 +194,10 @@ def skorch_params(row: Mapping[str, Any]) -> dict[str, Any]:
     from hpo.engine.nets import resolve_optimizer
     from hpo.engine.user_code import criterion_class
 
+    from hpo.results.export import csv_value
+
     params = {
-        key: _plain(value)
+        csv_value(key): _plain(csv_value(value))
         for key, value in row.items()
         if key not in META_COLUMNS and not _is_empty(value)
     }

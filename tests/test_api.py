@@ -136,3 +136,9 @@ def test_run_takes_a_mapping_and_returns_the_study(tmp_path: Path) -> None:
 def test_run_reports_a_bad_mapping_as_a_spec_error() -> None:
     with pytest.raises(SpecError, match="(?s)<spec mapping>: 1 problem.*budget.trials"):
         hpo.run({**tiny_spec(), "budget": {"trials": 0}})
+
+
+def test_a_cell_the_export_quoted_against_formulas_reads_back_as_it_was() -> None:
+    row = best_row("study,trial,value,lr,'+weird,module__note\nd,0,0.9,0.01,1,'=1+1\n")
+    params = hpo.skorch_params(row)
+    assert params["module__note"] == "=1+1" and params["+weird"] == 1

@@ -27,6 +27,7 @@ from hpo.engine.folds.plan import FoldPlan
 from hpo.engine.objective import worker_fold_plan
 from hpo.engine.user_code import admit_user_code
 from hpo.results.export import export_study
+from hpo.results.paths import study_folder
 from hpo.service.storage import open_backend
 from hpo.service.study import budget_used, register_study
 from hpo.service.worker import default_threads
@@ -122,7 +123,7 @@ def run_study(
     best_csv = None
     if states[TrialState.COMPLETE.name]:
         best_csv = export_study(
-            storage, spec.name, Path(results_dir) / spec.name / "best_params.csv"
+            storage, spec.name, study_folder(results_dir, spec.name) / "best_params.csv"
         )
     return RunResult(spec.name, best_csv, dict(states), time.perf_counter() - started, exit_codes)
 
