@@ -193,7 +193,6 @@ def skorch_params(row: Mapping[str, Any]) -> dict[str, Any]:
 
     from hpo.engine.nets import resolve_optimizer
     from hpo.engine.user_code import criterion_class
-
     from hpo.results.export import csv_value
 
     params = {
