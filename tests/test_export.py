@@ -52,7 +52,7 @@ def hostile_study(url: str, best: str = HOSTILE[0]) -> str:
     """A registered study, copied (as plain Optuna can) under a formula-like name, whose best
     trial carries formula-like values: params outside the spec, as plain Optuna can add."""
     spec = parse_spec(
-        tiny_spec(name="export-digits", fixed={"max_epochs": 3, "module__dropout": -0.5})
+        tiny_spec(name="export-digits", fixed={"max_epochs": 3, "optimizer__momentum": -0.5})
     )
     register_study(spec, open_storage(url))
     name = "=cmd|' /C calc'!A0"
@@ -103,13 +103,13 @@ def test_best_params_csv_is_neutralised_and_reads_back(
     assert written["study"] == "'" + name
     assert written["module__activation"] == "'" + best
     # numbers stay numbers: a spreadsheet reads -0.5 as minus a half
-    assert written["module__dropout"] == "-0.5"
+    assert written["optimizer__momentum"] == "-0.5"
     assert written["lr"] == "-0.25"
     assert not any(formula_like(cell) for cell in header + row)
 
     params = read_best_params(out)
     assert params["module__activation"] == best
-    assert params["module__dropout"] == -0.5
+    assert params["optimizer__momentum"] == -0.5
     assert params["lr"] == -0.25
     assert "study" not in params
 
@@ -135,7 +135,7 @@ def test_json_keeps_the_values_as_they_are(sqlite_url: str, tmp_path: Path) -> N
     )
     assert best[0]["study"] == name
     assert best[0]["module__activation"] == HOSTILE[0]
-    assert best[0]["module__dropout"] == -0.5
+    assert best[0]["optimizer__momentum"] == -0.5
     every = json.loads(
         export_study(
             open_storage(sqlite_url), name, tmp_path / "t.json", all_trials=True
