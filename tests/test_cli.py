@@ -126,7 +126,26 @@ def test_studies_lists_and_delete_removes(
     run_hpo("register", str(write_spec()), "--storage", sqlite_url)
     listed = run_hpo("studies", "--storage", sqlite_url, env={"COLUMNS": "200"})
     assert listed.returncode == 0 and "tiny-digits" in listed.stdout
-    assert run_hpo("delete", "tiny-digits", "--storage", sqlite_url).returncode == 0
+    command = [sys.executable, "-m", "hpo", "delete", "tiny-digits", "--storage", sqlite_url]
+    # it asks first: no, or no answer, keeps the study
+    for answer in ("n\n", ""):
+        kept = subprocess.run(command, input=answer, capture_output=True, text=True, timeout=120)
+        assert kept.returncode == 1, kept.stderr
+        assert "Delete study tiny-digits and its 0 trials?" in kept.stdout
+        assert "Traceback" not in kept.stderr
+    assert optuna.load_study(study_name="tiny-digits", storage=sqlite_url)
+    asked = subprocess.run(command, input="y\n", capture_output=True, text=True, timeout=120)
+    assert asked.returncode == 0, asked.stderr
+    assert "deleted tiny-digits" in asked.stdout
+    assert "left on disk" in asked.stderr and "results/tiny-digits/" in asked.stderr
+    run_hpo("register", str(write_spec()), "--storage", sqlite_url)
+    # --yes (or -y) does not ask: what scripts use
+    for flag in ("--yes", "-y"):
+        deleted = run_hpo("delete", "tiny-digits", flag, "--storage", sqlite_url)
+        assert deleted.returncode == 0, deleted.stderr
+        assert "Delete study" not in deleted.stdout
+        run_hpo("register", str(write_spec()), "--storage", sqlite_url)
+    assert run_hpo("delete", "tiny-digits", "--yes", "--storage", sqlite_url).returncode == 0
     missing = run_hpo("worker", "--study", "tiny-digits", "--storage", sqlite_url)
     assert missing.returncode == 1
     assert "no study named 'tiny-digits'" in " ".join(missing.stderr.split())

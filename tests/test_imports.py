@@ -122,7 +122,7 @@ def test_storage_commands_import_no_torch(
     assert (tmp_path / "best.csv").read_text().count("\n") == 2
     hpo("studies")
     hpo("enqueue", name, "module__hidden1=16", "lr=0.01")
-    hpo("delete", name)
+    hpo("delete", name, "--yes")
 
     assert heavy == {}, "these commands import a heavy package (importer > ... > package):\n" + (
         "\n".join(f"{command}: {chain}" for command, chains in heavy.items() for chain in chains)

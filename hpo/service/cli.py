@@ -338,12 +338,35 @@ def export(
 def delete(
     study: Annotated[str, typer.Argument(help="Name of a registered study.")],
     storage: StorageOption = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Delete without asking first.")] = False,
 ) -> None:
-    """Delete a study and all its trials."""
+    """Delete a study and all its trials from the storage, after asking (--yes: without).
+
+    Files on disk stay: the refit's and report's files (results/STUDY/), their artifacts."""
+    from hpo.errors import StudyError
+    from hpo.results.artifacts import resolve_artifacts_dir
     from hpo.service.study import delete_study
 
-    delete_study(_storage(storage), study)
-    out.print(f"deleted {escape(study)}")
+    opened = _storage(storage)
+    try:
+        study_id = opened.get_study_id_from_name(study)
+    except KeyError:
+        raise StudyError(f"no study named {study!r} in this storage") from None
+    if not yes:
+        trials = len(opened.get_all_trials(study_id, deepcopy=False))
+        # typer.confirm prints its prompt as plain text: no markup to escape
+        if not typer.confirm(f"Delete study {study} and its {trials} trials?"):
+            err.print("not deleted")
+            raise typer.Exit(1)
+    delete_study(opened, study)
+    out.print(f"deleted {escape(study)} and its trials from the storage")
+    err.print(
+        f"left on disk: any refit files and report of {escape(study)} (results/"
+        f"{escape(study)}/ unless hpo refit --results put them elsewhere) and the artifacts "
+        f"they stored in {escape(str(resolve_artifacts_dir()))}; remove those by hand if "
+        "they are not wanted",
+        highlight=False,
+    )
 
 
 HostOption = Annotated[
