@@ -532,10 +532,10 @@ def run_hpo(
     threads = threads or default_threads(workers)
     # A user's module: trusted, and imported from where it is imported here (as hpo run does).
     trust = ["--allow-module", USER_PACKAGE] if spec.custom_code else []
-    command = worker_command(name, url, threads, "--device", device, *trust)
+    command = worker_command(name, threads, "--device", device, *trust)
     for key, reference in spec.custom_code:
         import_reference(reference, key)
-    env = worker_env(threads, code_roots(spec.custom_code))
+    env = worker_env(threads, code_roots(spec.custom_code), storage_url=url)
     logs = [folder / f"{name}-{i}.log" for i in range(workers)]
     machine_before = cpu_seconds()
     started = time.perf_counter()
