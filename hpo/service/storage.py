@@ -22,7 +22,7 @@ import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from sqlalchemy import Engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, ProgrammingError
 
 from hpo.errors import StorageError
 from hpo.service.backends import (
@@ -167,10 +167,10 @@ def _open_rdb(
         for attempt in range(SCHEMA_RACE_ATTEMPTS):
             try:
                 return RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat_kwargs)
-            except IntegrityError:
+            except (IntegrityError, OperationalError, ProgrammingError) as error:
                 # Processes opening a new database at once all create Optuna's tables and
                 # insert its version row; the ones that lose find them made on a retry.
-                if attempt + 1 == SCHEMA_RACE_ATTEMPTS:
+                if attempt + 1 == SCHEMA_RACE_ATTEMPTS or not _lost_schema_race(error):
                     raise
                 time.sleep(0.2 * (attempt + 1))
         raise AssertionError("unreachable")
@@ -184,6 +184,12 @@ def _open_rdb(
             "server is running and reachable, and the URL's host, port, user, password and "
             "database."
         ) from None
+
+
+def _lost_schema_race(error: Exception) -> bool:
+    """Whether ``error`` is another process having created Optuna's tables first: a duplicate
+    row or type (IntegrityError), or a table that already exists (SQLite, PostgreSQL)."""
+    return isinstance(error, IntegrityError) or "already exists" in str(error)
 
 
 def _open_grpc(url: str) -> optuna.storages.BaseStorage:
