@@ -150,21 +150,31 @@ def plan_folds(
     may_stack = options.stack_folds and spec_stacks and options.folds_at_once is None
     if not may_stack and fold_processes:
         wanted = threads if options.folds_at_once is None else options.folds_at_once
-        at_once = max(1, min(wanted, folds))
-        if at_once > 1:
-            return FoldPlan("fold processes", max(1, threads // at_once), at_once)
+        in_processes = _in_fold_processes(threads, wanted, folds)
+        if in_processes is not None:
+            return in_processes
     if net is None:
         return FoldPlan("stacked" if may_stack else "one by one", threads)
     facts = net()
     fit_threads = 1 if facts.flops < SMALL_NET_FLOPS else threads
     if may_stack and facts.stackable and facts.flops < STACKED_NET_FLOPS:
         return FoldPlan("stacked", fit_threads)
-    if may_stack and fold_processes and min(threads, folds) > 1:
+    if may_stack and fold_processes:
         # A worker that keeps fold processes for the nets that do not stack (a user's module
         # the probe refuses): this trial's folds run there.
-        at_once = min(threads, folds)
-        return FoldPlan("fold processes", max(1, threads // at_once), at_once)
+        in_processes = _in_fold_processes(threads, threads, folds)
+        if in_processes is not None:
+            return in_processes
     return FoldPlan("one by one", fit_threads)
+
+
+def _in_fold_processes(threads: int, wanted: int, folds: int) -> FoldPlan | None:
+    """``wanted`` folds at once (at most the ``folds``), the worker's ``threads`` shared among
+    them; None when that is one fold at a time."""
+    at_once = max(1, min(wanted, folds))
+    if at_once == 1:
+        return None
+    return FoldPlan("fold processes", max(1, threads // at_once), at_once)
 
 
 def forward_flops(net: Any, input_shape: tuple[int, ...]) -> int:
