@@ -317,7 +317,7 @@ def parse_spec(raw: Any, source: str = "<spec>") -> StudySpec:
 def _non_finite_problems(value: Any, key: str = "") -> list[str]:
     """A problem for every NaN or infinity anywhere in the spec (YAML ``.nan``, ``.inf``),
     each named by its key, e.g. ``space.lr.low`` or ``enqueue[0].lr``."""
-    if isinstance(value, float) and not math.isfinite(value):
+    if _is_non_finite(value):
         written = ".nan" if math.isnan(value) else ("-.inf" if value < 0 else ".inf")
         return [
             f"{key or '(top level)'}: must be a finite number, got {written}; "
@@ -399,9 +399,10 @@ def _constructor_args(cls: type) -> tuple[str, ...]:
 
 
 def allowed_keys(model: str) -> list[str]:
-    """Every parameter key a spec may set for built-in ``model`` (skorch ``set_params`` keys),
-    but ``criterion__*``, whose names depend on the loss."""
-    module_keys = [f"module__{n}" for n in MODELS[model]]
+    """Every parameter key a spec may set for ``model`` (skorch ``set_params`` keys), but
+    ``criterion__*``, whose names depend on the loss, and a user's module's ``module__*``,
+    which its constructor says (``hpo.engine.user_code``)."""
+    module_keys = [f"module__{n}" for n in MODELS.get(model, ())]
     optimizer_keys = [f"optimizer__{n}" for n in OPTIMIZER_ARGS]
     return sorted(NET_PARAMS) + module_keys + optimizer_keys
 
@@ -414,11 +415,10 @@ def _key_problem(section: str, key: str, model: str) -> str | None:
         return f"{section}.{key}: parameter names must be text"
     if key.startswith("criterion__") or (key.startswith("module__") and model not in MODELS):
         return None
+    allowed = allowed_keys(model)
     if model in MODELS:
-        allowed = allowed_keys(model)
         hint = "module__* keys are the model's constructor arguments; see hpo/engine/models.py"
     else:
-        allowed = sorted(NET_PARAMS) + [f"optimizer__{n}" for n in OPTIMIZER_ARGS]
         hint = "module__* keys are your module's constructor arguments"
     if key in allowed:
         return None
@@ -654,7 +654,7 @@ def _enqueue_problems(
         if not isinstance(point, dict):
             continue
         for key, value in point.items():
-            if isinstance(value, float) and not math.isfinite(value):
+            if _is_non_finite(value):
                 continue  # reported by _non_finite_problems
             if key not in raw_space:
                 problems.append(
