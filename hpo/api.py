@@ -147,10 +147,11 @@ def refit(
     artifacts: str | Path | None = None,
     allow_modules: Sequence[str] = (),
     device: str | None = None,
+    results_dir: str | Path = "results",
 ) -> RefitResult:
     """``hpo refit``: the best configuration fitted on the whole training split, scored once
     on the held-out test split, and stored as the study's artifacts (``load_refit`` reads
-    them back).
+    them back). The study's own code is imported only when trusted.
 
     Args:
         name: a study with a completed trial.
@@ -158,6 +159,8 @@ def refit(
         artifacts: the artifact folder. Default: ``$HPO_ARTIFACTS``, else ``results``.
         allow_modules: as for ``best_net``.
         device: ``cuda`` or ``cpu``. Default: ``cuda`` when a GPU is visible.
+        results_dir: where the human-readable files go, under ``<name>/``. Default:
+            ``results``.
     """
     from hpo.engine.user_code import admit_user_code
     from hpo.results.refit import refit_study
@@ -165,7 +168,9 @@ def refit(
 
     opened = _open(storage)
     admit_user_code(load_spec_from_storage(opened, name), allow_modules, f"study {name}")
-    return refit_study(opened, name, artifacts=artifacts, device=device)
+    return refit_study(
+        opened, name, results_dir=results_dir, artifacts=artifacts, device=device
+    )
 
 
 def skorch_params(row: Mapping[str, Any]) -> dict[str, Any]:

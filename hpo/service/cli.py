@@ -505,13 +505,16 @@ def refit(
 ) -> None:
     """Retrain the best configuration on the whole training split; score it once on the test;
     store the net as artifacts of the study (hpo.load_refit reads them on any machine)."""
-    from hpo.engine.user_code import admit_user_code
-    from hpo.results.refit import refit_study
-    from hpo.service.study import load_spec_from_storage
+    from hpo.api import refit as refit_trusted
 
-    opened = _storage(storage)
-    admit_user_code(load_spec_from_storage(opened, study), allow_module or (), f"study {study}")
-    result = refit_study(opened, study, results_dir=results, artifacts=artifacts, device=device)
+    result = refit_trusted(
+        study,
+        _storage(storage),
+        artifacts=artifacts,
+        allow_modules=allow_module or (),
+        device=device,
+        results_dir=results,
+    )
     table = Table(title=f"{escape(study)}: trial {result.trial} refit in {result.seconds:.1f} s")
     table.add_column("metric")
     table.add_column("value")
