@@ -8,12 +8,36 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_spec
 from sklearn.base import clone
 from sklearn.metrics import get_scorer
 
+from hpo.engine.data import DataSplits, load_dataset
 from hpo.engine.folds.fold import resident_training_data
 from hpo.engine.folds.stacked import StackedFit, fit_stacked, stackable
 from hpo.engine.objective import make_folds
+from hpo.spec.study_spec import StudySpec, parse_spec
+
+#: The weight decay every stacking case searches (one choice), so optimizer arguments reach
+#: the stacked optimizer.
+WEIGHT_DECAY = 1e-4
+
+
+def stacking_case(
+    cases: dict[str, tuple[dict[str, Any], str]], case: str, **changes: Any
+) -> tuple[StudySpec, DataSplits]:
+    """The spec and data of one stacking case: ``cases[case]`` is (spec overrides, dataset),
+    on 3 folds with a searched weight decay."""
+    overrides, dataset = cases[case]
+    spec = parse_spec(
+        tiny_spec(
+            dataset={"name": dataset},
+            cv={"folds": 3, "seed": 1},
+            space={"optimizer__weight_decay": {"type": "categorical", "choices": [WEIGHT_DECAY]}},
+            **{**overrides, **changes},
+        )
+    )
+    return spec, load_dataset(dataset)
 
 
 def assert_folds_end_as_their_own_fits(

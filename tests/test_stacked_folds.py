@@ -9,7 +9,7 @@ import optuna
 import pytest
 import torch
 from conftest import tiny_spec
-from fold_checks import assert_folds_end_as_their_own_fits
+from fold_checks import WEIGHT_DECAY, assert_folds_end_as_their_own_fits, stacking_case
 from sklearn.base import clone
 
 from hpo.engine.build import build_net
@@ -109,17 +109,8 @@ CASES: dict[str, tuple[dict[str, Any], str]] = {
 
 
 def _spec_and_net(case: str) -> tuple[Any, Any, Any]:
-    overrides, dataset = CASES[case]
-    spec = parse_spec(
-        tiny_spec(
-            dataset={"name": dataset},
-            cv={"folds": 3, "seed": 1},
-            space={"optimizer__weight_decay": {"type": "categorical", "choices": [1e-4]}},
-            **overrides,
-        )
-    )
-    data = load_dataset(dataset)
-    params = {**spec.fixed, "optimizer__weight_decay": 1e-4}
+    spec, data = stacking_case(CASES, case)
+    params = {**spec.fixed, "optimizer__weight_decay": WEIGHT_DECAY}
     return spec, data, build_net(spec, data, params, "cpu")
 
 

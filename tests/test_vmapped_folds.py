@@ -11,13 +11,11 @@ import numpy as np
 import optuna
 import pytest
 import torch
-from conftest import tiny_spec
-from fold_checks import assert_folds_end_as_their_own_fits
+from fold_checks import WEIGHT_DECAY, assert_folds_end_as_their_own_fits, stacking_case
 from sklearn.model_selection import cross_val_score
 from torch import nn
 
 from hpo.engine.build import build_net
-from hpo.engine.data import load_dataset
 from hpo.engine.folds.plan import FoldOptions
 from hpo.engine.folds.processes import FoldPool
 from hpo.engine.folds.stacked import spec_stacks_folds, stackable
@@ -26,7 +24,6 @@ from hpo.engine.nets import TunedClassifier
 from hpo.engine.objective import evaluate, make_folds
 from hpo.engine.threads import torch_threads
 from hpo.engine.user_code import model_class
-from hpo.spec.study_spec import parse_spec
 
 # The modules live in tests/user_nets.py and are named as a spec names them.
 CASES: dict[str, tuple[dict[str, Any], str]] = {
@@ -84,20 +81,12 @@ REFUSED = {
 
 
 def _spec(case: str, **changes: Any) -> tuple[Any, Any]:
-    overrides, dataset = CASES[case]
-    spec = parse_spec(
-        tiny_spec(
-            dataset={"name": dataset},
-            cv={"folds": 3, "seed": 1},
-            space={"optimizer__weight_decay": {"type": "categorical", "choices": [1e-4]}},
-            **{**overrides, **changes},
-        )
-    )
-    return spec, load_dataset(dataset)
+    return stacking_case(CASES, case, **changes)
 
 
 def _net(spec: Any, data: Any, **changes: Any) -> Any:
-    return build_net(spec, data, {**spec.fixed, "optimizer__weight_decay": 1e-4, **changes}, "cpu")
+    params = {**spec.fixed, "optimizer__weight_decay": WEIGHT_DECAY, **changes}
+    return build_net(spec, data, params, "cpu")
 
 
 @pytest.mark.parametrize("case", list(CASES))
