@@ -93,8 +93,18 @@ def postgres_url() -> Iterator[str]:
     try:
         yield base.rsplit("/", 1)[0] + f"/{name}"
     finally:
-        with admin.connect() as connection:
-            connection.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        drop = sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        for attempt in range(10):
+            try:
+                with admin.connect() as connection:
+                    connection.execute(drop)
+                break
+            except sqlalchemy.exc.ProgrammingError:
+                # FORCE ends the test's own sessions, but not a server process of another role
+                # (an autovacuum worker visiting the new database): wait for it to leave.
+                if attempt == 9:
+                    raise
+                time.sleep(0.5)
         admin.dispose()
 
 
