@@ -28,7 +28,7 @@ from hpo.engine.objective import worker_fold_plan
 from hpo.engine.user_code import admit_user_code
 from hpo.results.export import export_study
 from hpo.results.paths import study_folder
-from hpo.service.storage import open_backend
+from hpo.service.storage import PASSWORD_FILE_ENV, open_backend
 from hpo.service.study import budget_used, register_study
 from hpo.service.worker import default_threads
 from hpo.spec.names import DATASETS
@@ -174,6 +174,7 @@ def worker_env(
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     if storage_url is not None:
         env["HPO_STORAGE"] = storage_url
+        env.pop(PASSWORD_FILE_ENV, None)  # the URL holds the password read from it
     paths = [*code_paths, *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
     if paths:
         env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))

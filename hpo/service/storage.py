@@ -39,9 +39,60 @@ DEFAULT_HEARTBEAT = 30.0
 MAX_RETRY = 3
 
 
+#: Environment variable naming a file that holds the database password (a compose or
+#: Kubernetes secret, e.g. /run/secrets/postgres_password), so that no URL carries it.
+PASSWORD_FILE_ENV = "HPO_STORAGE_PASSWORD_FILE"
+
+
 def resolve_storage_url(flag: str | None = None) -> str:
-    """The storage URL: ``flag``, else ``$HPO_STORAGE``, else ``sqlite:///hpo.db``."""
-    return flag or os.environ.get("HPO_STORAGE") or DEFAULT_STORAGE
+    """The storage URL: ``flag``, else ``$HPO_STORAGE``, else ``sqlite:///hpo.db``.
+
+    With ``$HPO_STORAGE_PASSWORD_FILE`` set, the password is read from that file (its first
+    line) and put into the URL, escaped: a password with ``@``, ``/``, ``:`` or ``%`` works.
+
+    Raises:
+        StorageError: ``flag`` is empty; the password file cannot be read, or is set for a URL
+            that already has a password or takes none (SQLite, gRPC).
+    """
+    if flag is not None and not flag.strip():
+        raise StorageError(
+            "--storage is empty; give a storage URL (e.g. sqlite:///hpo.db), or leave the "
+            "option out for $HPO_STORAGE, else sqlite:///hpo.db"
+        )
+    url = flag or os.environ.get("HPO_STORAGE") or DEFAULT_STORAGE
+    password_file = os.environ.get(PASSWORD_FILE_ENV)
+    return _with_password_from(password_file, url) if password_file else url
+
+
+def _with_password_from(password_file: str, url: str) -> str:
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        return url  # open_backend says what is wrong with it
+    if parsed.get_backend_name() in ("sqlite", "grpc"):
+        raise StorageError(
+            f"{PASSWORD_FILE_ENV} is set, but the storage {masked_url(url)} takes no password; "
+            f"unset {PASSWORD_FILE_ENV}, or point the storage at the database server"
+        )
+    if parsed.password is not None:
+        raise StorageError(
+            f"the storage URL {masked_url(url)} has a password and {PASSWORD_FILE_ENV} names "
+            "another; keep one: the URL without its password (postgresql+psycopg://user@host/db) "
+            "and the file"
+        )
+    try:
+        lines = Path(password_file).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or str(error)
+        raise StorageError(
+            f"cannot read the password file {password_file} ({PASSWORD_FILE_ENV}): {reason}"
+        ) from None
+    if not lines or not lines[0]:
+        raise StorageError(
+            f"the password file {password_file} ({PASSWORD_FILE_ENV}) is empty; write the "
+            "database password on its first line"
+        )
+    return parsed.set(password=lines[0]).render_as_string(hide_password=False)
 
 
 def masked_url(url: str) -> str:
