@@ -148,3 +148,9 @@ def test_forward_flops_counts_a_training_batch() -> None:
     net = TunedClassifier(MLP, module__input_shape=(64,), module__hidden1=32, batch_size=16)
     # two matrix products per batch: 16 rows x (64 x 32 + 32 x 10) multiply-adds, 2 FLOPs each
     assert forward_flops(net, (64,)) == 2 * 16 * (64 * 32 + 32 * 10)
+
+
+def test_forward_flops_of_a_batch_larger_than_memory_allocates_one_row() -> None:
+    # A batch_size of 10**9 (the whole fold, for any fold) once allocated 256 GB to count.
+    net = TunedClassifier(MLP, module__input_shape=(64,), module__hidden1=32, batch_size=10**9)
+    assert forward_flops(net, (64,)) == 2 * 10**9 * (64 * 32 + 32 * 10)

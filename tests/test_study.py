@@ -3,6 +3,7 @@ one count of a study's budget."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Callable
@@ -10,10 +11,10 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import tiny_spec
+from conftest import run_hpo, tiny_spec
 from optuna.trial import TrialState
 
-from hpo.errors import StudyError
+from hpo.errors import SpecError, StudyError
 from hpo.service.storage import open_storage
 from hpo.service.study import (
     QUEUED_ATTR,
@@ -101,8 +102,51 @@ def test_a_stored_spec_this_version_cannot_read_names_the_version_that_wrote_it(
     study = optuna.load_study(study_name="tiny-digits", storage=storage)
     study.set_user_attr(SPEC_ATTR, study.user_attrs[SPEC_ATTR].replace('"mlp"', '"gone"'))
     study.set_user_attr(VERSION_ATTR, "0.0.1")
-    with pytest.raises(StudyError, match=r"written by hpo 0\.0\.1 and does not validate"):
+    with pytest.raises(SpecError, match=r"(?s)written by hpo 0\.0\.1\).*unknown model 'gone'"):
         load_spec_from_storage(storage, "tiny-digits")
+
+
+def _tamper(storage_url: str, study_name: str, **changes: object) -> None:
+    """Rewrite the stored spec of a study as anyone who can write to the storage could."""
+    study = optuna.load_study(study_name=study_name, storage=open_storage(storage_url))
+    spec = json.loads(study.user_attrs[SPEC_ATTR])
+    spec.update(changes)
+    study.set_user_attr(SPEC_ATTR, json.dumps(spec))
+
+
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [
+        # The checks of a study file beyond the types: rules of fixed: values, the grid, seeds.
+        ({"fixed": {"max_epochs": 0, "batch_size": 128}}, "fixed.max_epochs"),
+        ({"fixed": {"max_epochs": 3, "batch_size": "=HYPERLINK(1)"}}, "fixed.batch_size"),
+        ({"cv": {"folds": 2, "shuffle": True, "seed": -1}}, "cv.seed"),
+        ({"space": {"lr": {"type": "float", "low": 0.1, "high": 0.01}}}, "space.lr"),
+        ({"name": "another-study"}, "not 'tiny-digits'"),
+        ({"name": "../../x"}, "name"),
+    ],
+    ids=["fixed-range", "fixed-type", "seed", "space-range", "other-name", "path-name"],
+)
+def test_a_tampered_stored_spec_is_refused_by_every_reader(
+    sqlite_url: str, changes: dict[str, object], problem: str
+) -> None:
+    storage = open_storage(sqlite_url)
+    register_study(parse_spec(tiny_spec()), storage)
+    _tamper(sqlite_url, "tiny-digits", **changes)
+    with pytest.raises(SpecError, match="spec stored with study 'tiny-digits'") as refused:
+        load_spec_from_storage(storage, "tiny-digits")
+    assert problem in str(refused.value)
+
+
+def test_a_worker_refuses_a_tampered_spec_before_any_trial(sqlite_url: str) -> None:
+    storage = open_storage(sqlite_url)
+    register_study(parse_spec(tiny_spec()), storage)
+    _tamper(sqlite_url, "tiny-digits", fixed={"max_epochs": 3, "batch_size": "two"})
+    worker = run_hpo("worker", "--study", "tiny-digits", "--storage", sqlite_url)
+    assert worker.returncode == 2, worker.stderr
+    assert "fixed.batch_size" in worker.stderr and "Traceback" not in worker.stderr
+    study = optuna.load_study(study_name="tiny-digits", storage=storage)
+    assert all(trial.state == TrialState.WAITING for trial in study.trials)
 
 
 def test_the_budget_counts_finished_running_and_queued_trials_never_failed_ones() -> None:

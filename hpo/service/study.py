@@ -21,7 +21,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from hpo.errors import StudyError
+from hpo.errors import SpecError, StudyError
 from hpo.service.backends import StorageBackend
 from hpo.spec.pruning import pruner_options
 from hpo.spec.spaces import grid_points
@@ -187,8 +187,12 @@ def _study_attrs(storage: optuna.storages.BaseStorage, name: str) -> dict[str, A
 def load_spec_from_storage(storage: optuna.storages.BaseStorage, name: str) -> StudySpec:
     """The spec a study was registered with.
 
+    The stored spec is checked as a study file is at registration, and must carry the
+    study's name: anyone who can write to the storage can write it.
+
     Raises:
         StudyError: no such study, or it was not registered by hpo.
+        SpecError: the stored spec breaks a rule, or names another study.
     """
     attrs = _study_attrs(storage, name)
     if attrs is None:
@@ -204,16 +208,28 @@ def load_spec_from_storage(storage: optuna.storages.BaseStorage, name: str) -> S
             f"study {name!r} has no hpo spec: it was not registered by hpo, or its "
             f"registration did not finish. Register it again: hpo register FILE"
         )
+    written = attrs.get(VERSION_ATTR, "an unknown version")
+    source = f"the spec stored with study {name!r} (written by hpo {written})"
+    fix = (
+        f"hpo {hpo_version()} checks a stored spec as it checks a study file: run the study "
+        f"with the hpo that wrote it, or register its YAML file again (hpo delete {name} "
+        "removes this one)"
+    )
+    # The same checks as registration: whoever can write to the storage can write this.
     try:
-        return StudySpec.from_json(stored)
-    except ValueError as error:  # (pydantic's ValidationError)
-        written = attrs.get(VERSION_ATTR, "an unknown version")
-        reason = str(error).strip().splitlines()[0]
-        raise StudyError(
-            f"the spec stored with study {name!r} was written by hpo {written} and does not "
-            f"validate in hpo {hpo_version()} ({reason}). Run it with hpo {written}, or "
-            f"register its YAML file again under a new name"
-        ) from None
+        spec = StudySpec.from_json(stored, source)
+    except SpecError as error:
+        raise SpecError(source, [*error.problems, fix]) from None
+    if spec.name != name:
+        raise SpecError(
+            source,
+            [
+                f"name: the spec is named {spec.name!r}, not {name!r}; a study's spec must "
+                "carry the study's own name",
+                fix,
+            ],
+        )
+    return spec
 
 
 def record_task(study: optuna.Study, task: str) -> None:

@@ -208,8 +208,17 @@ class StudySpec(_Section):
         return self.model_dump_json()
 
     @classmethod
-    def from_json(cls, text: str) -> StudySpec:
-        return cls.model_validate_json(text)
+    def from_json(cls, text: str, source: str = "<stored spec>") -> StudySpec:
+        """A spec from ``to_json``'s text, checked as a study file is (``parse_spec``).
+
+        Raises:
+            SpecError: the text is not JSON, or the spec breaks a rule.
+        """
+        try:
+            raw = json.loads(text)
+        except (TypeError, ValueError):
+            raise SpecError(source, ["it is not JSON text"]) from None
+        return parse_spec(raw, source)
 
 
 class DuplicateKeyError(yaml.constructor.ConstructorError):

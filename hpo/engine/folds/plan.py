@@ -185,8 +185,9 @@ def forward_flops(net: Any, input_shape: tuple[int, ...]) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     module = net.module(**net.get_params_for("module"))
-    batch = torch.zeros(max(1, net.batch_size), *input_shape)
     module.eval()
+    # Counted on one row and scaled (products and convolutions grow with the rows): a batch
+    # of batch_size rows would be allocated here whole, 256 GB for batch_size: 10**9.
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        module(batch)
-    return int(counter.get_total_flops())
+        module(torch.zeros(1, *input_shape))
+    return int(counter.get_total_flops()) * max(1, net.batch_size)
