@@ -838,8 +838,9 @@ def _cat(*choices: Any) -> dict[str, Any]:
 def test_value_breaking_its_rule_is_one_problem_naming_its_key(
     overrides: dict[str, Any], key: str, fragment: str
 ) -> None:
-    # only the key under test: nothing of tiny_spec's fixed or space in the way
-    spec = tiny_spec(fixed={}, space={})
+    # only the key under test: nothing of tiny_spec's fixed or space in the way (a space of
+    # one choice searches nothing the tests name)
+    spec = tiny_spec(fixed={}, space={"optimizer": {"type": "categorical", "choices": ["adam"]}})
     spec.update(overrides)
     [problem] = problems_of(spec)
     assert problem.startswith(key), problem
@@ -871,3 +872,19 @@ def test_every_rule_names_a_parameter_of_some_built_in_model() -> None:
 
     known = {key for model in ("mlp", "cnn", "regressor") for key in allowed_keys(model)}
     assert set(RULES) <= known
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_a_search_with_nothing_to_search_says_how_to_run_one_configuration(sampler: str) -> None:
+    [problem] = problems_of(tiny_spec(sampler={"name": sampler}, space={}))
+    assert problem.startswith(f"space: empty, so the {sampler} sampler has nothing to search")
+    assert "`sampler: {name: grid}` with `space: {}`" in problem
+    spec = tiny_spec(sampler={"name": sampler})
+    del spec["space"]
+    [problem] = problems_of(spec)
+    assert problem.startswith("space: missing") and "`space: {}`" in problem
+
+
+def test_one_fixed_configuration_is_a_grid_of_one_point() -> None:
+    spec = parse_spec(tiny_spec(sampler={"name": "grid"}, space={}, budget={}))
+    assert spec.n_trials == 1

@@ -98,6 +98,10 @@ def user_package(tmp_path: Path) -> Iterator[Path]:
         del sys.modules[name]
 
 
+#: One configuration, no search: everything in fixed, a grid of one point.
+ONE_POINT: dict[str, object] = {"space": {}, "sampler": {"name": "grid"}, "budget": {}}
+
+
 def user_spec(**overrides: object) -> dict[str, object]:
     defaults: dict[str, object] = {
         "name": "user-digits",
@@ -199,7 +203,7 @@ def test_an_unknown_module_key_is_named_with_a_close_one(user_package: Path) -> 
 
 
 def test_a_required_argument_no_key_gives_is_named(user_package: Path) -> None:
-    (problem,) = problems(user_spec(model="usernets.models:NeedsWidth", space={}))
+    (problem,) = problems(user_spec(model="usernets.models:NeedsWidth", **ONE_POINT))
     assert problem == (
         "module: NeedsWidth needs width; give fixed.module__width (or search them in space)"
     )
@@ -235,7 +239,7 @@ def test_a_name_that_is_not_a_module_class_is_refused(user_package: Path) -> Non
 
 def test_the_data_arguments_go_only_to_a_module_that_takes_them(user_package: Path) -> None:
     data = load_dataset("digits")
-    spec = parse_spec(user_spec(model="usernets.models:Fixed64", space={}))
+    spec = parse_spec(user_spec(model="usernets.models:Fixed64", **ONE_POINT))
     net = build_net(spec, data, spec.configuration({}), "cpu")
     assert "module__input_shape" not in net.get_params()
     net.fit(data.X_train, data.y_train)
@@ -255,7 +259,7 @@ def test_a_user_loss_and_a_named_loss_train_a_regression(user_package: Path) -> 
                 dataset={"name": "diabetes"},
                 scoring="neg_mean_squared_error",
                 criterion=criterion,
-                space={},
+                **ONE_POINT,
                 fixed={"max_epochs": 5, "module__width": 8, "lr": 0.01},
             )
         )
@@ -369,7 +373,7 @@ def test_a_worker_keeps_fold_processes_for_the_trials_whose_module_does_not_stac
     models = {"stacks": "tests.user_nets:UserMLP", "refused": "tests.user_nets:DropoutMLP"}
     for name, model in models.items():
         path = write_spec(
-            tiny_spec(name=name, model=model, space={}, budget={"trials": 1}),
+            tiny_spec(name=name, model=model, **ONE_POINT),
             name=f"{name}.yaml",
         )
         assert run_hpo("register", str(path), "--storage", url).returncode == 0

@@ -620,6 +620,21 @@ def _search_problems(raw: Mapping[str, Any], space: Mapping[str, Param]) -> list
     pruner = raw.get("pruner") if isinstance(raw.get("pruner"), dict) else {}
     budget = raw.get("budget") if isinstance(raw.get("budget"), dict) else {}
     sampler_name = sampler.get("name", "tpe")
+    one_configuration = (
+        "to run one fixed configuration, keep its values under fixed: and write "
+        "`sampler: {name: grid}` with `space: {}` (one point, scored once; see "
+        "studies/mnist-mlp-fixed-sigmoid.yaml)"
+    )
+    if "space" not in raw:
+        problems.append(
+            "space: missing; give the parameters to search, e.g. space: {lr: {type: float, "
+            f"low: 1.0e-4, high: 0.1, log: true}}, or, {one_configuration}"
+        )
+    elif raw.get("space") == {} and sampler_name in ("random", "tpe"):
+        problems.append(
+            f"space: empty, so the {sampler_name} sampler has nothing to search and would run "
+            f"one configuration again and again; {one_configuration}"
+        )
     if sampler_name == "grid":
         for name, param in space.items():
             error = grid_size_error(name, param)
