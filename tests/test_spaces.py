@@ -18,6 +18,7 @@ from hpo.spec.spaces import (
     grid_points,
     grid_size,
     grid_size_error,
+    point_key,
     suggest,
 )
 
@@ -424,3 +425,15 @@ def test_expand_grid_is_lazy_for_a_huge_range() -> None:
 def test_grid_size_refuses_a_param_without_a_finite_grid() -> None:
     with pytest.raises(ValueError):
         grid_size(make_space({"x": {"type": "float", "low": 0.0, "high": 1.0}}))
+
+
+def test_grid_points_skip_a_warm_start_written_with_other_rounding() -> None:
+    space = {
+        "lr": FloatParam(type="float", low=0.1, high=0.5, step=0.1),
+        "module__hidden1": IntParam(type="int", low=8, high=16, step=8),
+    }
+    warm = {"lr": 0.1 + 0.2, "module__hidden1": 16.0}  # 0.30000000000000004, and 16 as a float
+    points = grid_points(space, skip=[warm])
+    assert len(points) == len(grid_points(space)) - 1 == 9
+    assert {"lr": 0.3, "module__hidden1": 16} not in points
+    assert point_key({"x": True}) != point_key({"x": 1})

@@ -112,13 +112,22 @@ def test_n_trials_of_random_is_the_budget(trials: int) -> None:
     ("enqueue", "n_trials"),
     [
         ([], 6),
-        ([{"optimizer": "adam", "module__hidden1": 16}], 7),
+        ([{"optimizer": "adam", "module__hidden1": 12}], 7),
+        (
+            [
+                {"optimizer": "adam", "module__hidden1": 12},
+                {"optimizer": "sgd", "module__hidden1": 20},
+            ],
+            8,
+        ),
+        # a warm start that is a grid point runs once, as the point
+        ([{"optimizer": "adam", "module__hidden1": 16}], 6),
         (
             [
                 {"optimizer": "adam", "module__hidden1": 16},
-                {"optimizer": "sgd", "module__hidden1": 24},
+                {"optimizer": "sgd", "module__hidden1": 20},
             ],
-            8,
+            7,
         ),
     ],
 )
@@ -131,8 +140,8 @@ def test_n_trials_of_grid_is_grid_size_plus_enqueued(
 
 
 def test_n_trials_of_shipped_grid_study() -> None:
-    # 2 widths x 2 depths x 3 activations x 2 optimizers, plus the enqueued warm start.
-    assert load_spec(REPO / "studies" / "regression-grid.yaml").n_trials == 24 + 1
+    # 2 widths x 2 depths x 3 activations x 2 optimizers; the warm start is one of them.
+    assert load_spec(REPO / "studies" / "regression-grid.yaml").n_trials == 24
 
 
 def test_configuration_is_fixed_merged_with_the_searched_values() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -84,6 +85,28 @@ def test_a_grid_is_enqueued_point_by_point_with_warm_starts_first(storage_url: s
     assert len({tuple(sorted(p.items())) for p in points[1:]}) == 8
     assert [t.user_attrs[QUEUED_ATTR] for t in trials] == ["spec"] + ["grid"] * 8
     assert spec.n_trials == 9
+
+
+def test_a_warm_start_that_is_a_grid_point_runs_once(sqlite_url: str) -> None:
+    # 16.0 is the grid's 16, as a user may write it
+    warm = {"module__hidden1": 16.0, "lr": 0.1, "module__activation": "tanh"}
+    spec = parse_spec(tiny_spec(**GRID, enqueue=[warm]))
+    assert spec.n_trials == 8
+    storage = open_storage(sqlite_url)
+    assert register_study(spec, storage).enqueued == 8
+    worker = run_hpo("worker", "--study", spec.name, "--storage", sqlite_url, "--index", "0")
+    assert worker.returncode == 0, worker.stderr
+    trials = optuna.load_study(study_name=spec.name, storage=storage).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 8
+    ran = Counter(
+        (t.params["module__hidden1"], t.params["lr"], t.params["module__activation"])
+        for t in trials
+    )
+    assert len(ran) == 8 and set(ran.values()) == {1}
+    assert trials[0].user_attrs[QUEUED_ATTR] == "spec"
+    # budget.trials counts the point once too
+    with pytest.raises(SpecError, match="its 8 points once, but trials=9"):
+        parse_spec(tiny_spec(**{**GRID, "budget": {"trials": 9}}, enqueue=[warm]))
 
 
 def test_a_half_written_registration_is_redone(storage_url: str) -> None:

@@ -152,7 +152,7 @@ def _register(spec: StudySpec, storage: optuna.storages.BaseStorage) -> Registra
     )
     points = [(point, "spec") for point in spec.enqueue]
     if spec.sampler.name == "grid":
-        points += [(point, "grid") for point in grid_points(spec.space)]
+        points += [(point, "grid") for point in grid_points(spec.space, skip=spec.enqueue)]
     for point, origin in points:
         study.enqueue_trial(point, user_attrs={QUEUED_ATTR: origin}, skip_if_exists=False)
     # Written last: a study is registered once its spec is there.

@@ -194,6 +194,23 @@ def expand_grid(space: Mapping[str, Param]) -> Iterator[dict[str, Any]]:
     yield from expand(list(space), {})
 
 
-def grid_points(space: Mapping[str, Param]) -> list[dict[str, Any]]:
-    """The whole grid as a list (see ``expand_grid``)."""
-    return list(expand_grid(space))
+def grid_points(
+    space: Mapping[str, Param], skip: Iterable[Mapping[str, Any]] = ()
+) -> list[dict[str, Any]]:
+    """The whole grid as a list (see ``expand_grid``), less the points equal to one of
+    ``skip`` (a spec's ``enqueue:`` list: a warm start that is a grid point runs once)."""
+    skipped = {point_key(point) for point in skip}
+    return [point for point in expand_grid(space) if point_key(point) not in skipped]
+
+
+def point_key(point: Mapping[str, Any]) -> tuple[Any, ...]:
+    """A hashable key that equal points share: numbers to 12 significant digits (the grid's
+    ``0.1 + 2 * 0.1`` is the ``0.3`` a user writes; ``64`` is ``64.0``); a bool stays apart
+    from 1 and 0."""
+
+    def value_key(value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return (type(value).__name__, value)
+        return ("number", float(f"{value:.12g}"))
+
+    return tuple(sorted((str(key), value_key(value)) for key, value in point.items()))

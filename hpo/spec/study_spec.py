@@ -43,6 +43,7 @@ from hpo.spec.spaces import (
     grid_points,
     grid_size,
     grid_size_error,
+    point_key,
 )
 
 MAX_GRID_POINTS = 100_000
@@ -181,7 +182,7 @@ class StudySpec(_Section):
         """The study's trial budget: ``budget.trials``, or the grid's size for a grid."""
         if self.budget.trials is not None:
             return self.budget.trials
-        return len(self.enqueue) + len(grid_points(self.space))
+        return len(self.enqueue) + len(grid_points(self.space, skip=self.enqueue))
 
     def configuration(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """A trial's full configuration: the ``fixed`` keys merged with its searched ``params``.
@@ -736,9 +737,12 @@ def _grid_budget_problems(spec: StudySpec) -> list[str]:
             f"parameter counted at its widest), more than the {MAX_GRID_POINTS} a study may "
             f"run; {fix}"
         ]
-    # Small enough to walk: bounds naming other parameters cut points, so count them.
+    # Small enough to walk: bounds naming other parameters cut points, so count them; a
+    # warm start that is a grid point runs once.
+    warm_starts = {point_key(point) for point in spec.enqueue}
     points = 0
-    for points, _ in enumerate(expand_grid(spec.space), start=1):
+    for point in expand_grid(spec.space):
+        points += point_key(point) not in warm_starts
         if points > MAX_GRID_POINTS:
             return [f"space: the grid has more than {MAX_GRID_POINTS} points; {fix}"]
     total = points + len(spec.enqueue)
