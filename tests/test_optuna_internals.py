@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import optuna
 import pytest
 from optuna.storages import RDBStorage
 from sqlalchemy import create_engine, text
@@ -20,6 +21,15 @@ def test_optunas_schema_still_has_what_hpo_reads(storage_url: str) -> None:
     assert not problems, (
         f"Optuna's schema changed: {'; '.join(problems)}; update "
         "hpo/service/optuna_internals.py (its queries read these)"
+    )
+
+
+def test_optunas_stale_trial_query_is_still_there(storage_url: str) -> None:
+    # RDBStorage._get_stale_trial_ids is private; hpo's sweep calls it (stale_trial_ids).
+    backend = open_backend(storage_url, heartbeat=1)
+    study = optuna.create_study(storage=backend.storage)
+    assert (
+        optuna_internals.stale_trial_ids(backend.storage, backend.study_id(study.study_name)) == []
     )
 
 

@@ -238,6 +238,8 @@ def test_the_stale_sweep_requeues_a_trial_that_never_beat(backend: StorageBacken
     assert failed == [orphan]
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING]
     assert trials[2].params == {"x": 0.75}  # run again with the same parameters
+    assert trials[0].user_attrs["fail_reason"].startswith("worker gone: no heartbeat")
+    assert "fail_reason" not in trials[2].user_attrs
 
 
 CLAIM_AFTER = """

@@ -4,7 +4,6 @@ once, failures, SIGTERM, SIGKILL and a database restart."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -153,6 +152,7 @@ def test_sigterm_stops_the_worker_and_requeues_its_trial(
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
     assert "SIGTERM" in trials[0].user_attrs["fail_reason"]
     assert trials[1].params == trials[0].params
+    assert "fail_reason" not in trials[1].user_attrs  # the retry has not failed
 
 
 def test_a_killed_workers_trial_is_detected_by_heartbeat_and_rerun(
@@ -185,6 +185,8 @@ def test_a_killed_workers_trial_is_detected_by_heartbeat_and_rerun(
     retried = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number]
     assert killed.params
     assert len(retried) == 1 and retried[0].params == killed.params
+    assert killed.user_attrs["fail_reason"].startswith("worker gone: no heartbeat for over 2 s")
+    assert "fail_reason" not in retried[0].user_attrs
 
 
 def started_log(worker: subprocess.Popen[str]) -> str:
@@ -226,8 +228,7 @@ def private_postgres() -> Iterator[Callable[[str], str]]:
     try:
         yield postgres
     finally:
-        postgres("stop")
-        shutil.rmtree(f"/tmp/hpo-postgres-{port}", ignore_errors=True)
+        postgres("remove")  # stops the server and deletes its folder
 
 
 def test_workers_ride_out_a_postgresql_outage(

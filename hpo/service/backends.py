@@ -19,10 +19,10 @@ under the lock, counting and claiming are one step. Where a backend has no claim
 from __future__ import annotations
 
 import contextlib
+import copy
 import fcntl
 import hashlib
 import threading
-import warnings
 from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -30,10 +30,13 @@ from pathlib import Path
 
 import optuna
 from optuna.storages import RDBStorage
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import text
 
 from hpo.service import optuna_internals
+
+#: Trial user attribute: why the trial failed (its configuration's error, or its worker gone).
+FAIL_REASON_ATTR = "fail_reason"
 
 # Threads of one process take the claim lock in turn before any lock between processes.
 _process_lock = threading.Lock()
@@ -104,11 +107,11 @@ class StorageBackend:
         return Counter(t.state for t in trials)
 
     def fail_stale_trials(self, study: optuna.Study) -> list[int]:
-        """Fail and re-queue the RUNNING trials whose worker is gone.
+        """Fail the RUNNING trials whose worker is gone, each with its ``fail_reason``, and
+        queue their parameters again (up to the storage's retry count).
 
         Returns:
-            The ids of the trials that never beat and were failed here (Optuna's own stale
-            trials, failed by ``optuna.storages.fail_stale_trials``, are not listed).
+            The ids of the trials failed here (another process may have failed others).
         """
         return []
 
@@ -168,30 +171,49 @@ class RDBStorageBackend(StorageBackend):
         return optuna_internals.count_states(self.storage.engine, study_id)
 
     def fail_stale_trials(self, study: optuna.Study) -> list[int]:
-        # Optuna's sweep catches a trial whose heartbeat went quiet, never one that died
-        # before its first beat (killed between claim and beat): such a trial counts as stale
-        # once it has been RUNNING longer than the grace period without any heartbeat.
+        # Optuna's own sweep (``optuna.storages.fail_stale_trials``) fails a trial before
+        # anyone can say why (a finished trial takes no attributes), and never catches one
+        # that died before its first beat (killed between claim and beat). This sweep takes
+        # both, each with its fail_reason written while it is still RUNNING.
         if not self.has_heartbeat:
             return []
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)
         grace = self.storage.grace_period or 2 * self.interval
+        study_id = self.study_id(study.study_name)
+        quiet = optuna_internals.stale_trial_ids(self.storage, study_id)
         cutoff = datetime.now() - timedelta(seconds=grace)
-        rows = optuna_internals.running_without_heartbeat(
-            self.storage.engine, self.study_id(study.study_name)
+        never_beat = [
+            trial_id
+            for trial_id, started in optuna_internals.running_without_heartbeat(
+                self.storage.engine, study_id
+            )
+            if started is not None and started < cutoff
+        ]
+        reason = (
+            f"worker gone: no heartbeat for over {grace} s (killed, or cut off from its "
+            "machine or the storage); its parameters are queued again"
         )
-        orphans = []
-        for trial_id, started in rows:
-            if started is not None and started < cutoff:
-                with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-                    if self.storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
-                        orphans.append(trial_id)
+        failed = [trial_id for trial_id in [*quiet, *never_beat] if self._fail(trial_id, reason)]
         callback = self.storage.get_heartbeat_stale_trial_callback()
         if callback is not None:
-            for trial_id in orphans:
-                callback(study, self.storage.get_trial(trial_id))
-        return orphans
+            for trial_id in failed:
+                callback(study, without_fail_reason(self.storage.get_trial(trial_id)))
+        return failed
+
+    def _fail(self, trial_id: int, reason: str) -> bool:
+        """Fail a RUNNING trial with ``reason``; False when another process got there first."""
+        try:
+            self.storage.set_trial_user_attr(trial_id, FAIL_REASON_ATTR, reason)
+            return self.storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return False
+
+
+def without_fail_reason(trial: FrozenTrial) -> FrozenTrial:
+    """A copy of a failed ``trial`` to queue again (Optuna's retry copies its attributes): its
+    retry has not failed."""
+    retry = copy.deepcopy(trial)
+    retry.user_attrs.pop(FAIL_REASON_ATTR, None)
+    return retry
 
 
 class SQLiteBackend(RDBStorageBackend):

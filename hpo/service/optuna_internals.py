@@ -9,8 +9,11 @@ Two questions a worker asks at every claim have no cheap public answer:
   trials whose heartbeat went quiet, never at one whose worker died between claim and first
   beat. Optuna exposes no query for those.
 
-Both read Optuna's ``trials`` and ``trial_heartbeats`` tables, which are not a public API: an
-Optuna release may rename them. ``schema_problems`` lists what these queries need and is
+And one Optuna answers only privately: which RUNNING trials' heartbeats went quiet
+(``stale_trial_ids``); hpo fails them itself, to write why before they are finished.
+
+The queries read Optuna's ``trials`` and ``trial_heartbeats`` tables, which are not a public
+API: an Optuna release may rename them. ``schema_problems`` lists what these queries need and is
 missing; the storage backends call ``check_schema`` when they open a database, and
 tests/test_optuna_internals.py runs it against a fresh database of every kind, so a changed
 schema is a clear error rather than a worker retrying what looks like a database outage.
@@ -22,6 +25,7 @@ from collections import Counter
 from datetime import datetime
 
 import sqlalchemy
+from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 from sqlalchemy import Engine, text
 
@@ -70,6 +74,23 @@ def count_states(engine: Engine, study_id: int) -> Counter[TrialState]:
         rows = connection.execute(query, {"study_id": study_id}).all()
     # The column holds the enum's name ("RUNNING"); older schemas wrote "TrialState.RUNNING".
     return Counter({TrialState[str(state).rsplit(".", 1)[-1]]: count for state, count in rows})
+
+
+def stale_trial_ids(storage: RDBStorage, study_id: int) -> list[int]:
+    """The study's RUNNING trials whose heartbeat is older than the storage's grace period,
+    as Optuna's own sweep finds them (``RDBStorage._get_stale_trial_ids``, private): hpo
+    writes a fail_reason before it fails them, which Optuna's sweep leaves no room for.
+
+    Raises:
+        StorageError: this Optuna has no such method (it was renamed or removed).
+    """
+    find = getattr(storage, "_get_stale_trial_ids", None)
+    if find is None:
+        raise StorageError(
+            "Optuna's RDBStorage has no _get_stale_trial_ids any more; update "
+            "hpo/service/optuna_internals.py for this Optuna version"
+        )
+    return list(find(study_id))
 
 
 def running_without_heartbeat(engine: Engine, study_id: int) -> list[tuple[int, datetime | None]]:

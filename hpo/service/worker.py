@@ -39,6 +39,7 @@ from hpo.engine.folds.stacked import stacking_depends_on_trial
 from hpo.engine.objective import evaluate, worker_fold_plan
 from hpo.engine.user_code import admit_user_code
 from hpo.errors import HpoError
+from hpo.service.backends import FAIL_REASON_ATTR, without_fail_reason
 from hpo.service.storage import StorageBackend, open_backend, resolve_heartbeat
 from hpo.service.study import (
     FINISHED_STATES,
@@ -61,7 +62,6 @@ Objective = Callable[
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
-FAIL_REASON_ATTR = "fail_reason"
 #: Seconds between looks at the study while other workers finish the last trials.
 POLL_SECONDS = 1.0
 #: How long a worker keeps retrying an unreachable storage before it gives up.
@@ -318,7 +318,7 @@ def _run_trial(
             trial.set_user_attr(FAIL_REASON_ATTR, "worker stopped by SIGTERM; re-queued")
             study.tell(trial, state=TrialState.FAIL)
             RetryHeartbeatStaleTrialCallback(max_retry=None)(
-                study, storage.storage.get_trial(trial_id)
+                study, without_fail_reason(storage.storage.get_trial(trial_id))
             )
             logger.warning("trial %d stopped by SIGTERM and re-queued", trial.number)
             return TrialState.FAIL
