@@ -116,6 +116,46 @@ def test_a_url_it_cannot_parse_is_named_without_its_password(url: str) -> None:
     assert "s3cret" not in str(caught.value) and "u:***@" in str(caught.value)
 
 
+def test_a_password_file_puts_any_password_into_the_url_escaped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = tmp_path / "postgres_password"
+    secret.write_text("p@ss/w:rd% #1\n")
+    monkeypatch.setenv("HPO_STORAGE_PASSWORD_FILE", str(secret))
+    url = resolve_storage_url("postgresql+psycopg://hpo@db:5432/hpo")
+    assert make_url(url).password == "p@ss/w:rd% #1"
+    assert make_url(url).host == "db" and make_url(url).database == "hpo"
+    # hpo run hands its workers the URL itself, not the file as well
+    assert "HPO_STORAGE_PASSWORD_FILE" not in worker_env(1, storage_url=url)
+
+
+@pytest.mark.parametrize(
+    ("url", "content", "problem"),
+    [
+        ("postgresql://hpo:s3cret@db/hpo", "pw", "has a password and HPO_STORAGE_PASSWORD_FILE"),
+        ("sqlite:///hpo.db", "pw", "takes no password"),
+        ("grpc://127.0.0.1:13000", "pw", "takes no password"),
+        ("postgresql://hpo@db/hpo", "", "is empty"),
+        ("postgresql://hpo@db/hpo", None, "cannot read the password file"),
+    ],
+    ids=["two-passwords", "sqlite", "grpc", "empty-file", "no-file"],
+)
+def test_a_password_file_that_cannot_serve_is_refused(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    url: str,
+    content: str | None,
+    problem: str,
+) -> None:
+    secret = tmp_path / "postgres_password"
+    if content is not None:
+        secret.write_text(content)
+    monkeypatch.setenv("HPO_STORAGE_PASSWORD_FILE", str(secret))
+    with pytest.raises(StorageError, match=problem) as refused:
+        resolve_storage_url(url)
+    assert "s3cret" not in str(refused.value)
+
+
 def test_hpo_run_passes_the_storage_to_its_workers_in_the_environment_not_argv(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
