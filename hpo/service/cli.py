@@ -82,14 +82,37 @@ def _reports_errors(command: F) -> F:
             where = escape(str(error.filename))
             err.print(f"[bold red]error:[/] {where}: {escape(error.strerror or str(error))}")
             raise typer.Exit(1) from None
+        except Exception as error:
+            refused = _refused_write(error)
+            if refused is None:
+                raise  # a bug, kept whole
+            err.print(f"[bold red]error:[/] {escape(refused)}", highlight=False)
+            raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
 
 
-def _storage(url: str | None) -> Any:
+def _refused_write(error: Exception) -> str | None:
+    """The message for Optuna's ``StorageInternalError`` (the database refused a commit: a
+    read-only file, a full disk), or None for any other error."""
+    exceptions = sys.modules.get("optuna.exceptions")
+    if exceptions is None or not isinstance(error, exceptions.StorageInternalError):
+        return None
+    cause: BaseException = error
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    reason = (str(cause).strip().splitlines() or ["unknown reason"])[0]
+    return (
+        f"the storage refused to save the change: {reason}. Nothing was changed; a read-only "
+        "database serves hpo studies and export only: give a writable one for this command"
+    )
+
+
+def _storage(url: str | None, *, create: bool = False) -> Any:
+    """The storage of ``--storage``; a SQLite file must exist unless ``create``."""
     from hpo.service.storage import open_storage, resolve_storage_url
 
-    return open_storage(resolve_storage_url(url))
+    return open_storage(resolve_storage_url(url), create=create)
 
 
 def _print_version(value: bool) -> None:
@@ -265,7 +288,10 @@ def worker(
     allow_module: AllowModuleOption = None,
 ) -> None:
     """Pull trials of a study from the storage until its budget is spent."""
-    from hpo.service.storage import resolve_storage_url
+    from hpo.service.storage import check_database_exists, resolve_storage_url
+
+    url = resolve_storage_url(storage)
+    check_database_exists(url)  # before the worker opens it: a mistyped path is not created
     from hpo.service.worker import run_worker
 
     logging.basicConfig(
@@ -273,7 +299,7 @@ def worker(
     )
     summary = run_worker(
         study,
-        resolve_storage_url(storage),
+        url,
         trials=trials,
         worker_index=index,
         heartbeat_seconds=heartbeat,

@@ -11,6 +11,7 @@ for everything that only reads or registers studies.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import sqlite3
@@ -22,7 +23,13 @@ import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from sqlalchemy import Engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    IntegrityError,
+    OperationalError,
+    ProgrammingError,
+)
 
 from hpo.errors import StorageError
 from hpo.service.backends import (
@@ -120,25 +127,124 @@ def resolve_heartbeat(flag: float | None = None) -> float:
     A trial whose heartbeat is older than twice this is taken as abandoned and run again.
     """
     if flag is not None:
-        return flag
-    value = os.environ.get("HPO_HEARTBEAT")
-    try:
-        return float(value) if value else DEFAULT_HEARTBEAT
-    except ValueError:
-        raise StorageError(f"HPO_HEARTBEAT must be a number of seconds, got {value!r}") from None
+        seconds, where = flag, "--heartbeat"
+    else:
+        value = os.environ.get("HPO_HEARTBEAT")
+        if not value:
+            return DEFAULT_HEARTBEAT
+        try:
+            seconds, where = float(value), "HPO_HEARTBEAT"
+        except ValueError:
+            raise StorageError(
+                f"HPO_HEARTBEAT must be a number of seconds, got {value!r}; e.g. 30, or 0 for "
+                "no heartbeat"
+            ) from None
+    if not math.isfinite(seconds) or seconds < 0:
+        raise StorageError(
+            f"{where} must be a finite number of seconds, 0 or more, got {seconds!r}; e.g. 30, "
+            "or 0 for no heartbeat"
+        )
+    return seconds
 
 
 def sqlite_path(url: str) -> Path | None:
-    """The database file of a ``sqlite:///`` URL, or None for any other storage."""
+    """The database file of a ``sqlite:///`` URL, or None for any other storage.
+
+    A SQLite URI (``sqlite:///file:/data/hpo.db?mode=ro&uri=true``) names the file after
+    ``file:``."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite" or not parsed.database:
         return None
     if parsed.database == ":memory:":
         return None
+    if _is_sqlite_uri(url):
+        path = urlsplit(parsed.database).path
+        return Path(path) if path and path != ":memory:" else None
     return Path(parsed.database)
 
 
-def open_backend(url: str, heartbeat: float | None = None) -> StorageBackend:
+def _is_sqlite_uri(url: str) -> bool:
+    parsed = make_url(url)
+    uri = str(parsed.query.get("uri", "")).lower() in ("true", "1")
+    return uri and (parsed.database or "").startswith("file:")
+
+
+#: A table every Optuna storage has; a SQLite file without it holds no studies.
+_OPTUNA_TABLE = "studies"
+
+
+def _check_sqlite_file(url: str, path: Path, create: bool) -> None:
+    """Refuse a SQLite storage path that is a folder, not a database, or (unless ``create``)
+    missing or without Optuna's tables, before anything is written there."""
+    shown = str(path)
+    if path.is_dir():
+        raise StorageError(
+            f"the storage {shown} is a folder, not a SQLite database file; give a file in it, "
+            f"e.g. --storage sqlite:///{(path / 'hpo.db').as_posix()}"
+        )
+    if not path.exists():
+        if not create:
+            raise StorageError(
+                f"no database at {shown}; check the path or register a study first "
+                f"(hpo register FILE --storage {masked_url(url)})"
+            )
+        parent = path.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir():
+            raise StorageError(
+                f"cannot create the database {shown}: {parent} is a file, not a folder; "
+                "check the path"
+            )
+        return
+    if not path.is_file():
+        raise StorageError(f"the storage {shown} is not a regular file; give a database file")
+    try:
+        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
+        finally:
+            connection.close()
+    except sqlite3.DatabaseError as error:
+        raise StorageError(
+            f"the storage {shown} is not a SQLite database ({error}); check the path, or give "
+            "a new file name for a new storage"
+        ) from None
+    if not create and _OPTUNA_TABLE not in tables:
+        what = "an empty file" if not tables else "a SQLite database without Optuna's tables"
+        raise StorageError(
+            f"no hpo studies at {shown}: it is {what}; check the path or register a study first"
+        )
+
+
+def check_database_exists(url: str) -> None:
+    """Refuse ``url`` when it names a SQLite file that is missing, a folder, not a database,
+    or holds no Optuna storage; what a command that only uses existing studies needs.
+    Nothing is created. Other storages are checked when opened.
+
+    Raises:
+        StorageError: as said.
+    """
+    path = _parsed_sqlite_path(url)
+    if path is not None:
+        _check_sqlite_file(url, path, create=False)
+
+
+def _parsed_sqlite_path(url: str) -> Path | None:
+    if url.startswith("grpc://"):
+        return None
+    try:
+        return sqlite_path(url)
+    except (ArgumentError, ValueError):
+        raise StorageError(
+            f"cannot parse storage URL {masked_url(url)!r}; expected e.g. sqlite:///hpo.db or "
+            "postgresql+psycopg://user:password@host/db"
+        ) from None
+
+
+def open_backend(
+    url: str, heartbeat: float | None = None, *, create: bool = True
+) -> StorageBackend:
     """Open the storage at ``url`` as the backend of its kind, with settings that survive many
     workers and long trials.
 
@@ -151,9 +257,13 @@ def open_backend(url: str, heartbeat: float | None = None) -> StorageBackend:
     ``grpc://host:port`` connects to an ``hpo storage-proxy``; heartbeats do not pass through
     it, so a trial whose worker is killed there stays RUNNING (see README).
 
+    With ``create=False`` (every command but those that register studies) a SQLite file
+    must already hold an Optuna storage: a mistyped path is refused, not created empty.
+
     Raises:
         StorageError: the URL is malformed, its driver is missing, or the database cannot be
-            opened (a server down or unreachable, a wrong password, no such database).
+            opened (a server down or unreachable, a wrong password, no such database; a SQLite
+            path that is a folder or not a database, or is missing without ``create``).
     """
     if url.startswith("grpc://"):
         return GrpcProxyBackend(_open_grpc(url))
@@ -167,7 +277,9 @@ def open_backend(url: str, heartbeat: float | None = None) -> StorageBackend:
     if kind == "sqlite":
         path = sqlite_path(url)
         if path is not None:
-            _enable_wal(path)
+            _check_sqlite_file(url, path, create)
+            if not _is_sqlite_uri(url):  # (a URI's own options, e.g. mode=ro, rule it)
+                _enable_wal(path)
         storage = _open_rdb(url, kind, {"connect_args": {"timeout": 60}}, heartbeat)
         if path is not None:
             # (An in-memory database lives in its one connection: it must not be closed.)
@@ -179,23 +291,28 @@ def open_backend(url: str, heartbeat: float | None = None) -> StorageBackend:
     return RDBStorageBackend(storage)
 
 
-def open_storage(url: str, heartbeat: float | None = None) -> optuna.storages.BaseStorage:
+def open_storage(
+    url: str, heartbeat: float | None = None, *, create: bool = True
+) -> optuna.storages.BaseStorage:
     """The Optuna storage at ``url``, for ``optuna.load_study`` and friends.
 
-    ``open_backend(url, heartbeat).storage``; see ``open_backend`` for the settings.
+    ``open_backend(url, heartbeat, create=create).storage``; see ``open_backend``.
 
     Raises:
         StorageError: as ``open_backend``.
     """
-    return open_backend(url, heartbeat).storage
+    return open_backend(url, heartbeat, create=create).storage
 
 
-def as_storage(storage: str | optuna.storages.BaseStorage | None) -> optuna.storages.BaseStorage:
+def as_storage(
+    storage: str | optuna.storages.BaseStorage | None, *, create: bool = False
+) -> optuna.storages.BaseStorage:
     """An open storage from what the Python API accepts: a storage as it is, a URL opened, or
-    None for ``resolve_storage_url()``'s default."""
+    None for ``resolve_storage_url()``'s default. A URL naming a SQLite file that does not
+    exist is refused unless ``create``."""
     if isinstance(storage, optuna.storages.BaseStorage):
         return storage
-    return open_storage(resolve_storage_url(storage))
+    return open_storage(resolve_storage_url(storage), create=create)
 
 
 #: Tries at opening a database that other processes may be creating Optuna's tables in.
@@ -227,7 +344,18 @@ def _open_rdb(
         raise AssertionError("unreachable")
     except ImportError as error:
         raise StorageError(f"cannot open {kind} storage: {error}") from None
-    except (OperationalError, sqlite3.OperationalError) as error:
+    except ArgumentError as error:  # NoSuchModuleError: no dialect of that name
+        raise StorageError(
+            f"cannot open the storage {masked_url(url)}: {kind!r} is not a database SQLAlchemy "
+            f"knows ({error}); use sqlite:///FILE, postgresql+psycopg://user@host/db, or "
+            "grpc://HOST:PORT for an hpo storage-proxy"
+        ) from None
+    except RuntimeError as error:
+        # Optuna refuses a schema written by another Optuna version.
+        if "schema" not in str(error):
+            raise
+        raise StorageError(f"cannot open the storage {masked_url(url)}: {error}") from None
+    except (DBAPIError, sqlite3.Error) as error:
         # The database's own first line says what is wrong: refused, a password, no such db.
         reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
         raise StorageError(
@@ -241,6 +369,10 @@ def _lost_schema_race(error: Exception) -> bool:
     """Whether ``error`` is another process having created Optuna's tables first: a duplicate
     row or type (IntegrityError), or a table that already exists (SQLite, PostgreSQL)."""
     return isinstance(error, IntegrityError) or "already exists" in str(error)
+
+
+#: Seconds to wait for an ``hpo storage-proxy`` to answer before giving up on it.
+GRPC_CONNECT_TIMEOUT = 5.0
 
 
 def _open_grpc(url: str) -> optuna.storages.BaseStorage:
@@ -258,7 +390,17 @@ def _open_grpc(url: str) -> optuna.storages.BaseStorage:
         from optuna.storages import GrpcStorageProxy
     except ImportError as error:
         raise StorageError(f"cannot use {masked_url(url)}: {error}") from None
-    return GrpcStorageProxy(host=address.hostname, port=port)
+    proxy = GrpcStorageProxy(host=address.hostname, port=port)
+    try:
+        proxy.wait_server_ready(timeout=GRPC_CONNECT_TIMEOUT)
+    except ConnectionError:
+        proxy.close()
+        raise StorageError(
+            f"no storage proxy answers at {masked_url(url)} (waited {GRPC_CONNECT_TIMEOUT:g} s); "
+            "start one there with hpo storage-proxy --port PORT, or check the host and port "
+            "(and the SSH tunnel, if one leads there)"
+        ) from None
+    return proxy
 
 
 def serve_storage_proxy(storage_url: str, host: str = "127.0.0.1", port: int = 13000) -> None:
@@ -290,11 +432,16 @@ def _enable_wal(path: Path) -> None:
     # WAL lets readers (the dashboard, progress polling) run beside a writer; the mode is
     # stored in the file, so setting it once per process is enough.
     path.parent.mkdir(parents=True, exist_ok=True)
-    connection = sqlite3.connect(path, timeout=60)
     try:
-        connection.execute("PRAGMA journal_mode=WAL")
-    finally:
-        connection.close()
+        connection = sqlite3.connect(path, timeout=60)
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+        finally:
+            connection.close()
+    except sqlite3.OperationalError as error:
+        if "readonly" in str(error):
+            return  # a read-only file is read as it is; a write says so when it comes
+        raise StorageError(f"cannot open the SQLite database {path}: {error}") from None
 
 
 def _commit_without_fsync(engine: Engine) -> None:
