@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -209,9 +210,10 @@ def load_npz(
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
-    except (OSError, ValueError) as error:
-        # ValueError also covers object arrays, which would need unsafe pickle loading.
-        raise DatasetError(f"{name}: cannot read the file as .npz: {error}") from error
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        # ValueError also covers object arrays, which would need unsafe pickle loading;
+        # BadZipFile and EOFError a truncated or damaged archive.
+        raise DatasetError(f"{name}: cannot read the file as .npz: {error}") from None
     missing = [key for key in ("X", "y") if key not in arrays]
     if missing or (("X_test" in arrays) != ("y_test" in arrays)):
         raise DatasetError(
@@ -249,9 +251,24 @@ def load_csv(
     import pandas as pd
 
     name = f"csv {path}"
+    if os.path.isdir(path):
+        raise DatasetError(f"{name}: this is a folder; `path` must name a CSV file.")
     if not os.path.isfile(path):
         raise DatasetError(f"{name}: file not found.")
-    frame = pd.read_csv(path)
+    try:
+        frame = pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        raise DatasetError(
+            f"{name}: the file is empty; it needs a header row and one row per sample."
+        ) from None
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OSError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise DatasetError(
+            f"{name}: cannot read the file as CSV ({reason}); it needs a header row and the "
+            "same number of comma-separated fields on every row."
+        ) from None
+    if frame.empty:
+        raise DatasetError(f"{name}: the file has a header but no rows of data.")
     if target not in frame.columns:
         raise DatasetError(
             f"{name}: target column {target!r} not found; the columns are "
@@ -507,6 +524,13 @@ def _from_arrays(
             raise DatasetError(
                 f"{where}: {x_key} must be numeric, but has dtype {features.dtype}."
             )
+        if len(features) == 0:
+            raise DatasetError(f"{where}: {x_key} has no rows.")
+        for key, array in ((x_key, features), (y_key, labels)):
+            if array.dtype.kind == "f" and not np.isfinite(array).all():
+                raise DatasetError(
+                    f"{where}: {key} holds NaN or infinite values; fill or drop them first."
+                )
     if X_test is not None and X_test.shape[1:] != X.shape[1:]:
         raise DatasetError(
             f"{where}: X_test rows must have the shape of X rows, {X.shape[1:]}, but have "
@@ -572,9 +596,13 @@ def _load_torchvision(
             "`download: true` in the dataset spec to fetch them (needs network access), or "
             "change `root`."
         ) from error
-    except AssertionError as error:
-        # torchvision's IDX reader checks the header with asserts.
-        raise DatasetError(f"{name}: the IDX files in {raw} are malformed.") from error
+    except (AssertionError, ValueError, IndexError, EOFError) as error:
+        # torchvision's IDX reader checks the header with asserts, and reads a truncated or
+        # garbled file as whatever its bytes make (a ValueError, an IndexError).
+        raise DatasetError(
+            f"{name}: the IDX files in {raw} are malformed ({type(error).__name__}); "
+            "replace them with the original files, or delete them and set `download: true`."
+        ) from None
 
     def images(data: Any, limit: int | None) -> np.ndarray:
         array = data[:limit].numpy().astype(np.float32) / 255.0

@@ -133,14 +133,14 @@ def refit_study(
     device = resolve_device(device)
     study, spec = load_study(storage, name)
     best = _best_trial(study)
-    # Before minutes of training, not after: the results folder and the artifact folder can
-    # be written.
     folder = study_folder(results_dir, name)
-    artifacts_dir = resolve_artifacts_dir(artifacts)
-    open_artifact_store(artifacts_dir, create=True)
     params = spec.configuration(best.params)
     data = load_dataset(spec.dataset.name, **spec.dataset.options)
     check_compatible(spec, data)
+    # Before minutes of training, not after: the artifact folder can be written (made only
+    # once the data has loaded, so a refit refused for its data leaves no folder behind).
+    artifacts_dir = resolve_artifacts_dir(artifacts)
+    open_artifact_store(artifacts_dir, create=True)
 
     net = build_net(spec, data, params, device)
     started = time.perf_counter()
