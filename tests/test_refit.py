@@ -237,7 +237,8 @@ def test_cli_refit(sqlite_url: str, tmp_path: Path) -> None:
 def test_refit_refuses_a_study_name_that_leaves_the_results_folder(
     sqlite_url: str, tmp_path: Path, hostile: str
 ) -> None:
-    """A study made with plain Optuna may carry any name; its files must not land outside."""
+    """A study copied with plain Optuna may carry any name; its spec then names another
+    study and is refused before any file is written (``study_folder`` guards the path too)."""
     run_study(sqlite_url, regression_spec(), trials=1)
     name = hostile if not hostile.startswith("/") else str(tmp_path / "abs-escape")
     optuna.copy_study(
@@ -248,7 +249,7 @@ def test_refit_refuses_a_study_name_that_leaves_the_results_folder(
     )
     results = tmp_path / "inner" / "deeper" / "results"
     before = sorted(tmp_path.rglob("*"))
-    with pytest.raises(HpoError, match=r"study name .*escape.* outside the results folder"):
+    with pytest.raises(HpoError, match=r"spec is named 'refit-regression', not '.*escape'"):
         refit_study(
             open_storage(sqlite_url), name, results_dir=results, artifacts=results / "store"
         )
