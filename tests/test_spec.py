@@ -373,7 +373,7 @@ def test_spec_error_message_lists_every_problem_and_the_source(
             "cv.stratifed",
             ["did you mean 'stratified'?"],
         ),
-        (tiny_spec(name="my study"), "name", ["pattern"]),
+        (tiny_spec(name="my study"), "name", ["'my study' must start with a letter or digit"]),
     ],
     ids=[
         "missing-name",

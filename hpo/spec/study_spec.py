@@ -305,7 +305,7 @@ def parse_spec(raw: Any, source: str = "<spec>") -> StudySpec:
     try:
         spec = StudySpec.model_validate(raw)
     except ValidationError as error:
-        problems.extend(_describe(error))
+        problems.extend(_describe(error, raw))
     problems.extend(_semantic_problems(raw))
     non_finite = _non_finite_problems(raw)
     if non_finite:
@@ -361,17 +361,18 @@ def _is_finite_number(value: Any) -> bool:
 _ARM_TAGS = frozenset({"int", "float", "categorical", "str", "bool", "none", "is-instance"})
 
 
-def _describe(error: ValidationError) -> list[str]:
+def _describe(error: ValidationError, raw: Mapping[str, Any]) -> list[str]:
     problems: dict[str, str] = {}
     for item in error.errors():
-        loc = [
-            str(part)
-            for part in item["loc"]
-            if str(part) not in _ARM_TAGS and "[" not in str(part)
-        ]
+        loc = _key_path(item["loc"], raw)
         key = ".".join(loc) or "(top level)"
         kind = item["type"]
-        if kind == "extra_forbidden":
+        if kind == "string_pattern_mismatch" and loc == ["name"]:
+            message = (
+                f"{item['input']!r} must start with a letter or digit and hold only letters, "
+                "digits, '_', '.' and '-'"
+            )
+        elif kind == "extra_forbidden":
             message = f"unknown key{did_you_mean(loc[-1], _siblings(loc))}"
         elif kind == "missing":
             message = "required key is missing"
@@ -384,6 +385,23 @@ def _describe(error: ValidationError) -> list[str]:
         # A value failing every arm of a union (int | str) is one problem: keep the first.
         problems.setdefault(key, f"{key}: {message}")
     return list(problems.values())
+
+
+def _key_path(loc: tuple[int | str, ...], raw: Any) -> list[str]:
+    """A pydantic error location as the keys of the file: the parts that name a union's arm
+    (``int``, ``function-after[...]``) dropped, the file's own keys kept, brackets and all."""
+    path, node = [], raw
+    for part in loc:
+        if isinstance(node, Mapping) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        elif str(part) in _ARM_TAGS or "[" in str(part):
+            continue
+        else:
+            node = None  # a key the file lacks (a required one)
+        path.append(str(part))
+    return path
 
 
 def _siblings(loc: list[str]) -> list[str]:
