@@ -266,10 +266,19 @@ if [ -z "$torch_spec" ]; then
     done
 fi
 if [ -n "$(find "$serve_root" -mindepth 1 -maxdepth 1)" ]; then
-    http_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    # a fixed port: the URLs are build arguments, and a new one would rebuild every layer
+    http_port=${HPO_E2E_PIP_PORT:-38611}
+    if (exec 3<> "/dev/tcp/127.0.0.1/$http_port") 2> /dev/null; then
+        say "port $http_port is taken: another one (the image's pip layers will be rebuilt)"
+        http_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    fi
     python3 -m http.server --bind 127.0.0.1 --directory "$serve_root" "$http_port" \
         > "$STATE/pip-serve.log" 2>&1 &
     http_pid=$!
+    for _ in $(seq 50); do
+        curl -fsS -o /dev/null "http://127.0.0.1:$http_port/" 2> /dev/null && break
+        sleep 0.2
+    done
     index_url=${index_url//@PORT@/$http_port}
     extra_urls=${extra_urls//@PORT@/$http_port}
     find_links=${find_links//@PORT@/$http_port}
