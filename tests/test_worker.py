@@ -328,3 +328,32 @@ def test_a_worker_whose_trials_keep_failing_gives_up_with_a_non_zero_exit(
     assert "Traceback" not in worker.stderr
     trials = optuna.load_study(study_name="diverges", storage=url).trials
     assert [t.state for t in trials] == [TrialState.FAIL] * 10
+
+
+def test_a_worker_whose_trial_another_swept_as_stale_goes_on(
+    write_spec: Callable[..., Path], sqlite_url: str
+) -> None:
+    """Under load a live worker's heartbeat can be late; another worker then fails its trial
+    and queues a retry. The first worker must not die on its next write to that trial."""
+    from hpo.service.worker import run_worker
+
+    name = register(write_spec(budget={"trials": 2}), sqlite_url)
+    storage = open_storage(sqlite_url)
+    study_id = storage.get_study_id_from_name(name)
+    swept: list[int] = []
+
+    def objective(trial: optuna.Trial, *_: object) -> float:
+        if not swept:  # what another worker's sweep does meanwhile
+            swept.append(trial.number)
+            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+            storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        trial.set_user_attr("fold_scores", [0.5])
+        return 0.5
+
+    summary = run_worker(
+        name, sqlite_url, worker_index=0, heartbeat_seconds=0, objective=objective
+    )
+    assert summary.states == Counter({"COMPLETE": 2, "FAIL": 1}) and not summary.gave_up
+    trials = optuna.load_study(study_name=name, storage=sqlite_url).trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    assert trials[0].user_attrs == {}  # nothing of the swept run was written

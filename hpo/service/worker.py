@@ -302,37 +302,66 @@ def _run_trial(
     pool: FoldPool | None,
     storage: StorageBackend,
 ) -> TrialState:
-    started = time.perf_counter()
     trial_id = storage.trial_id(study, trial)
+
+    def score() -> float:
+        return objective(trial, spec, data, device, lambda: stop.requested, pool)
+
     with storage.heartbeat(trial_id):
         try:
-            value = objective(trial, spec, data, device, lambda: stop.requested, pool)
-        except STORAGE_ERRORS:
-            # Not the configuration's fault: the trial stays RUNNING, its heartbeat stops, and
-            # once stale it is re-queued with the same parameters.
-            raise
-        except optuna.TrialPruned:
-            state = TrialState.PRUNED
-            study.tell(trial, state=state)
-        except WorkerStopped:
-            trial.set_user_attr(FAIL_REASON_ATTR, "worker stopped by SIGTERM; re-queued")
-            study.tell(trial, state=TrialState.FAIL)
-            RetryHeartbeatStaleTrialCallback(max_retry=None)(
-                study, without_fail_reason(storage.storage.get_trial(trial_id))
-            )
-            logger.warning("trial %d stopped by SIGTERM and re-queued", trial.number)
-            return TrialState.FAIL
-        except Exception as error:  # one bad configuration never ends the worker
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            reason = f"{type(error).__name__}: {error}"
-            trial.set_user_attr(FAIL_REASON_ATTR, reason)
-            study.tell(trial, state=TrialState.FAIL)
-            logger.warning("trial %d FAIL: %s", trial.number, reason)
-            return TrialState.FAIL
-        else:
-            state = TrialState.COMPLETE
-            study.tell(trial, value)
+            return _score_trial(study, trial, trial_id, score, storage)
+        except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
+            # (ValueError: Optuna's tell of a finished trial.)
+            if not storage.storage.get_trial(trial_id).state.is_finished():
+                raise
+    # Another worker's sweep failed the trial while this one still ran it: its heartbeat
+    # was late (an overloaded machine, a heartbeat too short for it), and the retry queued
+    # then runs the configuration. Nothing of this run is written.
+    logger.warning(
+        "trial %d was failed under this worker by another's stale sweep (its heartbeat was "
+        "late); its retry runs it again. Overloaded? Raise --heartbeat",
+        trial.number,
+    )
+    return TrialState.FAIL
+
+
+def _score_trial(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    trial_id: int,
+    score: Callable[[], float],
+    storage: StorageBackend,
+) -> TrialState:
+    """Score the trial and tell the storage how it ended."""
+    started = time.perf_counter()
+    try:
+        value = score()
+    except STORAGE_ERRORS:
+        # Not the configuration's fault: the trial stays RUNNING, its heartbeat stops, and
+        # once stale it is re-queued with the same parameters.
+        raise
+    except optuna.TrialPruned:
+        state = TrialState.PRUNED
+        study.tell(trial, state=state)
+    except WorkerStopped:
+        trial.set_user_attr(FAIL_REASON_ATTR, "worker stopped by SIGTERM; re-queued")
+        study.tell(trial, state=TrialState.FAIL)
+        RetryHeartbeatStaleTrialCallback(max_retry=None)(
+            study, without_fail_reason(storage.storage.get_trial(trial_id))
+        )
+        logger.warning("trial %d stopped by SIGTERM and re-queued", trial.number)
+        return TrialState.FAIL
+    except Exception as error:  # one bad configuration never ends the worker
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        reason = f"{type(error).__name__}: {error}"
+        trial.set_user_attr(FAIL_REASON_ATTR, reason)
+        study.tell(trial, state=TrialState.FAIL)
+        logger.warning("trial %d FAIL: %s", trial.number, reason)
+        return TrialState.FAIL
+    else:
+        state = TrialState.COMPLETE
+        study.tell(trial, value)
     logger.info("trial %d %s in %.1f s", trial.number, state.name, time.perf_counter() - started)
     return state
 
