@@ -6,6 +6,7 @@ The tree::
     ├── SpecError               a study file is malformed; lists every problem at once (exit 2)
     ├── StudyError              a study is missing, or registered with a different spec
     ├── StorageError            a storage URL cannot be used
+    │   └── MissingDatabaseError    a SQLite file named for existing studies is not there
     ├── DatasetError            a dataset is unknown, missing, or malformed
     ├── CodeImportError         a spec's own module or loss cannot be imported here
     └── DeviceError             the device asked for cannot be used here
@@ -49,6 +50,11 @@ class StudyError(HpoError):
 
 class StorageError(HpoError):
     """A storage URL is malformed or names a backend hpo cannot open."""
+
+
+class MissingDatabaseError(StorageError):
+    """A command that reads existing studies names a SQLite file that does not exist (a
+    mistyped path is refused, never created empty)."""
 
 
 class DatasetError(HpoError):

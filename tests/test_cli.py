@@ -154,6 +154,7 @@ def test_studies_lists_and_delete_removes(
 
 def test_brackets_in_what_the_user_typed_are_printed_as_text(sqlite_url: str) -> None:
     # rich reads "[/]" as markup: printed as is, it crashes the error printer or vanishes
+    optuna.create_study(storage=sqlite_url)  # a storage, without those studies
     for command, name in (("delete", "[/]"), ("export", "[/x]"), ("refit", "[bold]x[/]")):
         result = run_hpo(command, name, "--storage", sqlite_url)
         assert result.returncode == 1, (command, result.stderr)
@@ -209,6 +210,20 @@ def test_dashboard_serves_the_study_on_localhost(
         )
         if listening.returncode == 0 and listening.stdout.strip():
             assert "127.0.0.1" in listening.stdout
+
+
+def test_the_dashboard_started_before_any_study_makes_the_database_and_says_so(
+    tmp_path: Path,
+) -> None:
+    # (the other commands refuse a missing database: test_hostile.py)
+    database = tmp_path / "first" / "hpo.db"
+    port = free_port()
+    command = [sys.executable, "-m", "hpo", "dashboard", "--port", str(port)]
+    with served([*command, "--storage", f"sqlite:///{database}"]) as server:
+        assert get_json(f"http://127.0.0.1:{port}/api/studies")["study_summaries"] == []
+    assert database.is_file()
+    log = " ".join(server.communicate()[0].split())
+    assert f"no database at {database} yet: made an empty one" in log
 
 
 def test_unknown_option_prints_usage_not_a_traceback() -> None:

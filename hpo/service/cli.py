@@ -495,9 +495,19 @@ def dashboard(
     from optuna.artifacts import FileSystemArtifactStore
     from optuna_dashboard import run_server
 
+    from hpo.errors import MissingDatabaseError
     from hpo.results.artifacts import resolve_artifacts_dir
 
-    opened = _storage(storage)
+    try:
+        opened = _storage(storage)
+    except MissingDatabaseError as missing:
+        # The dashboard is often started first, to watch the studies as they come.
+        err.print(
+            f"[yellow]{escape(str(missing).partition(';')[0])} yet:[/] made an empty one; "
+            "studies show as they are registered there",
+            highlight=False,
+        )
+        opened = _storage(storage, create=True)
     folder = resolve_artifacts_dir(artifacts)
     if not folder.is_dir():
         err.print(

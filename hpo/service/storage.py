@@ -31,7 +31,7 @@ from sqlalchemy.exc import (
     ProgrammingError,
 )
 
-from hpo.errors import StorageError
+from hpo.errors import MissingDatabaseError, StorageError
 from hpo.service.backends import (
     GrpcProxyBackend,
     PostgreSQLBackend,
@@ -184,7 +184,7 @@ def _check_sqlite_file(url: str, path: Path, create: bool) -> None:
         )
     if not path.exists():
         if not create:
-            raise StorageError(
+            raise MissingDatabaseError(
                 f"no database at {shown}; check the path or register a study first "
                 f"(hpo register FILE --storage {masked_url(url)})"
             )
