@@ -6,7 +6,8 @@ The tree::
     ├── SpecError               a study file is malformed; lists every problem at once (exit 2)
     ├── StudyError              a study is missing, or registered with a different spec
     ├── StorageError            a storage URL cannot be used
-    │   └── MissingDatabaseError    a SQLite file named for existing studies is not there
+    │   ├── MissingDatabaseError    a SQLite file named for existing studies is not there
+    │   └── StorageUnreachableError the database server is down or restarting (may pass)
     ├── DatasetError            a dataset is unknown, missing, or malformed
     ├── CodeImportError         a spec's own module or loss cannot be imported here
     └── DeviceError             the device asked for cannot be used here
@@ -55,6 +56,11 @@ class StorageError(HpoError):
 class MissingDatabaseError(StorageError):
     """A command that reads existing studies names a SQLite file that does not exist (a
     mistyped path is refused, never created empty)."""
+
+
+class StorageUnreachableError(StorageError):
+    """The database server refused or dropped the connection as a server that is down,
+    starting or restarting does: worth another try, unlike a wrong password."""
 
 
 class DatasetError(HpoError):

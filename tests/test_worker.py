@@ -239,16 +239,20 @@ def test_workers_ride_out_a_postgresql_outage(
         write_spec(budget={"trials": 12}, fixed={"max_epochs": 100, "batch_size": 64}), url
     )
     workers = [start_worker(name, url, "--index", str(i), "--heartbeat", "2") for i in range(2)]
-    # Both have opened the storage (a worker that cannot open it at start exits, saying so).
+    # Both have opened the storage.
     started = [started_log(worker) for worker in workers]
     wait_for_running_trial(name, url)
     # Down for longer than a trial takes, so every worker meets the outage when it tells its
     # result (a restart of a second or two could fall between two writes and go unseen).
     private_postgres("stop")
+    # A worker started while the server is down waits for it (a minute at most) to start.
+    late = start_worker(name, url, "--index", "2", "--heartbeat", "2")
     time.sleep(5.0)
     private_postgres("start")
     logs = [head + w.communicate(timeout=300)[0] for head, w in zip(started, workers, strict=True)]
+    late_log = late.communicate(timeout=300)[0]
     assert [w.returncode for w in workers] == [0, 0], logs
+    assert late.returncode == 0 and "storage unreachable" in late_log, late_log
     final = states(name, url)
     assert final[TrialState.COMPLETE] == 12, (final, logs)
     assert final[TrialState.RUNNING] == 0

@@ -31,7 +31,7 @@ from sqlalchemy.exc import (
     ProgrammingError,
 )
 
-from hpo.errors import MissingDatabaseError, StorageError
+from hpo.errors import MissingDatabaseError, StorageError, StorageUnreachableError
 from hpo.service.backends import (
     GrpcProxyBackend,
     PostgreSQLBackend,
@@ -358,11 +358,24 @@ def _open_rdb(
     except (DBAPIError, sqlite3.Error) as error:
         # The database's own first line says what is wrong: refused, a password, no such db.
         reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
-        raise StorageError(
+        transient = any(sign in reason for sign in _SERVER_DOWN)
+        raise (StorageUnreachableError if transient else StorageError)(
             f"cannot open the storage {masked_url(url)}: {reason}. Check that the database "
             "server is running and reachable, and the URL's host, port, user, password and "
             "database."
         ) from None
+
+
+#: What a PostgreSQL server says (or its client, for it) while it is down, starting up,
+#: shutting down or restarting: a reason to try again, unlike a wrong password.
+_SERVER_DOWN = (
+    "Connection refused",
+    "the database system is starting up",
+    "the database system is shutting down",
+    "the database system is in recovery mode",
+    "terminating connection due to administrator command",
+    "server closed the connection unexpectedly",
+)
 
 
 def _lost_schema_race(error: Exception) -> bool:

@@ -38,7 +38,7 @@ from hpo.engine.folds.processes import FoldPool, open_fold_pool
 from hpo.engine.folds.stacked import stacking_depends_on_trial
 from hpo.engine.objective import evaluate, worker_fold_plan
 from hpo.engine.user_code import admit_user_code
-from hpo.errors import HpoError
+from hpo.errors import HpoError, StorageUnreachableError
 from hpo.service.backends import FAIL_REASON_ATTR, without_fail_reason
 from hpo.service.storage import StorageBackend, open_backend, resolve_heartbeat
 from hpo.service.study import (
@@ -66,6 +66,9 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 POLL_SECONDS = 1.0
 #: How long a worker keeps retrying an unreachable storage before it gives up.
 MAX_OUTAGE_SECONDS = 600.0
+#: How long a starting worker waits for a database that is down or restarting; shorter than
+#: an outage mid-study, so that a mistyped host or port is reported within a minute.
+STARTUP_OUTAGE_SECONDS = 60.0
 #: Errors of a storage that is down or restarting, as opposed to errors of a trial.
 STORAGE_ERRORS = (
     sqlalchemy.exc.OperationalError,
@@ -151,8 +154,15 @@ def run_worker(
             the spec names code that is not trusted, not importable or called wrongly.
     """
     device = resolve_device(device)
-    storage = open_backend(storage_url, heartbeat=resolve_heartbeat(heartbeat_seconds))
-    study, spec = load_study(storage.storage, study_name, worker_index)
+    heartbeat = resolve_heartbeat(heartbeat_seconds)
+    starting = _Outage(limit=STARTUP_OUTAGE_SECONDS)
+    while True:  # a worker started while the database restarts waits for it, a while
+        try:
+            storage = open_backend(storage_url, heartbeat=heartbeat)
+            study, spec = load_study(storage.storage, study_name, worker_index)
+            break
+        except (StorageUnreachableError, *STORAGE_ERRORS) as error:
+            starting.wait(error)
     admit_user_code(spec, allow_modules, f"study {study_name}")
     data = load_dataset(spec.dataset.name, **spec.dataset.options)
     check_compatible(spec, data)
@@ -367,16 +377,19 @@ def _score_trial(
 
 
 class _Outage:
-    """Backs off while the storage is unreachable; gives up after ``MAX_OUTAGE_SECONDS``."""
+    """Backs off while the storage is unreachable; gives up after ``limit`` seconds."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: float = MAX_OUTAGE_SECONDS) -> None:
+        self.limit = limit
         self.since: float | None = None
         self.delay = 0.5
 
     def wait(self, error: BaseException) -> None:
         now = time.monotonic()
         self.since = self.since or now
-        if now - self.since > MAX_OUTAGE_SECONDS:
+        if now - self.since > self.limit:
+            if isinstance(error, HpoError):
+                raise error  # it says what is wrong and what to check
             raise HpoError(
                 f"the storage has been unreachable for {now - self.since:.0f} s "
                 f"({type(error).__name__}); is the database up?"
