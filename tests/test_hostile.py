@@ -1346,46 +1346,24 @@ ENV_CASES = [
 # --------------------------------------------------------------------------- data files
 
 
-def _csv_case(id: str, content: Any, *says: str, **options: Any) -> Any:
-    """A csv study whose file a worker reads first (``hpo register`` does not read data)."""
-    spec = {"dataset": {"name": "csv", "path": "{dir}/data.csv", "target": "y"}}
+def _data_case(id: str, dataset: dict[str, Any], content: Any, *says: str, **options: Any) -> Any:
+    """A study on a data file that a worker reads first (``hpo register`` does not read data);
+    ``content`` None leaves the file out."""
+    spec = {"dataset": dataset}
     spec.update(options.pop("spec", {}))
-    files = {} if content is None else {"data.csv": content}
-    return case(
-        id,
-        "worker",
-        "--study",
-        DATA_STUDY,
-        "--device",
-        "cpu",
-        "--trials",
-        "1",
-        *DB,
-        says=says,
-        data_spec=spec,
-        files=files,
-        **options,
-    )
+    name = Path(dataset["path"]).name
+    files = {} if content is None else {name: content}
+    worker = ("worker", "--study", DATA_STUDY, "--device", "cpu", "--trials", "1", *DB)
+    return case(id, *worker, says=says, data_spec=spec, files=files, **options)
+
+
+def _csv_case(id: str, content: Any, *says: str, **options: Any) -> Any:
+    dataset = {"name": "csv", "path": "{dir}/data.csv", "target": "y"}
+    return _data_case(id, dataset, content, *says, **options)
 
 
 def _npz_case(id: str, content: Any, *says: str, **options: Any) -> Any:
-    spec = {"dataset": {"name": "npz", "path": "{dir}/data.npz"}}
-    files = {} if content is None else {"data.npz": content}
-    return case(
-        id,
-        "worker",
-        "--study",
-        DATA_STUDY,
-        "--device",
-        "cpu",
-        "--trials",
-        "1",
-        *DB,
-        says=says,
-        data_spec=spec,
-        files=files,
-        **options,
-    )
+    return _data_case(id, {"name": "npz", "path": "{dir}/data.npz"}, content, *says, **options)
 
 
 def _npz(**arrays: Any) -> Callable[[Path], None]:
