@@ -301,7 +301,7 @@ sampler: {name: random, seed: 0}
 scoring: accuracy
 cv: {folds: 2, shuffle: true, seed: 0}
 budget: {trials: $1}
-fixed: {max_epochs: 4, batch_size: 64}
+fixed: {max_epochs: 300, batch_size: 16}   # seconds a trial, so that the stop finds trials running
 space:
   module__hidden1: {type: int, low: 16, high: 64}
   lr: {type: float, low: 0.001, high: 0.1, log: true}
