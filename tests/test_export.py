@@ -139,3 +139,17 @@ def test_json_keeps_the_values_as_they_are(sqlite_url: str, tmp_path: Path) -> N
         ).read_text()
     )
     assert [t["fail_reason"] for t in every] == [None, None, "@SUM(A1) failed"]
+    assert every[0]["fold_scores"] == [0.9]  # a list, not a JSON string inside JSON
+
+
+def test_json_keeps_every_digit_of_a_value(sqlite_url: str, tmp_path: Path) -> None:
+    name = hostile_study(sqlite_url)
+    study = optuna.load_study(study_name=name, storage=sqlite_url)
+    exact = 0.123456789012345678
+    study.add_trial(create_trial(value=exact, params={}, distributions={}))
+    every = json.loads(
+        export_study(
+            open_storage(sqlite_url), name, tmp_path / "t.json", all_trials=True
+        ).read_text()
+    )
+    assert every[-1]["value"] == exact  # pandas' to_json kept 10 digits

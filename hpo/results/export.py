@@ -68,7 +68,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
                 "number": trial.number,
                 "state": trial.state.name,
                 "value": trial.value if trial.state == TrialState.COMPLETE else None,
-                "fold_scores": json.dumps(attrs.get("fold_scores", [])),
+                "fold_scores": list(attrs.get("fold_scores", [])),
                 "score_std": attrs.get("score_std"),
                 "duration_s": duration,
                 "device": attrs.get("device"),
@@ -85,7 +85,8 @@ def export_study(
 ) -> Path:
     """Write the best row (or, with ``all_trials``, every trial) to ``out``.
 
-    The format follows the suffix: ``.json`` writes records, anything else CSV.
+    The format follows the suffix: ``.json`` writes records (numbers at full precision, fold
+    scores as a list), anything else CSV (fold scores as a JSON list in one cell).
 
     Returns:
         The path written.
@@ -96,8 +97,11 @@ def export_study(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".json":
-        frame.to_json(out, orient="records", indent=2)
+        records = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
+        out.write_text(json.dumps(records, indent=2, default=_plain) + "\n", encoding="utf-8")
     else:
+        if "fold_scores" in frame:
+            frame = frame.assign(fold_scores=frame["fold_scores"].map(json.dumps))
         safe = neutralised_csv_frame(frame)
         # Python's csv quotes a cell holding a line terminator's character only: with CRLF
         # line ends (RFC 4180) a carriage return inside a cell is quoted too, so the file
@@ -105,6 +109,15 @@ def export_study(
         lineterminator = "\r\n" if _holds_carriage_return(safe) else "\n"
         safe.to_csv(out, index=False, lineterminator=lineterminator)
     return out
+
+
+def _plain(value: object) -> object:
+    """A numpy scalar as the Python number JSON writes in full (``frame.to_json`` rounds to
+    10 digits)."""
+    item = getattr(value, "item", None)
+    if item is None:
+        raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+    return item()
 
 
 def read_best_params(path: str | Path) -> dict[str, object]:
