@@ -17,6 +17,7 @@ from typing import Any
 import optuna
 import pytest
 from conftest import run_hpo, tiny_spec
+from optuna.distributions import FloatDistribution, IntDistribution
 from PIL import Image
 
 from hpo.errors import HpoError
@@ -24,7 +25,7 @@ from hpo.results.artifacts import REPORT_ARTIFACT_ATTR
 from hpo.results.refit import refit_study
 from hpo.results.report import write_report
 from hpo.service.storage import open_storage
-from hpo.service.study import register_study
+from hpo.service.study import SPEC_ATTR, register_study
 from hpo.service.worker import run_worker
 from hpo.spec.study_spec import parse_spec
 
@@ -158,6 +159,48 @@ def test_report_notes_what_one_trial_cannot_show(sqlite_url: str, tmp_path: Path
     assert not any("refit)" in title for title in report.figures)
     text = out.read_text()
     assert "at least 2 completed trials" in text and "hpo refit" in text
+
+
+@pytest.mark.parametrize("registered", ["now", "before-metric-names"])
+def test_report_names_the_metric_on_the_axes(
+    sqlite_url: str, tmp_path: Path, registered: str
+) -> None:
+    """The figures say "balanced_accuracy", not Optuna's "Objective Value", also for a study
+    registered before hpo stored a metric name (its spec's scoring names it). Three made-up
+    trials draw every search figure without training anything."""
+    spec = parse_spec({**report_spec(trials=3), "scoring": "balanced_accuracy"})
+    storage = open_storage(sqlite_url)
+    if registered == "now":
+        register_study(spec, storage)
+    else:
+        old = optuna.create_study(study_name=spec.name, storage=storage, direction="maximize")
+        old.set_user_attr(SPEC_ATTR, spec.to_json())
+    study = optuna.load_study(study_name=spec.name, storage=storage)
+    assert study.metric_names == (["balanced_accuracy"] if registered == "now" else None)
+    space = {
+        "module__hidden1": IntDistribution(8, 32),
+        "lr": FloatDistribution(1e-3, 1e-1, log=True),
+    }
+    for hidden, lr, score in ((8, 0.01, 0.5), (16, 0.05, 0.7), (32, 0.002, 0.6)):
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"module__hidden1": hidden, "lr": lr},
+                distributions=space,
+                value=score,
+                intermediate_values={0: score - 0.1, 1: score},
+            )
+        )
+
+    report = write_report(storage, spec.name, results_dir=tmp_path, artifacts=tmp_path / "store")
+
+    assert report.figures == SEARCH_FIGURES
+    text = report.path.read_text()
+    assert "Objective Value" not in text and "Objective 0" not in text
+    titles = re.findall(r'"title":\{"text":"([^"]*)"\}', text)
+    # optimization history and slices (y axes), parallel coordinates (colour bar), folds
+    assert titles.count("balanced_accuracy") >= 3, titles
+    assert "mean balanced_accuracy of the folds so far" in titles
+    assert "<th>best CV balanced_accuracy</th><td>0.7 (trial 1)</td>" in text
 
 
 def test_report_of_a_study_without_completed_trials(sqlite_url: str, tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +28,7 @@ from hpo.service.study import (
     load_spec_from_storage,
     load_study,
     make_sampler,
+    metric_name,
     register_study,
 )
 from hpo.spec.study_spec import parse_spec
@@ -53,6 +55,30 @@ def test_register_stores_the_spec_and_a_worker_can_load_it(storage_url: str) -> 
     assert loaded == spec
     assert study.direction == optuna.study.StudyDirection.MAXIMIZE
     assert list_study_names(storage) == [spec.name]
+
+
+def test_a_registered_study_names_its_metric_after_the_scoring(storage_url: str) -> None:
+    """So optuna-dashboard and Optuna's plots say "balanced_accuracy", not "Objective 0"."""
+    spec = parse_spec(tiny_spec(scoring="balanced_accuracy"))
+    storage = open_storage(storage_url)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        register_study(spec, storage)
+    assert not [w for w in caught if issubclass(w.category, optuna.exceptions.ExperimentalWarning)]
+    study, loaded = load_study(storage, spec.name)
+    assert study.metric_names == [spec.scoring] == ["balanced_accuracy"]
+    assert metric_name(study, loaded) == "balanced_accuracy"
+
+
+def test_a_study_registered_before_metric_names_is_named_by_its_spec(sqlite_url: str) -> None:
+    """A study registered by an hpo that stored no metric name: its spec's scoring names it."""
+    spec = parse_spec(tiny_spec(scoring="f1_macro"))
+    storage = open_storage(sqlite_url)
+    old = optuna.create_study(study_name=spec.name, storage=storage, direction=spec.direction)
+    old.set_user_attr(SPEC_ATTR, spec.to_json())
+    study, loaded = load_study(storage, spec.name)
+    assert study.metric_names is None
+    assert metric_name(study, loaded) == "f1_macro"
 
 
 def test_registering_the_same_spec_again_is_a_no_op(storage_url: str) -> None:

@@ -5,8 +5,10 @@ parallel coordinates, slices, the running mean score after each fold) and, when 
 has run, its learning curves and confusion matrix: read from the study's refit artifacts
 (``hpo.results.artifacts``) when the artifact folder holds them, so a report written on
 another machine has them too, else from ``results/<study>/``. plotly.js is embedded once, so
-the file opens offline and needs no CDN. A figure that cannot be drawn (parameter importances
-need two completed trials and a parameter that varies) becomes a short note, never an error.
+the file opens offline and needs no CDN. The search's figures name the study's metric on their
+axes ("accuracy", not Optuna's "Objective Value"; ``hpo.service.study.metric_name``). A figure
+that cannot be drawn (parameter importances need two completed trials and a parameter that
+varies) becomes a short note, never an error.
 
 The page is written to ``results/<study>/report.html`` (or ``out``) and uploaded as an
 artifact of the study (user_attr ``report_artifact``), so optuna-dashboard shows it.
@@ -40,7 +42,7 @@ from hpo.results.artifacts import (
 )
 from hpo.results.paths import study_folder
 from hpo.results.refit import CONFUSION_FILE, HISTORY_FILE, METRICS_FILE, TEST_ATTR_PREFIX
-from hpo.service.study import load_study
+from hpo.service.study import load_study, metric_name
 from hpo.spec.study_spec import StudySpec
 
 REPORT_FILE = "report.html"
@@ -110,6 +112,7 @@ def write_report(
             ``results_dir`` (``hpo.results.paths.study_folder``).
     """
     study, spec = load_study(storage, name)
+    metric = metric_name(study, spec)
     if out is None:
         refit_folder: Path | None = study_folder(results_dir, name)
         path = refit_folder / REPORT_FILE
@@ -130,8 +133,8 @@ def write_report(
         with warnings.catch_warnings():
             # Optuna warns about what the notes already say (too few trials, empty figures).
             warnings.simplefilter("ignore")
-            sections = [*_search_sections(study), *_refit_sections(refit_files, missing)]
-        summary = _summary(study, spec, refit_files.get("metrics"))
+            sections = [*_search_sections(study, metric), *_refit_sections(refit_files, missing)]
+        summary = _summary(study, spec, metric, refit_files.get("metrics"))
 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
@@ -201,7 +204,8 @@ def _refit_files(
     return found, ("folder" if found else None), missing
 
 
-def _search_sections(study: optuna.Study) -> list[_Section]:
+def _search_sections(study: optuna.Study, metric: str) -> list[_Section]:
+    """Optuna's figures of the search, their axes naming ``metric``."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:
         note = "No trial has completed yet: run the study first (hpo worker --study NAME)."
@@ -216,8 +220,9 @@ def _search_sections(study: optuna.Study) -> list[_Section]:
 
     varying = _varying_params(complete)
     no_params = "No searched parameter takes more than one value, so there is nothing to plot."
+    named = {"target_name": metric}
     sections = [
-        _plotted("Optimization history", visualization.plot_optimization_history, study),
+        _plotted("Optimization history", visualization.plot_optimization_history, study, **named),
     ]
     if len(complete) < 2:
         sections.append(
@@ -231,14 +236,20 @@ def _search_sections(study: optuna.Study) -> list[_Section]:
         sections.append(_Section("Parameter importances", note=no_params))
     else:
         sections.append(
-            _plotted("Parameter importances", visualization.plot_param_importances, study, varying)
+            _plotted(
+                "Parameter importances",
+                visualization.plot_param_importances,
+                study,
+                varying,
+                **named,
+            )
         )
     for title, plot in (
         ("Parallel coordinates", visualization.plot_parallel_coordinate),
         ("Slices", visualization.plot_slice),
     ):
         if varying:
-            sections.append(_plotted(title, plot, study, varying))
+            sections.append(_plotted(title, plot, study, varying, **named))
         else:
             sections.append(_Section(title, note=no_params))
     folds = _plotted(
@@ -246,7 +257,7 @@ def _search_sections(study: optuna.Study) -> list[_Section]:
     )
     if folds.figure is not None:
         folds.figure.update_xaxes(title_text="fold (0 = first)", dtick=1)
-        folds.figure.update_yaxes(title_text="mean score of the folds so far")
+        folds.figure.update_yaxes(title_text=f"mean {metric} of the folds so far")
     sections.append(folds)
     return sections
 
@@ -264,9 +275,12 @@ def _plotted(
     plot: Callable[..., go.Figure],
     study: optuna.Study,
     params: list[str] | None = None,
+    **options: Any,
 ) -> _Section:
     try:
-        figure = plot(study) if params is None else plot(study, params=params)
+        if params is not None:
+            options["params"] = params
+        figure = plot(study, **options)
     except (ValueError, RuntimeError, ZeroDivisionError) as error:
         return _Section(title, note=f"Optuna could not draw this figure: {error}")
     if not figure.data:
@@ -316,7 +330,7 @@ def _refit_sections(files: dict[str, Path], missing: str) -> list[_Section]:
     return sections
 
 
-def _summary(study: optuna.Study, spec: StudySpec, metrics_path: Path | None) -> str:
+def _summary(study: optuna.Study, spec: StudySpec, metric: str, metrics_path: Path | None) -> str:
     trials = study.get_trials(deepcopy=False)
     states = Counter(t.state.name for t in trials)
     rows: list[tuple[str, str]] = [
@@ -330,7 +344,7 @@ def _summary(study: optuna.Study, spec: StudySpec, metrics_path: Path | None) ->
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     if complete:
         best = study.best_trial
-        rows.append(("best CV score", f"{best.value:.6g} (trial {best.number})"))
+        rows.append((f"best CV {metric}", f"{best.value:.6g} (trial {best.number})"))
         params = spec.configuration(best.params)
         rows.append(("best configuration", ", ".join(f"{k}={_fmt(v)}" for k, v in params.items())))
     test = {

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -150,6 +151,10 @@ def _register(spec: StudySpec, storage: optuna.storages.BaseStorage) -> Registra
         sampler=make_sampler(spec),
         pruner=make_pruner(spec),
     )
+    with warnings.catch_warnings():
+        # set_metric_names is experimental in Optuna; the name is only a label.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([spec.scoring])
     points = [(point, "spec") for point in spec.enqueue]
     if spec.sampler.name == "grid":
         points += [(point, "grid") for point in grid_points(spec.space, skip=spec.enqueue)]
@@ -230,6 +235,14 @@ def load_spec_from_storage(storage: optuna.storages.BaseStorage, name: str) -> S
             ],
         )
     return spec
+
+
+def metric_name(study: optuna.Study, spec: StudySpec) -> str:
+    """The name of the study's objective: the metric name stored at registration
+    (``Study.metric_names``), else the spec's ``scoring`` (a study registered before hpo
+    stored one)."""
+    names = study.metric_names
+    return str(names[0]) if names else spec.scoring
 
 
 def record_task(study: optuna.Study, task: str) -> None:
