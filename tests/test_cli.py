@@ -126,12 +126,17 @@ def test_studies_lists_and_delete_removes(
     run_hpo("register", str(write_spec()), "--storage", sqlite_url)
     listed = run_hpo("studies", "--storage", sqlite_url, env={"COLUMNS": "200"})
     assert listed.returncode == 0 and "tiny-digits" in listed.stdout
+    assert "0 of 4" in listed.stdout  # trials done of the spec's budget
+    smoke = run_hpo("worker", "--study", "tiny-digits", "--trials", "1", "--storage", sqlite_url)
+    assert smoke.returncode == 0, smoke.stderr
+    listed = run_hpo("studies", "--storage", sqlite_url, env={"COLUMNS": "200"})
+    assert "1 of 1 (--trials; the spec's 4)" in listed.stdout
     command = [sys.executable, "-m", "hpo", "delete", "tiny-digits", "--storage", sqlite_url]
     # it asks first: no, or no answer, keeps the study
     for answer in ("n\n", ""):
         kept = subprocess.run(command, input=answer, capture_output=True, text=True, timeout=120)
         assert kept.returncode == 1, kept.stderr
-        assert "Delete study tiny-digits and its 0 trials?" in kept.stdout
+        assert "Delete study tiny-digits and its 1 trials?" in kept.stdout
         assert "Traceback" not in kept.stderr
     assert optuna.load_study(study_name="tiny-digits", storage=sqlite_url)
     asked = subprocess.run(command, input="y\n", capture_output=True, text=True, timeout=120)
@@ -150,6 +155,8 @@ def test_studies_lists_and_delete_removes(
     assert missing.returncode == 1
     assert "no study named 'tiny-digits'" in " ".join(missing.stderr.split())
     assert "Traceback" not in missing.stderr
+    none = run_hpo("studies", "--storage", sqlite_url)
+    assert none.returncode == 0 and "no studies in sqlite:///" in " ".join(none.stderr.split())
 
 
 def test_brackets_in_what_the_user_typed_are_printed_as_text(sqlite_url: str) -> None:

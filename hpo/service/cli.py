@@ -319,22 +319,42 @@ def worker(
 @app.command()
 @_reports_errors
 def studies(storage: StorageOption = None) -> None:
-    """List the studies in the storage with their trials and best values."""
+    """List the studies in the storage: trials done of the budget, states, best value."""
     import optuna
 
-    opened = _storage(storage)
+    from hpo.service.storage import masked_url, resolve_storage_url
+    from hpo.service.study import budget_used, study_budget
+
+    url = resolve_storage_url(storage)
+    opened = _storage(url)
+    summaries = sorted(optuna.get_all_study_summaries(opened), key=lambda s: s.study_name)
+    if not summaries:
+        err.print(
+            f"no studies in {escape(masked_url(url))} yet; register one: hpo register "
+            "studies/<file>.yaml (or hpo run it)",
+            highlight=False,
+        )
+        return
     table = Table()
-    for column in ("study", "direction", "trials", "states", "best"):
+    for column in ("study", "direction", "done", "states", "best"):
         table.add_column(column)
-    for summary in sorted(optuna.get_all_study_summaries(opened), key=lambda s: s.study_name):
+    for summary in summaries:
         study = optuna.load_study(study_name=summary.study_name, storage=opened)
-        states = Counter(t.state.name for t in study.get_trials(deepcopy=False))
+        trials = study.get_trials(deepcopy=False)
+        done = budget_used(Counter(t.state for t in trials), pending=False)
+        budgets = study_budget(opened, study)
+        if budgets is None:
+            progress = str(done)
+        else:
+            budget, spec_budget = budgets
+            override = f" (--trials; the spec's {spec_budget})" if budget != spec_budget else ""
+            progress = f"{done} of {budget}{override}"
         best = summary.best_trial
         table.add_row(
             escape(summary.study_name),
             summary.direction.name.lower(),
-            str(summary.n_trials),
-            ", ".join(f"{n} {s}" for s, n in states.items()),
+            progress,
+            ", ".join(f"{n} {s}" for s, n in Counter(t.state.name for t in trials).items()),
             "-" if best is None else f"{best.value:.6g} (trial {best.number})",
         )
     out.print(table)

@@ -36,6 +36,9 @@ TASK_ATTR = "hpo_task"
 #: Trial user attribute of a point hpo queued: "grid", "spec" (its ``enqueue:`` list) or
 #: "hpo enqueue". Optuna copies it to a retry of the trial.
 QUEUED_ATTR = "hpo_queued"
+#: Study user attribute: the budget the study's workers last ran to (``--trials``, else the
+#: spec's), for ``hpo studies``.
+BUDGET_ATTR = "hpo_budget"
 #: The states of trials that have spent a slot of the budget for good.
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 #: ... and of those that hold one: running, or queued to run before any new sample.
@@ -243,6 +246,24 @@ def metric_name(study: optuna.Study, spec: StudySpec) -> str:
     stored one)."""
     names = study.metric_names
     return str(names[0]) if names else spec.scoring
+
+
+def record_budget(study: optuna.Study, budget: int) -> None:
+    """Keep the budget a worker runs to in ``BUDGET_ATTR`` (a write when it changes)."""
+    if study.user_attrs.get(BUDGET_ATTR) != budget:
+        study.set_user_attr(BUDGET_ATTR, budget)
+
+
+def study_budget(
+    storage: optuna.storages.BaseStorage, study: optuna.Study
+) -> tuple[int, int] | None:
+    """(the budget its workers last ran to, the spec's budget), or None for a study hpo did
+    not register or cannot read; the two differ after ``--trials``."""
+    try:
+        spec = load_spec_from_storage(storage, study.study_name)
+    except (StudyError, SpecError):
+        return None
+    return int(study.user_attrs.get(BUDGET_ATTR, spec.n_trials)), spec.n_trials
 
 
 def record_task(study: optuna.Study, task: str) -> None:

@@ -47,6 +47,7 @@ from hpo.service.study import (
     budget_used,
     is_queued_point,
     load_study,
+    record_budget,
     record_task,
 )
 from hpo.spec.study_spec import StudySpec
@@ -206,6 +207,7 @@ def run_worker(
     if objective is evaluate:
         objective = functools.partial(evaluate, options=options)
     budget = trials or spec.n_trials
+    record_budget(study, budget)
     summary = WorkerSummary(study_name, worker_index)
     deadline = time.monotonic() + spec.budget.timeout if spec.budget.timeout else None
 
