@@ -215,6 +215,8 @@ def test_report_of_a_study_without_completed_trials(sqlite_url: str, tmp_path: P
     assert report.figures == []
     assert set(report.notes) == {*SEARCH_FIGURES, "Learning curves"}
     assert "No trial has completed yet" in report.notes["Slices"]
+    assert "hpo worker --study report-digits" in report.notes["Slices"]  # the real name
+    assert "run hpo refit report-digits," in report.notes["Learning curves"]
     assert "1 FAIL" in report.path.read_text()
     assert report.refit_source is None
 

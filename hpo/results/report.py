@@ -133,7 +133,10 @@ def write_report(
         with warnings.catch_warnings():
             # Optuna warns about what the notes already say (too few trials, empty figures).
             warnings.simplefilter("ignore")
-            sections = [*_search_sections(study, metric), *_refit_sections(refit_files, missing)]
+            sections = [
+                *_search_sections(study, metric),
+                *_refit_sections(name, refit_files, missing),
+            ]
         summary = _summary(study, spec, metric, refit_files.get("metrics"))
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -208,7 +211,10 @@ def _search_sections(study: optuna.Study, metric: str) -> list[_Section]:
     """Optuna's figures of the search, their axes naming ``metric``."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:
-        note = "No trial has completed yet: run the study first (hpo worker --study NAME)."
+        note = (
+            "No trial has completed yet: run the study first "
+            f"(hpo worker --study {study.study_name})."
+        )
         titles = (
             "Optimization history",
             "Parameter importances",
@@ -288,11 +294,11 @@ def _plotted(
     return _Section(title, figure=figure)
 
 
-def _refit_sections(files: dict[str, Path], missing: str) -> list[_Section]:
+def _refit_sections(name: str, files: dict[str, Path], missing: str) -> list[_Section]:
     history_path = files.get("history")
     if history_path is None:
         note = (
-            "The best configuration has not been refit yet; run hpo refit NAME, "
+            f"The best configuration has not been refit yet; run hpo refit {name}, "
             "then write the report again to add its learning curves and confusion matrix."
         )
         if missing:
