@@ -91,6 +91,12 @@ def test_a_best_row_configures_a_fresh_skorch_net(
     out = tmp_path / "best.csv"
     exported = run_hpo("export", "tiny-digits", "--out", str(out), "--storage", sqlite_url)
     assert exported.returncode == 0, exported.stderr
+    # without --out: where hpo run writes it
+    here = run_hpo("export", "tiny-digits", "--storage", sqlite_url, cwd=tmp_path)
+    assert here.returncode == 0, here.stderr
+    assert (
+        tmp_path / "results" / "tiny-digits" / "best_params.csv"
+    ).read_text() == out.read_text()
     # a path that cannot be written is reported by name, not as a traceback
     blocked = run_hpo(
         "export", "tiny-digits", "--out", str(out / "x.csv"), "--storage", sqlite_url

@@ -23,6 +23,7 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from hpo.errors import StudyError
+from hpo.results.paths import study_folder
 from hpo.service.study import TASK_ATTR, load_spec_from_storage
 from hpo.spec.names import DEFAULT_CRITERIA
 from hpo.spec.study_spec import StudySpec
@@ -81,9 +82,13 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
 
 
 def export_study(
-    storage: optuna.storages.BaseStorage, name: str, out: str | Path, all_trials: bool = False
+    storage: optuna.storages.BaseStorage,
+    name: str,
+    out: str | Path | None = None,
+    all_trials: bool = False,
 ) -> Path:
-    """Write the best row (or, with ``all_trials``, every trial) to ``out``.
+    """Write the best row (or, with ``all_trials``, every trial) to ``out``; by default
+    ``results/<name>/best_params.csv`` (where ``hpo run`` writes it) or ``trials.csv``.
 
     The format follows the suffix: ``.json`` writes records (numbers at full precision, fold
     scores as a list), anything else CSV (fold scores as a JSON list in one cell).
@@ -94,6 +99,8 @@ def export_study(
     spec = load_spec_from_storage(storage, name)
     study = optuna.load_study(study_name=name, storage=storage)
     frame = trials_frame(study) if all_trials else best_params_frame(study, spec)
+    if out is None:
+        out = study_folder("results", name) / ("trials.csv" if all_trials else "best_params.csv")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".json":

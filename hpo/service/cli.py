@@ -364,9 +364,15 @@ def studies(storage: StorageOption = None) -> None:
 @_reports_errors
 def export(
     study: Annotated[str, typer.Argument(help="Name of a registered study.")],
-    out_file: Annotated[Path, typer.Option("--out", help="CSV, or JSON by suffix.")] = Path(
-        "best_params.csv"
-    ),
+    out_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="CSV, or JSON by suffix. Default: results/<study>/best_params.csv (where hpo "
+            "run writes it), or trials.csv with --all.",
+            show_default=False,
+        ),
+    ] = None,
     all_trials: Annotated[
         bool, typer.Option("--all", help="Every trial, not only the best.")
     ] = False,
