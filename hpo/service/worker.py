@@ -374,8 +374,32 @@ def _score_trial(
     else:
         state = TrialState.COMPLETE
         study.tell(trial, value)
-    logger.info("trial %d %s in %.1f s", trial.number, state.name, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    if state == TrialState.COMPLETE:
+        logger.info(
+            "trial %d COMPLETE in %.1f s: %.6g%s; %s",
+            trial.number,
+            seconds,
+            value,
+            _best_so_far(study),
+            _in_short(trial.params),
+        )
+    else:
+        logger.info("trial %d %s in %.1f s", trial.number, state.name, seconds)
     return state
+
+
+def _best_so_far(study: optuna.Study) -> str:
+    best = study.best_trial
+    return f" (best {best.value:.6g}, trial {best.number})"
+
+
+def _in_short(params: dict[str, Any]) -> str:
+    """``lr=0.0123 module__hidden1=32``: a trial's searched values, floats to 3 digits."""
+    return " ".join(
+        f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}"
+        for key, value in params.items()
+    )
 
 
 class _Outage:
