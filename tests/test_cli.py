@@ -241,6 +241,11 @@ def test_the_dashboard_started_before_any_study_makes_the_database_and_says_so(
     assert database.is_file()
     log = "".join(server.communicate()[0].split())  # however rich wraps it
     assert "".join(f"no database at {database} yet: made an empty one".split()) in log
+    assert "GET/api/studies" in log  # optuna-dashboard logs every request ...
+    with served([*command, "--storage", f"sqlite:///{database}", "--quiet"]) as quiet:
+        for _ in range(2):
+            assert get_json(f"http://127.0.0.1:{port}/api/studies")["study_summaries"] == []
+    assert "GET /api" not in quiet.communicate()[0]  # ... but not with --quiet
 
 
 def test_unknown_option_prints_usage_not_a_traceback() -> None:

@@ -514,15 +514,19 @@ def dashboard(
     port: Annotated[int, _port_option("Port to listen on.")] = 8080,
     artifacts: ArtifactsOption = None,
     expose: ExposeOption = False,
+    quiet: Annotated[
+        bool,
+        typer.Option("--quiet", "-q", help="Log no requests (the page polls every few seconds)."),
+    ] = False,
 ) -> None:
     """Serve optuna-dashboard on the storage (127.0.0.1:8080 unless told otherwise), with the
     refit's files and reports from the artifact folder on each study's page."""
     _check_exposure("dashboard", host, port, expose)
     from optuna.artifacts import FileSystemArtifactStore
-    from optuna_dashboard import run_server
 
     from hpo.errors import MissingDatabaseError
     from hpo.results.artifacts import resolve_artifacts_dir
+    from hpo.service.dashboard import serve_dashboard
 
     try:
         opened = _storage(storage)
@@ -542,7 +546,7 @@ def dashboard(
         )
     err.print(f"optuna-dashboard on http://{escape(host)}:{port}/ (Ctrl-C to stop)")
     try:
-        run_server(opened, host=host, port=port, artifact_store=FileSystemArtifactStore(folder))
+        serve_dashboard(opened, host, port, FileSystemArtifactStore(folder), quiet=quiet)
     except OSError as error:
         raise HpoError(
             f"cannot listen on {host}:{port}: {error.strerror or error}; pick another with "
