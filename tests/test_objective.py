@@ -61,7 +61,10 @@ def test_fold_scores_equal_cross_val_score(overrides: dict, dataset: str) -> Non
 
     np.testing.assert_allclose(trial.user_attrs["fold_scores"], expected, rtol=1e-6)
     assert value == pytest.approx(expected.mean())
-    assert trial.user_attrs["score_std"] == pytest.approx(expected.std())
+    # The fold scores agree to rtol 1e-6; their spread is a difference of such values, so
+    # it is held to the same absolute error (a relative one on a small std flakes).
+    spread_tolerance = 1e-6 * float(np.abs(expected).max())
+    assert trial.user_attrs["score_std"] == pytest.approx(expected.std(), abs=spread_tolerance)
     assert len(trial.user_attrs["fit_seconds"]) == spec.cv.folds
     assert trial.user_attrs["device"] == "cpu"
 
