@@ -164,7 +164,14 @@ def test_a_killed_fold_process_fails_the_trial_and_the_next_trial_gets_new_ones(
     others = {child.pid for child in multiprocessing.active_children()}
     with FoldPool(spec, data, processes=2, threads=1) as pool:
         results = pool.fold_results({**spec.fixed, **LONG}, long_and_short_splits(data)[1:])
-        mine = [c.pid for c in multiprocessing.active_children() if c.pid not in others]
+        # (the executor starts its processes one by one: on a loaded machine the second may
+        # not be up yet)
+        deadline = time.monotonic() + 60
+        while True:
+            mine = [c.pid for c in multiprocessing.active_children() if c.pid not in others]
+            if len(mine) >= 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
         assert len(mine) == 2
         # killed while both folds run (an out-of-memory kill looks the same)
         killer = threading.Timer(2.0, os.kill, (mine[0], signal.SIGKILL))
