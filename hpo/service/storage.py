@@ -233,9 +233,19 @@ def check_database_exists(url: str) -> None:
 def _parsed_sqlite_path(url: str) -> Path | None:
     if url.startswith("grpc://"):
         return None
+    _backend_name(url)  # a URL that does not parse is refused here, with what to give
+    return sqlite_path(url)
+
+
+def _backend_name(url: str) -> str:
+    """The database kind of ``url`` (``sqlite``, ``postgresql``, ...).
+
+    Raises:
+        StorageError: the URL does not parse.
+    """
     try:
-        return sqlite_path(url)
-    except (ArgumentError, ValueError):
+        return make_url(url).get_backend_name()
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         raise StorageError(
             f"cannot parse storage URL {masked_url(url)!r}; expected e.g. sqlite:///hpo.db or "
             "postgresql+psycopg://user:password@host/db"
@@ -267,13 +277,7 @@ def open_backend(
     """
     if url.startswith("grpc://"):
         return GrpcProxyBackend(_open_grpc(url))
-    try:
-        kind = make_url(url).get_backend_name()
-    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
-        raise StorageError(
-            f"cannot parse storage URL {masked_url(url)!r}; expected e.g. sqlite:///hpo.db or "
-            "postgresql+psycopg://user:password@host/db"
-        ) from None
+    kind = _backend_name(url)
     if kind == "sqlite":
         path = sqlite_path(url)
         if path is not None:
