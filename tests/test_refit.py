@@ -14,12 +14,12 @@ import pytest
 from conftest import run_hpo, tiny_spec
 
 from hpo.engine.build import build_net
-from hpo.engine.data import load_dataset
+from hpo.engine.data import load_dataset, synthetic_function
 from hpo.engine.preprocess import Scaling
 from hpo.errors import HpoError
 from hpo.results.artifacts import REFIT_ARTIFACTS_ATTR
 from hpo.results.paths import study_folder
-from hpo.results.refit import refit_study
+from hpo.results.refit import CURVE_POINTS, refit_study
 from hpo.service.storage import open_storage
 from hpo.service.study import hpo_version, register_study
 from hpo.service.worker import run_worker
@@ -111,6 +111,16 @@ def test_refit_classification_scores_the_best_trial_on_the_test_split(
     assert np.trace(confusion.to_numpy()) / 447 == pytest.approx(result.metrics["accuracy"])
     assert confusion.loc[3].sum() == np.sum(data.y_test == 3)  # rows are the true classes
 
+    # predictions.csv: each test row's true and predicted class, what the matrix counts.
+    predictions = pd.read_csv(folder / "predictions.csv")
+    assert list(predictions.columns) == ["y_true", "y_pred"]  # images: no x column
+    np.testing.assert_array_equal(predictions["y_true"], data.y_test)
+    np.testing.assert_array_equal(predictions["y_pred"], result.net.predict(data.X_test))
+    assert np.mean(predictions["y_true"] == predictions["y_pred"]) == pytest.approx(
+        result.metrics["accuracy"]
+    )
+    assert not (folder / "curve.json").exists()  # a classification draws no fitted curve
+
     history = json.loads((folder / "history.json").read_text())
     assert len(history) == result.epochs >= 1
     assert [row["epoch"] for row in history] == list(range(1, len(history) + 1))
@@ -138,7 +148,9 @@ def test_refit_stores_its_files_as_artifacts_of_the_study(sqlite_url: str, tmp_p
 
     study = optuna.load_study(study_name="refit-regression", storage=sqlite_url)
     linked = {meta.artifact_id: meta for meta in optuna.artifacts.get_all_artifact_meta(study)}
-    assert set(result.artifacts) == {"model", "params", "metrics", "history"}
+    assert set(result.artifacts) == {
+        *("model", "params", "metrics", "history", "predictions", "curve"),
+    }
     assert set(result.artifacts.values()) == set(linked)
     record = study.user_attrs[REFIT_ARTIFACTS_ATTR]
     assert record == {"dir": str((tmp_path / "store").resolve()), "files": result.artifacts}
@@ -158,7 +170,7 @@ def test_refit_stores_its_files_as_artifacts_of_the_study(sqlite_url: str, tmp_p
         artifacts=tmp_path / "store",
     )
     study = optuna.load_study(study_name="refit-regression", storage=sqlite_url)
-    assert len(optuna.artifacts.get_all_artifact_meta(study)) == 8
+    assert len(optuna.artifacts.get_all_artifact_meta(study)) == 12
     assert study.user_attrs[REFIT_ARTIFACTS_ATTR]["files"] == again.artifacts != result.artifacts
 
 
@@ -181,6 +193,42 @@ def test_refit_regression_reports_mse_and_r2(sqlite_url: str, tmp_path: Path) ->
     attrs = optuna.load_study(study_name="refit-regression", storage=sqlite_url).user_attrs
     assert attrs["test_mse"] == result.metrics["mse"]
     assert attrs["test_r2"] == result.metrics["r2"]
+
+
+def test_refit_of_a_1d_regression_keeps_its_predictions_and_fitted_curve(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """What the report's predicted-vs-true, residual and fitted-curve plots read: the test
+    rows with their x, and the net on a dense grid beside the noise-free function."""
+    run_study(sqlite_url, regression_spec(), trials=1)
+
+    result = refit_study(
+        open_storage(sqlite_url), "refit-regression", results_dir=tmp_path, artifacts=tmp_path
+    )
+
+    data = load_dataset("synthetic_regression", n_train=80, n_test=50)
+    predictions = pd.read_csv(result.files["predictions"])
+    assert list(predictions.columns) == ["x", "y_true", "y_pred"]
+    np.testing.assert_allclose(predictions["x"], data.X_test.reshape(-1), rtol=1e-6)
+    np.testing.assert_allclose(predictions["y_true"], data.y_test.reshape(-1), rtol=1e-6)
+    predicted = result.net.predict(data.X_test).reshape(-1)
+    np.testing.assert_allclose(predictions["y_pred"], predicted, rtol=1e-5, atol=1e-6)
+    mse = np.mean((predictions["y_true"] - predictions["y_pred"]) ** 2)
+    assert mse == pytest.approx(result.metrics["mse"], rel=1e-4)
+
+    curve = json.loads(result.files["curve"].read_text())
+    grid = np.asarray(curve["x"], dtype=np.float32)
+    assert len(grid) == CURVE_POINTS and np.all(np.diff(grid) > 0)
+    every_x = np.concatenate([data.X_train, data.X_test]).reshape(-1)
+    assert grid[0] == pytest.approx(every_x.min()) and grid[-1] == pytest.approx(every_x.max())
+    on_grid = result.net.predict(grid.reshape(-1, 1)).reshape(-1)
+    np.testing.assert_allclose(curve["y_pred"], on_grid, rtol=1e-5, atol=1e-6)
+    assert curve["function"] == "sin(2πx)(1 + x)"
+    np.testing.assert_allclose(curve["y_function"], synthetic_function(grid), atol=1e-6)
+    np.testing.assert_allclose(curve["train_x"], data.X_train.reshape(-1), rtol=1e-6)
+    np.testing.assert_allclose(curve["train_y"], data.y_train.reshape(-1), rtol=1e-6)
+    assert curve["n_train"] == 80
+    assert result.files["curve"].stat().st_size < 20_000
 
 
 def test_refit_without_a_completed_trial_is_a_clear_error(sqlite_url: str, tmp_path: Path) -> None:
@@ -221,16 +269,17 @@ def test_cli_refit(sqlite_url: str, tmp_path: Path) -> None:
     assert "test accuracy" in done.stdout and "CV score" in done.stdout
     assert (tmp_path / "out" / "refit-digits" / "model.pt").exists()
     # The artifact folder: --artifacts, else HPO_ARTIFACTS, else results.
-    assert "stored as 5 artifacts" in done.stdout
-    assert len(list((tmp_path / "results").iterdir())) == 5
+    # model, params, metrics, history, confusion matrix, predictions
+    assert "stored as 6 artifacts" in done.stdout
+    assert len(list((tmp_path / "results").iterdir())) == 6
     env = {"HPO_ARTIFACTS": "from-env"}
     for flag, folder in (((), "from-env"), (("--artifacts", "from-flag"), "from-flag")):
         again = run_hpo(
             "refit", "refit-digits", "--storage", sqlite_url, *flag, cwd=tmp_path, env=env
         )
         assert again.returncode == 0, again.stderr
-        assert len(list((tmp_path / folder).iterdir())) == 5
-    assert len(list((tmp_path / "from-env").iterdir())) == 5
+        assert len(list((tmp_path / folder).iterdir())) == 6
+    assert len(list((tmp_path / "from-env").iterdir())) == 6
 
 
 @pytest.mark.parametrize("hostile", ["../../escape", "/abs-escape"])

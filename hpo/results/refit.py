@@ -12,7 +12,15 @@ the held-out test split the search never saw. It writes under ``results/<study>/
   ``scaling`` (``Scaling.state()``, or null), the ``trial`` and the ``hpo_version``;
 - ``metrics.json``: the test metrics, the CV score they stand beside, epochs and seconds;
 - ``history.json``: train and validation loss per epoch (the learning curves);
-- ``confusion_matrix.csv``: true classes in rows, predicted in columns (classification only).
+- ``confusion_matrix.csv``: true classes in rows, predicted in columns (classification only);
+- ``predictions.csv``: one row per test row: ``y_true`` and ``y_pred`` (the class codes the
+  confusion matrix counts, or the regression target), led by the input ``x`` when the inputs
+  are one number (what the report's predicted-vs-true and residual plots draw);
+- ``curve.json``: a regression on one input only: the net's prediction on an even grid of
+  ``CURVE_POINTS`` x over the training and test range, the noise-free function where the
+  dataset has one (``synthetic_regression``), and the training points (at most
+  ``CURVE_TRAIN_POINTS``, a seeded sample beyond), so the report can draw the fitted curve
+  over the data on a machine without the dataset.
 
 The same files are uploaded as Optuna artifacts of the study (``hpo.results.artifacts``) to
 the artifact folder (``--artifacts``, ``HPO_ARTIFACTS``, default ``results``), which is what
@@ -28,6 +36,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +54,7 @@ from sklearn.metrics import (
 )
 
 from hpo.engine.build import build_net, check_compatible, outputs_of
-from hpo.engine.data import DataSplits, load_dataset
+from hpo.engine.data import DataSplits, load_dataset, synthetic_function
 from hpo.engine.device import resolve_device
 from hpo.errors import HpoError
 from hpo.results.artifacts import open_artifact_store, resolve_artifacts_dir, upload_refit
@@ -58,6 +67,17 @@ PARAMS_FILE = "params.json"
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.json"
 CONFUSION_FILE = "confusion_matrix.csv"
+PREDICTIONS_FILE = "predictions.csv"
+CURVE_FILE = "curve.json"
+#: Points of ``curve.json``'s grid: a smooth line at a few kilobytes.
+CURVE_POINTS = 200
+#: The most training points ``curve.json`` keeps; a larger training split is sampled.
+CURVE_TRAIN_POINTS = 2000
+#: The noise-free function behind a dataset, by dataset name: its formula and the function,
+#: drawn beside the fitted curve.
+KNOWN_FUNCTIONS: dict[str, tuple[str, Callable[[np.ndarray], np.ndarray]]] = {
+    "synthetic_regression": ("sin(2πx)(1 + x)", synthetic_function),
+}
 
 #: Prefix of the study user_attrs that hold the test metrics.
 TEST_ATTR_PREFIX = "test_"
@@ -78,7 +98,8 @@ class RefitResult:
         seconds: Wall time of the final fit.
         folder: Where the files went.
         files: Each file written, by kind (``model``, ``params``, ``metrics``, ``history``,
-            ``confusion_matrix``).
+            ``predictions``; ``confusion_matrix`` for a classification, ``curve`` for a
+            regression on one input).
         artifacts_dir: The artifact folder the files were uploaded to.
         artifacts: The artifact id of each file, by kind.
         net: The fitted net (in this process only; ``load_refit`` rebuilds it anywhere).
@@ -156,11 +177,15 @@ def refit_study(
 
     metrics = {"score": float(get_scorer(spec.scoring)(net, data.X_test, data.y_test))}
     confusion: pd.DataFrame | None = None
+    curve: dict[str, Any] | None = None
     if data.task == "classification":
-        more, confusion = _classification_metrics(net, data)
+        more, confusion, predicted = _classification_metrics(net, data)
         metrics.update(more)
     else:
-        metrics.update(_regression_metrics(net, data))
+        predicted = np.asarray(net.predict(data.X_test)).reshape(-1)
+        metrics.update(_regression_metrics(data, predicted))
+        if data.input_shape == (1,):
+            curve = _curve(net, data)
 
     files = _write_files(
         folder,
@@ -180,6 +205,8 @@ def refit_study(
             "fit_seconds": round(seconds, 3),
         },
         confusion=confusion,
+        predictions=_predictions(data, predicted),
+        curve=curve,
     )
 
     artifact_ids = upload_refit(study, artifacts_dir, files)
@@ -221,6 +248,8 @@ def _write_files(
     history: list[dict[str, float]],
     summary: dict[str, Any],
     confusion: pd.DataFrame | None,
+    predictions: pd.DataFrame,
+    curve: dict[str, Any] | None,
 ) -> dict[str, Path]:
     """The refit's files in ``folder``, by kind."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -237,6 +266,11 @@ def _write_files(
     if confusion is not None:
         files["confusion_matrix"] = folder / CONFUSION_FILE
         confusion.to_csv(files["confusion_matrix"])
+    files["predictions"] = folder / PREDICTIONS_FILE
+    predictions.to_csv(files["predictions"], index=False)
+    if curve is not None:
+        files["curve"] = folder / CURVE_FILE
+        _write_json(files["curve"], curve, indent=None)  # a few hundred numbers: one line
     return files
 
 
@@ -276,7 +310,10 @@ def _history(net: Any) -> list[dict[str, float]]:
     return rows
 
 
-def _classification_metrics(net: Any, data: DataSplits) -> tuple[dict[str, float], pd.DataFrame]:
+def _classification_metrics(
+    net: Any, data: DataSplits
+) -> tuple[dict[str, float], pd.DataFrame, np.ndarray]:
+    """The test accuracy and log loss, the confusion matrix and the predicted class codes."""
     assert data.n_classes is not None
     classes = list(range(data.n_classes))
     # float64 rows summing to 1, which log_loss checks more strictly than float32 softmax gives.
@@ -293,19 +330,64 @@ def _classification_metrics(net: Any, data: DataSplits) -> tuple[dict[str, float
         index=pd.Index(classes, name="true"),
         columns=pd.Index(classes, name="predicted"),
     )
-    return metrics, frame
+    return metrics, frame, predicted
 
 
-def _regression_metrics(net: Any, data: DataSplits) -> dict[str, float]:
-    predicted = np.asarray(net.predict(data.X_test)).reshape(len(data.y_test), -1)
+def _regression_metrics(data: DataSplits, predicted: np.ndarray) -> dict[str, float]:
+    y_true = np.asarray(data.y_test).reshape(-1)
     return {
-        "mse": float(mean_squared_error(data.y_test, predicted)),
-        "r2": float(r2_score(data.y_test, predicted)),
+        "mse": float(mean_squared_error(y_true, predicted)),
+        "r2": float(r2_score(y_true, predicted)),
     }
 
 
-def _write_json(path: Path, value: Any) -> None:
-    path.write_text(json.dumps(value, indent=2, default=_jsonable) + "\n", encoding="utf-8")
+def _predictions(data: DataSplits, predicted: np.ndarray) -> pd.DataFrame:
+    """``predictions.csv``: each test row's target and prediction, after its ``x`` when the
+    inputs are one number. Regression values as float32 give their 7 digits, not 17."""
+    columns: dict[str, np.ndarray] = {}
+    if data.input_shape == (1,):
+        columns["x"] = np.asarray(data.X_test).reshape(-1)
+    columns["y_true"] = np.asarray(data.y_test).reshape(-1)
+    columns["y_pred"] = np.asarray(predicted).reshape(-1)
+    if data.task == "regression":
+        columns["y_pred"] = columns["y_pred"].astype(np.float32)
+    return pd.DataFrame(columns)
+
+
+def _curve(net: Any, data: DataSplits) -> dict[str, Any]:
+    """``curve.json`` of a regression on one input: the net on an even grid over the range of
+    the training and test x, the dataset's noise-free function there (or null), and the
+    training points it was fitted to."""
+    x_train = np.asarray(data.X_train, dtype=np.float32).reshape(-1)
+    y_train = np.asarray(data.y_train, dtype=np.float32).reshape(-1)
+    every_x = np.concatenate([x_train, np.asarray(data.X_test, dtype=np.float32).reshape(-1)])
+    grid = np.linspace(every_x.min(), every_x.max(), CURVE_POINTS, dtype=np.float32)
+    fitted = np.asarray(net.predict(grid.reshape(-1, 1)), dtype=np.float32).reshape(-1)
+    formula, function = KNOWN_FUNCTIONS.get(data.name, (None, None))
+    if len(x_train) > CURVE_TRAIN_POINTS:
+        keep = np.sort(
+            np.random.default_rng(0).choice(len(x_train), CURVE_TRAIN_POINTS, replace=False)
+        )
+        x_train, y_train = x_train[keep], y_train[keep]
+    return {
+        "x": _rounded(grid),
+        "y_pred": _rounded(fitted),
+        "function": formula,
+        "y_function": None if function is None else _rounded(function(grid)),
+        "train_x": _rounded(x_train),
+        "train_y": _rounded(y_train),
+        "n_train": len(data.X_train),
+    }
+
+
+def _rounded(values: np.ndarray) -> list[float]:
+    """float32 values to 7 significant digits, what they hold, not float64's 17."""
+    return [float(f"{v:.7g}") for v in np.asarray(values, dtype=np.float64)]
+
+
+def _write_json(path: Path, value: Any, indent: int | None = 2) -> None:
+    text = json.dumps(value, indent=indent, default=_jsonable)
+    path.write_text(text + "\n", encoding="utf-8")
 
 
 def _jsonable(value: Any) -> Any:
