@@ -83,7 +83,7 @@ def test_a_best_row_configures_a_fresh_skorch_net(
     # HPO_THREADS: how a compose replica is told its threads
     worker = run_hpo(*worker_command, env={"HPO_THREADS": "2"})
     assert worker.returncode == 0, worker.stderr
-    assert "worker 0 of tiny-digits on cpu, 2 torch threads" in worker.stderr
+    assert "worker 0: started on tiny-digits: cpu, 2 torch threads" in worker.stderr
     # each finished trial: its value, the best so far, its parameters in short
     finished = r"trial 1 COMPLETE in [\d.]+ s: [\d.]+ \(best [\d.]+, trial [01]\); "
     assert re.search(finished + r"module__hidden1=\d+ lr=[\d.e-]+\n", worker.stderr), worker.stderr

@@ -345,7 +345,7 @@ def test_register_worker_and_dashboard_services_run_against_postgresql(
     assert [w.returncode for w in workers] == [0, 0], logs
     assert not any(password in log for log in logs)
     for log in logs:  # each replica runs on HPO_THREADS, not on all the host's cores
-        assert "of compose-study on cpu, 2 torch threads" in log, log
+        assert "started on compose-study: cpu, 2 torch threads" in log, log
     study = optuna.load_study(study_name="compose-study", storage=postgres_url)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
 

@@ -3,6 +3,7 @@ once, failures, SIGTERM, SIGKILL and a database restart."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -195,7 +196,7 @@ def started_log(worker: subprocess.Popen[str]) -> str:
     lines = []
     for line in worker.stdout:
         lines.append(line)
-        if "torch threads" in line:
+        if "torch thread" in line:
             return "".join(lines)
     raise AssertionError("the worker exited before it started: " + "".join(lines))
 
@@ -361,3 +362,28 @@ def test_a_worker_whose_trial_another_swept_as_stale_goes_on(
     trials = optuna.load_study(study_name=name, storage=sqlite_url).trials
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
     assert trials[0].user_attrs == {}  # nothing of the swept run was written
+
+
+def test_budget_timeout_is_the_whole_studys_time_not_each_workers(
+    write_spec: Callable[..., Path], sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from hpo.service.worker import STARTED_ATTR, run_worker
+
+    caplog.set_level(logging.INFO, logger="hpo")
+    name = register(write_spec(budget={"trials": 1000, "timeout": 1.0}), sqlite_url)
+
+    def objective(trial: optuna.Trial, *_: object) -> float:
+        time.sleep(0.2)
+        return 0.5
+
+    first = run_worker(name, sqlite_url, worker_index=0, heartbeat_seconds=0, objective=objective)
+    ran = first.states["COMPLETE"]
+    assert 2 <= ran < 1000 and not first.gave_up  # stopped by the clock, not by the budget
+    assert "budget.timeout of 1 s has passed" in caplog.text
+    study = optuna.load_study(study_name=name, storage=sqlite_url)
+    assert study.user_attrs[STARTED_ATTR] <= study.trials[0].datetime_start.timestamp() + 1.0
+
+    # a worker started later (another machine, a restart) finds the study's time spent
+    second = run_worker(name, sqlite_url, worker_index=1, heartbeat_seconds=0, objective=objective)
+    assert sum(second.states.values()) == 0
+    assert len(optuna.load_study(study_name=name, storage=sqlite_url).trials) == ran

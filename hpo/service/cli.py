@@ -6,7 +6,6 @@ An ``HpoError`` is printed as one message (exit 2 for a bad spec, else 1), never
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections import Counter
 from collections.abc import Callable
@@ -50,6 +49,15 @@ HeartbeatOption = Annotated[
         min=0,
         help="Seconds between trial heartbeats (0: off). Default: $HPO_HEARTBEAT, else 30.",
     ),
+]
+
+QuietOption = Annotated[
+    bool,
+    typer.Option("--quiet", "-q", help="Log warnings and errors only: no line per trial."),
+]
+VerboseOption = Annotated[
+    bool,
+    typer.Option("--verbose", "-v", help="Log more: hpo's debug lines and Optuna's own."),
 ]
 
 AllowModuleOption = Annotated[
@@ -152,12 +160,20 @@ def run(
         "results"
     ),
     allow_module: AllowModuleOption = None,
+    quiet: QuietOption = False,
+    verbose: VerboseOption = False,
 ) -> None:
-    """Register a study and run it to its budget with local workers; print the best trial."""
+    """Register a study and run it to its budget with local workers; print the best trial.
+
+    The workers' log lines come through this command: above the progress bar on a terminal;
+    elsewhere (CI, docker logs) with a progress line every few seconds."""
     from hpo.results.export import read_best_params
+    from hpo.service.logs import configure_logging, verbosity_of
     from hpo.service.runner import run_study
     from hpo.service.storage import resolve_storage_url
 
+    verbosity = verbosity_of(quiet, verbose)
+    configure_logging("run", verbosity)
     try:
         result = run_study(
             spec_file,
@@ -168,6 +184,7 @@ def run(
             heartbeat_seconds=heartbeat,
             allow_modules=allow_module or (),
             console=err,
+            verbosity=verbosity,
         )
     except KeyboardInterrupt:
         err.print(
@@ -286,16 +303,19 @@ def worker(
         ),
     ] = True,
     allow_module: AllowModuleOption = None,
+    quiet: QuietOption = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """Pull trials of a study from the storage until its budget is spent."""
+    from hpo.service.logs import configure_logging, verbosity_of
     from hpo.service.storage import check_database_exists, resolve_storage_url
 
     url = resolve_storage_url(storage)
     check_database_exists(url)  # before the worker opens it: a mistyped path is not created
     from hpo.service.worker import run_worker
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr
+    configure_logging(
+        "worker" if index is None else f"worker {index}", verbosity_of(quiet, verbose)
     )
     summary = run_worker(
         study,
@@ -309,10 +329,7 @@ def worker(
         stack_folds=stack_folds,
         allow_modules=allow_module or (),
     )
-    done = ", ".join(f"{n} {s}" for s, n in sorted(summary.states.items())) or "no trials"
-    err.print(f"worker {index if index is not None else '-'} of {escape(study)}: {done}")
     if summary.gave_up:
-        err.print(f"[bold red]gave up:[/] {escape(summary.gave_up)}", highlight=False)
         raise typer.Exit(1)
 
 

@@ -3,16 +3,23 @@
 Registers the study, starts N ``hpo worker`` processes on the same storage, shows trials done
 out of the budget and the best score so far, and when the workers are done writes
 ``results/<study>/best_params.csv``.
+
+The workers' output comes through this process (``WorkerOutput``): on a terminal their log lines
+are printed above the progress bar instead of through it; elsewhere (CI, ``docker logs``, a
+file) there is no bar, and a progress line is printed every ``PROGRESS_SECONDS`` while the
+study moves (and every ``QUIET_PROGRESS_SECONDS`` while it does not).
 """
 
 from __future__ import annotations
 
 import os
+import queue
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +28,7 @@ from optuna.trial import TrialState
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
 from hpo.engine.device import default_device
 from hpo.engine.folds.plan import FoldPlan
@@ -28,6 +36,7 @@ from hpo.engine.objective import worker_fold_plan
 from hpo.engine.user_code import admit_user_code
 from hpo.results.export import export_study
 from hpo.results.paths import study_folder
+from hpo.service.logs import NORMAL, verbosity_flags
 from hpo.service.storage import PASSWORD_FILE_ENV, open_backend
 from hpo.service.study import budget_used, register_study
 from hpo.service.worker import default_threads
@@ -36,6 +45,9 @@ from hpo.spec.references import code_roots
 from hpo.spec.study_spec import StudySpec, load_spec
 
 POLL_SECONDS = 0.5
+#: Off a terminal: seconds between progress lines while trials finish, and while none does.
+PROGRESS_SECONDS = 5.0
+QUIET_PROGRESS_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -59,6 +71,7 @@ def run_study(
     heartbeat_seconds: float | None = None,
     allow_modules: Sequence[str] = (),
     console: Console | None = None,
+    verbosity: int = NORMAL,
 ) -> RunResult:
     """Register ``spec_path`` and run it to its budget with ``workers`` local processes.
 
@@ -71,7 +84,9 @@ def run_study(
         heartbeat_seconds: passed to each worker (``--heartbeat``).
         allow_modules: module prefixes the spec's own code (``model:``, ``criterion:``) may
             come from; passed to each worker (``--allow-module``).
-        console: where progress goes. Default: stderr.
+        console: where progress and the workers' log lines go. Default: stderr.
+        verbosity: the workers' ``hpo.service.logs`` verbosity (-1 quiet: no line per trial;
+            1: Optuna's info lines too). Default: 0.
 
     Raises:
         SpecError, StudyError: from registration, before any worker starts.
@@ -84,7 +99,9 @@ def run_study(
     backend = open_backend(storage_url)
     storage = backend.storage
     registration = register_study(spec, backend)
-    if not registration.created:
+    if registration.created:
+        console.print(f"registered study [bold]{escape(spec.name)}[/]", highlight=False)
+    else:
         console.print(f"study [bold]{escape(spec.name)}[/] already registered; resuming it")
     budget = trials or spec.n_trials
     threads = default_threads(workers)
@@ -96,7 +113,7 @@ def run_study(
             soft_wrap=True,
         )
     started = time.perf_counter()
-    options = []
+    options = verbosity_flags(verbosity)
     if trials:
         options += ["--trials", str(trials)]
     if heartbeat_seconds is not None:
@@ -107,18 +124,25 @@ def run_study(
         subprocess.Popen(
             worker_command(spec.name, threads, *options, "--index", str(i)),
             env=worker_env(threads, code_roots(spec.custom_code), storage_url=storage_url),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
         )
         for i in range(workers)
     ]
+    output = WorkerOutput(processes)
     study = optuna.load_study(study_name=spec.name, storage=storage)
     try:
-        _show_progress(study, budget, processes, console)
+        if console.is_terminal:
+            _show_progress_bar(study, budget, processes, output, console)
+        else:
+            _print_progress_lines(study, budget, processes, output, console)
     except KeyboardInterrupt:
         for process in processes:
             process.terminate()
         raise
     finally:
         exit_codes = [process.wait() for process in processes]
+        _print_lines(output.drain(wait=True), console)
     states = Counter(t.state.name for t in study.get_trials(deepcopy=False))
     best_csv = None
     if states[TrialState.COMPLETE.name]:
@@ -181,8 +205,83 @@ def worker_env(
     return env
 
 
-def _show_progress(
-    study: optuna.Study, budget: int, processes: list[subprocess.Popen[bytes]], console: Console
+class WorkerOutput:
+    """The lines the workers write (stdout and stderr together), read by a thread per worker
+    so that no worker ever blocks on a full pipe, handed out in the order they arrived."""
+
+    def __init__(self, processes: Sequence[subprocess.Popen[bytes]]) -> None:
+        self._lines: queue.Queue[str] = queue.Queue()
+        self._readers = [
+            threading.Thread(target=self._read, args=(process,), daemon=True)
+            for process in processes
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    def _read(self, process: subprocess.Popen[bytes]) -> None:
+        assert process.stdout is not None
+        with process.stdout:
+            for line in process.stdout:
+                self._lines.put(line.decode("utf-8", "replace").rstrip("\r\n"))
+
+    def drain(self, wait: bool = False) -> Iterator[str]:
+        """The lines read so far; with ``wait``, all of them, once the workers have closed
+        their output (they have exited)."""
+        if wait:
+            for reader in self._readers:
+                reader.join()
+        while True:
+            try:
+                yield self._lines.get_nowait()
+            except queue.Empty:
+                return
+
+
+def _print_lines(lines: Iterator[str], console: Console) -> None:
+    for line in lines:
+        # A worker's line is text: "[/]" in a parameter's value is not markup.
+        console.print(Text(line), highlight=False, soft_wrap=True)
+
+
+@dataclass(frozen=True)
+class _Progress:
+    """Where the study stands, as the progress bar and the progress lines show it."""
+
+    done: int
+    running: int
+    states: str
+    best: str
+    started: bool
+
+    @classmethod
+    def of(cls, study: optuna.Study) -> _Progress:
+        trials = study.get_trials(deepcopy=False)
+        counts = Counter(t.state for t in trials)
+        best = "best: -"
+        if counts[TrialState.COMPLETE]:
+            best = f"best: {study.best_value:.4f} (trial {study.best_trial.number})"
+        finished = [(s.name, n) for s, n in sorted(counts.items()) if s.is_finished()]
+        return cls(
+            done=budget_used(counts, pending=False),
+            running=counts[TrialState.RUNNING],
+            states=", ".join(f"{n} {name}" for name, n in finished),
+            best=best,
+            # A worker has claimed a trial: the workers are past importing torch and
+            # loading the data.
+            started=any(t.state != TrialState.WAITING for t in trials),
+        )
+
+
+def _starting(workers: int) -> str:
+    return f"starting {workers} worker{'s' if workers > 1 else ''} (torch, data)"
+
+
+def _show_progress_bar(
+    study: optuna.Study,
+    budget: int,
+    processes: list[subprocess.Popen[bytes]],
+    output: WorkerOutput,
+    console: Console,
 ) -> None:
     columns = (
         TextColumn("[bold]{task.description}"),
@@ -192,15 +291,50 @@ def _show_progress(
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task(study.study_name, total=budget, best="best: -")
+        task = progress.add_task(_starting(len(processes)), total=budget, best="")
         while True:
             running = any(process.poll() is None for process in processes)
-            counts = Counter(t.state for t in study.get_trials(deepcopy=False))
-            best = "best: -"
-            if counts[TrialState.COMPLETE]:
-                best = f"best: {study.best_value:.4f} (trial {study.best_trial.number})"
-            done = budget_used(counts, pending=False)
-            progress.update(task, completed=min(done, budget), best=best)
+            _print_lines(output.drain(), progress.console)
+            now = _Progress.of(study)
+            progress.update(
+                task,
+                description=study.study_name if now.started else _starting(len(processes)),
+                completed=min(now.done, budget),
+                best=now.best if now.started else "",
+            )
             if not running:
                 return
             time.sleep(POLL_SECONDS)
+
+
+def _print_progress_lines(
+    study: optuna.Study,
+    budget: int,
+    processes: list[subprocess.Popen[bytes]],
+    output: WorkerOutput,
+    console: Console,
+) -> None:
+    """Off a terminal: the workers' lines as they come, and one line of progress now and
+    then, e.g. ``digits-mlp-tpe: 12 of 40 trials done (10 COMPLETE, 2 PRUNED), 2 running,
+    best: 0.9712 (trial 7), 31 s``."""
+    started = time.monotonic()
+    printed: tuple[_Progress | None, float] = (None, started)
+    console.print(f"{_starting(len(processes))} for {escape(study.study_name)}", highlight=False)
+    while True:
+        running = any(process.poll() is None for process in processes)
+        _print_lines(output.drain(), console)
+        now, clock = _Progress.of(study), time.monotonic()
+        last, last_clock = printed
+        due = PROGRESS_SECONDS if now != last else QUIET_PROGRESS_SECONDS
+        if now.started and (clock - last_clock >= due or not running):
+            states = f" ({now.states})" if now.states else ""
+            console.print(
+                f"{escape(study.study_name)}: {now.done} of {budget} trials done{states}, "
+                f"{now.running} running, {now.best}, {clock - started:.0f} s",
+                highlight=False,
+                soft_wrap=True,
+            )
+            printed = (now, clock)
+        if not running:
+            return
+        time.sleep(POLL_SECONDS)

@@ -70,6 +70,9 @@ MAX_OUTAGE_SECONDS = 600.0
 #: How long a starting worker waits for a database that is down or restarting; shorter than
 #: an outage mid-study, so that a mistyped host or port is reported within a minute.
 STARTUP_OUTAGE_SECONDS = 60.0
+#: Study user attribute: when the study's first trial was claimed (seconds since the epoch, by
+#: the claiming machine's clock); ``budget.timeout`` counts from it.
+STARTED_ATTR = "hpo_started_at"
 #: Errors of a storage that is down or restarting, as opposed to errors of a trial.
 STORAGE_ERRORS = (
     sqlalchemy.exc.OperationalError,
@@ -189,12 +192,13 @@ def run_worker(
     if pool_plan.processes and pool is None:  # the platform cannot start processes
         plan = plan_here(fold_processes=False)
     fallback = f"; else {pool_plan.describe()}" if pool is not None and pool_plan != plan else ""
+    threads_now = torch.get_num_threads()
     logger.info(
-        "worker %s of %s on %s, %d torch threads: %s%s",
-        "-" if worker_index is None else worker_index,
+        "started on %s: %s, %d torch thread%s, %s%s",
         study_name,
         device,
-        torch.get_num_threads(),
+        threads_now,
+        "" if threads_now == 1 else "s",
         plan.describe(),
         fallback,
     )
@@ -209,23 +213,22 @@ def run_worker(
     budget = trials or spec.n_trials
     record_budget(study, budget)
     summary = WorkerSummary(study_name, worker_index)
-    deadline = time.monotonic() + spec.budget.timeout if spec.budget.timeout else None
+    clock = _StudyClock(study, spec.budget.timeout)
 
     outage = _Outage()
     with _StopFlag() as stop, pool or nullcontext():
         while not stop.requested:
-            if deadline is not None and time.monotonic() > deadline:
-                logger.info("budget.timeout reached; stopping")
-                break
             try:
-                claim = _claim_trial(study, spec, budget, storage)
+                claim = _claim_trial(study, spec, budget, storage, clock)
                 if claim.wait:
                     time.sleep(POLL_SECONDS)
                     continue
                 if claim.trial is None:
-                    logger.info("%s: %s", study_name, claim.reason)
                     if claim.gave_up:
+                        logger.error("gave up: %s", claim.reason)
                         summary.gave_up = claim.reason
+                    else:
+                        logger.info("%s: %s", study_name, claim.reason)
                     break
                 state = _run_trial(
                     study, claim.trial, spec, data, device, stop, objective, pool, storage
@@ -236,14 +239,25 @@ def run_worker(
             outage.reset()
             summary.states[state.name] += 1
     summary.stopped_by_signal = stop.requested
+    logger.info(
+        "done with %s: %s",
+        study_name,
+        ", ".join(f"{n} {s}" for s, n in sorted(summary.states.items())) or "no trials",
+    )
     return summary
 
 
 def _claim_trial(
-    study: optuna.Study, spec: StudySpec, budget: int, storage: StorageBackend
+    study: optuna.Study,
+    spec: StudySpec,
+    budget: int,
+    storage: StorageBackend,
+    clock: _StudyClock,
 ) -> _Claim:
     with storage.claim_lock(study.study_name):
         storage.fail_stale_trials(study)
+        if clock.expired():
+            return _Claim(reason=clock.expired())
         counts = storage.count_states(storage.study_id(study.study_name))
         done, taken = budget_used(counts, pending=False), budget_used(counts)
         running, waiting = counts[TrialState.RUNNING], counts[TrialState.WAITING]
@@ -400,6 +414,40 @@ def _in_short(params: dict[str, Any]) -> str:
         f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}"
         for key, value in params.items()
     )
+
+
+class _StudyClock:
+    """``budget.timeout``: the whole study's time, counted from its first claimed trial
+    (``STARTED_ATTR``, written by the worker that claims it), across every worker and every
+    restart. Once it has passed no worker starts a trial, queued or new; trials already
+    running finish (as Optuna's ``optimize(timeout=)``, but for the study rather than for one
+    call). Workers on several machines compare it with their own clocks, so keep them in sync
+    (NTP) when the timeout is short."""
+
+    def __init__(self, study: optuna.Study, timeout: float | None) -> None:
+        self.study = study
+        self.timeout = timeout
+        self.started: float | None = None
+
+    def expired(self) -> str:
+        """Why no trial may start any more, or "" while the study has time left. Called under
+        the claim lock, which makes the first claimant the one that writes the start."""
+        if self.timeout is None:
+            return ""
+        if self.started is None:
+            recorded = self.study.user_attrs.get(STARTED_ATTR)
+            if recorded is None:
+                recorded = time.time()
+                self.study.set_user_attr(STARTED_ATTR, recorded)
+            self.started = float(recorded)
+        elapsed = time.time() - self.started
+        if elapsed <= self.timeout:
+            return ""
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.started))
+        return (
+            f"budget.timeout of {self.timeout:g} s has passed ({elapsed:.0f} s since the study's "
+            f"first trial started, {since}); no new trial starts"
+        )
 
 
 class _Outage:

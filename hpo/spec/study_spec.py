@@ -118,8 +118,10 @@ class CVSpec(_Section):
 
 
 class BudgetSpec(_Section):
-    """How many trials the whole study runs (across all workers), and an optional timeout in
-    seconds per worker. A grid's budget defaults to its number of points."""
+    """How many trials the whole study runs (across all workers), and an optional timeout:
+    the whole study's seconds, counted from its first trial, after which no worker starts a
+    trial (running ones finish; ``hpo.service.worker``). A grid's budget defaults to its
+    number of points."""
 
     trials: int | None = Field(default=None, ge=1)
     timeout: float | None = Field(default=None, gt=0)
