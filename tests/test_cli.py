@@ -229,23 +229,63 @@ def test_dashboard_serves_the_study_on_localhost(
             assert "127.0.0.1" in listening.stdout
 
 
+def _dashboard_server(name: str) -> str:
+    if name == "gunicorn":
+        pytest.importorskip("gunicorn", reason="gunicorn: pip install -e '.[gunicorn]'")
+    return name
+
+
+@pytest.mark.parametrize("server", ["wsgiref", "gunicorn"])
 def test_the_dashboard_started_before_any_study_makes_the_database_and_says_so(
-    tmp_path: Path,
+    server: str, tmp_path: Path
 ) -> None:
     # (the other commands refuse a missing database: test_hostile.py)
     database = tmp_path / "first" / "hpo.db"
+    store = tmp_path / "no-store-yet"
     port = free_port()
     command = [sys.executable, "-m", "hpo", "dashboard", "--port", str(port)]
-    with served([*command, "--storage", f"sqlite:///{database}"]) as server:
+    command += ["--server", _dashboard_server(server), "--storage", f"sqlite:///{database}"]
+    with served([*command, "--artifact-dir", str(store)]) as loud:
         assert get_json(f"http://127.0.0.1:{port}/api/studies")["study_summaries"] == []
     assert database.is_file()
-    log = "".join(server.communicate()[0].split())  # however rich wraps it
+    log = "".join(loud.communicate()[0].split())  # however rich wraps it
     assert "".join(f"no database at {database} yet: made an empty one".split()) in log
-    assert "GET/api/studies" in log  # optuna-dashboard logs every request ...
-    with served([*command, "--storage", f"sqlite:///{database}", "--quiet"]) as quiet:
+    assert "".join(f"no artifact folder {store} yet".split()) in log  # the name it was given
+    assert "GET/api/studiesHTTP/1.1" in log  # a line per request, by either server ...
+    with served([*command, "--quiet"]) as quiet:
         for _ in range(2):
             assert get_json(f"http://127.0.0.1:{port}/api/studies")["study_summaries"] == []
-    assert "GET /api" not in quiet.communicate()[0]  # ... but not with --quiet
+    said = quiet.communicate()[0]
+    assert "GET /api" not in said and "INFO" not in said  # ... but not with --quiet
+    assert "(Ctrl-C to stop)" in said
+
+
+def test_the_dashboard_without_gunicorn_serves_with_wsgiref_or_says_how_to_install_it(
+    sqlite_url: str,
+) -> None:
+    # gunicorn made unimportable, as where it is not installed
+    hidden = (
+        "import sys; sys.modules['gunicorn'] = None; sys.argv[0] = 'hpo'; "
+        "from hpo.service.cli import main; main()"
+    )
+    port = free_port()
+    command = [sys.executable, "-c", hidden, "dashboard", "--storage", sqlite_url]
+    refused = subprocess.run(
+        [*command, "--port", str(port), "--server", "gunicorn"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 1, refused.stderr
+    message = " ".join(refused.stderr.split())
+    wanted = "--server gunicorn needs gunicorn, which is not installed here: pip install gunicorn"
+    assert wanted in message and "--server wsgiref" in message, message
+    assert "Traceback" not in message and "Ctrl-C to stop" not in message
+    assert not Path(sqlite_url.removeprefix("sqlite:///")).exists()  # refused before opening
+
+    with served([*command, "--port", str(port)]) as auto:  # --server auto: wsgiref
+        assert get_json(f"http://127.0.0.1:{port}/api/studies")["study_summaries"] == []
+    assert "GET /api/studies HTTP/1.1" in auto.communicate()[0]
 
 
 def test_unknown_option_prints_usage_not_a_traceback() -> None:

@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import typer
 from rich.console import Console
@@ -516,6 +516,7 @@ ArtifactsOption = Annotated[
     Path | None,
     typer.Option(
         "--artifacts",
+        "--artifact-dir",  # optuna-dashboard's name for it
         help="Artifact folder of the studies' refit files (Optuna's FileSystemArtifactStore; "
         "share it with the machines that load them). Default: $HPO_ARTIFACTS, else results.",
         show_default=False,
@@ -531,6 +532,14 @@ def dashboard(
     port: Annotated[int, _port_option("Port to listen on.")] = 8080,
     artifacts: ArtifactsOption = None,
     expose: ExposeOption = False,
+    server: Annotated[
+        Literal["auto", "wsgiref", "gunicorn"],
+        typer.Option(
+            "--server",
+            help="The WSGI server, as optuna-dashboard's: auto is gunicorn when it is "
+            "installed (pip install 'hpo[gunicorn]'), else wsgiref.",
+        ),
+    ] = "auto",
     quiet: Annotated[
         bool,
         typer.Option("--quiet", "-q", help="Log no requests (the page polls every few seconds)."),
@@ -543,10 +552,11 @@ def dashboard(
 
     from hpo.errors import MissingDatabaseError
     from hpo.results.artifacts import resolve_artifacts_dir
-    from hpo.service.dashboard import serve_dashboard
+    from hpo.service.dashboard import resolve_server, serve_dashboard
 
+    resolve_server(server)  # a missing gunicorn is said before anything else
     try:
-        opened = _storage(storage)
+        _storage(storage)
     except MissingDatabaseError as missing:
         # The dashboard is often started first, to watch the studies as they come.
         err.print(
@@ -554,7 +564,7 @@ def dashboard(
             "studies show as they are registered there",
             highlight=False,
         )
-        opened = _storage(storage, create=True)
+        _storage(storage, create=True)
     folder = resolve_artifacts_dir(artifacts)
     if not folder.is_dir():
         err.print(
@@ -563,7 +573,15 @@ def dashboard(
         )
     err.print(f"optuna-dashboard on http://{escape(host)}:{port}/ (Ctrl-C to stop)")
     try:
-        serve_dashboard(opened, host, port, FileSystemArtifactStore(folder), quiet=quiet)
+        serve_dashboard(
+            # Opened where it is served: in gunicorn's worker, after its fork.
+            lambda: _storage(storage, create=True),
+            host,
+            port,
+            FileSystemArtifactStore(folder),
+            server=server,
+            quiet=quiet,
+        )
     except OSError as error:
         raise HpoError(
             f"cannot listen on {host}:{port}: {error.strerror or error}; pick another with "
