@@ -7,7 +7,8 @@ Read top to bottom, a trial:
 2. builds its unfitted skorch net (``build_net``);
 3. plans how its folds run (``plan_folds``: stacked, in fold processes, or one by one);
 4. fits and scores the folds, reading their results in fold order: after each fold the running
-   mean goes to ``trial.report``, so a median or hyperband pruner can stop a bad trial before
+   mean goes to ``trial.report`` (each fold's own score for the Wilcoxon pruner:
+   ``hpo.spec.pruning``), so the pruner can stop a bad trial before
    its last fold (optuna-integration's ``SkorchPruningCallback`` would report per epoch, but
    it breaks ``sklearn.clone``);
 5. writes its fold scores, fit seconds, epochs and plan to its user_attrs, once per trial:
@@ -39,7 +40,7 @@ from hpo.engine.folds.stacked import (
     spec_stacks_folds,
     stackable,
 )
-from hpo.spec.pruning import pruning_start
+from hpo.spec.pruning import pruning_start, reports_fold_scores
 from hpo.spec.spaces import suggest
 from hpo.spec.study_spec import StudySpec
 
@@ -157,7 +158,13 @@ def evaluate(
         results = pool.fold_results(configuration, splits, should_stop, fit_one)
     else:
         results = (fit_one(fold) for fold in range(len(splits)))
-    return _score_folds(trial, results, may_prune=start is not None, folds=len(splits))
+    return _score_folds(
+        trial,
+        results,
+        may_prune=start is not None,
+        folds=len(splits),
+        fold_scores=reports_fold_scores(spec),
+    )
 
 
 def _stacked(
@@ -185,11 +192,17 @@ def _complete_trials(trial: optuna.Trial) -> int:
 
 
 def _score_folds(
-    trial: optuna.Trial, results: Iterator[FoldResult], *, may_prune: bool, folds: int
+    trial: optuna.Trial,
+    results: Iterator[FoldResult],
+    *,
+    may_prune: bool,
+    folds: int,
+    fold_scores: bool = False,
 ) -> float:
-    """Read the folds' results in fold order: report the running mean after each, prune when
-    the pruner says so, and keep the fold lists in the trial's user_attrs (also when it is
-    pruned or fails part-way)."""
+    """Read the folds' results in fold order: report the running mean after each (with
+    ``fold_scores``, the fold's own score: ``hpo.spec.pruning.reports_fold_scores``), prune
+    when the pruner says so, and keep the fold lists in the trial's user_attrs (also when it
+    is pruned or fails part-way)."""
     scores: list[float] = []
     seconds: list[float] = []
     epochs: list[int] = []
@@ -200,7 +213,7 @@ def _score_folds(
                 scores.append(result.score)
                 seconds.append(round(result.seconds, 4))
                 epochs.append(result.epochs)
-                trial.report(float(np.mean(scores)), step=fold)
+                trial.report(float(result.score if fold_scores else np.mean(scores)), fold)
                 # Asking a pruner that is not there would cost a storage read per fold.
                 if may_prune and fold + 1 < folds and trial.should_prune():
                     mean = np.mean(scores)

@@ -10,9 +10,7 @@ budget that the worker, ``hpo run`` and ``hpo enqueue`` all read.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,7 +22,8 @@ from optuna.trial import TrialState
 
 from hpo.errors import SpecError, StudyError
 from hpo.service.backends import StorageBackend
-from hpo.spec.pruning import pruner_options
+from hpo.spec.pruning import make_pruner
+from hpo.spec.sampling import make_sampler
 from hpo.spec.spaces import grid_points
 from hpo.spec.study_spec import StudySpec, spec_json_equal
 
@@ -72,33 +71,6 @@ def hpo_version() -> str:
         return version("hpo")
     except PackageNotFoundError:
         return "unknown"
-
-
-def make_sampler(spec: StudySpec, worker_index: int | None = 0) -> optuna.samplers.BaseSampler:
-    """The spec's sampler, seeded for this worker.
-
-    Worker 0 uses the spec's seed as it is, so a one-worker study is reproducible; other
-    workers derive their own seed from it, so N workers do not replay the same start-up
-    samples (optuna#4714). ``worker_index=None`` (a worker started on its own) draws one.
-    A grid's points are all enqueued at registration, so its workers only ever pop them.
-    """
-    seed = spec.sampler.seed
-    if seed is not None and worker_index != 0:
-        salt = str(worker_index) if worker_index is not None else os.urandom(8).hex()
-        seed = int.from_bytes(hashlib.sha256(f"{seed}:{salt}".encode()).digest()[:4], "big")
-    if spec.sampler.name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, **spec.sampler.options)
-    return optuna.samplers.RandomSampler(seed=seed, **spec.sampler.options)
-
-
-def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
-    """The spec's pruner, with hpo's defaults (``hpo.spec.pruning``); trials report the
-    running mean score after each fold."""
-    if spec.pruner.name == "median":
-        return optuna.pruners.MedianPruner(**pruner_options(spec))
-    if spec.pruner.name == "hyperband":
-        return optuna.pruners.HyperbandPruner(**pruner_options(spec))
-    return optuna.pruners.NopPruner()
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
-import optuna
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 from sklearn.metrics import get_scorer_names
@@ -32,8 +31,10 @@ from hpo.spec.names import (
     NET_PARAMS,
     OPTIMIZER_ARGS,
 )
+from hpo.spec.pruning import PATIENT_WRAPS, PRUNER_NAMES, PRUNERS, pruning_problem
 from hpo.spec.references import is_reference
 from hpo.spec.rules import RULES, Rule, describe, value_problem, within
+from hpo.spec.sampling import SAMPLER_NAMES, SAMPLERS, object_only_options
 from hpo.spec.spaces import (
     CategoricalParam,
     FloatParam,
@@ -90,9 +91,10 @@ class DatasetSpec(BaseModel):
 
 
 class SamplerSpec(_Section):
-    """``grid``, ``random`` or ``tpe``; ``options`` go to the Optuna sampler's constructor."""
+    """``grid``, ``auto`` or an Optuna sampler's name (``hpo.spec.sampling``); ``options`` go
+    to the Optuna sampler's constructor."""
 
-    name: Literal["grid", "random", "tpe"] = "tpe"
+    name: Literal[SAMPLER_NAMES] = "tpe"  # type: ignore[valid-type]
     seed: int | None = 0
     options: dict[str, Any] = Field(default_factory=dict)
 
@@ -100,9 +102,10 @@ class SamplerSpec(_Section):
 
 
 class PrunerSpec(_Section):
-    """``none``, ``median`` or ``hyperband``; ``options`` go to the Optuna pruner."""
+    """``none`` or an Optuna pruner's name (``hpo.spec.pruning``); ``options`` go to the Optuna
+    pruner."""
 
-    name: Literal["none", "median", "hyperband"] = "none"
+    name: Literal[PRUNER_NAMES] = "none"  # type: ignore[valid-type]
     options: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -320,6 +323,8 @@ def parse_spec(raw: Any, source: str = "<spec>") -> StudySpec:
         ]
     if spec is not None and not problems and spec.sampler.name == "grid":
         problems.extend(_grid_budget_problems(spec))
+    if spec is not None and not problems:
+        problems.extend(filter(None, [pruning_problem(spec)]))
     if problems:
         raise SpecError(source, list(dict.fromkeys(problems)))
     assert spec is not None
@@ -651,7 +656,7 @@ def _search_problems(raw: Mapping[str, Any], space: Mapping[str, Param]) -> list
             "space: missing; give the parameters to search, e.g. space: {lr: {type: float, "
             f"low: 1.0e-4, high: 0.1, log: true}}, or, {one_configuration}"
         )
-    elif raw.get("space") == {} and sampler_name in ("random", "tpe"):
+    elif raw.get("space") == {} and sampler_name != "grid":
         problems.append(
             f"space: empty, so the {sampler_name} sampler has nothing to search and would run "
             f"one configuration again and again; {one_configuration}"
@@ -661,25 +666,34 @@ def _search_problems(raw: Mapping[str, Any], space: Mapping[str, Param]) -> list
             error = grid_size_error(name, param)
             if error:
                 problems.append(error)
-    elif sampler_name in ("random", "tpe") and "trials" not in budget:
-        problems.append("budget.trials: required for a random or tpe search (e.g. trials: 40)")
-    sampler_classes = {"random": optuna.samplers.RandomSampler, "tpe": optuna.samplers.TPESampler}
-    pruner_classes = {
-        "median": optuna.pruners.MedianPruner,
-        "hyperband": optuna.pruners.HyperbandPruner,
-    }
+    elif sampler_name in SAMPLER_NAMES and "trials" not in budget:
+        problems.append(f"budget.trials: required for a {sampler_name} search (e.g. trials: 40)")
     for section, name, classes in (
-        ("sampler", sampler_name, sampler_classes),
-        ("pruner", pruner.get("name", "none"), pruner_classes),
+        ("sampler", sampler_name, SAMPLERS),
+        ("pruner", pruner.get("name", "none"), PRUNERS),
     ):
         options = (sampler if section == "sampler" else pruner).get("options") or {}
         if not isinstance(options, dict):
             continue
-        accepted = _constructor_args(classes[name]) if name in classes else ()
+        if section == "sampler" and name == "auto" and options:
+            problems.append(
+                "sampler.options: auto picks its sampler by a rule (hpo/spec/sampling.py), so "
+                "it takes no options; name the sampler (tpe, gp, ...) to give it options"
+            )
+            continue
+        cls = classes.get(name)
+        accepted = _constructor_args(cls) if cls is not None else ()
+        objects = object_only_options(cls) if cls is not None else frozenset()
         for key in options:
             if key == "seed":
                 problems.append(
                     f"{section}.options.seed: the seed goes in {section}.seed, not in options"
+                )
+            elif key in objects:
+                problems.append(
+                    f"{section}.options.{key}: takes a Python object, which a spec file cannot "
+                    "give; leave it out"
+                    + (f" (patient wraps a {PATIENT_WRAPS} pruner)" if name == "patient" else "")
                 )
             elif key not in accepted:
                 problems.append(
