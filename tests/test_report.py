@@ -17,17 +17,20 @@ from typing import Any
 import optuna
 import pytest
 from conftest import run_hpo, tiny_spec
-from optuna.distributions import FloatDistribution, IntDistribution
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
 from PIL import Image
 
 from hpo.errors import HpoError
-from hpo.results.artifacts import REPORT_ARTIFACT_ATTR
+from hpo.results.artifacts import REFIT_ARTIFACTS_ATTR, REPORT_ARTIFACT_ATTR
 from hpo.results.refit import refit_study
 from hpo.results.report import write_report
+from hpo.results.report_search import fold_figure, log_ticks, slice_figure, varying_params
+from hpo.results.report_tables import gap_sentence, large_gap
 from hpo.service.storage import open_storage
 from hpo.service.study import SPEC_ATTR, register_study
 from hpo.service.worker import run_worker
-from hpo.spec.study_spec import parse_spec
+from hpo.spec.study_spec import StudySpec, parse_spec
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -39,6 +42,13 @@ SEARCH_FIGURES = [
     "Running mean score after each fold",
 ]
 REFIT_FIGURES = ["Learning curves (refit)", "Confusion matrix on the test split (refit)"]
+REGRESSION_FIGURES = [
+    "Learning curves (refit)",
+    "Predicted vs true on the test split (refit)",
+    "Residuals on the test split (refit)",
+    "Fitted curve over the data (refit)",
+]
+TIMING = "Time per trial and fold"
 
 
 def report_spec(trials: int) -> dict[str, Any]:
@@ -93,6 +103,62 @@ def count_class(dom: str, name: str) -> int:
     return len(re.findall(rf'class="(?:[^"]* )?{re.escape(name)}(?: [^"]*)?"', dom))
 
 
+def axis_titles(dom: str) -> list[str]:
+    """The axis titles plotly drew (``xtitle``, ``ytitle``, ``x2title``...)."""
+    return re.findall(r'<text class="[xy]\d*title"[^>]*>([^<]*)</text>', dom)
+
+
+def timing_rows(page: str) -> list[list[str]]:
+    """The cells of the timing table's body rows."""
+    [body] = re.findall(r'<table class="timing">.*?<tbody>(.*?)</tbody>', page, re.S)
+    return [re.findall(r"<td>(.*?)</td>", row) for row in re.findall(r"<tr[^>]*>(.*?)</tr>", body)]
+
+
+#: A space with a log axis, an integer and a categorical, for made-up trials.
+MADE_UP_SPACE = {
+    "lr": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True},
+    "module__hidden1": {"type": "int", "low": 8, "high": 32},
+    "module__activation": {"type": "categorical", "choices": ["relu", "tanh", "leaky_relu"]},
+}
+
+
+def made_up_study(url: str) -> tuple[optuna.Study, StudySpec]:
+    """A registered study with four trials told by hand (nothing trains): two complete
+    (trial 1 the best), one pruned after its first fold, one failed."""
+    spec = parse_spec({**report_spec(trials=4), "space": MADE_UP_SPACE})
+    register_study(spec, open_storage(url))
+    study = optuna.load_study(study_name=spec.name, storage=url)
+    space = {
+        "lr": FloatDistribution(1e-3, 1e-1, log=True),
+        "module__hidden1": IntDistribution(8, 32),
+        "module__activation": CategoricalDistribution(["relu", "tanh", "leaky_relu"]),
+    }
+    told = (
+        (TrialState.COMPLETE, 0.80, (0.002, 8, "relu"), [1.5, 2.0], [4, 3], 0.02),
+        (TrialState.COMPLETE, 0.90, (0.03, 32, "tanh"), [0.5, 0.25], [4, 4], 0.01),
+        (TrialState.PRUNED, None, (0.09, 16, "tanh"), [4.0], [2], None),
+    )
+    for state, value, (lr, hidden, activation), seconds, epochs, std in told:
+        scores = [value or 0.4] * len(seconds)
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=state,
+                value=value,
+                params={"lr": lr, "module__hidden1": hidden, "module__activation": activation},
+                distributions=space,
+                intermediate_values=dict(enumerate(scores)),
+                user_attrs={
+                    "fit_seconds": seconds,
+                    "epochs": epochs,
+                    "fold_scores": scores,
+                    **({} if std is None else {"score_std": std}),
+                },
+            )
+        )
+    study.add_trial(optuna.trial.create_trial(state=TrialState.FAIL))
+    return study, spec
+
+
 @pytest.mark.slow
 def test_report_renders_every_figure_offline(sqlite_url: str, tmp_path: Path) -> None:
     run_study(sqlite_url, report_spec(trials=3))
@@ -124,6 +190,9 @@ def test_report_renders_every_figure_offline(sqlite_url: str, tmp_path: Path) ->
     assert count_class(dom, "main-svg") >= 2 * len(report.figures)
     for title in report.figures:
         assert f"<h2>{title}</h2>" in dom
+    for key, value in (("model", "mlp"), ("dataset", "digits"), ("sampler", "random")):
+        assert f"<tr><th>{key}</th><td>{value}</td></tr>" in dom
+    assert "accuracy" in axis_titles(dom)
 
     shot = tmp_path / "report.png"
     done = chromium(
@@ -318,3 +387,224 @@ def test_cli_report(sqlite_url: str, tmp_path: Path) -> None:
     assert "No trial has completed yet" in done.stderr  # the notes are shown too
     [stored] = (tmp_path / "store").iterdir()
     assert stored.read_bytes() == (tmp_path / "r.html").read_bytes()
+
+
+def test_slices_are_a_grid_with_the_spec_s_log_and_categorical_axes(sqlite_url: str) -> None:
+    """One small plot per parameter, 2 columns for 3 parameters: lr on a log axis with one
+    tick per decade, the activation's choices as plain text (Optuna quotes them, 'relu') in
+    the spec's order, also the choice no trial drew; colour is the trial number."""
+    study, spec = made_up_study(sqlite_url)
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+
+    figure = slice_figure(complete, spec, "accuracy", varying_params(complete, spec))
+
+    assert [a.text for a in figure.layout.annotations] == list(MADE_UP_SPACE)
+    layout = figure.layout
+    assert layout.xaxis.domain[0] == 0 and layout.xaxis2.domain[0] > 0.5  # side by side
+    assert layout.xaxis3.domain == layout.xaxis.domain  # the third starts a second row
+    assert layout.xaxis.type == "log" and list(layout.xaxis.ticktext) == ["0.001", "0.01", "0.1"]
+    assert layout.xaxis2.type == "linear"
+    assert layout.xaxis3.type == "category"
+    assert list(layout.xaxis3.categoryarray) == ["relu", "tanh", "leaky_relu"]
+    [activation] = [t for t in figure.data if t.name == "module__activation"]
+    assert list(activation.x) == ["relu", "tanh"] and list(activation.y) == [0.8, 0.9]
+    assert list(activation.marker.color) == [0, 1]  # the trial numbers
+    assert layout.yaxis.title.text == "accuracy" and layout.yaxis3.title.text == "accuracy"
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "ticks"),
+    [
+        (1e-3, 1e-1, [0.001, 0.01, 0.1]),
+        (3e-3, 3e-2, [0.003, 0.01, 0.03]),  # under two decades: 1-3 steps
+        (5e-5, 5e-3, [1e-4, 3e-4, 1e-3, 3e-3]),
+        (2e-3, 4e-3, [2e-3, 4e-3]),  # narrower than 1-2-5 steps: the ends
+        (1e-9, 1.0, [1e-9, 1e-7, 1e-5, 1e-3, 1e-1]),  # many decades: every other one
+    ],
+)
+def test_log_ticks_are_few_and_round(low: float, high: float, ticks: list[float]) -> None:
+    assert log_ticks(low, high) == pytest.approx(ticks)
+
+
+def test_fold_lines_name_their_trial_and_its_params(sqlite_url: str) -> None:
+    study, _ = made_up_study(sqlite_url)
+
+    figure = fold_figure(study.get_trials(), "accuracy", best=study.best_trial.number)
+
+    assert figure is not None and figure.layout.showlegend
+    assert [t.name for t in figure.data] == ["trial 0", "trial 1 (best)", "trial 2 (pruned)"]
+    assert "lr=0.03, module__hidden1=32, module__activation=tanh" in figure.data[1].hovertemplate
+    assert figure.data[1].line.width > figure.data[0].line.width
+    assert figure.data[2].line.dash == "dot"
+    assert figure.layout.yaxis.title.text == "mean accuracy of the folds so far"
+
+
+def test_report_tables_the_time_of_every_trial_and_fold(sqlite_url: str, tmp_path: Path) -> None:
+    study, _ = made_up_study(sqlite_url)
+
+    report = write_report(
+        open_storage(sqlite_url), study.study_name, results_dir=tmp_path, artifacts=tmp_path
+    )
+
+    assert report.tables == [TIMING] and TIMING not in report.figures
+    page = report.path.read_text()
+    rows = timing_rows(page)
+    assert [row[:6] for row in rows] == [
+        ["0", "COMPLETE", "0.8", "1.50 · 2.00", "4 · 3", "3.50"],
+        ["1 (best)", "COMPLETE", "0.9", "0.50 · 0.25", "4 · 4", "0.75"],
+        ["2", "PRUNED", "—", "4.00", "2", "4.00"],
+        ["3", "FAIL", "—", "—", "—", "—"],
+    ]
+    assert '<tr class="best"><td>1 (best)</td>' in page
+    assert "4 trials, 8.2 s of fitting in all" in page  # 1.5 + 2 + 0.5 + 0.25 + 4
+    assert "the slowest: trial 2 (4.0 s), trial 0 (3.5 s), trial 1 (0.8 s)" in page
+    assert '<div class="scroll"><table class="timing">' in page  # a long study scrolls
+    assert "&#x27;relu&#x27;" not in page and "'relu'" not in page
+
+
+@pytest.mark.parametrize(
+    ("test", "cv", "std", "large"),
+    [
+        (0.91, 0.97, 0.01, True),  # 0.06: over 2 std (0.02) and 5% (0.0485)
+        (0.94, 0.97, 0.01, False),  # 0.03: under 5% of the score
+        (0.90, 0.97, 0.04, False),  # 0.07: under 2 std of noisy folds (0.08)
+        (0.91, 0.97, None, True),  # no fold std recorded: 5% alone
+        (-0.0041, -0.0135, 0.002, True),  # an MSE far better on the test split
+        (-0.0130, -0.0135, 0.002, False),
+    ],
+)
+def test_large_gap_is_over_both_2_fold_stds_and_5_percent(
+    test: float, cv: float, std: float | None, large: bool
+) -> None:
+    assert large_gap(test, cv, std) is large
+
+
+def test_the_gap_sentence_says_which_way_and_why(sqlite_url: str, tmp_path: Path) -> None:
+    study, spec = made_up_study(sqlite_url)  # trial 1: CV 0.9, fold std 0.01
+
+    def sentence(test: float) -> str:
+        refit = {"test": {"score": test}, "trial": 1, "cv_score": 0.9, "n_test": 447}
+        return gap_sentence(study, spec, "accuracy", refit)
+
+    below = sentence(0.84)
+    assert below.startswith(
+        "The test accuracy 0.84 is 0.06 below the best CV accuracy 0.9 (trial 1): more than 2 "
+        "standard deviations of its fold scores (0.01) and 5% of the CV score."
+    )
+    assert "the best of 2 trials, so it is optimistic" in below
+    assert "overfitting to the folds" in below and "only 447 rows" in below
+    above = sentence(0.97)
+    assert "0.07 above" in above and "whole training split" in above and "1/2 of it" in above
+    assert "optimistic" not in above
+    assert sentence(0.88) == ""
+
+    # Without the refit's files, the study's test_score and refit_trial say it on the page.
+    study.set_user_attr("test_score", 0.84)
+    study.set_user_attr("refit_trial", 1)
+    report = write_report(
+        open_storage(sqlite_url), spec.name, results_dir=tmp_path, artifacts=tmp_path
+    )
+    assert '<p class="gap">The test accuracy 0.84 is 0.06 below' in report.path.read_text()
+
+
+def regression_report_spec() -> dict[str, Any]:
+    return tiny_spec(
+        name="report-regression",
+        model="regressor",
+        dataset={"name": "synthetic_regression", "n_train": 80, "n_test": 50},
+        scoring="neg_mean_squared_error",
+        budget={"trials": 3},
+        fixed={"max_epochs": 5, "batch_size": 20, "module__depth": 2, "module__units": 16},
+        space={
+            "lr": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True},
+            "module__activation": {"type": "categorical", "choices": ["relu", "tanh"]},
+        },
+    )
+
+
+@pytest.mark.slow
+def test_regression_report_renders_its_test_plots_and_fitted_curve(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """A regression on the 1-D synthetic function: predicted vs true, residuals and the fitted
+    curve beside the true function, drawn by Chromium, and the summary and metric shown."""
+    run_study(sqlite_url, regression_report_spec())
+    refit_study(
+        open_storage(sqlite_url),
+        "report-regression",
+        results_dir=tmp_path / "results",
+        artifacts=tmp_path / "store",
+    )
+
+    report = write_report(
+        open_storage(sqlite_url),
+        "report-regression",
+        results_dir=tmp_path / "results",
+        artifacts=tmp_path / "store",
+    )
+
+    assert report.figures == SEARCH_FIGURES + REGRESSION_FIGURES and report.notes == {}
+    assert report.tables == [TIMING] and report.refit_source == "artifacts"
+    page = report.path.read_text()
+    rows = timing_rows(page)
+    assert [row[0].removesuffix(" (best)") for row in rows] == ["0", "1", "2"]
+    assert sum(row[0].endswith(" (best)") for row in rows) == 1
+    assert all(len(row[3].split(" · ")) == 2 for row in rows)  # fit seconds of both folds
+    dom = rendered_dom(report.path, tmp_path)
+    assert count_class(dom, "js-plotly-plot") == len(report.figures)
+    for key, value in (
+        ("model", "regressor"),
+        ("dataset", "synthetic_regression"),
+        ("sampler", "random"),
+        ("pruner", "none"),
+    ):
+        assert f"<tr><th>{key}</th><td>{value}</td></tr>" in dom
+    assert "<th>best CV neg_mean_squared_error</th>" in dom
+    titles = axis_titles(dom)
+    # optimization history, the slices' rows, the folds
+    assert titles.count("neg_mean_squared_error") >= 2, titles
+    assert "mean neg_mean_squared_error of the folds so far" in titles
+    assert {"predicted value", "residual (true − predicted)", "x (the input)"} <= set(titles)
+    legend = re.findall(r'class="legendtext"[^>]*>([^<]*)<', dom)
+    assert sum(name.startswith("trial ") for name in legend) == 3  # the folds' lines
+    assert "perfect prediction" in legend
+    assert "true function sin(2πx)(1 + x)" in legend and "refit net's prediction" in legend
+    # Categorical ticks as plain text; log ticks one per decade.
+    ticks = re.findall(r'<g class="x\d*tick"><text [^>]*data-unformatted="([^"]*)"', dom)
+    assert {"relu", "tanh", "0.001", "0.01", "0.1"} <= set(ticks), ticks
+
+    shot = tmp_path / "regression.png"
+    done = chromium(
+        f"--screenshot={shot}",
+        "--window-size=1280,6000",
+        report.path.resolve().as_uri(),
+        profile=tmp_path / "profile-shot",
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert shot.stat().st_size > 50_000
+    image = Image.open(shot).convert("RGB")
+    assert image.size == (1280, 6000)
+    colors = image.getcolors(maxcolors=1 << 20) or []
+    assert len(colors) > 200, "a page of plots has many colours; a blank one has a few"
+
+
+def test_report_of_a_refit_without_predictions_asks_for_a_new_refit(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """A regression refit made before predictions.csv: the learning curves are drawn, and a
+    note says to refit for the test-split plots."""
+    run_study(sqlite_url, {**regression_report_spec(), "budget": {"trials": 1}})
+    storage = open_storage(sqlite_url)
+    refit = refit_study(storage, "report-regression", results_dir=tmp_path, artifacts=tmp_path)
+    study = optuna.load_study(study_name="report-regression", storage=sqlite_url)
+    record = study.user_attrs[REFIT_ARTIFACTS_ATTR]
+    older = {k: v for k, v in record["files"].items() if k not in ("predictions", "curve")}
+    study.set_user_attr(REFIT_ARTIFACTS_ATTR, {**record, "files": older})
+    refit.files["predictions"].unlink()
+    refit.files["curve"].unlink()
+
+    report = write_report(storage, "report-regression", results_dir=tmp_path, artifacts=tmp_path)
+
+    assert report.figures[-1] == "Learning curves (refit)"
+    note = report.notes["Predicted vs true on the test split (refit)"]
+    assert "predates predictions.csv" in note and "hpo refit report-regression" in note
