@@ -15,8 +15,10 @@ import optuna
 import pytest
 from conftest import run_hpo, tiny_spec
 from optuna.trial import TrialState
+from optuna_dashboard import get_note, save_note
 
 from hpo.errors import SpecError, StudyError
+from hpo.service.notes import spec_note
 from hpo.service.storage import open_storage
 from hpo.service.study import (
     QUEUED_ATTR,
@@ -88,6 +90,45 @@ def test_registering_the_same_spec_again_is_a_no_op(storage_url: str) -> None:
     again = register_study(parse_spec(tiny_spec(**GRID)), storage)
     assert not again.created
     assert len(optuna.load_study(study_name=spec.name, storage=storage).trials) == 8
+
+
+def test_registration_notes_the_spec_for_the_dashboard(storage_url: str) -> None:
+    spec = parse_spec(tiny_spec())
+    storage = open_storage(storage_url)
+    register_study(spec, storage)
+    study = optuna.load_study(study_name=spec.name, storage=storage)
+    note = get_note(study)
+    assert note == spec_note(spec)
+    assert note.startswith("## tiny-digits\n") and "\nmodel: mlp\n" in note
+
+
+def test_a_study_registered_without_a_note_gets_it_from_the_same_spec_only(
+    storage_url: str,
+) -> None:
+    spec = parse_spec(tiny_spec(**GRID))
+    storage = open_storage(storage_url)
+    register_study(spec, storage)
+    study = optuna.load_study(study_name=spec.name, storage=storage)
+    save_note(study, "")  # as a study registered before hpo wrote notes: none
+
+    def everything_but_the_note() -> tuple[object, ...]:
+        attrs = storage.get_study_system_attrs(storage.get_study_id_from_name(spec.name))
+        system = {key: value for key, value in attrs.items() if not key.startswith("dashboard:")}
+        trials = [(t.number, t.state, t.system_attrs) for t in study.get_trials()]
+        return study.user_attrs, system, study.metric_names, trials
+
+    before = everything_but_the_note()
+    again = register_study(parse_spec(tiny_spec(**GRID)), storage)
+    assert not again.created and again.enqueued == 0
+    assert get_note(study) == spec_note(spec)
+    assert everything_but_the_note() == before
+
+    # a note someone wrote in the dashboard stays; a changed spec writes nothing
+    save_note(study, "my own words")
+    register_study(parse_spec(tiny_spec(**GRID)), storage)
+    with pytest.raises(StudyError):
+        register_study(parse_spec(tiny_spec(**GRID, description="changed")), storage)
+    assert get_note(study) == "my own words"
 
 
 def test_a_changed_spec_under_the_same_name_is_refused(storage_url: str) -> None:

@@ -1,7 +1,8 @@
 """Studies in the storage: register (idempotent), load, list, delete.
 
 A registered study carries its validated spec in ``user_attrs["hpo_spec"]`` (JSON) and the hpo
-version that wrote it, so a worker anywhere needs only the study name and the storage. A grid
+version that wrote it, so a worker anywhere needs only the study name and the storage; its
+note in optuna-dashboard shows the same spec as YAML (``hpo.service.notes``). A grid
 study has every point enqueued as a WAITING trial at registration, so each point runs once;
 each queued point carries ``user_attrs["hpo_queued"]`` (where it came from), which is how a
 worker tells a grid point from a fresh sample. ``budget_used`` is the one count of a study's
@@ -22,6 +23,7 @@ from optuna.trial import TrialState
 
 from hpo.errors import SpecError, StudyError
 from hpo.service.backends import StorageBackend
+from hpo.service.notes import write_study_note
 from hpo.spec.pruning import make_pruner
 from hpo.spec.sampling import make_sampler
 from hpo.spec.spaces import grid_points
@@ -109,6 +111,8 @@ def _register(spec: StudySpec, storage: optuna.storages.BaseStorage) -> Registra
         stored = existing.get(SPEC_ATTR)
         if stored is not None:
             if spec_json_equal(stored, spec_json):
+                # A study registered before hpo wrote notes gets its note now.
+                write_study_note(optuna.load_study(study_name=spec.name, storage=storage), spec)
                 return Registration(spec.name, created=False, enqueued=0)
             raise StudyError(
                 f"study {spec.name!r} is already registered with a different spec "
@@ -130,6 +134,7 @@ def _register(spec: StudySpec, storage: optuna.storages.BaseStorage) -> Registra
         # set_metric_names is experimental in Optuna; the name is only a label.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names([spec.scoring])
+    write_study_note(study, spec)
     points = [(point, "spec") for point in spec.enqueue]
     if spec.sampler.name == "grid":
         points += [(point, "grid") for point in grid_points(spec.space, skip=spec.enqueue)]
