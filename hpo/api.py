@@ -153,6 +153,9 @@ def refit(
     on the held-out test split, and stored as the study's artifacts (``load_refit`` reads
     them back). The study's own code is imported only when trusted.
 
+    The test score then stands beside the CV score in optuna-dashboard: on top of the
+    study's note, and in the refit trial's note (``hpo.service.notes``).
+
     Args:
         name: a study with a completed trial.
         storage: as for ``run``.
@@ -164,13 +167,21 @@ def refit(
     """
     from hpo.engine.user_code import admit_user_code
     from hpo.results.refit import refit_study
+    from hpo.service.notes import write_refit_notes
     from hpo.service.study import load_spec_from_storage
 
     opened = _open(storage)
-    admit_user_code(load_spec_from_storage(opened, name), allow_modules, f"study {name}")
-    return refit_study(
-        opened, name, results_dir=results_dir, artifacts=artifacts, device=device
+    spec = load_spec_from_storage(opened, name)
+    admit_user_code(spec, allow_modules, f"study {name}")
+    result = refit_study(opened, name, results_dir=results_dir, artifacts=artifacts, device=device)
+    write_refit_notes(
+        opened,
+        spec,
+        trial=result.trial,
+        test=result.metrics["score"],  # the spec's scorer, as the CV score
+        test_metrics={key: value for key, value in result.metrics.items() if key != "score"},
     )
+    return result
 
 
 def skorch_params(row: Mapping[str, Any]) -> dict[str, Any]:
