@@ -200,9 +200,10 @@ p.note { color: #666; font-style: italic; }
 p.gap { background: #fff6e0; border-left: 4px solid #e0a800; padding: 0.5em 0.8em; }
 p.caption { color: #444; }
 div.scroll { max-height: 30em; overflow-y: auto; border: 1px solid #ddd; }
-table.timing { border-collapse: collapse; width: 100%; font-variant-numeric: tabular-nums; }
+table.timing { border-collapse: collapse; width: 100%; font-size: 0.9em;
+  font-variant-numeric: tabular-nums; }
 table.timing th { position: sticky; top: 0; background: #f4f4f4; text-align: left; }
-table.timing th, table.timing td { padding: 0.2em 0.8em; border-bottom: 1px solid #eee;
+table.timing th, table.timing td { padding: 0.2em 0.6em; border-bottom: 1px solid #eee;
   white-space: nowrap; }
 table.timing tr.best td { font-weight: bold; background: #eef6ff; }
 p.stamp { color: #999; font-size: 0.85em; }

@@ -309,6 +309,8 @@ def fold_figure(trials: list[FrozenTrial], metric: str, *, best: int) -> go.Figu
                 y=[trial.intermediate_values[step] for step in steps],
                 mode="lines+markers",
                 name=label,
+                # Many trials draw a thicket: the best one stands out of it.
+                opacity=1.0 if trial.number == best else 0.6,
                 line={
                     "width": 3.5 if trial.number == best else 1.5,
                     "dash": "dot" if trial.state == TrialState.PRUNED else "solid",
