@@ -131,6 +131,26 @@ def test_a_study_registered_without_a_note_gets_it_from_the_same_spec_only(
     assert get_note(study) == "my own words"
 
 
+@pytest.mark.slow
+def test_optunas_own_cli_lists_the_study_with_its_spec_as_json(sqlite_url: str) -> None:
+    # `optuna studies` prints user_attrs as they are: the spec is one line of JSON there
+    # (the dashboard's note has it as YAML); notes are system attrs, which it does not print.
+    spec = parse_spec(tiny_spec())
+    register_study(spec, open_storage(sqlite_url))
+    optuna_cli = Path(sys.executable).with_name("optuna")
+    listed = subprocess.run(
+        [str(optuna_cli), "studies", "--storage", sqlite_url, "-f", "json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert listed.returncode == 0, listed.stderr
+    (study,) = json.loads(listed.stdout)
+    assert study["name"] == spec.name and study["direction"] == ["MAXIMIZE"]
+    assert parse_spec(json.loads(study["user_attrs"][SPEC_ATTR])) == spec
+    assert "dashboard:" not in listed.stdout
+
+
 def test_a_changed_spec_under_the_same_name_is_refused(storage_url: str) -> None:
     storage = open_storage(storage_url)
     register_study(parse_spec(tiny_spec()), storage)
