@@ -34,8 +34,12 @@ timestamps; the best mean CV accuracy; the whole search's seconds; trials pruned
 of the refitted best configuration. The tables give each baseline's ratio to hpo, per seed and
 as medians.
 
-    python benchmarks/search_baselines.py --quick                  # a smoke run, ~3 minutes
-    nice -n 10 python benchmarks/search_baselines.py --seeds 3      # the figures in docs/
+    python benchmarks/search_baselines.py --quick        # a smoke run: 1 seed, 3 trials, 5 epochs
+    nice -n 10 python benchmarks/search_baselines.py --seeds 3 --epochs 10 --json /tmp/s.json
+    python benchmarks/search_baselines.py --from-json /tmp/s.json --targets mlp=0.94 cnn=0.96
+
+The second is docs/benchmarks.md's run (41 minutes on a busy 2-core VM); the third prints its
+tables again at other targets.
 """
 
 from __future__ import annotations
@@ -71,8 +75,9 @@ STUDIES = {
 }
 #: Mean CV accuracies that the searches reach within their budgets on this data.
 TARGETS = {"mlp": 0.95, "cnn": 0.97}
-#: Trials per search by default: the CNN's trials cost about twice the MLP's.
-DEFAULT_TRIALS = {"mlp": 15, "cnn": 8}
+#: Trials per search by default, sized for about 40 minutes on 2 busy cores with
+#: ``--epochs 10``; a CNN trial costs about twice an MLP trial.
+DEFAULT_TRIALS = {"mlp": 10, "cnn": 6}
 METHODS = ("hpo", "optuna_wilcoxon", "optuna_search_cv")
 LABELS = {
     "hpo": "hpo (median pruner)",
@@ -577,7 +582,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", choices=sorted(STUDIES), default=["mlp", "cnn"])
     parser.add_argument("--seeds", type=int, default=3, help="TPE seeds 0..N-1 (default 3)")
     parser.add_argument(
-        "--trials", type=int, help="trials per search (default: 15 for the MLP, 8 for the CNN)"
+        "--trials", type=int, help="trials per search (default: 10 for the MLP, 6 for the CNN)"
     )
     parser.add_argument("--epochs", type=int, help="max_epochs instead of the spec's")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
