@@ -10,7 +10,7 @@ WORKERS ?= 2
 $(BIN)/hpo: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,gunicorn]'
 	touch $(BIN)/hpo
 
 setup: $(BIN)/hpo

@@ -295,6 +295,7 @@ def test_dashboard_serves_the_refit_artifacts(digits_refit: Refit, tmp_path: Pat
             "metrics.json",
             "history.json",
             "confusion_matrix.csv",
+            "predictions.csv",
         }
         url = f"http://127.0.0.1:{port}/artifacts/{study_id}/{ids['params']}"
         with urllib.request.urlopen(url, timeout=10) as response:

@@ -112,4 +112,3 @@ def _references(params: dict[str, Any]) -> list[tuple[str, str]]:
     criterion = params["configuration"].get("criterion")
     named = (("model", params.get("model")), ("criterion", criterion))
     return [(key, value) for key, value in named if is_reference(value)]
-
