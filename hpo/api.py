@@ -125,16 +125,11 @@ def best_net(
     from hpo.engine.data import load_dataset
     from hpo.engine.device import resolve_device
     from hpo.engine.user_code import admit_user_code
-    from hpo.service.study import load_study
+    from hpo.service.study import load_study, result_trial
 
     study, spec = load_study(_open(storage), name)
     admit_user_code(spec, allow_modules, f"study {name}")
-    try:
-        best = study.best_trial
-    except ValueError:
-        raise HpoError(
-            f"study {name!r} has no completed trial yet; run it first: hpo worker --study {name}"
-        ) from None
+    best = result_trial(study, spec)
     data = load_dataset(spec.dataset.name, **spec.dataset.options)
     check_compatible(spec, data)
     return build_net(spec, data, spec.configuration(best.params), resolve_device(device))

@@ -85,7 +85,7 @@ def test_a_best_row_configures_a_fresh_skorch_net(
     assert worker.returncode == 0, worker.stderr
     assert "worker 0: started on tiny-digits: cpu, 2 torch threads" in worker.stderr
     # each finished trial: its value, the best so far, its parameters in short
-    finished = r"trial 1 COMPLETE in [\d.]+ s: [\d.]+ \(best [\d.]+, trial [01]\); "
+    finished = r"trial 1 COMPLETE in [\d.]+ s: [\d.]+; best [\d.]+ \(trial [01]\); "
     assert re.search(finished + r"module__hidden1=\d+ lr=[\d.e-]+\n", worker.stderr), worker.stderr
     assert "start more workers" not in worker.stderr  # it was told its threads
     # left to take every core (here 2, as OMP_NUM_THREADS says), it says how to use them

@@ -40,7 +40,7 @@ def test_off_a_terminal_run_prints_worker_lines_and_progress_lines(
     assert not OPTUNA_FORMAT.search(err)
     # the last progress line, then the summary
     assert re.search(
-        r"^tiny-digits: 4 of 4 trials done \(4 COMPLETE\), 0 running, best: 0\.\d{4} \(trial \d\)",
+        r"^tiny-digits: 4 of 4 trials done \(4 COMPLETE\), 0 running, best 0\.\d{4} \(trial \d\)",
         err,
         re.M,
     ), err
@@ -112,4 +112,4 @@ def test_on_a_terminal_the_workers_lines_go_above_the_progress_bar(
     finished = [line for line in lines if re.search(r"worker [01]: trial \d COMPLETE", line)]
     assert len(finished) == 4, plain
     assert all(LOG_LINE.match(line) for line in finished), finished
-    assert re.search(r"tiny-digits .* 4/4 best: 0\.\d{4} \(trial \d\)", plain)
+    assert re.search(r"tiny-digits .* 4/4 best 0\.\d{4} \(trial \d\)", plain)

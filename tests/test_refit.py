@@ -233,7 +233,7 @@ def test_refit_of_a_1d_regression_keeps_its_predictions_and_fitted_curve(
 
 def test_refit_without_a_completed_trial_is_a_clear_error(sqlite_url: str, tmp_path: Path) -> None:
     register_study(parse_spec(classification_spec()), open_storage(sqlite_url))
-    with pytest.raises(HpoError, match="no completed trial to refit"):
+    with pytest.raises(HpoError, match="no completed trial yet; run it first"):
         refit_study(
             open_storage(sqlite_url),
             "refit-digits",

@@ -21,8 +21,9 @@ computes, whichever strategy runs it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -39,6 +40,15 @@ from hpo.engine.folds.stacked import (
     fold_groups,
     spec_stacks_folds,
     stackable,
+)
+from hpo.engine.measures import measure
+from hpo.spec.objectives import (
+    constraint_values,
+    extra_scorers,
+    is_multi_objective,
+    needed_measures,
+    objective_names,
+    scorers,
 )
 from hpo.spec.pruning import pruning_start, reports_fold_scores
 from hpo.spec.spaces import suggest
@@ -93,7 +103,7 @@ def evaluate(
     should_stop: Callable[[], bool] | None = None,
     pool: FoldPool | None = None,
     options: FoldOptions | None = None,
-) -> float:
+) -> float | list[float]:
     """Score one trial's configuration by K-fold cross-validation on the training split.
 
     Args:
@@ -107,7 +117,10 @@ def evaluate(
         options: the worker's options for how folds run. Default: ``FoldOptions()``.
 
     Returns:
-        The mean fold score (greater is better, as for every scikit-learn scorer).
+        The mean fold score (greater is better, as for every scikit-learn scorer); for a
+        study of several objectives, each objective's value (``hpo.spec.objectives``). A
+        spec's constraints go to Optuna as the trial's constraint values, and the measures
+        and extra scores it names to the trial's user_attrs (``measures``, ``extra_scores``).
 
     Raises:
         optuna.TrialPruned: the pruner stopped the trial after a fold.
@@ -140,11 +153,11 @@ def evaluate(
     trial.set_user_attr("threads", plan.threads)
     start = pruning_start(spec)
 
+    scoring = scorers(spec)
+
     def fit_one(fold: int) -> FoldResult:
         train, test = splits[fold]
-        return fit_and_score_fold(
-            net, data, fold, train, test, spec.scoring, plan.threads, should_stop
-        )
+        return fit_and_score_fold(net, data, fold, train, test, scoring, plan.threads, should_stop)
 
     results: Iterator[FoldResult]
     if plan.strategy == "stacked":
@@ -153,18 +166,44 @@ def evaluate(
             not start.startup_trials or _complete_trials(trial) >= start.startup_trials
         )
         groups = fold_groups(len(splits), start.first_fold if prunes_now and start else None)
-        results = _stacked(net, data, groups, splits, spec.scoring, plan, should_stop, fit_one)
+        results = _stacked(net, data, groups, splits, scoring, plan, should_stop, fit_one)
     elif plan.strategy == "fold processes" and pool is not None:
         results = pool.fold_results(configuration, splits, should_stop, fit_one)
     else:
         results = (fit_one(fold) for fold in range(len(splits)))
-    return _score_folds(
+    multi = is_multi_objective(spec)
+    folded = _score_folds(
         trial,
         results,
-        may_prune=start is not None,
+        may_prune=start is not None and not multi,
         folds=len(splits),
         fold_scores=reports_fold_scores(spec),
+        report=not multi,  # Optuna takes intermediate values of one objective only
     )
+    if not (multi or spec.constraints):
+        return folded.mean
+    return _objectives_and_constraints(trial, spec, net, data, folded)
+
+
+def _objectives_and_constraints(
+    trial: optuna.Trial, spec: StudySpec, net: Any, data: DataSplits, folded: _Folded
+) -> float | list[float]:
+    """The trial's objective values (one, or a list) once its folds are read; on the way, its
+    constraint values go to Optuna and the measures and extra scores to its user_attrs."""
+    values = {
+        spec.scoring: folded.mean,
+        **dict(zip(extra_scorers(spec), folded.extra_means, strict=True)),
+        **measure(needed_measures(spec), net, data.X_train, folded.seconds),
+    }
+    if needed_measures(spec):
+        trial.set_user_attr("measures", {n: values[n] for n in needed_measures(spec)})
+    if extra_scorers(spec):
+        trial.set_user_attr("extra_scores", {n: values[n] for n in extra_scorers(spec)})
+    for name, value in constraint_values(spec, values).items():
+        trial.set_constraint(name, value)
+    if not is_multi_objective(spec):
+        return folded.mean
+    return [values[name] for name in objective_names(spec)]
 
 
 def _stacked(
@@ -172,7 +211,7 @@ def _stacked(
     data: DataSplits,
     groups: list[list[int]],
     splits: list[tuple[np.ndarray, np.ndarray]],
-    scoring: str,
+    scoring: Sequence[str],
     plan: FoldPlan,
     should_stop: Callable[[], bool] | None,
     fit_one: Callable[[int], FoldResult],
@@ -191,6 +230,15 @@ def _complete_trials(trial: optuna.Trial) -> int:
     return len(trial.study.get_trials(deepcopy=False, states=states))
 
 
+@dataclass(frozen=True)
+class _Folded:
+    """A trial's folds, read: the mean score, each extra scorer's mean, each fold's seconds."""
+
+    mean: float
+    extra_means: tuple[float, ...]
+    seconds: list[float]
+
+
 def _score_folds(
     trial: optuna.Trial,
     results: Iterator[FoldResult],
@@ -198,12 +246,14 @@ def _score_folds(
     may_prune: bool,
     folds: int,
     fold_scores: bool = False,
-) -> float:
+    report: bool = True,
+) -> _Folded:
     """Read the folds' results in fold order: report the running mean after each (with
-    ``fold_scores``, the fold's own score: ``hpo.spec.pruning.reports_fold_scores``), prune
-    when the pruner says so, and keep the fold lists in the trial's user_attrs (also when it
-    is pruned or fails part-way)."""
+    ``fold_scores``, the fold's own score: ``hpo.spec.pruning.reports_fold_scores``; nothing
+    without ``report``), prune when the pruner says so, and keep the fold lists in the trial's
+    user_attrs (also when it is pruned or fails part-way)."""
     scores: list[float] = []
+    extra: list[tuple[float, ...]] = []
     seconds: list[float] = []
     epochs: list[int] = []
     # closing: a pruned or failed trial stops the folds still running at once.
@@ -211,9 +261,11 @@ def _score_folds(
         try:
             for fold, result in enumerate(results):
                 scores.append(result.score)
+                extra.append(result.extra_scores)
                 seconds.append(round(result.seconds, 4))
                 epochs.append(result.epochs)
-                trial.report(float(result.score if fold_scores else np.mean(scores)), fold)
+                if report:
+                    trial.report(float(result.score if fold_scores else np.mean(scores)), fold)
                 # Asking a pruner that is not there would cost a storage read per fold.
                 if may_prune and fold + 1 < folds and trial.should_prune():
                     mean = np.mean(scores)
@@ -224,4 +276,5 @@ def _score_folds(
                 trial.set_user_attr("fit_seconds", seconds)
                 trial.set_user_attr("epochs", epochs)
     trial.set_user_attr("score_std", float(np.std(scores)))
-    return float(np.mean(scores))
+    extra_means = tuple(float(np.mean(column)) for column in zip(*extra, strict=True))
+    return _Folded(float(np.mean(scores)), extra_means, seconds)

@@ -24,8 +24,9 @@ from optuna.trial import TrialState
 
 from hpo.errors import StudyError
 from hpo.results.paths import study_folder
-from hpo.service.study import TASK_ATTR, load_spec_from_storage
+from hpo.service.study import TASK_ATTR, load_spec_from_storage, result_trial
 from hpo.spec.names import DEFAULT_CRITERIA
+from hpo.spec.objectives import broken_constraints, is_feasible
 from hpo.spec.study_spec import StudySpec
 
 #: Columns of best_params.csv that are not net parameters.
@@ -38,37 +39,42 @@ _PLAIN_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
 def best_params_frame(study: optuna.Study, spec: StudySpec) -> pd.DataFrame:
-    """One row: study, trial number, value, then every fixed and searched parameter.
+    """One row: study, trial number, value, then every fixed and searched parameter, of the
+    study's best trial (``hpo.service.study.result_trial``: with several objectives, the pick
+    from its Pareto front, ``value`` its first objective; ``pareto_frame`` has them all).
 
     Raises:
-        StudyError: no trial has completed yet.
+        StudyError: no trial has completed yet (or none meets the constraints).
     """
-    try:
-        best = study.best_trial
-    except ValueError:
-        raise StudyError(
-            f"study {study.study_name!r} has no completed trial yet; run a worker "
-            f"first: hpo worker --study {study.study_name}"
-        ) from None
+    best = result_trial(study, spec)
     configuration = spec.configuration(best.params)
     task = study.user_attrs.get(TASK_ATTR)
     if "criterion" not in configuration and task in DEFAULT_CRITERIA:
         configuration["criterion"] = DEFAULT_CRITERIA[task]
-    row = {"study": study.study_name, "trial": best.number, "value": best.value, **configuration}
-    return pd.DataFrame([row])
+    row = {"study": study.study_name, "trial": best.number, "value": best.values[0]}
+    return pd.DataFrame([{**row, **configuration}])
 
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
-    """Every trial: number, state, value, fold scores, std, seconds, failure reason, params."""
+    """Every trial: number, state, value (with several objectives, a column per objective
+    after it, named by the metric), whether it met the constraints and which it broke (when
+    the study has any), the measures and extra scores the spec names, fold scores, std,
+    seconds, failure reason, then the params."""
     rows = []
+    constrained = any(t.constraints for t in study.get_trials(deepcopy=False))
     for trial in study.get_trials(deepcopy=False):
         duration = trial.duration.total_seconds() if trial.duration else None
         attrs = trial.user_attrs
+        complete = trial.state == TrialState.COMPLETE
         rows.append(
             {
                 "number": trial.number,
                 "state": trial.state.name,
-                "value": trial.value if trial.state == TrialState.COMPLETE else None,
+                "value": trial.values[0] if complete else None,
+                **_objective_columns(study, trial),
+                **_constraint_columns(trial, constrained),
+                **attrs.get("measures", {}),
+                **attrs.get("extra_scores", {}),
                 "fold_scores": list(attrs.get("fold_scores", [])),
                 "score_std": attrs.get("score_std"),
                 "duration_s": duration,
@@ -81,14 +87,60 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def pareto_frame(study: optuna.Study, spec: StudySpec) -> pd.DataFrame:
+    """The Pareto front of a study of several objectives (its feasible trials that no other
+    beats on every objective): number, each objective by name, ``picked`` (the trial
+    ``hpo refit`` takes, ``hpo.spec.objectives.pick_from_front``), then the params.
+
+    Raises:
+        StudyError: the study has one objective, or no trial on the front yet.
+    """
+    if len(study.directions) == 1:
+        raise StudyError(
+            f"study {study.study_name!r} has one objective, so no Pareto front; its best "
+            f"trial: hpo export {study.study_name}"
+        )
+    picked = result_trial(study, spec).number
+    rows = [
+        {
+            "number": trial.number,
+            **_objective_columns(study, trial),
+            "picked": trial.number == picked,
+            **trial.params,
+        }
+        for trial in sorted(study.best_trials, key=lambda t: t.number)
+    ]
+    return pd.DataFrame(rows)
+
+
+def _objective_columns(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict[str, object]:
+    """With several objectives, each one's value by its metric name; nothing with one."""
+    if len(study.directions) == 1:
+        return {}
+    names = study.metric_names or [f"objective_{i}" for i in range(len(study.directions))]
+    values = trial.values if trial.state == TrialState.COMPLETE else [None] * len(names)
+    return dict(zip(names, values, strict=True))
+
+
+def _constraint_columns(trial: optuna.trial.FrozenTrial, constrained: bool) -> dict[str, object]:
+    """In a study with constraints: whether the trial met them, and those it broke."""
+    if not constrained:
+        return {}
+    if trial.state != TrialState.COMPLETE:
+        return {"feasible": None, "broken": None}
+    return {"feasible": is_feasible(trial), "broken": "; ".join(broken_constraints(trial))}
+
+
 def export_study(
     storage: optuna.storages.BaseStorage,
     name: str,
     out: str | Path | None = None,
     all_trials: bool = False,
+    pareto: bool = False,
 ) -> Path:
-    """Write the best row (or, with ``all_trials``, every trial) to ``out``; by default
-    ``results/<name>/best_params.csv`` (where ``hpo run`` writes it) or ``trials.csv``.
+    """Write the best row (or, with ``all_trials``, every trial; with ``pareto``, the Pareto
+    front) to ``out``; by default ``results/<name>/best_params.csv`` (where ``hpo run`` writes
+    it), ``trials.csv`` or ``pareto.csv``.
 
     The format follows the suffix: ``.json`` writes records (numbers at full precision, fold
     scores as a list), anything else CSV (fold scores as a JSON list in one cell).
@@ -98,9 +150,14 @@ def export_study(
     """
     spec = load_spec_from_storage(storage, name)
     study = optuna.load_study(study_name=name, storage=storage)
-    frame = trials_frame(study) if all_trials else best_params_frame(study, spec)
+    if pareto:
+        frame, default = pareto_frame(study, spec), "pareto.csv"
+    elif all_trials:
+        frame, default = trials_frame(study), "trials.csv"
+    else:
+        frame, default = best_params_frame(study, spec), "best_params.csv"
     if out is None:
-        out = study_folder("results", name) / ("trials.csv" if all_trials else "best_params.csv")
+        out = study_folder("results", name) / default
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".json":

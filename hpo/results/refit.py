@@ -59,7 +59,7 @@ from hpo.engine.device import resolve_device
 from hpo.errors import HpoError
 from hpo.results.artifacts import open_artifact_store, resolve_artifacts_dir, upload_refit
 from hpo.results.paths import study_folder
-from hpo.service.study import hpo_version, load_study
+from hpo.service.study import hpo_version, load_study, result_trial
 from hpo.spec.study_spec import StudySpec
 
 MODEL_FILE = "model.pt"
@@ -153,7 +153,7 @@ def refit_study(
     """
     device = resolve_device(device)
     study, spec = load_study(storage, name)
-    best = _best_trial(study)
+    best = result_trial(study, spec)
     folder = study_folder(results_dir, name)
     params = spec.configuration(best.params)
     data = load_dataset(spec.dataset.name, **spec.dataset.options)
@@ -196,7 +196,7 @@ def refit_study(
             "study": name,
             "trial": best.number,
             "scoring": spec.scoring,
-            "cv_score": best.value,
+            "cv_score": best.values[0],
             "test": metrics,
             "n_train": len(data.X_train),
             "n_valid": None if data.X_valid is None else len(data.X_valid),
@@ -217,7 +217,7 @@ def refit_study(
     return RefitResult(
         study=name,
         trial=best.number,
-        cv_score=float(best.value),  # type: ignore[arg-type]
+        cv_score=float(best.values[0]),
         params=params,
         metrics=metrics,
         epochs=len(history),
@@ -228,16 +228,6 @@ def refit_study(
         artifacts=artifact_ids,
         net=net,
     )
-
-
-def _best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
-    try:
-        return study.best_trial
-    except ValueError:
-        raise HpoError(
-            f"study {study.study_name!r} has no completed trial to refit; run it first: "
-            f"hpo worker --study {study.study_name}"
-        ) from None
 
 
 def _write_files(

@@ -31,9 +31,12 @@ from optuna.trial import FrozenTrial, TrialState
 from plotly.subplots import make_subplots
 
 from hpo.results.report_section import Section
+from hpo.spec.objectives import chosen_number
 from hpo.spec.spaces import CategoricalParam
 from hpo.spec.study_spec import StudySpec
 
+#: The Pareto front's figure, first for a study of several objectives.
+PARETO_TITLE = "Pareto front"
 #: The search's figures, in page order.
 SEARCH_TITLES = (
     "Optimization history",
@@ -61,8 +64,13 @@ def search_sections(study: optuna.Study, spec: StudySpec, metric: str) -> list[S
 
     varying = varying_params(complete, spec)
     no_params = "No searched parameter takes more than one value, so there is nothing to plot."
-    named = {"target_name": metric}
-    sections = [_plotted(history, visualization.plot_optimization_history, study, **named)]
+    named: dict[str, Any] = {"target_name": metric}
+    sections = []
+    if len(study.directions) > 1:
+        # Optuna's figures of one objective are drawn for the first (the CV score).
+        named["target"] = first_objective
+        sections.append(pareto_section(study))
+    sections.append(_plotted(history, visualization.plot_optimization_history, study, **named))
     if len(complete) < 2:
         sections.append(
             Section(
@@ -99,14 +107,34 @@ def search_sections(study: optuna.Study, spec: StudySpec, metric: str) -> list[S
         )
     else:
         sections.extend([Section(parallel, note=no_params), Section(slices, note=no_params)])
-    figure = fold_figure(study.get_trials(deepcopy=False), metric, best=study.best_trial.number)
+    figure = fold_figure(study.get_trials(deepcopy=False), metric, best=chosen_number(study, spec))
     if figure is None:
-        sections.append(
-            Section(folds, note="Nothing to draw: no trial reported a score after a fold.")
-        )
+        note = "Nothing to draw: no trial reported a score after a fold."
+        if len(study.directions) > 1:
+            note = "A study of several objectives reports no score after each fold to Optuna."
+        sections.append(Section(folds, note=note))
     else:
         sections.append(Section(folds, figure=figure))
     return sections
+
+
+def first_objective(trial: FrozenTrial) -> float:
+    """A trial's first objective: the CV score."""
+    return trial.values[0]
+
+
+def pareto_section(study: optuna.Study) -> Section:
+    """Optuna's Pareto-front figure over the first two objectives (three when there are
+    exactly three); infeasible trials apart, as Optuna draws them from their constraints."""
+    names = list(study.metric_names or [f"objective {i}" for i in range(len(study.directions))])
+    shown = 3 if len(names) == 3 else 2
+    return _plotted(
+        PARETO_TITLE,
+        visualization.plot_pareto_front,
+        study,
+        target_names=names[:shown],
+        targets=lambda trial: trial.values[:shown],
+    )
 
 
 def varying_params(trials: list[FrozenTrial], spec: StudySpec) -> list[str]:
@@ -157,7 +185,7 @@ def slice_figure(
         figure.add_trace(
             go.Scatter(
                 x=x,
-                y=[t.value for t in plotted],
+                y=[first_objective(t) for t in plotted],
                 mode="markers",
                 name=name,
                 showlegend=False,

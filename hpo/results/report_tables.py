@@ -27,6 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo.results.refit import TEST_ATTR_PREFIX
 from hpo.results.report_section import Section
+from hpo.spec.objectives import chosen_number, directions, objective_names
 from hpo.spec.study_spec import StudySpec
 
 TIMING = "Time per trial and fold"
@@ -62,12 +63,29 @@ def summary_html(
         ("scoring", f"{spec.scoring} ({spec.cv.folds}-fold CV, {better} is better)"),
         ("trials", ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "none yet"),
     ]
+    if spec.objectives:
+        rows.append(("more objectives", ", ".join(objective_rows(spec))))
+    if spec.constraints:
+        rows.append(("constraints", ", ".join(_bounds(spec))))
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    if complete:
-        best = study.best_trial
-        rows.append((f"best CV {metric}", f"{best.value:.6g} (trial {best.number})"))
+    number = chosen_number(study, spec) if complete else None
+    if number is not None:
+        best = study.trials[number]
+        rows.append((f"best CV {metric}", f"{best.values[0]:.6g} (trial {best.number})"))
+        if len(best.values) > 1:
+            values = zip(objective_names(spec), best.values, strict=True)
+            rows.append(
+                (
+                    "picked from the Pareto front",
+                    f"of {len(study.best_trials)} trials, by refit.pick (best first objective "
+                    f"within {spec.refit.pick.best_first_within or 0:g}, then the next): "
+                    + ", ".join(f"{n} {_fmt(v)}" for n, v in values),
+                )
+            )
         params = spec.configuration(best.params)
         rows.append(("best configuration", ", ".join(f"{k}={_fmt(v)}" for k, v in params.items())))
+    elif complete and spec.constraints:
+        rows.append((f"best CV {metric}", "none yet: no completed trial meets the constraints"))
     test = {
         k.removeprefix(TEST_ATTR_PREFIX): v
         for k, v in study.user_attrs.items()
@@ -102,9 +120,9 @@ def gap_sentence(
     test = (refit or {}).get("test", {}).get("score", study.user_attrs.get("test_score"))
     number = (refit or {}).get("trial", study.user_attrs.get("refit_trial"))
     trial = _trial(study, number)
-    if test is None or trial is None or trial.value is None:
+    if test is None or trial is None or not trial.values:
         return ""
-    cv = float((refit or {}).get("cv_score", trial.value))
+    cv = float((refit or {}).get("cv_score", trial.values[0]))
     std = trial.user_attrs.get("score_std")
     if not large_gap(test, cv, std):
         return ""
@@ -173,7 +191,7 @@ def _timing_row(trial: FrozenTrial, best: bool) -> str:
     cells = [
         f"{trial.number}{' (best)' if best else ''}",
         trial.state.name,
-        "—" if trial.value is None else f"{trial.value:.4g}",
+        "—" if not trial.values else f"{trial.values[0]:.4g}",
         " · ".join(f"{s:.2f}" for s in seconds) or "—",
         " · ".join(str(e) for e in epochs) or "—",
         f"{sum(seconds):.2f}" if seconds else "—",
@@ -196,6 +214,26 @@ def _timing_caption(trials: list[FrozenTrial]) -> str:
     )
 
 
+def objective_rows(spec: StudySpec) -> list[str]:
+    """The objectives after the scorer, each with its direction."""
+    names, ways = objective_names(spec), directions(spec)
+    return [f"{n} ({w})" for n, w in zip(names[1:], ways[1:], strict=True)]
+
+
+def _bounds(spec: StudySpec) -> list[str]:
+    return [
+        " and ".join(
+            part
+            for part in (
+                None if bound.min is None else f"{name} >= {bound.min:g}",
+                None if bound.max is None else f"{name} <= {bound.max:g}",
+            )
+            if part
+        )
+        for name, bound in spec.constraints.items()
+    ]
+
+
 def _trial(study: optuna.Study, number: Any) -> FrozenTrial | None:
     if not isinstance(number, int):
         return None
@@ -204,6 +242,9 @@ def _trial(study: optuna.Study, number: Any) -> FrozenTrial | None:
 
 
 def _best_number(study: optuna.Study) -> int | None:
+    """The best trial's number; None before one (or with several objectives: no one best)."""
+    if len(study.directions) > 1:
+        return None
     try:
         return study.best_trial.number
     except ValueError:

@@ -341,6 +341,7 @@ def studies(storage: StorageOption = None) -> None:
 
     from hpo.service.storage import masked_url, resolve_storage_url
     from hpo.service.study import budget_used, study_budget
+    from hpo.spec.objectives import best_so_far
 
     url = resolve_storage_url(storage)
     opened = _storage(url)
@@ -353,7 +354,7 @@ def studies(storage: StorageOption = None) -> None:
         )
         return
     table = Table()
-    for column in ("study", "direction", "done", "states", "best"):
+    for column in ("study", "direction", "done", "states", "found"):
         table.add_column(column)
     for summary in summaries:
         study = optuna.load_study(study_name=summary.study_name, storage=opened)
@@ -366,13 +367,12 @@ def studies(storage: StorageOption = None) -> None:
             budget, spec_budget = budgets
             override = f" (--trials; the spec's {spec_budget})" if budget != spec_budget else ""
             progress = f"{done} of {budget}{override}"
-        best = summary.best_trial
         table.add_row(
             escape(summary.study_name),
-            summary.direction.name.lower(),
+            ", ".join(direction.name.lower() for direction in study.directions),
             progress,
             ", ".join(f"{n} {s}" for s, n in Counter(t.state.name for t in trials).items()),
-            "-" if best is None else f"{best.value:.6g} (trial {best.number})",
+            best_so_far(study),
         )
     out.print(table)
 
@@ -393,12 +393,21 @@ def export(
     all_trials: Annotated[
         bool, typer.Option("--all", help="Every trial, not only the best.")
     ] = False,
+    pareto: Annotated[
+        bool,
+        typer.Option(
+            "--pareto",
+            help="The Pareto front of a study of several objectives, with the trial hpo "
+            "refit picks (default file: results/<study>/pareto.csv).",
+        ),
+    ] = False,
     storage: StorageOption = None,
 ) -> None:
-    """Write the best parameters (or every trial) of a study to CSV or JSON."""
+    """Write the best parameters (or every trial, or the Pareto front) of a study to CSV or
+    JSON."""
     from hpo.results.export import export_study
 
-    path = export_study(_storage(storage), study, out_file, all_trials=all_trials)
+    path = export_study(_storage(storage), study, out_file, all_trials=all_trials, pareto=pareto)
     out.print(f"wrote {escape(str(path))}")
 
 

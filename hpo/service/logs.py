@@ -4,7 +4,7 @@
 (``[I 2026-12-02 06:51:46,834] ...``) off, so Optuna's records come through the same format
 (``optuna.logging.disable_default_handler`` / ``enable_propagation``, its public API)::
 
-    2026-12-02 06:51:53 INFO worker 0: trial 3 COMPLETE in 0.4 s: 0.9612 (best 0.9711, trial 1)
+    2026-12-02 06:51:53 INFO worker 0: trial 3 COMPLETE in 0.4 s: 0.9612; best 0.9711 (trial 1)
     2026-12-02 06:51:53 WARNING worker 0 (optuna): ...
 
 The origin (``worker 0``, ``refit``) says which process wrote the line: ``hpo run`` prints its

@@ -3,8 +3,9 @@ with optuna-dashboard's public ``save_note``).
 
 The study's note is written at registration: a heading (the study's name, model, dataset,
 scoring, CV and budget) above the spec as YAML, the same keys as a study file, so the spec
-the workers run is readable where the study is watched. ``optuna studies`` shows the spec only
-as the one-line JSON of the ``hpo_spec`` user attribute, which stays what workers read.
+the workers run is readable where the study is watched (the JSON they read is a system
+attribute of the study, ``hpo.service.study``, which neither the dashboard's user-attribute
+table nor ``optuna studies`` shows).
 
 After ``hpo refit`` the study's note starts with the best CV score beside the refit's test
 score, and the refit trial's own note says the same next to its parameters::
@@ -187,7 +188,7 @@ def write_refit_notes(
     scores = RefitScores(
         metric=str(names[0]) if names else spec.scoring,
         trial=trial,
-        cv_mean=float(frozen.value),  # type: ignore[arg-type]
+        cv_mean=float(frozen.values[0]),  # the first objective: the CV score
         cv_std=None if std is None else float(std),
         folds=len(fold_scores) or spec.cv.folds,
         test=float(test),
@@ -219,7 +220,8 @@ def _without_empty(full: Any, explicit: Any) -> Any:
     explicit = explicit if isinstance(explicit, dict) else {}
     kept: dict[str, Any] = {}
     for key, value in full.items():
+        value = _without_empty(value, explicit.get(key))
         if key not in explicit and (value is None or value in ("", {}, [])):
-            continue
-        kept[key] = _without_empty(value, explicit.get(key))
+            continue  # (a section left empty once its empty keys are gone goes too)
+        kept[key] = value
     return kept

@@ -41,6 +41,7 @@ from hpo.service.storage import PASSWORD_FILE_ENV, open_backend
 from hpo.service.study import budget_used, register_study
 from hpo.service.worker import default_threads
 from hpo.spec.names import DATASETS
+from hpo.spec.objectives import best_so_far
 from hpo.spec.references import code_roots
 from hpo.spec.study_spec import StudySpec, load_spec
 
@@ -257,9 +258,7 @@ class _Progress:
     def of(cls, study: optuna.Study) -> _Progress:
         trials = study.get_trials(deepcopy=False)
         counts = Counter(t.state for t in trials)
-        best = "best: -"
-        if counts[TrialState.COMPLETE]:
-            best = f"best: {study.best_value:.4f} (trial {study.best_trial.number})"
+        best = best_so_far(study, ".4f") if counts[TrialState.COMPLETE] else "best -"
         finished = [(s.name, n) for s, n in sorted(counts.items()) if s.is_finished()]
         return cls(
             done=budget_used(counts, pending=False),
@@ -316,7 +315,7 @@ def _print_progress_lines(
 ) -> None:
     """Off a terminal: the workers' lines as they come, and one line of progress now and
     then, e.g. ``digits-mlp-tpe: 12 of 40 trials done (10 COMPLETE, 2 PRUNED), 2 running,
-    best: 0.9712 (trial 7), 31 s``."""
+    best 0.9712 (trial 7), 31 s``."""
     started = time.monotonic()
     printed: tuple[_Progress | None, float] = (None, started)
     console.print(f"{_starting(len(processes))} for {escape(study.study_name)}", highlight=False)

@@ -1,7 +1,9 @@
 """Studies in the storage: register (idempotent), load, list, delete.
 
-A registered study carries its validated spec in ``user_attrs["hpo_spec"]`` (JSON) and the hpo
-version that wrote it, so a worker anywhere needs only the study name and the storage; its
+A registered study carries its validated spec as JSON in the study's system attribute
+``hpo_spec`` (a study registered by an older hpo: in its user_attrs) and the hpo version that
+wrote it, so a worker anywhere needs only the study name and the storage; a system attribute
+keeps the long JSON out of ``optuna studies`` and optuna-dashboard's user-attribute table; its
 note in optuna-dashboard shows the same spec as YAML (``hpo.service.notes``). A grid
 study has every point enqueued as a WAITING trial at registration, so each point runs once;
 each queued point carries ``user_attrs["hpo_queued"]`` (where it came from), which is how a
@@ -24,6 +26,7 @@ from optuna.trial import TrialState
 from hpo.errors import SpecError, StudyError
 from hpo.service.backends import StorageBackend
 from hpo.service.notes import write_study_note
+from hpo.spec.objectives import chosen_trial, directions, objective_names
 from hpo.spec.pruning import make_pruner
 from hpo.spec.sampling import make_sampler
 from hpo.spec.spaces import grid_points
@@ -111,8 +114,11 @@ def _register(spec: StudySpec, storage: optuna.storages.BaseStorage) -> Registra
         stored = existing.get(SPEC_ATTR)
         if stored is not None:
             if spec_json_equal(stored, spec_json):
-                # A study registered before hpo wrote notes gets its note now.
-                write_study_note(optuna.load_study(study_name=spec.name, storage=storage), spec)
+                # A study registered before hpo wrote notes and metric names gets them now.
+                study = optuna.load_study(study_name=spec.name, storage=storage)
+                write_study_note(study, spec)
+                if study.metric_names is None:
+                    _name_metrics(study, spec)
                 return Registration(spec.name, created=False, enqueued=0)
             raise StudyError(
                 f"study {spec.name!r} is already registered with a different spec "
@@ -126,28 +132,34 @@ def _register(spec: StudySpec, storage: optuna.storages.BaseStorage) -> Registra
     study = optuna.create_study(
         study_name=spec.name,
         storage=storage,
-        direction=spec.direction,
+        directions=directions(spec),
         sampler=make_sampler(spec),
         pruner=make_pruner(spec),
     )
-    with warnings.catch_warnings():
-        # set_metric_names is experimental in Optuna; the name is only a label.
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names([spec.scoring])
+    _name_metrics(study, spec)
     write_study_note(study, spec)
     points = [(point, "spec") for point in spec.enqueue]
     if spec.sampler.name == "grid":
         points += [(point, "grid") for point in grid_points(spec.space, skip=spec.enqueue)]
     for point, origin in points:
         study.enqueue_trial(point, user_attrs={QUEUED_ATTR: origin}, skip_if_exists=False)
-    # Written last: a study is registered once its spec is there.
+    # Written last: a study is registered once its spec is there. Through the storage's
+    # public API: Optuna 5's Study has no system attributes of its own any more.
     study.set_user_attr(VERSION_ATTR, hpo_version())
-    study.set_user_attr(SPEC_ATTR, spec_json)
+    storage.set_study_system_attr(storage.get_study_id_from_name(spec.name), SPEC_ATTR, spec_json)
     return Registration(spec.name, created=True, enqueued=len(points))
 
 
+def _name_metrics(study: optuna.Study, spec: StudySpec) -> None:
+    """Name the study's objectives (optuna-dashboard and Optuna's plots show the names)."""
+    with warnings.catch_warnings():
+        # set_metric_names is experimental in Optuna; the name is only a label.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(objective_names(spec))
+
+
 def _differences(stored: str, new: str) -> str:
-    old_spec, new_spec = json.loads(stored), json.loads(new)
+    old_spec, new_spec = _as_read(stored), _as_read(new)
     changed = [
         key
         for key in sorted(set(old_spec) | set(new_spec))
@@ -156,17 +168,27 @@ def _differences(stored: str, new: str) -> str:
     return "changed: " + ", ".join(changed)
 
 
-def _study_attrs(storage: optuna.storages.BaseStorage, name: str) -> dict[str, Any] | None:
-    """The study's user_attrs, or None when there is no such study.
+def _as_read(spec_json: str) -> dict[str, Any]:
+    """A stored spec's keys as hpo reads it today (keys added since it was stored take their
+    defaults), or as stored when it cannot be read."""
+    try:
+        return json.loads(StudySpec.from_json(spec_json).to_json())
+    except SpecError:
+        return json.loads(spec_json)
 
-    Two indexed lookups: ``get_all_study_summaries`` would load every study's best trial,
+
+def _study_attrs(storage: optuna.storages.BaseStorage, name: str) -> dict[str, Any] | None:
+    """The study's user_attrs and, over them, its system attributes (where the spec is), or
+    None when there is no such study.
+
+    Three indexed lookups: ``get_all_study_summaries`` would load every study's best trial,
     seconds for a study of 10,000 trials, and every worker starts here.
     """
     try:
         study_id = storage.get_study_id_from_name(name)
     except KeyError:
         return None
-    return storage.get_study_user_attrs(study_id)
+    return {**storage.get_study_user_attrs(study_id), **storage.get_study_system_attrs(study_id)}
 
 
 def load_spec_from_storage(storage: optuna.storages.BaseStorage, name: str) -> StudySpec:
@@ -215,6 +237,31 @@ def load_spec_from_storage(storage: optuna.storages.BaseStorage, name: str) -> S
             ],
         )
     return spec
+
+
+def result_trial(study: optuna.Study, spec: StudySpec) -> optuna.trial.FrozenTrial:
+    """The trial the study's export, refit and best net centre on
+    (``hpo.spec.objectives.chosen_trial``: the best feasible trial, or the pick from the
+    Pareto front).
+
+    Raises:
+        StudyError: no trial has completed, or none meets the spec's constraints.
+    """
+    try:
+        return chosen_trial(study, spec)
+    except ValueError:
+        name = study.study_name
+        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if trials and spec.constraints:
+            raise StudyError(
+                f"study {name!r}: none of its {len(trials)} completed trials meets the "
+                "constraints (see each trial's constraints with: hpo export "
+                f"{name} --all); run more trials (hpo worker --study {name} --trials N) or "
+                "loosen the constraints in a new study"
+            ) from None
+        raise StudyError(
+            f"study {name!r} has no completed trial yet; run it first: hpo worker --study {name}"
+        ) from None
 
 
 def metric_name(study: optuna.Study, spec: StudySpec) -> str:

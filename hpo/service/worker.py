@@ -50,13 +50,15 @@ from hpo.service.study import (
     record_budget,
     record_task,
 )
+from hpo.spec.objectives import best_so_far, broken_constraints
 from hpo.spec.study_spec import StudySpec
 
 logger = logging.getLogger("hpo.service.worker")
 
 #: What scores a trial: (trial, spec, data, device, should_stop, fold pool or None) -> value.
 Objective = Callable[
-    [optuna.Trial, StudySpec, DataSplits, str, Callable[[], bool], FoldPool | None], float
+    [optuna.Trial, StudySpec, DataSplits, str, Callable[[], bool], FoldPool | None],
+    float | Sequence[float],
 ]
 
 # hpo drives heartbeats itself around ask/tell (optuna only does inside Study.optimize).
@@ -390,12 +392,14 @@ def _score_trial(
         study.tell(trial, value)
     seconds = time.perf_counter() - started
     if state == TrialState.COMPLETE:
+        finished = storage.storage.get_trial(trial_id)
         logger.info(
-            "trial %d COMPLETE in %.1f s: %.6g%s; %s",
+            "trial %d COMPLETE in %.1f s: %s%s; %s; %s",
             trial.number,
             seconds,
-            value,
-            _best_so_far(study),
+            _values_in_short(study, finished),
+            _infeasible(finished),
+            best_so_far(study),
             _in_short(trial.params),
         )
     else:
@@ -403,9 +407,18 @@ def _score_trial(
     return state
 
 
-def _best_so_far(study: optuna.Study) -> str:
-    best = study.best_trial
-    return f" (best {best.value:.6g}, trial {best.number})"
+def _values_in_short(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> str:
+    """``0.9612``, or with several objectives ``accuracy 0.9612, n_parameters 1.2e+04``."""
+    values = trial.values or []
+    if len(values) == 1:
+        return f"{values[0]:.6g}"
+    names = study.metric_names or [f"objective {i}" for i in range(len(values))]
+    return ", ".join(f"{name} {value:.4g}" for name, value in zip(names, values, strict=True))
+
+
+def _infeasible(trial: optuna.trial.FrozenTrial) -> str:
+    broken = broken_constraints(trial)
+    return f", infeasible: {', '.join(broken)} broken" if broken else ""
 
 
 def _in_short(params: dict[str, Any]) -> str:

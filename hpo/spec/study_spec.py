@@ -18,7 +18,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from sklearn.metrics import get_scorer_names
 
 from hpo.errors import SpecError, did_you_mean
@@ -31,6 +39,7 @@ from hpo.spec.names import (
     NET_PARAMS,
     OPTIMIZER_ARGS,
 )
+from hpo.spec.objectives import MEASURES
 from hpo.spec.pruning import PATIENT_WRAPS, PRUNER_NAMES, PRUNERS, pruning_problem
 from hpo.spec.references import is_reference
 from hpo.spec.rules import RULES, Rule, describe, value_problem, within
@@ -130,6 +139,26 @@ class BudgetSpec(_Section):
     timeout: float | None = Field(default=None, gt=0)
 
 
+class BoundSpec(_Section):
+    """A constraint's bounds: ``min``, ``max`` or both (``hpo.spec.objectives``)."""
+
+    min: float | None = None
+    max: float | None = None
+
+
+class PickSpec(_Section):
+    """Which trial of a Pareto front the refit takes (``objectives.pick_from_front``)."""
+
+    #: Default (None): 0, only the front's best first objective.
+    best_first_within: float | None = Field(default=None, ge=0)
+
+
+class RefitSpec(_Section):
+    """How ``hpo refit`` picks its trial when the study has several objectives."""
+
+    pick: PickSpec = PickSpec()
+
+
 class StudySpec(_Section):
     """A study: what to tune, on which data, how to search and how to score."""
 
@@ -143,11 +172,24 @@ class StudySpec(_Section):
     pruner: PrunerSpec = PrunerSpec()
     direction: Literal["maximize", "minimize"] = "maximize"
     scoring: str
+    #: More objectives after ``scoring`` (``scoring: [accuracy, n_parameters]`` in a file).
+    objectives: list[str] = Field(default_factory=list)
+    constraints: dict[str, BoundSpec] = Field(default_factory=dict)
+    refit: RefitSpec = RefitSpec()
     cv: CVSpec = CVSpec()
     budget: BudgetSpec = BudgetSpec()
     fixed: dict[str, Any] = Field(default_factory=dict)
     space: dict[str, Param] = Field(default_factory=dict)
     enqueue: list[dict[str, Any]] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _scoring_list(cls, raw: Any) -> Any:
+        """``scoring: [a, b, ...]``: ``a`` is the scorer, the rest go to ``objectives``."""
+        if isinstance(raw, dict) and isinstance(raw.get("scoring"), list) and raw["scoring"]:
+            first, *rest = raw["scoring"]
+            return {**raw, "scoring": first, "objectives": [*rest, *raw.get("objectives", [])]}
+        return raw
 
     @field_validator("model")
     @classmethod
@@ -514,7 +556,7 @@ def _semantic_problems(raw: Mapping[str, Any]) -> list[str]:
         problems.extend(_reference_range_problems(name, param, space))
 
     scoring = raw.get("scoring")
-    if isinstance(scoring, str) and scoring not in get_scorer_names():
+    if isinstance(scoring, str) and scoring not in get_scorer_names() and scoring not in MEASURES:
         problems.append(
             f"scoring: {scoring!r} is not a scikit-learn scorer name"
             f"{did_you_mean(scoring, get_scorer_names())} (see sklearn.metrics.get_scorer_names)"
@@ -525,10 +567,73 @@ def _semantic_problems(raw: Mapping[str, Any]) -> list[str]:
             "the negated MSE), so the direction must be maximize; remove `direction`"
         )
 
+    problems.extend(_objective_problems(raw))
     problems.extend(_dataset_problems(raw.get("dataset")))
     problems.extend(_search_problems(raw, space))
     problems.extend(_enqueue_problems(raw.get("enqueue"), raw_space, space))
     return problems
+
+
+def _objective_problems(raw: Mapping[str, Any]) -> list[str]:
+    """Problems of a ``scoring`` list, ``constraints`` and ``refit`` (``hpo.spec.objectives``)."""
+    problems: list[str] = []
+    scoring = raw.get("scoring")
+    extra = raw.get("objectives") if isinstance(raw.get("objectives"), list) else []
+    names = [*(scoring if isinstance(scoring, list) else [scoring]), *extra]
+    known = [*get_scorer_names(), *MEASURES]
+    measures = ", ".join(MEASURES)
+    if scoring == []:
+        problems.append("scoring: an empty list; give a scikit-learn scorer, e.g. accuracy")
+    elif isinstance(names[0], str) and names[0] in MEASURES:
+        problems.append(
+            f"scoring: {names[0]!r} is a measure of the net; the first objective must be a "
+            f"scikit-learn scorer (the CV score), e.g. scoring: [accuracy, {names[0]}]"
+        )
+    for i, name in enumerate(names[1:], start=1):
+        if not isinstance(name, str):
+            problems.append(f"scoring[{i}]: must be a scorer or measure name, got {name!r}")
+        elif name not in known:
+            problems.append(
+                f"scoring[{i}]: {name!r} is neither a scikit-learn scorer nor a measure of the "
+                f"net ({measures}){did_you_mean(name, known)}"
+            )
+    repeated = sorted({n for n in names if isinstance(n, str) and names.count(n) > 1})
+    if repeated:
+        problems.append(f"scoring: {', '.join(repeated)} given twice; give each once")
+    pruner = raw.get("pruner")
+    pruner_name = pruner.get("name", "none") if isinstance(pruner, dict) else "none"
+    if len(names) > 1 and pruner_name != "none":
+        problems.append(
+            f"pruner: {pruner_name} cannot stop a trial of several objectives (Optuna prunes "
+            "single-objective studies only); use pruner: {name: none}, or one objective and "
+            "the others as constraints"
+        )
+    constraints = raw.get("constraints")
+    if isinstance(constraints, dict):
+        for name, bound in constraints.items():
+            if name not in known:
+                problems.append(
+                    f"constraints.{name}: neither a scikit-learn scorer nor a measure of the "
+                    f"net ({measures}){did_you_mean(str(name), known)}"
+                )
+            if isinstance(bound, dict):
+                low, high = bound.get("min"), bound.get("max")
+                if low is None and high is None:
+                    problems.append(f"constraints.{name}: give min, max or both")
+                elif _is_number(low) and _is_number(high) and low > high:
+                    problems.append(f"constraints.{name}: min {low} is above max {high}")
+    refit = raw.get("refit")
+    pick = refit.get("pick") if isinstance(refit, dict) else None
+    if isinstance(pick, dict) and pick.get("best_first_within") and len(names) < 2:
+        problems.append(
+            "refit.pick: picks from the Pareto front of several objectives, and this study has "
+            "one (scoring: [scorer, measure, ...] gives more)"
+        )
+    return problems
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _rule_for(key: Any, model: Any) -> Rule | None:
@@ -789,5 +894,10 @@ def _grid_budget_problems(spec: StudySpec) -> list[str]:
 
 
 def spec_json_equal(a: str, b: str) -> bool:
-    """Whether two stored specs describe the same study (key order ignored)."""
-    return json.loads(a) == json.loads(b)
+    """Whether two stored specs describe the same study: equal once read (a spec stored by
+    an older hpo lacks the keys added since, which read as their defaults), else, when one
+    cannot be read, equal as JSON (key order ignored)."""
+    try:
+        return StudySpec.from_json(a) == StudySpec.from_json(b)
+    except SpecError:
+        return json.loads(a) == json.loads(b)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +39,18 @@ class FoldResult:
     score: float
     seconds: float
     epochs: int
+    #: The fold's scores by the spec's other scorers (``objectives.extra_scorers``), in order.
+    extra_scores: tuple[float, ...] = ()
+
+
+def score_fold(
+    scoring: str | Sequence[str], fold_net: Any, X: Any, y: Any
+) -> tuple[float, tuple[float, ...]]:
+    """The fitted fold net's score by ``scoring`` (a scorer name, or several: the first is
+    the score, the others the extra scores), as ``cross_val_score`` scores a split."""
+    names = [scoring] if isinstance(scoring, str) else list(scoring)
+    scores = [float(get_scorer(name)(fold_net, X, y)) for name in names]
+    return scores[0], tuple(scores[1:])
 
 
 class StopCheck(Callback):
@@ -90,7 +102,7 @@ def fit_and_score_fold(
     fold: int,
     train: np.ndarray,
     test: np.ndarray,
-    scoring: str,
+    scoring: str | Sequence[str],
     threads: int | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> FoldResult:
@@ -102,7 +114,7 @@ def fit_and_score_fold(
         data: the worker's data; the rows index ``X_train``/``y_train``.
         fold: the fold's number, for messages.
         train, test: the fold's row indices.
-        scoring: a scikit-learn scorer name.
+        scoring: a scikit-learn scorer name, or several (``score_fold``).
         threads: torch CPU threads for the fit; None keeps the current count.
         should_stop: polled after every batch; true ends the fit with ``WorkerStopped``.
 
@@ -122,5 +134,5 @@ def fit_and_score_fold(
         check_finite(fold_net.history[:, "train_loss"], fold)
         # The scorer compares predictions with y on the host, as cross_val_score does.
         test_rows = torch.as_tensor(test, device=X.device)
-        score = get_scorer(scoring)(fold_net, X[test_rows], data.y_train[test])
-    return FoldResult(float(score), seconds, len(fold_net.history))
+        score, extra = score_fold(scoring, fold_net, X[test_rows], data.y_train[test])
+    return FoldResult(score, seconds, len(fold_net.history), extra)

@@ -44,6 +44,7 @@ from hpo.engine.build import build_net
 from hpo.engine.data import DataSplits
 from hpo.engine.folds.fold import FoldResult, WorkerStopped, fit_and_score_fold
 from hpo.engine.folds.plan import FoldPlan
+from hpo.spec.objectives import scorers
 from hpo.spec.study_spec import StudySpec
 
 logger = logging.getLogger("hpo.engine.folds.processes")
@@ -234,5 +235,5 @@ def _fit_fold(
         raise WorkerStopped
     net = build_net(spec, data, params, "cpu")
     return fit_and_score_fold(
-        net, data, fold, train, test, spec.scoring, _process.threads, _process.abandon.is_set
+        net, data, fold, train, test, scorers(spec), _process.threads, _process.abandon.is_set
     )

@@ -41,14 +41,13 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.base import clone
-from sklearn.metrics import get_scorer
 from skorch.callbacks import EarlyStopping
 from skorch.dataset import Dataset
 from torch import nn
@@ -60,6 +59,7 @@ from hpo.engine.folds.fold import (
     WorkerStopped,
     check_finite,
     resident_training_data,
+    score_fold,
 )
 from hpo.engine.folds.vmapped import VmappedFolds, net_refusal
 from hpo.engine.models import ACTIVATIONS, CNN, MLP, MODELS, Dropout, keep_mask
@@ -611,7 +611,7 @@ def fit_and_score_stacked(
     data: DataSplits,
     folds: list[int],
     splits: list[tuple[np.ndarray, np.ndarray]],
-    scoring: str,
+    scoring: str | Sequence[str],
     threads: int | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> Iterator[FoldResult]:
@@ -625,13 +625,12 @@ def fit_and_score_stacked(
         data: the worker's data.
         folds: which of ``splits`` to fit.
         splits: every fold's (train, test) row indices.
-        scoring: a scikit-learn scorer name.
+        scoring: a scikit-learn scorer name, or several (``fold.score_fold``).
         threads: torch CPU threads for the fit; None keeps the current count.
         should_stop: polled after every batch; true ends the fit with ``WorkerStopped``.
     """
     X, y = resident_training_data(data, str(net.device))
     train_rows = [torch.as_tensor(splits[fold][0], device=X.device) for fold in folds]
-    scorer = get_scorer(scoring)
 
     def stop_check() -> None:
         if should_stop is not None and should_stop():
@@ -658,8 +657,10 @@ def fit_and_score_stacked(
                 break
             test = splits[fold][1]
             test_rows = torch.as_tensor(test, device=X.device)
-            score = scorer(fit.fold_net(index), X[test_rows], data.y_train[test])
-            outcomes.append(FoldResult(float(score), seconds, fit.epochs(index)))
+            score, extra = score_fold(
+                scoring, fit.fold_net(index), X[test_rows], data.y_train[test]
+            )
+            outcomes.append(FoldResult(score, seconds, fit.epochs(index), extra))
     for outcome in outcomes:
         if isinstance(outcome, FloatingPointError):
             raise outcome
