@@ -325,7 +325,7 @@ def _print_progress_lines(
         now, clock = _Progress.of(study), time.monotonic()
         last, last_clock = printed
         due = PROGRESS_SECONDS if now != last else QUIET_PROGRESS_SECONDS
-        if now.started and (clock - last_clock >= due or not running):
+        if now.started and (clock - last_clock >= due or (not running and now != last)):
             states = f" ({now.states})" if now.states else ""
             console.print(
                 f"{escape(study.study_name)}: {now.done} of {budget} trials done{states}, "
