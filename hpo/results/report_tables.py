@@ -77,7 +77,7 @@ def summary_html(
             rows.append(
                 (
                     "picked from the Pareto front",
-                    f"of {len(study.best_trials)} trials, by refit.pick (best first objective "
+                    f"of {_trials(len(study.best_trials))}, by refit.pick (best first objective "
                     f"within {spec.refit.pick.best_first_within or 0:g}, then the next): "
                     + ", ".join(f"{n} {_fmt(v)}" for n, v in values),
                 )
@@ -249,6 +249,10 @@ def _best_number(study: optuna.Study) -> int | None:
         return study.best_trial.number
     except ValueError:
         return None
+
+
+def _trials(count: int) -> str:
+    return f"{count} trial{'' if count == 1 else 's'}"
 
 
 def _fmt(value: Any) -> str:
