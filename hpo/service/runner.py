@@ -275,6 +275,24 @@ def _starting(workers: int) -> str:
     return f"starting {workers} worker{'s' if workers > 1 else ''} (torch, data)"
 
 
+def _watch(
+    study: optuna.Study,
+    processes: list[subprocess.Popen[bytes]],
+    output: WorkerOutput,
+    console: Console,
+) -> Iterator[tuple[_Progress, bool]]:
+    """Every ``POLL_SECONDS`` until the workers have exited: print their new lines to
+    ``console``, then yield where the study stands and whether a worker still runs (the last
+    time, none does)."""
+    while True:
+        running = any(process.poll() is None for process in processes)
+        _print_lines(output.drain(), console)
+        yield _Progress.of(study), running
+        if not running:
+            return
+        time.sleep(POLL_SECONDS)
+
+
 def _show_progress_bar(
     study: optuna.Study,
     budget: int,
@@ -291,19 +309,13 @@ def _show_progress_bar(
     )
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task(_starting(len(processes)), total=budget, best="")
-        while True:
-            running = any(process.poll() is None for process in processes)
-            _print_lines(output.drain(), progress.console)
-            now = _Progress.of(study)
+        for now, _ in _watch(study, processes, output, progress.console):
             progress.update(
                 task,
                 description=study.study_name if now.started else _starting(len(processes)),
                 completed=min(now.done, budget),
                 best=now.best if now.started else "",
             )
-            if not running:
-                return
-            time.sleep(POLL_SECONDS)
 
 
 def _print_progress_lines(
@@ -319,10 +331,8 @@ def _print_progress_lines(
     started = time.monotonic()
     printed: tuple[_Progress | None, float] = (None, started)
     console.print(f"{_starting(len(processes))} for {escape(study.study_name)}", highlight=False)
-    while True:
-        running = any(process.poll() is None for process in processes)
-        _print_lines(output.drain(), console)
-        now, clock = _Progress.of(study), time.monotonic()
+    for now, running in _watch(study, processes, output, console):
+        clock = time.monotonic()
         last, last_clock = printed
         due = PROGRESS_SECONDS if now != last else QUIET_PROGRESS_SECONDS
         if now.started and (clock - last_clock >= due or (not running and now != last)):
@@ -334,6 +344,3 @@ def _print_progress_lines(
                 soft_wrap=True,
             )
             printed = (now, clock)
-        if not running:
-            return
-        time.sleep(POLL_SECONDS)

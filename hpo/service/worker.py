@@ -258,8 +258,9 @@ def _claim_trial(
 ) -> _Claim:
     with storage.claim_lock(study.study_name):
         storage.fail_stale_trials(study)
-        if clock.expired():
-            return _Claim(reason=clock.expired())
+        expired = clock.expired()
+        if expired:
+            return _Claim(reason=expired)
         counts = storage.count_states(storage.study_id(study.study_name))
         done, taken = budget_used(counts, pending=False), budget_used(counts)
         running, waiting = counts[TrialState.RUNNING], counts[TrialState.WAITING]
@@ -337,7 +338,7 @@ def _run_trial(
 
     with storage.heartbeat(trial_id):
         try:
-            return _score_trial(study, trial, trial_id, score, storage)
+            return _score_trial(study, trial, trial_id, score, storage, bool(spec.constraints))
         except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
             # (ValueError: Optuna's tell of a finished trial.)
             if not storage.storage.get_trial(trial_id).state.is_finished():
@@ -357,10 +358,12 @@ def _score_trial(
     study: optuna.Study,
     trial: optuna.Trial,
     trial_id: int,
-    score: Callable[[], float],
+    score: Callable[[], float | Sequence[float]],
     storage: StorageBackend,
+    constrained: bool = False,
 ) -> TrialState:
-    """Score the trial and tell the storage how it ended."""
+    """Score the trial and tell the storage how it ended; with ``constrained``, its log line
+    says which constraints it broke (read back from the storage)."""
     started = time.perf_counter()
     try:
         value = score()
@@ -392,13 +395,12 @@ def _score_trial(
         study.tell(trial, value)
     seconds = time.perf_counter() - started
     if state == TrialState.COMPLETE:
-        finished = storage.storage.get_trial(trial_id)
         logger.info(
             "trial %d COMPLETE in %.1f s: %s%s; %s; %s",
             trial.number,
             seconds,
-            _values_in_short(study, finished),
-            _infeasible(finished),
+            _values_in_short(study, value),
+            _infeasible(storage.storage.get_trial(trial_id)) if constrained else "",
             best_so_far(study),
             _in_short(trial.params),
         )
@@ -407,9 +409,9 @@ def _score_trial(
     return state
 
 
-def _values_in_short(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> str:
+def _values_in_short(study: optuna.Study, value: float | Sequence[float]) -> str:
     """``0.9612``, or with several objectives ``accuracy 0.9612, n_parameters 1.2e+04``."""
-    values = trial.values or []
+    values = list(value) if isinstance(value, Sequence) else [value]
     if len(values) == 1:
         return f"{values[0]:.6g}"
     names = study.metric_names or [f"objective {i}" for i in range(len(values))]
