@@ -30,9 +30,9 @@ from hpo.service.study import (
     load_spec_from_storage,
     load_study,
     make_sampler,
-    metric_name,
     register_study,
 )
+from hpo.spec.objectives import metric_name
 from hpo.spec.study_spec import parse_spec
 
 GRID = {

@@ -17,7 +17,7 @@ The refit's files are read from the study's refit artifacts (``hpo.results.artif
 the artifact folder holds them, so a report written on another machine has them too, else
 from ``results/<study>/``. plotly.js is embedded once, so the file opens offline and needs no
 CDN. The figures name the study's metric on their axes ("accuracy", not Optuna's "Objective
-Value"; ``hpo.service.study.metric_name``). A figure that cannot be drawn (parameter
+Value"; ``hpo.spec.objectives.metric_name``). A figure that cannot be drawn (parameter
 importances need two completed trials and a parameter that varies) becomes a short note,
 never an error.
 
@@ -55,7 +55,8 @@ from hpo.results.report_refit import refit_sections
 from hpo.results.report_search import search_sections
 from hpo.results.report_section import Section, sections_html
 from hpo.results.report_tables import summary_html, timing_section
-from hpo.service.study import load_study, metric_name
+from hpo.service.study import load_study
+from hpo.spec.objectives import metric_name
 
 REPORT_FILE = "report.html"
 #: The refit's files the report reads, by kind, and their names in ``results/<study>/``.

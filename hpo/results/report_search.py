@@ -14,7 +14,7 @@ study's spec:
   (``trial 7``, ``(best)``, ``(pruned)``) and in the hover with its parameters in short;
   Optuna's lines are anonymous.
 
-Every figure names the study's metric (``hpo.service.study.metric_name``) on its axes.
+Every figure names the study's metric (``hpo.spec.objectives.metric_name``) on its axes.
 """
 
 from __future__ import annotations

@@ -340,13 +340,13 @@ def studies(storage: StorageOption = None) -> None:
     import optuna
 
     from hpo.service.storage import masked_url, resolve_storage_url
-    from hpo.service.study import budget_used, study_budget
+    from hpo.service.study import budget_used, list_study_names, study_budget
     from hpo.spec.objectives import best_so_far
 
     url = resolve_storage_url(storage)
     opened = _storage(url)
-    summaries = sorted(optuna.get_all_study_summaries(opened), key=lambda s: s.study_name)
-    if not summaries:
+    names = list_study_names(opened)  # sorted; without loading each study's best trial
+    if not names:
         err.print(
             f"no studies in {escape(masked_url(url))} yet; register one: hpo register "
             "studies/<file>.yaml (or hpo run it)",
@@ -356,8 +356,8 @@ def studies(storage: StorageOption = None) -> None:
     table = Table()
     for column in ("study", "direction", "done", "states", "found"):
         table.add_column(column)
-    for summary in summaries:
-        study = optuna.load_study(study_name=summary.study_name, storage=opened)
+    for name in names:
+        study = optuna.load_study(study_name=name, storage=opened)
         trials = study.get_trials(deepcopy=False)
         done = budget_used(Counter(t.state for t in trials), pending=False)
         budgets = study_budget(opened, study)
@@ -368,7 +368,7 @@ def studies(storage: StorageOption = None) -> None:
             override = f" (--trials; the spec's {spec_budget})" if budget != spec_budget else ""
             progress = f"{done} of {budget}{override}"
         table.add_row(
-            escape(summary.study_name),
+            escape(name),
             ", ".join(direction.name.lower() for direction in study.directions),
             progress,
             ", ".join(f"{n} {s}" for s, n in Counter(t.state.name for t in trials).items()),

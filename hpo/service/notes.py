@@ -27,6 +27,7 @@ from typing import Any
 import optuna
 import yaml
 
+from hpo.spec.objectives import metric_name
 from hpo.spec.study_spec import StudySpec
 
 #: How a refit's line starts, so a later refit replaces it instead of stacking another.
@@ -184,9 +185,8 @@ def write_refit_notes(
     frozen = storage.get_trial(trial_id)
     fold_scores = frozen.user_attrs.get("fold_scores") or []
     std = frozen.user_attrs.get("score_std")
-    names = study.metric_names
     scores = RefitScores(
-        metric=str(names[0]) if names else spec.scoring,
+        metric=metric_name(study, spec),
         trial=trial,
         cv_mean=float(frozen.values[0]),  # the first objective: the CV score
         cv_std=None if std is None else float(std),

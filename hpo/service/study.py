@@ -264,14 +264,6 @@ def result_trial(study: optuna.Study, spec: StudySpec) -> optuna.trial.FrozenTri
         ) from None
 
 
-def metric_name(study: optuna.Study, spec: StudySpec) -> str:
-    """The name of the study's objective: the metric name stored at registration
-    (``Study.metric_names``), else the spec's ``scoring`` (a study registered before hpo
-    stored one)."""
-    names = study.metric_names
-    return str(names[0]) if names else spec.scoring
-
-
 def record_budget(study: optuna.Study, budget: int) -> None:
     """Keep the budget a worker runs to in ``BUDGET_ATTR`` (a write when it changes)."""
     if study.user_attrs.get(BUDGET_ATTR) != budget:

@@ -62,10 +62,23 @@ def is_multi_objective(spec: StudySpec) -> bool:
     return bool(spec.objectives)
 
 
+def metric_name(study: optuna.Study, spec: StudySpec) -> str:
+    """The name of the study's (first) objective: the metric name stored at registration
+    (``Study.metric_names``), else the spec's ``scoring`` (a study registered before hpo
+    stored one)."""
+    names = study.metric_names
+    return str(names[0]) if names else spec.scoring
+
+
+def _named_beyond_scoring(spec: StudySpec) -> list[str]:
+    """What the objectives after ``scoring`` and the constraints name, in that order."""
+    return [*spec.objectives, *spec.constraints]
+
+
 def extra_scorers(spec: StudySpec) -> tuple[str, ...]:
     """The scikit-learn scorers besides ``scoring`` that each fold is scored by: those the
     objectives and constraints name, in that order, once each."""
-    named = [*spec.objectives, *spec.constraints]
+    named = _named_beyond_scoring(spec)
     return tuple(dict.fromkeys(n for n in named if n not in MEASURES and n != spec.scoring))
 
 
@@ -76,8 +89,7 @@ def scorers(spec: StudySpec) -> tuple[str, ...]:
 
 def needed_measures(spec: StudySpec) -> tuple[str, ...]:
     """The measures the objectives and constraints name, in that order, once each."""
-    named = [*spec.objectives, *spec.constraints]
-    return tuple(dict.fromkeys(n for n in named if n in MEASURES))
+    return tuple(dict.fromkeys(n for n in _named_beyond_scoring(spec) if n in MEASURES))
 
 
 def constraint_values(spec: StudySpec, values: Mapping[str, float]) -> dict[str, float]:
