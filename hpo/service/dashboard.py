@@ -121,7 +121,10 @@ def _check_can_listen(host: str, port: int) -> None:
 
 
 class _ThreadedServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
+    # Request threads are joined when the server closes (Ctrl-C): a request answered just
+    # before still writes its log line, which wsgiref writes after the response has gone.
+    daemon_threads = False
+    block_on_close = True
 
 
 class _SilentHandler(WSGIRequestHandler):
