@@ -12,6 +12,7 @@ from conftest import tiny_spec
 from sklearn.base import clone
 from sklearn.metrics import get_scorer
 
+from hpo.engine.augment import augmented_rows
 from hpo.engine.data import DataSplits, load_dataset
 from hpo.engine.folds.fold import resident_training_data
 from hpo.engine.folds.stacked import StackedFit, fit_stacked, stackable
@@ -51,7 +52,8 @@ def assert_folds_end_as_their_own_fits(
     X, y = resident_training_data(data, "cpu")
     rows = [torch.as_tensor(train) for train, _ in splits]
     early_stopping = net.early_stopping_patience is not None
-    assert stackable(net, [len(r) for r in rows], "cpu", validation=early_stopping)
+    sizes = [augmented_rows(net.augment, len(r)) for r in rows]
+    assert stackable(net, sizes, "cpu", validation=early_stopping)
     validation = None
     if early_stopping:
         validation = (torch.as_tensor(data.X_valid), torch.as_tensor(data.y_valid))

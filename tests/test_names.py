@@ -116,9 +116,9 @@ def test_every_knob_the_tuned_nets_add_is_a_net_param() -> None:
     added = set(keyword_args(nets.TunedClassifier.__init__)) - set(
         keyword_args(NeuralNet.__init__)
     )
-    # random_state is set by the engine per trial, not by a spec; preprocess is the spec's
-    # top-level preprocess: key.
-    assert added - {"random_state", "preprocess"} <= names.NET_PARAMS, (
+    # random_state is set by the engine per trial, not by a spec; preprocess and augment are
+    # the spec's top-level keys of those names.
+    assert added - {"random_state", "preprocess", "augment"} <= names.NET_PARAMS, (
         f"hpo.engine.nets's nets take {sorted(added - names.NET_PARAMS)}: {UPDATE} (NET_PARAMS)"
     )
 
@@ -143,6 +143,7 @@ def test_named_values_are_the_engines_registries() -> None:
         "optimizer": tuple(nets.OPTIMIZERS),
         "module__activation": tuple(models.ACTIVATIONS),
         "module__weight_init": models.WEIGHT_INITS,
+        "lr_schedule": ("none", *nets.LR_SCHEDULERS),
     }, f"NAMED_VALUES: {UPDATE}"
 
 

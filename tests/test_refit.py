@@ -136,6 +136,60 @@ def test_refit_classification_scores_the_best_trial_on_the_test_split(
     assert attrs["refit_trial"] == best.number
 
 
+def test_refit_including_validation_fits_again_for_the_epochs_early_stopping_chose(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    raw = {**classification_spec(), "refit": {"include_validation": True}}
+    raw["fixed"] = {**raw["fixed"], "max_epochs": 30, "early_stopping_patience": 2}
+    raw["space"] = {**raw["space"], "lr": {"type": "float", "low": 0.05, "high": 0.2}}
+    run_study(sqlite_url, raw)
+
+    result = refit_study(
+        open_storage(sqlite_url), "refit-digits", results_dir=tmp_path, artifacts=tmp_path / "a"
+    )
+
+    # The epochs: those of the first fit's best epoch, on the training split with early
+    # stopping on the validation split, as a refit without the option fits.
+    spec, data = parse_spec(raw), load_dataset("digits")
+    first = build_net(spec, data, result.params, "cpu").fit(data.X_train, data.y_train)
+    chosen = dict(first.callbacks_)["early_stopping"].best_epoch_
+    assert 1 <= chosen < len(first.history) <= 30  # it stopped early, after its best epoch
+    metrics = json.loads((tmp_path / "refit-digits" / "metrics.json").read_text())
+    assert metrics["include_validation"] is True and metrics["early_stopping_epochs"] == chosen
+    assert metrics["n_train"] == 1350 and metrics["n_valid"] == 350
+    assert result.epochs == metrics["epochs"] == chosen
+
+    # The net scored: a fresh one of the same seed on the 1350 rows, that many epochs, with no
+    # validation loss to watch; the same process and threads, so equal to the last bit.
+    rows = np.concatenate([data.X_train, data.X_valid])
+    labels = np.concatenate([data.y_train, data.y_valid])
+    again = {**result.params, "max_epochs": chosen, "early_stopping_patience": None}
+    final = build_net(spec, data, again, "cpu").fit(rows, labels)
+    np.testing.assert_array_equal(
+        result.net.predict_proba(data.X_test), final.predict_proba(data.X_test)
+    )
+    history = json.loads((tmp_path / "refit-digits" / "history.json").read_text())
+    assert len(history) == chosen and not any("valid_loss" in row for row in history)
+
+
+def test_refit_including_validation_without_early_stopping_fits_once_on_every_row(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    raw = {
+        **tiny_spec(name="refit-all", budget={"trials": 1}),
+        "refit": {"include_validation": True},
+    }
+    run_study(sqlite_url, raw)
+
+    result = refit_study(
+        open_storage(sqlite_url), "refit-all", results_dir=tmp_path, artifacts=tmp_path / "a"
+    )
+
+    metrics = json.loads((tmp_path / "refit-all" / "metrics.json").read_text())
+    assert metrics["n_train"] == 1350 and metrics["early_stopping_epochs"] is None
+    assert result.epochs == raw["fixed"]["max_epochs"]
+
+
 def test_refit_stores_its_files_as_artifacts_of_the_study(sqlite_url: str, tmp_path: Path) -> None:
     run_study(sqlite_url, regression_spec())
 

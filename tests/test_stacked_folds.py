@@ -136,6 +136,27 @@ def test_with_early_stopping_each_stacked_fold_stops_and_keeps_its_best_epoch() 
     assert len(set(epochs)) > 1  # at different epochs: the stopped ones trained on, unused
 
 
+@pytest.mark.parametrize("case", ["mlp", "cnn"])
+def test_with_augmentation_each_stacked_fold_trains_on_its_own_copies(case: str) -> None:
+    spec, data, net = _spec_and_net(case)
+    net.set_params(augment="shifts", preprocess="minmax", max_epochs=2)
+    fit = assert_folds_end_as_their_own_fits(net, spec, data, rtol=1e-4, atol=1e-5)
+    assert [len(rows) for rows in fit.data[0]] == [666, 667, 667]  # raw rows kept for scoring
+
+
+@pytest.mark.parametrize("case", ["mlp", "cnn-adamax"])
+def test_with_a_cosine_schedule_each_stacked_fold_steps_its_lr_as_its_own_fit(case: str) -> None:
+    spec, data, net = _spec_and_net(case)
+    net.set_params(lr_schedule="cosine", max_epochs=3)
+    scheduled = assert_folds_end_as_their_own_fits(net, spec, data, rtol=1e-4, atol=1e-5)
+    constant = assert_folds_end_as_their_own_fits(
+        clone(net).set_params(lr_schedule="none"), spec, data, rtol=1e-4, atol=1e-5
+    )
+    # The first epoch runs at lr either way; the schedule lowers it for the next ones.
+    assert scheduled.losses(0)[0] == pytest.approx(constant.losses(0)[0], rel=1e-6)
+    assert scheduled.losses(0)[-1] != pytest.approx(constant.losses(0)[-1], rel=1e-3)
+
+
 def test_evaluate_reports_the_same_fold_scores_stacked_or_not() -> None:
     spec = parse_spec(tiny_spec(cv={"folds": 4}, fixed={"max_epochs": 3, "batch_size": 64}))
     data = load_dataset("digits")
@@ -172,9 +193,7 @@ def test_with_a_pruner_the_folds_it_may_stop_after_are_fitted_first() -> None:
         ({"name": "hyperband"}, PruningStart(startup_trials=0, first_fold=0)),
     ],
 )
-def test_the_pruning_start_is_read_from_the_spec(
-    pruner: dict, start: PruningStart | None
-) -> None:
+def test_the_pruning_start_is_read_from_the_spec(pruner: dict, start: PruningStart | None) -> None:
     spec = parse_spec(tiny_spec(pruner=pruner))
     assert pruning_start(spec) == start
     built = make_pruner(spec)  # the pruner Optuna gets is built from the same options

@@ -11,6 +11,7 @@ from typing import Any
 from skorch.dataset import Dataset
 from skorch.helper import predefined_split
 
+from hpo.engine.augment import check_augmentation
 from hpo.engine.data import DataSplits
 from hpo.engine.nets import TunedClassifier, TunedRegressor
 from hpo.engine.user_code import data_arguments, model_class
@@ -34,6 +35,10 @@ def check_compatible(spec: StudySpec, data: DataSplits) -> None:
             f"cv.stratified: stratified folds need class labels, but {data.name!r} "
             "is a regression dataset; remove cv.stratified"
         )
+    try:
+        check_augmentation(spec.augment, data.input_shape)
+    except ValueError as error:
+        raise HpoError(f"{error} (dataset {data.name!r})") from None
     if spec.model == "cnn" and len(data.input_shape) != 3:
         raise HpoError(
             f"model: cnn needs images (channels, height, width), but {data.name!r} "

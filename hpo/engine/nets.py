@@ -1,7 +1,7 @@
 """skorch nets for hpo: names mapped to classes, seeded, and fed by whole-tensor batches.
 
 ``TunedClassifier`` and ``TunedRegressor`` are ordinary skorch nets (``clone``,
-``set_params`` and ``cross_val_score`` work on them) with four additions, each an
+``set_params`` and ``cross_val_score`` work on them) with these additions, each an
 estimator parameter so an exported CSV row can be applied with ``set_params(**row)``:
 
 - ``optimizer`` may be a name (``adam``, ``sgd``, ``adamax``, ``rmsprop``), and ``criterion``
@@ -9,11 +9,15 @@ estimator parameter so an exported CSV row can be applied with ``set_params(**ro
 - ``random_state`` seeds torch when the net initializes, so a fit is reproducible and two
   clones fit identically;
 - ``early_stopping_patience`` adds skorch's ``EarlyStopping`` on the validation loss;
+- ``lr_schedule: cosine`` adds skorch's ``LRScheduler`` with torch's ``CosineAnnealingLR``:
+  the learning rate falls from ``lr`` to 0 over ``max_epochs``, stepped after every epoch;
 - ``mixed_precision`` runs the forward pass under ``torch.autocast`` in bfloat16 (the loss,
   weights, gradients and optimizer stay float32);
 - ``preprocess`` scales the features by statistics fitted on the rows ``fit`` is given
   (``standard`` or ``minmax``), so each fold and the refit are scaled by their own training
   rows and a saved net predicts on raw features;
+- ``augment`` adds copies of the rows a fit trains on (``shifts``: each image moved by one
+  pixel four ways; ``hpo.engine.augment``), after the validation rows are split off;
 - batches are sliced from whole tensors (``TensorBatches``) instead of being collated from
   per-sample ``Dataset.__getitem__`` calls, which dominates the cost of small nets (skorch#1100).
 
@@ -38,17 +42,19 @@ trains.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from skorch import NeuralNetClassifier, NeuralNetRegressor
-from skorch.callbacks import Callback, EarlyStopping
+from skorch.callbacks import Callback, EarlyStopping, LRScheduler
 from skorch.dataset import Dataset, ValidSplit, get_len, unpack_data
 from skorch.utils import TeeGenerator
 from torch import nn
+from torch.optim.lr_scheduler import CosineAnnealingLR
 
+from hpo.engine.augment import augment
 from hpo.engine.device import device_kind
 from hpo.engine.preprocess import Scaling, fit_scaling
 from hpo.engine.user_code import criterion_class
@@ -164,6 +170,26 @@ def _multi_tensor_option(
     return {"foreach": True} if "foreach" in options else {}
 
 
+#: The schedules ``lr_schedule`` names besides ``none``: each gives skorch's ``LRScheduler``
+#: for a fit of so many epochs, stepped after every epoch (``cosine``: torch's
+#: ``CosineAnnealingLR``, from ``lr`` down to 0 over the fit's epochs).
+LR_SCHEDULERS: dict[str, Callable[[int], LRScheduler]] = {
+    "cosine": lambda epochs: LRScheduler(CosineAnnealingLR, T_max=epochs),
+}
+
+
+def lr_scheduler(schedule: str, epochs: int) -> LRScheduler:
+    """skorch's ``LRScheduler`` of ``lr_schedule`` for a fit of ``epochs`` epochs.
+
+    Raises:
+        ValueError: an unknown ``schedule``.
+    """
+    if schedule not in LR_SCHEDULERS:
+        choices = ", ".join(["none", *LR_SCHEDULERS])
+        raise ValueError(f"lr_schedule must be one of {choices}, got {schedule!r}")
+    return LR_SCHEDULERS[schedule](epochs)
+
+
 class _TunedNet:
     """What ``TunedClassifier`` and ``TunedRegressor`` add to skorch's nets; see their docs."""
 
@@ -177,9 +203,11 @@ class _TunedNet:
         optimizer: Any = "adam",
         random_state: int | None = 0,
         early_stopping_patience: int | None = None,
+        lr_schedule: str = "none",
         validation_fraction: float = 0.2,
         mixed_precision: bool = False,
         preprocess: str = "none",
+        augment: str = "none",
         train_split: Any = None,
         iterator_train: Any = TensorBatches,
         iterator_valid: Any = TensorBatches,
@@ -199,15 +227,19 @@ class _TunedNet:
         )
         self.random_state = random_state
         self.early_stopping_patience = early_stopping_patience
+        self.lr_schedule = lr_schedule
         self.validation_fraction = validation_fraction
         self.mixed_precision = mixed_precision
         self.preprocess = preprocess
+        self.augment = augment
 
     def fit(self, X: Any, y: Any = None, **fit_params: Any) -> Any:
-        """skorch's ``fit``, after fitting ``preprocess`` on ``X``, the rows it trains on
-        (``hpo.engine.preprocess``); a warm start keeps the scaling it had."""
+        """skorch's ``fit``, after fitting ``preprocess`` on ``X``, the rows it trains on, with
+        ``augment``'s copies of them (``hpo.engine.preprocess``); a warm start keeps the
+        scaling it had."""
         if not (self.warm_start and hasattr(self, "scaling_")):  # type: ignore[attr-defined]
-            self.scaling_: Scaling | None = fit_scaling(self.preprocess, X)
+            rows, _ = augment(self.augment, X, None)
+            self.scaling_: Scaling | None = fit_scaling(self.preprocess, rows)
         return super().fit(X, y, **fit_params)  # type: ignore[misc]
 
     def initialize(self) -> Any:
@@ -257,6 +289,8 @@ class _TunedNet:
                     EarlyStopping(patience=self.early_stopping_patience, load_best=True),
                 )
             )
+        if self.lr_schedule != "none":
+            callbacks.append(("lr_schedule", lr_scheduler(self.lr_schedule, self.max_epochs)))
         return callbacks
 
     def initialize_criterion(self) -> Any:
@@ -430,6 +464,14 @@ class _TunedNet:
         return y.float()
 
     def get_split_datasets(self, X: Any, y: Any = None, **fit_params: Any) -> Any:
+        """skorch's split into training and validation data, then ``augment``'s copies of the
+        training rows added (the validation rows get none, so they stay unseen)."""
+        train, valid = self._split_datasets(X, y, **fit_params)
+        if self.augment != "none":
+            train = Dataset(*augment(self.augment, *_arrays_of(train)))
+        return train, valid
+
+    def _split_datasets(self, X: Any, y: Any = None, **fit_params: Any) -> Any:
         # A validation split is only worth its data when early stopping reads it.
         if self.train_split is None and self.early_stopping_patience is not None:
             stratified = isinstance(self, NeuralNetClassifier)
@@ -455,6 +497,8 @@ class TunedClassifier(_TunedNet, NeuralNetClassifier):
         early_stopping_patience: epochs without a better validation loss before stopping, the
             best weights restored; ``None`` disables it and uses no validation data. Default:
             None.
+        lr_schedule: ``cosine``: the learning rate falls from ``lr`` to 0 over
+            ``max_epochs`` (``lr_scheduler``); ``none`` keeps it. Default: ``"none"``.
         validation_fraction: share of the training data held out for early stopping when
             ``train_split`` is None. Default: 0.2.
         mixed_precision: the forward pass under ``torch.autocast`` in bfloat16, for GPUs
@@ -463,6 +507,8 @@ class TunedClassifier(_TunedNet, NeuralNetClassifier):
         preprocess: ``standard``, ``minmax`` or ``none``: features scaled by statistics
             fitted in ``fit`` on the rows it is given, applied to every batch after
             (``scaling_``; ``hpo.engine.preprocess``). Default: ``"none"``.
+        augment: ``shifts`` or ``none``: copies of the training rows added in ``fit``, after
+            the validation rows are split off (``hpo.engine.augment``). Default: ``"none"``.
         train_split: skorch's; default None (all training data is trained on).
         iterator_train, iterator_valid: default ``TensorBatches``; training batches are
             shuffled every epoch.

@@ -31,6 +31,7 @@ import optuna
 import torch
 from sklearn.model_selection import BaseCrossValidator, KFold, StratifiedKFold
 
+from hpo.engine.augment import augmented_rows
 from hpo.engine.build import build_net
 from hpo.engine.data import DataSplits
 from hpo.engine.folds.fold import FoldResult, fit_and_score_fold
@@ -133,7 +134,8 @@ def evaluate(
     validation = data.X_valid is not None
 
     def net_facts() -> NetFacts:
-        sizes = [len(train) for train, _ in splits]
+        kind = configuration.get("augment", "none")
+        sizes = [augmented_rows(kind, len(train)) for train, _ in splits]
         return NetFacts(
             stackable=stackable(net, sizes, device, validation=validation),
             flops=forward_flops(net, tuple(data.input_shape)),

@@ -1,7 +1,8 @@
 """Feature scaling inside each fit: fitted on the fit's training rows, applied to every batch.
 
 A net's ``preprocess`` (``standard``, ``minmax`` or ``none``; the spec's ``preprocess:``) is
-fitted when the net is fitted, on the rows it is fitted on, by scikit-learn's
+fitted when the net is fitted, on the rows it is fitted on (with the copies its ``augment``
+adds: ``hpo.engine.augment``), by scikit-learn's
 ``StandardScaler`` / ``MinMaxScaler``; the net then scales every batch it trains on, validates
 on or predicts, on its device. So a fold is scaled by its own training rows' statistics and its
 held-out rows never shape them (no leakage across folds), the refit by the training split's,

@@ -3,7 +3,9 @@
 ``refit_study`` takes the study's best trial, merges its parameters over the spec's ``fixed``
 ones, fits one net on every training row (a validation split is used only for early stopping:
 the dataset's fixed one where it has one, else skorch's ``ValidSplit``), and scores it once on
-the held-out test split the search never saw. It writes under ``results/<study>/``:
+the held-out test split the search never saw. With ``refit: {include_validation: true}`` that
+fit only chooses the epochs, and the net scored is fitted again on the training and
+validation rows together for that many epochs (``_fit``). It writes under ``results/<study>/``:
 
 - ``model.pt``: the weights, from skorch ``save_params``;
 - ``params.json``: everything that rebuilds the net without the dataset: the study's
@@ -44,6 +46,7 @@ from typing import Any
 import numpy as np
 import optuna
 import pandas as pd
+import torch
 from sklearn.metrics import (
     accuracy_score,
     confusion_matrix,
@@ -56,6 +59,8 @@ from sklearn.metrics import (
 from hpo.engine.build import build_net, check_compatible, outputs_of
 from hpo.engine.data import DataSplits, load_dataset, synthetic_function
 from hpo.engine.device import resolve_device
+from hpo.engine.folds.plan import fit_threads, forward_flops
+from hpo.engine.threads import torch_threads
 from hpo.errors import HpoError
 from hpo.results.artifacts import open_artifact_store, resolve_artifacts_dir, upload_refit
 from hpo.results.paths import study_folder
@@ -95,6 +100,8 @@ class RefitResult:
         metrics: Test metrics: ``accuracy`` and ``log_loss`` (classification) or ``mse`` and
             ``r2`` (regression), and ``score``, the spec's scorer on the test split.
         epochs: Epochs the final fit ran.
+        n_train: Rows the final fit trained on (before ``augment``'s copies): the training
+            split, with ``refit.include_validation`` and the validation split.
         seconds: Wall time of the final fit.
         folder: Where the files went.
         files: Each file written, by kind (``model``, ``params``, ``metrics``, ``history``,
@@ -113,6 +120,7 @@ class RefitResult:
     epochs: int
     seconds: float
     folder: Path
+    n_train: int = 0
     files: dict[str, Path] = field(default_factory=dict)
     artifacts_dir: Path | None = None
     artifacts: dict[str, str] = field(default_factory=dict)
@@ -163,17 +171,11 @@ def refit_study(
     artifacts_dir = resolve_artifacts_dir(artifacts)
     open_artifact_store(artifacts_dir, create=True)
 
-    net = build_net(spec, data, params, device)
     started = time.perf_counter()
-    net.fit(data.X_train, data.y_train)
+    with torch_threads(_threads(spec, data, params, device)):
+        net, rows = _fit(spec, data, params, device, f"refit of {name!r} (trial {best.number})")
     seconds = time.perf_counter() - started
     history = _history(net)
-    if not all(math.isfinite(row["train_loss"]) for row in history):
-        raise HpoError(
-            f"refit of {name!r} (trial {best.number}) diverged: the training loss became "
-            f"{history[-1]['train_loss']}; the configuration was unstable on the whole "
-            "training split"
-        )
 
     metrics = {"score": float(get_scorer(spec.scoring)(net, data.X_test, data.y_test))}
     confusion: pd.DataFrame | None = None
@@ -198,8 +200,7 @@ def refit_study(
             "scoring": spec.scoring,
             "cv_score": best.values[0],
             "test": metrics,
-            "n_train": len(data.X_train),
-            "n_valid": None if data.X_valid is None else len(data.X_valid),
+            **rows,
             "n_test": len(data.X_test),
             "epochs": len(history),
             "fit_seconds": round(seconds, 3),
@@ -223,11 +224,76 @@ def refit_study(
         epochs=len(history),
         seconds=seconds,
         folder=folder,
+        n_train=rows["n_train"],
         files=files,
         artifacts_dir=artifacts_dir,
         artifacts=artifact_ids,
         net=net,
     )
+
+
+def _fit(
+    spec: StudySpec, data: DataSplits, params: dict[str, Any], device: str, what: str
+) -> tuple[Any, dict[str, Any]]:
+    """The refit's net, fitted, and what ``metrics.json`` says of its rows: ``n_train``, the
+    training rows; ``n_valid``, the dataset's validation rows (or None); with
+    ``refit.include_validation``, that flag and ``early_stopping_epochs`` (or None).
+
+    Without ``refit.include_validation``: one fit on the training split, early stopping (when
+    the configuration has it) on the dataset's validation split, else on
+    ``validation_fraction`` of the training rows. With it: that fit chooses the epochs (its
+    best epoch, whose weights early stopping kept), then a fresh net of the same seed trains
+    on every row the first one saw, the training and validation rows together, for that
+    many epochs. Without early stopping only that second fit runs, for ``max_epochs``.
+
+    Raises:
+        HpoError: a fit's training loss stopped being finite.
+    """
+    early_stopping = params.get("early_stopping_patience") is not None
+    n_valid = None if data.X_valid is None else len(data.X_valid)
+    net = None
+    if early_stopping or not spec.refit.include_validation:
+        net = build_net(spec, data, params, device)
+        net.fit(data.X_train, data.y_train)
+        _check_finite(net, what)
+    if not spec.refit.include_validation:
+        return net, {"n_train": len(data.X_train), "n_valid": n_valid}
+    chosen = {} if net is None else {"max_epochs": _best_epoch(net)}
+    X, y = data.X_train, data.y_train
+    if data.X_valid is not None:
+        X, y = np.concatenate([X, data.X_valid]), np.concatenate([y, data.y_valid])
+    final = build_net(spec, data, {**params, **chosen, "early_stopping_patience": None}, device)
+    final.fit(X, y)
+    _check_finite(final, what)
+    return final, {
+        "n_train": len(X),
+        "n_valid": n_valid,
+        "include_validation": True,
+        "early_stopping_epochs": chosen.get("max_epochs"),
+    }
+
+
+def _threads(spec: StudySpec, data: DataSplits, params: dict[str, Any], device: str) -> int:
+    """The torch CPU threads of the refit's fits: as a trial's fold would fit the net
+    (``hpo.engine.folds.plan.fit_threads``), out of every thread torch has."""
+    net = build_net(spec, data, params, device)
+    return fit_threads(forward_flops(net, tuple(data.input_shape)), torch.get_num_threads())
+
+
+def _best_epoch(net: Any) -> int:
+    """The epoch whose weights skorch's ``EarlyStopping(load_best=True)`` kept (its fitted
+    ``best_epoch_``); every epoch when none was better than the start."""
+    stopping = dict(net.callbacks_)["early_stopping"]
+    return int(stopping.best_epoch_) or len(net.history)
+
+
+def _check_finite(net: Any, what: str) -> None:
+    losses = net.history[:, "train_loss"]
+    if not all(math.isfinite(loss) for loss in losses):
+        raise HpoError(
+            f"{what} diverged: the training loss became {losses[-1]}; the configuration was "
+            "unstable on the whole training split"
+        )
 
 
 def _write_files(

@@ -632,6 +632,7 @@ def refit(
     for key, value in result.metrics.items():
         table.add_row(escape(f"test {key.replace('_', ' ')}"), f"{value:.6g}")
     table.add_row("epochs", str(result.epochs))
+    table.add_row("training rows", str(result.n_train))
     out.print(table)
     out.print(f"weights, metrics and learning curves written to {escape(str(result.folder))}")
     out.print(

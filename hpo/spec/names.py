@@ -93,6 +93,11 @@ DATASETS: dict[str, DatasetNames] = {
 #: see ``hpo.engine.preprocess``.
 PREPROCESSORS: tuple[str, ...] = ("standard", "minmax", "none")
 
+#: Values of ``augment``: copies of a fit's own training rows added to what it trains on
+#: (``shifts``: each image also shifted by one pixel up, down, left and right); see
+#: ``hpo.engine.augment``.
+AUGMENTATIONS: tuple[str, ...] = ("none", "shifts")
+
 #: Names of the built-in losses ``criterion:`` may give (any other is ``package.module:Name``),
 #: each the ``torch.nn`` class it stands for; see ``hpo.engine.nets.CRITERIA``. Without
 #: ``criterion:`` a classifier uses cross_entropy and a regressor mse.
@@ -147,14 +152,21 @@ NET_PARAMS: frozenset[str] = frozenset(
         "early_stopping_patience",
         "validation_fraction",
         "mixed_precision",
+        "lr_schedule",
     }
 )
+
+#: Values of ``lr_schedule``: how the learning rate changes over a fit (``cosine``: from
+#: ``lr`` down to 0 over ``max_epochs``, torch's ``CosineAnnealingLR`` stepped every epoch);
+#: see ``hpo.engine.nets``.
+LR_SCHEDULES: tuple[str, ...] = ("none", "cosine")
 
 #: Parameters whose values are names, and the names each accepts.
 NAMED_VALUES: dict[str, tuple[str, ...]] = {
     "optimizer": OPTIMIZERS,
     "module__activation": ACTIVATIONS,
     "module__weight_init": WEIGHT_INITS,
+    "lr_schedule": LR_SCHEDULES,
 }
 
 #: Keys whose values are true or false (YAML's true/false, not a string).

@@ -154,9 +154,13 @@ class PickSpec(_Section):
 
 
 class RefitSpec(_Section):
-    """How ``hpo refit`` picks its trial when the study has several objectives."""
+    """How ``hpo refit`` trains its net, and which trial it takes when the study has several
+    objectives (``pick``)."""
 
     pick: PickSpec = PickSpec()
+    #: After early stopping on the validation rows has chosen the epochs, fit again on the
+    #: training and validation rows together for that many (``hpo.results.refit``).
+    include_validation: bool = False
 
 
 class StudySpec(_Section):
@@ -168,6 +172,7 @@ class StudySpec(_Section):
     dataset: DatasetSpec
     criterion: str | None = None
     preprocess: Literal["standard", "minmax", "none"] | None = None
+    augment: Literal["none", "shifts"] = "none"
     sampler: SamplerSpec = SamplerSpec()
     pruner: PrunerSpec = PrunerSpec()
     direction: Literal["maximize", "minimize"] = "maximize"
@@ -238,8 +243,8 @@ class StudySpec(_Section):
         keys, ready for the net. A spec never has a key in both (validation rejects it), so
         ``params`` winning a tie matters only for a caller passing keys outside ``space``.
 
-        ``preprocess`` (always) and ``criterion`` (when the spec names one) come first, as the
-        net parameters of those names.
+        ``preprocess`` (always), ``augment`` and ``criterion`` (when the spec names them) come
+        first, as the net parameters of those names.
 
         Args:
             params: The searched values, e.g. a trial's ``params``.
@@ -248,6 +253,8 @@ class StudySpec(_Section):
             A new dict; neither ``fixed`` nor ``params`` is changed.
         """
         top: dict[str, Any] = {"preprocess": self.preprocessing}
+        if self.augment != "none":
+            top["augment"] = self.augment
         if self.criterion is not None:
             top["criterion"] = self.criterion
         return {**top, **self.fixed, **params}

@@ -156,16 +156,22 @@ def plan_folds(
     if net is None:
         return FoldPlan("stacked" if may_stack else "one by one", threads)
     facts = net()
-    fit_threads = 1 if facts.flops < SMALL_NET_FLOPS else threads
+    threads_of_a_fit = fit_threads(facts.flops, threads)
     if may_stack and facts.stackable and facts.flops < STACKED_NET_FLOPS:
-        return FoldPlan("stacked", fit_threads)
+        return FoldPlan("stacked", threads_of_a_fit)
     if may_stack and fold_processes:
         # A worker that keeps fold processes for the nets that do not stack (a user's module
         # the probe refuses): this trial's folds run there.
         in_processes = _in_fold_processes(threads, threads, folds)
         if in_processes is not None:
             return in_processes
-    return FoldPlan("one by one", fit_threads)
+    return FoldPlan("one by one", threads_of_a_fit)
+
+
+def fit_threads(flops: int, threads: int) -> int:
+    """The CPU threads one fit of a net of ``flops`` (``forward_flops``) uses out of
+    ``threads``: one under ``SMALL_NET_FLOPS``, whose ops are too small to split."""
+    return 1 if flops < SMALL_NET_FLOPS else threads
 
 
 def _in_fold_processes(threads: int, wanted: int, folds: int) -> FoldPlan | None:

@@ -52,6 +52,7 @@ from skorch.callbacks import EarlyStopping
 from skorch.dataset import Dataset
 from torch import nn
 
+from hpo.engine.augment import augment
 from hpo.engine.data import DataSplits
 from hpo.engine.device import device_kind
 from hpo.engine.folds.fold import (
@@ -63,7 +64,7 @@ from hpo.engine.folds.fold import (
 )
 from hpo.engine.folds.vmapped import VmappedFolds, net_refusal
 from hpo.engine.models import ACTIVATIONS, CNN, MLP, MODELS, Dropout, keep_mask
-from hpo.engine.nets import OPTIMIZERS, TensorBatches
+from hpo.engine.nets import OPTIMIZERS, TensorBatches, lr_scheduler
 from hpo.engine.preprocess import Scaling, fit_scaling
 from hpo.engine.threads import torch_threads
 from hpo.spec.study_spec import StudySpec
@@ -485,7 +486,8 @@ def fit_stacked(
     stops, and keeps its best epoch's weights, as its own fit would; the fit ends when every
     fold has stopped (a stopped fold trains on until then, unused).
     ``X`` and ``validation`` are raw features: as in its own fit, fold k's training rows and
-    its copy of the validation split are scaled by ``net.preprocess`` fitted on ``X[k]``.
+    its copy of the validation split are scaled by ``net.preprocess`` fitted on the rows it
+    trains on: ``X[k]`` with ``net.augment``'s copies of them.
     """
     base = clone(net).initialize()  # seeds torch and builds the module each fold starts from
     after_init = torch.get_rng_state()
@@ -502,10 +504,13 @@ def fit_stacked(
     module.set_generators(generators)
     module.train()
     criterion = type(trainer.criterion_)(reduction="none")
-    batch_size = net.batch_size if net.batch_size != -1 else max(len(rows) for rows in X)
-    sizes = torch.tensor([len(rows) for rows in X], dtype=torch.float32)
-    scalings = [fit_scaling(net.preprocess, rows) for rows in X]
-    X_scaled = [_scaled(rows, scaling) for rows, scaling in zip(X, scalings, strict=True)]
+    # As a fold's own fit: augment's copies of its rows added, the scaling fitted on them all.
+    fits = [augment(net.augment, rows, targets) for rows, targets in zip(X, y, strict=True)]
+    X_fit, y_fit = [rows for rows, _ in fits], [targets for _, targets in fits]
+    scalings = [fit_scaling(net.preprocess, rows) for rows in X_fit]
+    X_scaled = [_scaled(rows, scaling) for rows, scaling in zip(X_fit, scalings, strict=True)]
+    batch_size = net.batch_size if net.batch_size != -1 else max(len(rows) for rows in X_fit)
+    sizes = torch.tensor([len(rows) for rows in X_fit], dtype=torch.float32)
     stopping = None
     fold_validation = None
     if net.early_stopping_patience is not None:
@@ -515,6 +520,10 @@ def fit_stacked(
         stopping = [_FoldEarlyStopping(rule) for _ in X]
         X_valid, y_valid = validation
         fold_validation = ([_scaled(X_valid, scaling) for scaling in scalings], y_valid)
+    schedule = None
+    if net.lr_schedule != "none":  # as the fold's own fit: skorch's LRScheduler, every epoch
+        schedule = lr_scheduler(net.lr_schedule, net.max_epochs).initialize()
+        schedule.on_train_begin(trainer)
     losses = []
     for _ in range(net.max_epochs):
         orders = [
@@ -522,7 +531,7 @@ def fit_stacked(
             for rows, g in zip(X_scaled, generators, strict=True)
         ]
         X_epoch = [rows[order] for rows, order in zip(X_scaled, orders, strict=True)]
-        y_epoch = [rows[order] for rows, order in zip(y, orders, strict=True)]
+        y_epoch = [rows[order] for rows, order in zip(y_fit, orders, strict=True)]
         epoch_loss = torch.zeros(folds)
         for start in range(0, int(sizes.max()), batch_size):
             Xb = [rows[start : start + batch_size] for rows in X_epoch]
@@ -532,6 +541,8 @@ def fit_stacked(
             if after_batch is not None:
                 after_batch()
         losses.append(epoch_loss / sizes)
+        if schedule is not None:
+            schedule.lr_scheduler_.step()
         if stopping is not None and fold_validation is not None:
             valid_losses = _validation_losses(trainer, criterion, fold_validation).tolist()
             for fold, fold_stopping in enumerate(stopping):
