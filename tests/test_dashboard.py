@@ -64,8 +64,17 @@ def test_the_spec_note_is_the_spec_as_yaml_under_a_heading(overrides: dict[str, 
     assert spec_json_equal(again.to_json(), spec.to_json())
 
 
-def test_a_refit_puts_its_test_score_on_top_of_the_notes_once(sqlite_url: str) -> None:
-    spec = parse_spec(tiny_spec())
+@pytest.mark.parametrize(
+    ("refit", "trained_on"),
+    [
+        ({}, "the whole training split"),
+        ({"include_validation": True}, "the training and validation splits together"),
+    ],
+)
+def test_a_refit_puts_its_test_score_on_top_of_the_notes_once(
+    sqlite_url: str, refit: dict[str, Any], trained_on: str
+) -> None:
+    spec = parse_spec(tiny_spec(refit=refit))
     storage = open_storage(sqlite_url)
     register_study(spec, storage)
     study = optuna.load_study(study_name=spec.name, storage=storage)
@@ -85,7 +94,7 @@ def test_a_refit_puts_its_test_score_on_top_of_the_notes_once(sqlite_url: str) -
 
     line = (
         "**Best CV accuracy 0.9000 ± 0.0200** (trial 0, 2-fold mean ± std) · **test accuracy "
-        "0.8500** (refit on the whole training split, scored once)"
+        f"0.8500** (refit on {trained_on}, scored once)"
     )
     assert get_note(study) == f"{line}\n\n{spec_note(spec)}"
     trial = optuna.Trial(study, study.trials[0]._trial_id)

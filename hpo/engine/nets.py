@@ -238,7 +238,8 @@ class _TunedNet:
         ``augment``'s copies of them (``hpo.engine.preprocess``); a warm start keeps the
         scaling it had."""
         if not (self.warm_start and hasattr(self, "scaling_")):  # type: ignore[attr-defined]
-            rows, _ = augment(self.augment, X, None)
+            # The copies only when a scaling reads them: five times the rows is no small copy.
+            rows = X if self.preprocess == "none" else augment(self.augment, X, None)[0]
             self.scaling_: Scaling | None = fit_scaling(self.preprocess, rows)
         return super().fit(X, y, **fit_params)  # type: ignore[misc]
 

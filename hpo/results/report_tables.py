@@ -152,8 +152,8 @@ def gap_sentence(
         ]
     else:
         reasons += [
-            "the refit trains on the whole training split, while each fold trained on "
-            f"{spec.cv.folds - 1}/{spec.cv.folds} of it",
+            f"the refit trains on {spec.refit.trained_on}, while each fold trained on "
+            f"{spec.cv.folds - 1}/{spec.cv.folds} of the training split",
             "the test rows may be easier or less noisy than the training rows",
         ]
     reasons.append(f"{chance} its score moves by chance")

@@ -47,6 +47,7 @@ class RefitScores:
         test: The metric on the test split, scored once.
         test_metrics: Every test metric the refit computed, by name (``accuracy``,
             ``log_loss``; ``mse``, ``r2``).
+        trained_on: The rows the refit trained on, in words (``RefitSpec.trained_on``).
     """
 
     metric: str
@@ -56,6 +57,7 @@ class RefitScores:
     folds: int
     test: float
     test_metrics: Mapping[str, float] = field(default_factory=dict)
+    trained_on: str = "the whole training split"
 
 
 def spec_note(spec: StudySpec) -> str:
@@ -101,8 +103,8 @@ def refit_note(scores: RefitScores) -> str:
     beside the refit's test score."""
     return (
         f"{REFIT_LINE_START}{scores.metric} {_cv(scores)}** (trial {scores.trial}, "
-        f"{_cv_kind(scores)}) · **test {scores.metric} {scores.test:.4f}** (refit on the "
-        "whole training split, scored once)"
+        f"{_cv_kind(scores)}) · **test {scores.metric} {scores.test:.4f}** (refit on "
+        f"{scores.trained_on}, scored once)"
     )
 
 
@@ -110,7 +112,7 @@ def trial_refit_note(scores: RefitScores) -> str:
     """The refit trial's note: its CV score beside its test score, and every test metric."""
     lines = [
         f"**CV {scores.metric} {_cv(scores)}** ({_cv_kind(scores)}) · **test {scores.metric} "
-        f"{scores.test:.4f}** (this configuration refit on the whole training split, scored "
+        f"{scores.test:.4f}** (this configuration refit on {scores.trained_on}, scored "
         "once by hpo refit)"
     ]
     if scores.test_metrics:
@@ -193,6 +195,7 @@ def write_refit_notes(
         folds=len(fold_scores) or spec.cv.folds,
         test=float(test),
         test_metrics=dict(test_metrics),
+        trained_on=spec.refit.trained_on,
     )
     write_study_note(study, spec, refit=scores)
     # save_note takes a Study or a Trial, and optuna-dashboard has no public way to note a

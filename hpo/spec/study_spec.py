@@ -162,6 +162,13 @@ class RefitSpec(_Section):
     #: training and validation rows together for that many (``hpo.results.refit``).
     include_validation: bool = False
 
+    @property
+    def trained_on(self) -> str:
+        """The rows the refit's net trains on, in words for notes and reports."""
+        if self.include_validation:
+            return "the training and validation splits together"
+        return "the whole training split"
+
 
 class StudySpec(_Section):
     """A study: what to tune, on which data, how to search and how to score."""
