@@ -171,6 +171,10 @@ def read_spec(model: str, trials: int, seed: int, epochs: int | None) -> dict[st
             f"baselines write by hand; update SPEC_SPACES[{model!r}] and the suggest_* code to "
             f"match it, but got {spec['space']!r}."
         )
+    # The baselines train on the training rows as they are and refit on the training split,
+    # so hpo does too here: the comparison is of the search, not of augmentation.
+    spec.pop("augment", None)
+    spec.pop("refit", None)
     spec["name"] = f"bench-{model}-{seed}-{uuid.uuid4().hex[:6]}"
     spec["sampler"] = {**spec.get("sampler", {}), "seed": seed}
     spec["budget"] = {"trials": trials}

@@ -146,10 +146,20 @@ def test_fixed_architectures_are_the_reported_nets() -> None:
 
 
 @pytest.mark.parametrize("name", ["digits-mlp-tpe", "digits-cnn-tpe"])
-def test_digits_studies_stop_early_on_the_validation_split_with_adamax(name: str) -> None:
+def test_digits_studies_search_adamax(name: str) -> None:
     spec = study(name)
-    assert spec.dataset.name == "digits" and "early_stopping_patience" in spec.fixed
-    assert "adamax" in spec.space["optimizer"].choices
+    assert spec.dataset.name == "digits" and "adamax" in spec.space["optimizer"].choices
+
+
+def test_the_digits_cnn_stops_early_on_the_validation_split() -> None:
+    assert "early_stopping_patience" in study("digits-cnn-tpe").fixed
+
+
+def test_the_digits_mlp_trains_on_shifted_copies_and_refits_on_the_validation_digits_too() -> None:
+    # What brings its test error under 0.05 (docs/results.md, "What held the MLP back").
+    spec = study("digits-mlp-tpe")
+    assert spec.augment == "shifts" and spec.fixed["lr_schedule"] == "cosine"
+    assert spec.refit.include_validation and "early_stopping_patience" not in spec.fixed
 
 
 # --- the downloaded datasets, offline -------------------------------------------------------
