@@ -237,12 +237,14 @@ def _optimizer(name: str) -> Any:
 
 def make_net(model: str, fixed: dict[str, Any], params: dict[str, Any]) -> Any:
     """A plain skorch ``NeuralNetClassifier`` of one configuration, early stopping on the
-    digits' fixed validation split as the spec's ``early_stopping_patience`` says."""
+    digits' fixed validation split as the spec's ``early_stopping_patience`` says, and its
+    ``lr_schedule: cosine`` as skorch's ``LRScheduler``."""
     from skorch import NeuralNetClassifier
-    from skorch.callbacks import EarlyStopping
+    from skorch.callbacks import EarlyStopping, LRScheduler
     from skorch.dataset import Dataset
     from skorch.helper import predefined_split
     from torch import nn
+    from torch.optim.lr_scheduler import CosineAnnealingLR
 
     from hpo.engine.data import load_digits
     from hpo.engine.models import CNN, MLP
@@ -250,13 +252,17 @@ def make_net(model: str, fixed: dict[str, Any], params: dict[str, Any]) -> Any:
     data = load_digits()
     fixed = dict(fixed)
     patience = fixed.pop("early_stopping_patience", None)
+    schedule = fixed.pop("lr_schedule", "none")
     params = dict(params)
     if isinstance(params.get("optimizer"), str):
         params["optimizer"] = _optimizer(params["optimizer"])
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = {"callbacks": []}
     if patience is not None:
         extra["train_split"] = predefined_split(Dataset(data.X_valid, data.y_valid))
-        extra["callbacks"] = [EarlyStopping(patience=patience, load_best=True)]
+        extra["callbacks"].append(EarlyStopping(patience=patience, load_best=True))
+    if schedule == "cosine":  # the spec's lr_schedule, as a skorch user writes it
+        epochs = fixed.get("max_epochs", 10)
+        extra["callbacks"].append(LRScheduler(CosineAnnealingLR, T_max=epochs))
     return NeuralNetClassifier(
         MLP if model == "mlp" else CNN,
         criterion=nn.CrossEntropyLoss,  # the modules return logits; skorch's default is NLL
