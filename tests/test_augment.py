@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import typing
 
 import numpy as np
 import pytest
@@ -13,7 +14,8 @@ from hpo.engine.augment import augment, augmented_rows, check_augmentation, shif
 from hpo.engine.build import build_net, check_compatible
 from hpo.engine.data import load_dataset
 from hpo.errors import HpoError, SpecError
-from hpo.spec.study_spec import parse_spec, spec_json_equal
+from hpo.spec.names import AUGMENTATIONS
+from hpo.spec.study_spec import StudySpec, parse_spec, spec_json_equal
 
 
 def test_shifts_adds_each_image_moved_one_pixel_four_ways() -> None:
@@ -114,3 +116,8 @@ def test_a_refit_key_that_does_not_exist_is_named() -> None:
     with pytest.raises(SpecError, match="refit.include_valid"):
         parse_spec(tiny_spec(refit={"include_valid": True}))
     assert parse_spec(tiny_spec(refit={"include_validation": True})).refit.include_validation
+
+
+def test_the_spec_accepts_exactly_the_engines_augmentations() -> None:
+    accepted = typing.get_args(StudySpec.model_fields["augment"].annotation)
+    assert accepted == AUGMENTATIONS
