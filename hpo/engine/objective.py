@@ -134,8 +134,7 @@ def evaluate(
     validation = data.X_valid is not None
 
     def net_facts() -> NetFacts:
-        kind = configuration.get("augment", "none")
-        sizes = [augmented_rows(kind, len(train)) for train, _ in splits]
+        sizes = [augmented_rows(net.augment, len(train)) for train, _ in splits]
         return NetFacts(
             stackable=stackable(net, sizes, device, validation=validation),
             flops=forward_flops(net, tuple(data.input_shape)),

@@ -172,8 +172,11 @@ def refit_study(
     open_artifact_store(artifacts_dir, create=True)
 
     started = time.perf_counter()
-    with torch_threads(_threads(spec, data, params, device)):
-        net, rows = _fit(spec, data, params, device, f"refit of {name!r} (trial {best.number})")
+    net = build_net(spec, data, params, device)
+    # As a trial's fold would fit the net (hpo.engine.folds.plan.fit_threads).
+    threads = fit_threads(forward_flops(net, tuple(data.input_shape)), torch.get_num_threads())
+    with torch_threads(threads):
+        net, rows = _fit(spec, data, net, params, f"refit of {name!r} (trial {best.number})")
     seconds = time.perf_counter() - started
     history = _history(net)
 
@@ -233,9 +236,10 @@ def refit_study(
 
 
 def _fit(
-    spec: StudySpec, data: DataSplits, params: dict[str, Any], device: str, what: str
+    spec: StudySpec, data: DataSplits, net: Any, params: dict[str, Any], what: str
 ) -> tuple[Any, dict[str, Any]]:
-    """The refit's net, fitted, and what ``metrics.json`` says of its rows: ``n_train``, the
+    """``net`` (unfitted, of configuration ``params``) fitted as the refit fits it, or the
+    fresh net that replaces it, and what ``metrics.json`` says of its rows: ``n_train``, the
     training rows; ``n_valid``, the dataset's validation rows (or None); with
     ``refit.include_validation``, that flag and ``early_stopping_epochs`` (or None).
 
@@ -251,18 +255,19 @@ def _fit(
     """
     early_stopping = params.get("early_stopping_patience") is not None
     n_valid = None if data.X_valid is None else len(data.X_valid)
-    net = None
+    chosen: dict[str, int] = {}
     if early_stopping or not spec.refit.include_validation:
-        net = build_net(spec, data, params, device)
         net.fit(data.X_train, data.y_train)
         _check_finite(net, what)
-    if not spec.refit.include_validation:
-        return net, {"n_train": len(data.X_train), "n_valid": n_valid}
-    chosen = {} if net is None else {"max_epochs": _best_epoch(net)}
+        if not spec.refit.include_validation:
+            return net, {"n_train": len(data.X_train), "n_valid": n_valid}
+        chosen = {"max_epochs": _best_epoch(net)}
     X, y = data.X_train, data.y_train
     if data.X_valid is not None:
         X, y = np.concatenate([X, data.X_valid]), np.concatenate([y, data.y_valid])
-    final = build_net(spec, data, {**params, **chosen, "early_stopping_patience": None}, device)
+    final = build_net(
+        spec, data, {**params, **chosen, "early_stopping_patience": None}, str(net.device)
+    )
     final.fit(X, y)
     _check_finite(final, what)
     return final, {
@@ -271,13 +276,6 @@ def _fit(
         "include_validation": True,
         "early_stopping_epochs": chosen.get("max_epochs"),
     }
-
-
-def _threads(spec: StudySpec, data: DataSplits, params: dict[str, Any], device: str) -> int:
-    """The torch CPU threads of the refit's fits: as a trial's fold would fit the net
-    (``hpo.engine.folds.plan.fit_threads``), out of every thread torch has."""
-    net = build_net(spec, data, params, device)
-    return fit_threads(forward_flops(net, tuple(data.input_shape)), torch.get_num_threads())
 
 
 def _best_epoch(net: Any) -> int:
