@@ -64,9 +64,10 @@ def run(
         storage: a storage URL, which the workers open too (PostgreSQL for many machines).
             Default: ``$HPO_STORAGE``, else ``sqlite:///hpo.db``.
         trials: the study's budget instead of the spec's.
-        allow_modules: more module prefixes whose code the workers may import. The spec
-            given here is your own, so the code it names (``model:``, ``criterion:``) is
-            trusted without listing it.
+        allow_modules: module prefixes whose code (``model:``, ``criterion:``) this process
+            and the workers may import, as ``hpo run --allow-module``: a spec file, like one
+            in a storage, may come from anyone, so its code is trusted only when listed here
+            (or in ``$HPO_ALLOW_MODULES``).
         results_dir: where ``<name>/best_params.csv`` goes. Default: ``results``.
 
     Returns:
@@ -77,10 +78,8 @@ def run(
         HpoError: a worker failed to start, or no trial completed.
     """
     from hpo.service.runner import run_study
-    from hpo.spec.references import parse_reference
 
     study_spec = _as_spec(spec)
-    own = [parse_reference(text).module for _, text in study_spec.custom_code]
     from hpo.service.storage import resolve_storage_url
 
     url = resolve_storage_url(storage)
@@ -90,7 +89,7 @@ def run(
         workers=workers,
         trials=trials,
         results_dir=results_dir,
-        allow_modules=[*own, *allow_modules],
+        allow_modules=allow_modules,
     )
     if any(code != 0 for code in result.worker_exit_codes):
         raise HpoError(

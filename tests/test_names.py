@@ -43,6 +43,12 @@ def test_model_names_are_the_engines() -> None:
     assert tuple(names.MODELS) == tuple(models.MODELS), f"hpo.engine.models.MODELS: {UPDATE}"
 
 
+def test_model_classes_name_the_engines_classes() -> None:
+    """The only references into hpo that the trust rule admits are these classes."""
+    engine = {name: f"{cls.__module__}:{cls.__qualname__}" for name, cls in models.MODELS.items()}
+    assert names.MODEL_CLASSES == engine, f"hpo.engine.models.MODELS: {UPDATE}"
+
+
 def test_criterion_names_are_torch_losses() -> None:
     for name, class_name in names.CRITERIA.items():
         loss = getattr(torch.nn, class_name, None)

@@ -154,12 +154,14 @@ def test_a_prefix_trusts_its_package_and_what_is_inside_it_only() -> None:
     assert is_trusted(parse_reference("usernets:Net"), prefixes)
     assert not is_trusted(parse_reference("usernets_evil.models:Net"), prefixes)
     assert not is_trusted(parse_reference("os:system"), prefixes)
-    assert is_trusted(parse_reference("hpo.engine.models:MLP"), prefixes)  # hpo's own
+    assert is_trusted(parse_reference("hpo.engine.models:MLP"), prefixes)  # a built-in model
+    assert not is_trusted(parse_reference("hpo.spec.references:import_reference"), prefixes)
+    assert not is_trusted(parse_reference("hpo.engine.models:Dropout"), prefixes)
 
 
 def test_the_environment_adds_prefixes() -> None:
     prefixes = allowed_prefixes([], environ={"HPO_ALLOW_MODULES": "a.b, c"})
-    assert prefixes == ("hpo", "a.b", "c")
+    assert prefixes == ("a.b", "c")
 
 
 def test_untrusted_code_is_refused_with_the_flag_that_trusts_it() -> None:
@@ -279,7 +281,9 @@ def registered(
     """A user-module study registered from the package's folder; (storage URL, that folder)."""
     url = f"sqlite:///{tmp_path / 'user.db'}"
     path = write_spec(user_spec(budget={"trials": 2}), name="user.yaml")
-    registered = run_hpo("register", str(path), "--storage", url, cwd=user_package)
+    registered = run_hpo(
+        "register", str(path), "--storage", url, "--allow-module", "usernets", cwd=user_package
+    )
     assert registered.returncode == 0, registered.stderr
     return url, user_package
 
@@ -327,11 +331,12 @@ def test_registration_checks_keys_where_the_code_imports_and_workers_check_them_
     url = f"sqlite:///{tmp_path / 'user.db'}"
     path = write_spec(user_spec(fixed={"max_epochs": 2, "module__widht": 3}), name="bad.yaml")
 
-    here = run_hpo("register", str(path), "--storage", url, cwd=user_package)
+    trust = ("--allow-module", "usernets")
+    here = run_hpo("register", str(path), "--storage", url, *trust, cwd=user_package)
     assert here.returncode == 2
     assert "module__widht: not an argument of Net; did you mean 'width'?" in here.stderr
 
-    elsewhere = run_hpo("register", str(path), "--storage", url, cwd=tmp_path)
+    elsewhere = run_hpo("register", str(path), "--storage", url, *trust, cwd=tmp_path)
     assert elsewhere.returncode == 0, elsewhere.stderr
     assert "not checked here" in elsewhere.stderr and "each worker checks it" in elsewhere.stderr
 

@@ -13,7 +13,7 @@ import hpo
 HERE = Path(__file__).parent
 
 if __name__ == "__main__":  # the workers are processes of their own
-    study = hpo.run(HERE / "custom-module.yaml", workers=2)
+    study = hpo.run(HERE / "custom-module.yaml", workers=2, allow_modules=["mynets"])
     print(f"best CV accuracy {study.best_value:.3f} with {study.best_params}")
     refit = hpo.refit(study.study_name, allow_modules=["mynets"])
     print(f"refit: test accuracy {refit.metrics['accuracy']:.3f}")

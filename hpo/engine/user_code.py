@@ -1,10 +1,15 @@
 """The module and loss a spec names, as classes, checked against their constructors.
 
+``admit_user_code`` is the trust rule's one entry (``hpo.spec.references``): every path that
+runs a spec calls it before anything of the spec's code is imported. It refuses references
+outside the trusted prefixes, then imports the rest and holds them to the rule's last part:
+``model:`` and ``criterion:`` must name ``torch.nn.Module`` subclasses (a loss is one), so no
+function or other callable named in a spec is ever called with the spec's keys.
+
 ``model_class`` and ``criterion_class`` turn a spec's ``model:`` / ``criterion:`` into classes:
-a built-in name, or a user's ``package.module:Name`` (imported; trust is decided before, by
-``hpo.spec.references.check_trusted``). ``check_user_code`` holds a spec's ``module__*`` and
-``criterion__*`` keys against the constructors' signatures: registration runs it when the code
-is importable there, and every worker runs it again before its first trial.
+a built-in name, or a user's ``package.module:Name``. ``check_user_code`` holds a spec's
+``module__*`` and ``criterion__*`` keys against the constructors' signatures: registration runs
+it when the code is importable there, and every worker runs it again before its first trial.
 """
 
 from __future__ import annotations
@@ -33,9 +38,22 @@ def model_class(model: str) -> type[nn.Module]:
     """
     if model in MODELS:
         return MODELS[model]
-    found = import_reference(model, "model")
+    return module_subclass(model, "model", "a network")
+
+
+def module_subclass(reference: str, key: str, what: str) -> type[nn.Module]:
+    """Import ``reference`` and return it if it is a ``torch.nn.Module`` subclass.
+
+    Raises:
+        HpoError: it cannot be imported, or is anything else (a function, an instance, a
+            class of another kind), which is then never called.
+    """
+    found = import_reference(reference, key)
     if not (isinstance(found, type) and issubclass(found, nn.Module)):
-        raise HpoError(f"model: {model} is not a torch.nn.Module subclass (got {found!r})")
+        raise HpoError(
+            f"{key}: {reference} is not a torch.nn.Module subclass (got {found!r}), so it "
+            f"was not used; {key} must name {what}: a class deriving from torch.nn.Module"
+        )
     return found
 
 
@@ -48,7 +66,7 @@ def criterion_class(criterion: str | type | None, default: type[nn.Module] | Non
         return criterion
     if criterion in CRITERIA:
         return getattr(nn, CRITERIA[criterion])
-    return import_reference(criterion, "criterion")
+    return module_subclass(criterion, "criterion", "a loss (e.g. torch.nn.MSELoss)")
 
 
 def data_arguments(module: type[nn.Module]) -> tuple[str, ...]:
@@ -58,9 +76,22 @@ def data_arguments(module: type[nn.Module]) -> tuple[str, ...]:
 
 
 def admit_user_code(spec: StudySpec, allow_modules: Sequence[str], source: str) -> None:
-    """What a worker and ``hpo run`` do before any trial: refuse code outside the trusted
-    prefixes (``allow_modules``, ``HPO_ALLOW_MODULES``, hpo's own) without importing it, then
-    import what is trusted and hold the spec's keys against it (``check_user_code``)."""
+    """The trust rule, as every path applies it before the spec's code runs: refuse code
+    outside the trusted prefixes (``allow_modules``, then ``HPO_ALLOW_MODULES``; of hpo's own,
+    only its model classes) without importing it, then import what is trusted, refuse
+    anything but ``torch.nn.Module`` subclasses, and hold the spec's keys against their
+    constructors (``check_user_code``).
+
+    Args:
+        spec: the spec to run, from a file or from the storage.
+        allow_modules: the caller's trusted prefixes (``--allow-module``).
+        source: where the spec came from, for messages (a file, ``study NAME``).
+
+    Raises:
+        HpoError: untrusted code (nothing imported), or code that is not a module class.
+        CodeImportError: trusted code that cannot be imported here.
+        SpecError: keys the constructors do not take.
+    """
     check_trusted(spec.custom_code, allowed_prefixes(allow_modules))
     check_user_code(spec, source)
 

@@ -8,8 +8,9 @@ weights loaded, its feature scaling (``scaling_``) and its classes (``classes_``
 the machine that refit it.
 
 The spec comes from a storage that others may write to, and rebuilding the net imports the
-model (and loss) it names, so a ``package.module:Name`` outside the trusted prefixes is refused
-before anything is imported or downloaded (``hpo.spec.references.check_trusted``).
+model (and loss) it names, so the spec is held to the trust rule before anything is downloaded
+(``hpo.engine.user_code.admit_user_code``), and what ``params.json`` names is checked as the
+spec was before it is imported.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import optuna
 from hpo.engine.build import net_for
 from hpo.engine.device import resolve_device
 from hpo.engine.preprocess import Scaling
+from hpo.engine.user_code import admit_user_code
 from hpo.results.artifacts import download_refit, refit_artifact_ids, resolve_artifacts_dir
 from hpo.service.storage import as_storage
 from hpo.service.study import load_spec_from_storage
@@ -48,7 +50,7 @@ def load_refit(
         artifacts: The artifact folder ``hpo refit`` uploaded to (or a copy of it). Default:
             ``$HPO_ARTIFACTS``, else ``results``.
         allow_modules: Module prefixes whose code the study may name (``model:``,
-            ``criterion:``); ``$HPO_ALLOW_MODULES`` adds more, hpo's own are always trusted.
+            ``criterion:``); ``$HPO_ALLOW_MODULES`` adds more.
         device: Where the net predicts: ``cpu``, ``cuda`` or ``cuda:N``. Default: ``cpu``.
 
     Returns:
@@ -63,8 +65,7 @@ def load_refit(
     """
     opened = as_storage(storage)
     spec = load_spec_from_storage(opened, name)
-    prefixes = allowed_prefixes(allow_modules)
-    check_trusted(spec.custom_code, prefixes)
+    admit_user_code(spec, allow_modules, f"study {name}")
     record = refit_artifact_ids(opened, name)
     device = resolve_device(device)
     with tempfile.TemporaryDirectory(prefix="hpo-refit-") as folder:
@@ -73,7 +74,7 @@ def load_refit(
         )
         params = json.loads(files["params"].read_text(encoding="utf-8"))
         # What is imported is what params.json names; it is checked as the spec was.
-        check_trusted(_references(params), prefixes)
+        check_trusted(_references(params), allowed_prefixes(allow_modules))
         net = rebuild_net(params, device)
         net.initialize()
         net.load_params(f_params=str(files["model"]))

@@ -65,8 +65,8 @@ AllowModuleOption = Annotated[
     typer.Option(
         "--allow-module",
         help="Trust code under this module prefix (repeatable), for a spec's "
-        "model: / criterion: package.module:Name. $HPO_ALLOW_MODULES adds a,b,...; hpo's own "
-        "modules are always trusted.",
+        "model: / criterion: package.module:Name (a torch.nn.Module subclass). "
+        "$HPO_ALLOW_MODULES adds a,b,...",
         show_default=False,
     ),
 ]
@@ -222,14 +222,18 @@ def run(
 def register(
     spec_file: Annotated[Path, typer.Argument(help="A study file to validate and register.")],
     storage: StorageOption = None,
+    allow_module: AllowModuleOption = None,
 ) -> None:
-    """Validate a study file and register it (a no-op when the same spec is already there)."""
+    """Validate a study file and register it (a no-op when the same spec is already there).
+
+    Code the spec names (model: / criterion: package.module:Name) must be trusted here as a
+    worker must trust it (--allow-module); it is checked where it imports."""
     from hpo.service.study import register_study
     from hpo.spec.study_spec import load_spec
 
     spec = load_spec(spec_file)
     if spec.custom_code:
-        _check_code_if_importable(spec, str(spec_file))
+        _check_code_if_importable(spec, allow_module or (), str(spec_file))
     from hpo.service.storage import open_backend, resolve_storage_url
 
     registration = register_study(spec, open_backend(resolve_storage_url(storage)))
@@ -242,14 +246,15 @@ def register(
         out.print(f"{escape(spec.name)} is already registered with this spec; nothing to do")
 
 
-def _check_code_if_importable(spec: Any, source: str) -> None:
-    """Registration checks a spec's own module and loss where they import; where they do
-    not, the workers check them before their first trial."""
-    from hpo.engine.user_code import check_user_code
+def _check_code_if_importable(spec: Any, allow_modules: Any, source: str) -> None:
+    """Registration holds a spec's own module and loss to the workers' trust rule; trusted
+    code is checked where it imports, and where it does not, the workers check it before
+    their first trial."""
+    from hpo.engine.user_code import admit_user_code
     from hpo.errors import CodeImportError
 
     try:
-        check_user_code(spec, source)
+        admit_user_code(spec, allow_modules, source)
     except CodeImportError as error:
         err.print(f"[yellow]not checked here:[/] {escape(str(error))}; each worker checks it")
 

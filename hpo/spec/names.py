@@ -48,6 +48,16 @@ MODELS: dict[str, tuple[str, ...]] = {
 }
 
 
+#: The class behind each built-in model, as ``package.module:Name``: the only code of hpo's own
+#: that a spec may name by reference (``model: hpo.engine.models:MLP`` is ``model: mlp``).
+#: hpo has no losses of its own (``CRITERIA`` are torch's), so no hpo loss is listed.
+MODEL_CLASSES: dict[str, str] = {
+    "mlp": "hpo.engine.models:MLP",
+    "cnn": "hpo.engine.models:CNN",
+    "regressor": "hpo.engine.models:MLP",
+}
+
+
 class DatasetNames(NamedTuple):
     """What a spec may say about one built-in dataset.
 

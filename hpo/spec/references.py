@@ -1,10 +1,21 @@
 """User code named in a spec: ``package.module:Name`` references, whom to trust, and importing.
 
 A spec may name a user's own ``nn.Module`` (``model:``) or loss (``criterion:``) as
-``package.module:Name``. A spec lives in a database that other people may write to, and
-importing a module runs its code, so a worker or ``hpo run`` imports only modules under the
-prefixes it was told to trust (``--allow-module PREFIX``, ``HPO_ALLOW_MODULES=a,b``); hpo's own
-modules are always trusted. ``check_trusted`` is the one place that decides, before any trial.
+``package.module:Name``. A spec lives in a database that other people may write to, importing a
+module runs its code, and skorch calls what ``criterion:`` names with the spec's
+``criterion__*`` keys, so the trust rule is:
+
+- a reference is imported only from a module under a prefix the caller trusts
+  (``--allow-module PREFIX``, ``HPO_ALLOW_MODULES=a,b``);
+- hpo's own code is trusted only for the classes of its registry of models
+  (``hpo.spec.names.MODEL_CLASSES``), never for any other function or class of hpo, whose
+  arguments a spec could choose;
+- what is imported must be a ``torch.nn.Module`` subclass, or it is never called
+  (``hpo.engine.user_code``).
+
+``check_trusted`` decides the first two, before anything is imported; every path that runs a
+spec (``hpo register``, ``run``, ``worker``, ``refit``, ``hpo.run``, ``hpo.load_refit``) reaches
+it through ``hpo.engine.user_code.admit_user_code``.
 
 Imports look in the working directory too (after everything on ``sys.path``), so a package
 next to the study files works as it does for ``python -m``.
@@ -21,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hpo.errors import CodeImportError, HpoError, did_you_mean
+from hpo.spec.names import MODEL_CLASSES
 
 #: ``package.module:Name``: a dotted module path, a colon, an attribute name.
 REFERENCE = re.compile(r"^(?P<module>[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*):(?P<name>[A-Za-z_]\w*)$")
@@ -31,8 +43,11 @@ ALLOW_ENV = "HPO_ALLOW_MODULES"
 #: The command-line flag that trusts a prefix; messages name it.
 ALLOW_FLAG = "--allow-module"
 
-#: hpo's own modules, always trusted.
+#: hpo's own package: trusted for ``OWN_REFERENCES`` only.
 OWN_PREFIX = "hpo"
+
+#: The references into hpo a spec may name: the classes of its built-in models.
+OWN_REFERENCES: frozenset[str] = frozenset(MODEL_CLASSES.values())
 
 
 @dataclass(frozen=True)
@@ -64,29 +79,38 @@ def parse_reference(text: str) -> Reference:
 def allowed_prefixes(
     flags: Iterable[str] = (), environ: dict[str, str] | None = None
 ) -> tuple[str, ...]:
-    """The prefixes to trust: hpo's own, the ``--allow-module`` flags, ``HPO_ALLOW_MODULES``."""
+    """The prefixes to trust: the ``--allow-module`` flags, then ``HPO_ALLOW_MODULES``."""
     environ = os.environ if environ is None else environ  # type: ignore[assignment]
     from_env = [part.strip() for part in environ.get(ALLOW_ENV, "").split(",")]
-    prefixes = [OWN_PREFIX, *flags, *from_env]
+    prefixes = [*flags, *from_env]
     return tuple(dict.fromkeys(prefix.strip(".") for prefix in prefixes if prefix.strip(".")))
 
 
 def is_trusted(reference: Reference, prefixes: Sequence[str]) -> bool:
-    """Whether ``reference``'s module is one of ``prefixes`` or inside one (``a.b`` is inside
-    ``a``; ``ab`` is not)."""
+    """Whether ``reference`` is one of hpo's model classes (``OWN_REFERENCES``), or its module
+    is one of ``prefixes`` or inside one (``a.b`` is inside ``a``; ``ab`` is not)."""
+    if str(reference) in OWN_REFERENCES:
+        return True
     module = reference.module
     return any(module == prefix or module.startswith(prefix + ".") for prefix in prefixes)
 
 
+def _is_own(reference: Reference) -> bool:
+    return reference.module == OWN_PREFIX or reference.module.startswith(OWN_PREFIX + ".")
+
+
 def check_trusted(references: Iterable[tuple[str, str]], prefixes: Sequence[str]) -> None:
-    """Refuse, in one message, every reference outside ``prefixes``.
+    """Refuse, in one message, every reference that ``is_trusted`` does not admit.
+
+    Nothing is imported here: a refusal happens before any code of the reference runs.
 
     Args:
         references: (spec key, ``package.module:Name``) pairs, e.g. ``("model", "a.b:Net")``.
         prefixes: what ``allowed_prefixes`` returned.
 
     Raises:
-        HpoError: naming each untrusted module and the flag that trusts it.
+        HpoError: naming each refused reference and, for a user's module, the flag that
+            trusts it; for hpo's own code, the built-in names a spec may use instead.
     """
     refused = [
         (key, parse_reference(text))
@@ -95,14 +119,26 @@ def check_trusted(references: Iterable[tuple[str, str]], prefixes: Sequence[str]
     ]
     if not refused:
         return
-    modules = sorted({reference.module.split(".")[0] for _, reference in refused})
-    listed = ", ".join(f"{key}: {reference}" for key, reference in refused)
-    flags = " ".join(f"{ALLOW_FLAG} {module}" for module in modules)
-    raise HpoError(
-        f"{listed}: this module is not trusted here, so it was not imported (a spec in a shared "
-        f"storage may come from anyone). If you trust it, pass {flags} (or set "
-        f"{ALLOW_ENV}={','.join(modules)})"
-    )
+    own = [(key, reference) for key, reference in refused if _is_own(reference)]
+    users = [(key, reference) for key, reference in refused if not _is_own(reference)]
+    sentences = []
+    if own:
+        listed = ", ".join(f"{key}: {reference}" for key, reference in own)
+        sentences.append(
+            f"{listed}: hpo's own code may be named only for its models "
+            f"({', '.join(sorted(OWN_REFERENCES))}); name a built-in model or loss by its name "
+            "instead (model: mlp, criterion: mse)"
+        )
+    if users:
+        modules = sorted({reference.module.split(".")[0] for _, reference in users})
+        listed = ", ".join(f"{key}: {reference}" for key, reference in users)
+        flags = " ".join(f"{ALLOW_FLAG} {module}" for module in modules)
+        sentences.append(
+            f"{listed}: this module is not trusted here, so it was not imported (a spec in a "
+            f"shared storage may come from anyone). If you trust it, pass {flags} (or set "
+            f"{ALLOW_ENV}={','.join(modules)})"
+        )
+    raise HpoError("; ".join(sentences))
 
 
 def import_reference(text: str, key: str = "model") -> Any:
