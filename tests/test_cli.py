@@ -169,6 +169,57 @@ def test_studies_lists_and_delete_removes(
     assert none.returncode == 0 and "no studies in sqlite:///" in " ".join(none.stderr.split())
 
 
+def test_every_command_reads_postgresql_with_the_password_file(
+    write_spec: Callable[..., Path], postgres_url: str, tmp_path: Path
+) -> None:
+    """As docker compose runs them: the URL without its password in HPO_STORAGE, the
+    password in the file HPO_STORAGE_PASSWORD_FILE names; each command applies it once."""
+    from optuna.distributions import FloatDistribution, IntDistribution
+    from sqlalchemy.engine import make_url
+
+    url = make_url(postgres_url)
+    password = url.password
+    assert password, "the test server's URL carries the hpo role's password"
+    secret = tmp_path / "postgres_password"
+    secret.write_text(password + "\n")
+    env = {
+        "HPO_STORAGE": url.set(password=None).render_as_string(hide_password=False),
+        "HPO_STORAGE_PASSWORD_FILE": str(secret),
+        "COLUMNS": "200",
+    }
+
+    def hpo(*args: str) -> subprocess.CompletedProcess[str]:
+        result = run_hpo(*args, cwd=tmp_path, env=env)
+        assert result.returncode == 0, (args, result.stderr)
+        assert password not in result.stdout + result.stderr, args
+        return result
+
+    hpo("register", str(write_spec()))
+    optuna.load_study(study_name="tiny-digits", storage=postgres_url).add_trial(
+        optuna.trial.create_trial(
+            params={"module__hidden1": 16, "lr": 0.01},
+            distributions={
+                "module__hidden1": IntDistribution(8, 32),
+                "lr": FloatDistribution(1e-3, 1e-1, log=True),
+            },
+            value=0.9,
+            user_attrs={"fold_scores": [0.9, 0.9]},
+        )
+    )
+    listed = hpo("studies")
+    assert "tiny-digits" in listed.stdout and "1 of 4" in listed.stdout
+    hpo("enqueue", "tiny-digits", "module__hidden1=20", "lr=0.02")
+    hpo("export", "tiny-digits", "--out", str(tmp_path / "best.csv"))
+    best = read_best_params(tmp_path / "best.csv")
+    assert (best["module__hidden1"], best["lr"]) == (16, 0.01)
+    hpo("report", "tiny-digits", "--out", str(tmp_path / "report.html"))
+    assert (tmp_path / "report.html").is_file()
+    hpo("delete", "tiny-digits", "--yes")
+    none = hpo("studies")
+    said = " ".join(none.stderr.split())  # however rich wraps it
+    assert f"no studies in postgresql+psycopg://{url.username}:***@" in said
+
+
 def test_brackets_in_what_the_user_typed_are_printed_as_text(sqlite_url: str) -> None:
     # rich reads "[/]" as markup: printed as is, it crashes the error printer or vanishes
     optuna.create_study(storage=sqlite_url)  # a storage, without those studies

@@ -35,6 +35,8 @@ import hpo.service.storage as storage_module
 from hpo.service.cli import app
 
 STUDY = "tiny-digits"
+#: ``{pw}`` in a case: the output must not hold it anywhere, however rich wraps the lines.
+PASSWORD = "Hunter2-s3cret"
 GRID = "tiny-grid"
 DATA_STUDY = "data-study"
 runner = CliRunner()
@@ -47,8 +49,9 @@ TRANSIENT = ("-wal", "-shm", "-journal")
 class Case:
     """One hostile input and what the refusal must say.
 
-    ``args``, ``spec``, ``env`` and ``data_spec`` may hold ``{db}`` (the case's SQLite URL),
-    ``{dir}`` (its folder) and ``{closed}`` (a port nothing listens on).
+    ``args``, ``spec``, ``env``, ``files`` and ``data_spec`` may hold ``{db}`` (the case's
+    SQLite URL), ``{dir}`` (its folder), ``{closed}`` (a port nothing listens on) and
+    ``{pw}`` (a password: no case's output may show it, wherever the case puts it).
 
     Attributes:
         args: The command line after ``hpo``.
@@ -346,6 +349,35 @@ SPEC_CASES = [
         over(space={"optimizer": {"type": "categorical", "choices": ["adam", "[/]"]}}),
         "space.optimizer",
         "[/]",
+    ),
+    spec_case(
+        "space-choice-repeated",
+        over(space={"optimizer": {"type": "categorical", "choices": ["adam", "adam", "sgd"]}}),
+        "space.optimizer: choice 'adam' is given twice",
+    ),
+    spec_case(
+        "space-choice-repeated-as-another-number",
+        over(space={"batch_size": {"type": "categorical", "choices": [32, 32.0]}}, fixed={}),
+        "space.batch_size: choice 32 is given twice, as 32 and 32.0",
+    ),
+    spec_case(
+        "grid-choice-repeated",
+        over(
+            sampler={"name": "grid"},
+            budget={},
+            space={"optimizer": {"type": "categorical", "choices": ["adam", "sgd", "adam"]}},
+        ),
+        "space.optimizer: choice 'adam' is given twice",
+    ),
+    spec_case(
+        "grid-warm-start-repeated",
+        over(
+            sampler={"name": "grid"},
+            budget={},
+            space={"optimizer": {"type": "categorical", "choices": ["adam", "sgd"]}},
+            enqueue=[{"optimizer": "adam"}, {"optimizer": "adam"}],
+        ),
+        "enqueue[1]: the same point as enqueue[0]",
     ),
     spec_case(
         "space-step-negative",
@@ -1570,7 +1602,154 @@ def _bad_idx(folder: Path) -> None:
         (folder / name).write_bytes(b"\x00\x00\x08\x03garbage")
 
 
-ALL_CASES = SPEC_CASES + CLI_CASES + STORAGE_CASES + ENV_CASES + DATA_CASES
+# --------------------------------------------------------------------------- passwords
+#: Storage URLs holding a password where a URL may or may not put one, each refused without
+#: showing it: the name, the URL, what the refusal says.
+SECRET_URLS = [
+    # without a scheme:// start nothing of it is shown
+    ("no-colon-before-slashes", "postgresql//hpo:{pw}@127.0.0.1:{closed}/hpo", "cannot parse"),
+    ("no-scheme", "hpo:{pw}@db", "cannot parse storage URL (not shown"),
+    ("no-scheme-with-database", "hpo:{pw}@127.0.0.1:{closed}/hpo", "cannot parse"),
+    ("one-slash", "postgresql:/hpo:{pw}@127.0.0.1:{closed}/hpo", "cannot parse"),
+    ("no-slash", "postgresql+psycopg:hpo:{pw}@db/hpo", "cannot parse"),
+    ("empty-scheme", "://hpo:{pw}@db/hpo", "cannot parse"),
+    ("leading-space", " postgresql+psycopg://hpo:{pw}@127.0.0.1:{closed}/hpo", "cannot parse"),
+    ("only-the-password", "{pw}", "cannot parse"),
+    # userinfo elsewhere than after //
+    (
+        "userinfo-in-the-path",
+        "postgresql+psycopg:///hpo:{pw}@127.0.0.1:{closed}/hpo",
+        ("cannot open the storage", "hpo:***@127.0.0.1"),
+    ),
+    (
+        "userinfo-in-a-sqlite-path",
+        "sqlite:///{dir}/hpo:{pw}@db.db",
+        ("no database at {dir}/hpo:***@db.db", "sqlite:///{dir}/hpo:***@db.db"),
+    ),
+    (
+        "password-holding-an-at",
+        "postgresql+psycopg://hpo:x@{pw}@127.0.0.1:port/hpo",
+        "postgresql+psycopg://hpo:***@127.0.0.1:port/hpo",
+    ),
+    ("port-not-a-number", "postgresql+psycopg://hpo:{pw}@127.0.0.1:port/hpo", "hpo:***@"),
+    ("no-host", "postgresql+psycopg://hpo:{pw}", "postgresql+psycopg://hpo:***"),
+    ("no-host-with-database", "postgresql+psycopg://hpo:{pw}/hpo", "cannot parse storage URL"),
+    ("unknown-scheme", "foo://hpo:{pw}@db/hpo", ("foo://hpo:***@db/hpo", "not a database")),
+    ("missing-driver", "mysql+nodriver://hpo:{pw}@db/hpo", "cannot open"),
+    ("grpc", "grpc://hpo:{pw}@127.0.0.1:{closed}", "no storage proxy answers at grpc://hpo:***@"),
+    ("grpc-port-not-a-number", "grpc://hpo:{pw}@127.0.0.1:port", "needs a host and a port"),
+    # a password in the query, which psycopg takes as the password
+    (
+        "query-password",
+        "postgresql+psycopg://hpo@127.0.0.1:{closed}/hpo?password={pw}",
+        ("cannot open the storage", "?password=***"),
+    ),
+    (
+        "query-password-capitals",
+        "postgresql+psycopg://hpo@127.0.0.1:{closed}/hpo?PassWord={pw}",
+        "?PassWord=***",
+    ),
+    (
+        "query-sslpassword",
+        "postgresql+psycopg://hpo@127.0.0.1:{closed}/hpo?sslmode=prefer&sslpassword={pw}",
+        "&sslpassword=***",
+    ),
+    (
+        "query-password-key-escaped",
+        "postgresql+psycopg://hpo@127.0.0.1:{closed}/hpo?pass%77ord={pw}",
+        "?pass%77ord=***",
+    ),
+    (
+        "query-password-holding-an-ampersand",
+        "postgresql+psycopg://hpo@127.0.0.1:{closed}/hpo?password=x&{pw}&sslmode=prefer",
+        "?password=***&sslmode=prefer",
+    ),
+    (
+        "query-password-and-userinfo",
+        "postgresql+psycopg://hpo:{pw}@127.0.0.1:{closed}/hpo?password={pw}",
+        "hpo:***@127.0.0.1:{closed}/hpo?password=***",
+    ),
+    (
+        "query-password-unparsable",
+        "postgresql+psycopg://hpo@127.0.0.1:port/hpo?password={pw}",
+        ("cannot parse storage URL", "?password=***"),
+    ),
+]
+
+#: Every command that opens a storage, given one as the last argument.
+STORAGE_COMMANDS = {
+    **READ_ONLY_COMMANDS,
+    "register": ("register", "{dir}/study.yaml"),
+    "run": ("run", "{dir}/study.yaml"),
+    "dashboard": ("dashboard",),
+    "storage-proxy": ("storage-proxy",),
+}
+
+PASSWORD_CASES = [
+    *[
+        case(f"studies-secret-{name}", "studies", "--storage", url, says=says)
+        for name, url, says in SECRET_URLS
+    ],
+    # every command, with a URL refused before any connection is tried
+    *[
+        case(
+            f"{name}-secret-{form}",
+            *args,
+            "--storage",
+            url,
+            says=says,
+            spec={} if "{dir}/study.yaml" in args else None,
+        )
+        for name, args in STORAGE_COMMANDS.items()
+        for form, url, says in (
+            ("no-scheme", "hpo:{pw}@db", "cannot parse storage URL"),
+            (
+                "query-password",
+                "postgresql+psycopg://hpo@127.0.0.1:port/hpo?password={pw}",
+                "?password=***",
+            ),
+        )
+    ],
+    case(
+        "env-storage-secret-no-scheme",
+        "studies",
+        says="cannot parse storage URL",
+        env={"HPO_STORAGE": "hpo:{pw}@db"},
+    ),
+    # with the password file: its password is in the URL each message names
+    *[
+        case(
+            f"password-file-{name}",
+            "studies",
+            "--storage",
+            url,
+            says=says,
+            env={"HPO_STORAGE_PASSWORD_FILE": "{dir}/secret"},
+            files={"secret": "{pw}\n"},
+        )
+        for name, url, says in (
+            (
+                "and-a-closed-port",
+                "postgresql+psycopg://hpo@127.0.0.1:{closed}/hpo",
+                ("cannot open the storage", "hpo:***@127.0.0.1"),
+            ),
+            (
+                "and-a-password-in-the-url",
+                "postgresql+psycopg://hpo:x{pw}@127.0.0.1:{closed}/hpo",
+                "has a password and HPO_STORAGE_PASSWORD_FILE",
+            ),
+            (
+                "and-a-password-in-the-query",
+                "postgresql+psycopg://hpo@127.0.0.1:{closed}/hpo?password={pw}x",
+                ("has a password", "?password=***"),
+            ),
+            ("and-no-scheme", "hpo:{pw}@db", "cannot parse storage URL"),
+            ("and-grpc", "grpc://hpo:{pw}@127.0.0.1:{closed}", "takes no password"),
+        )
+    ],
+]
+
+ALL_CASES = SPEC_CASES + CLI_CASES + STORAGE_CASES + ENV_CASES + DATA_CASES + PASSWORD_CASES
 
 
 # --------------------------------------------------------------------------- machinery
@@ -1724,6 +1903,7 @@ def test_hostile_input_is_refused_cleanly(
         "db": f"sqlite:///{folder / 'hpo.db'}",
         "closed": str(free_port()),
         "held": str(held_port),
+        "pw": PASSWORD,
     }
     if hostile.database:
         _copy_database(seed_database, folder / "hpo.db")
@@ -1739,7 +1919,7 @@ def test_hostile_input_is_refused_cleanly(
         else:
             if target.is_file() and not callable(content):
                 target.unlink()
-            _write(target, content)
+            _write(target, _fill(content, values) if isinstance(content, str) else content)
     before = snapshot(folder)
 
     args = [_fill(arg, values) for arg in hostile.args]
@@ -1754,6 +1934,7 @@ def test_hostile_input_is_refused_cleanly(
     assert sum(line.startswith("error:") for line in output.splitlines()) <= 1, output
     for expected in hostile.says:
         assert squash(_fill(expected, values)) in squash(output), output
+    assert squash(PASSWORD) not in squash(output), output
     assert snapshot(folder) == before
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import optuna
@@ -345,6 +346,29 @@ def test_param_rules_accept_valid_ranges(kwargs: dict[str, Any]) -> None:
 def test_categorical_needs_at_least_one_choice() -> None:
     with pytest.raises(ValidationError, match="at least 1"):
         CategoricalParam(type="categorical", choices=[])
+
+
+@pytest.mark.parametrize(
+    ("choices", "said"),
+    [
+        (["adam", "adam", "sgd"], "choice 'adam' is given twice; give each choice once"),
+        ([32, 64, 32, 32], "choice 32 is given 3 times; give each choice once"),
+        ([None, None], "choice None is given twice"),
+        ([1, 1.0], "choice 1 is given twice, as 1 and 1.0: one value to Optuna"),
+        ([1, True], "choice 1 is given twice, as 1 and True"),
+        ([False, 0.0], "choice False is given twice, as False and 0.0"),
+    ],
+)
+def test_a_choice_is_given_once(choices: list[Any], said: str) -> None:
+    """Optuna stores a choice by its first index of an equal value, so a repeat is a grid
+    point run twice and a value drawn twice as often."""
+    with pytest.raises(ValidationError, match=re.escape(said)):
+        CategoricalParam(type="categorical", choices=choices)
+
+
+def test_choices_that_optuna_tells_apart_are_kept() -> None:
+    choices = ["1", 1, 2.5, None, "adam", "Adam", False, ""]
+    assert CategoricalParam(type="categorical", choices=choices).choices == choices
 
 
 def test_references_lists_bounds_that_name_parameters() -> None:

@@ -530,6 +530,85 @@ def test_missing_required_dataset_option_is_a_spec_error() -> None:
     assert any(p.startswith("dataset") and "target" in p for p in problems), problems
 
 
+@pytest.mark.parametrize("sampler", ["grid", "random", "tpe"])
+def test_a_repeated_choice_is_one_problem_naming_the_key_and_value(sampler: str) -> None:
+    """[adam, adam, sgd] would register three grid trials for two points (and draw adam
+    twice as often with any other sampler)."""
+    raw = grid_spec(
+        sampler={"name": sampler},
+        budget={} if sampler == "grid" else {"trials": 4},
+        space={
+            "optimizer": {"type": "categorical", "choices": ["adam", "adam", "sgd"]},
+            "module__hidden1": {"type": "int", "low": 8, "high": 24, "step": 8},
+        },
+    )
+    assert problems_of(raw) == [
+        "space.optimizer: choice 'adam' is given twice; give each choice once"
+    ]
+
+
+def test_repeated_choices_of_several_keys_are_all_listed() -> None:
+    raw = grid_spec(
+        space={
+            "optimizer": {"type": "categorical", "choices": ["adam", "sgd", "adam"]},
+            "module__hidden1": {"type": "categorical", "choices": [32, 32.0, 64]},
+        }
+    )
+    assert problems_of(raw) == [
+        "space.optimizer: choice 'adam' is given twice; give each choice once",
+        "space.module__hidden1: choice 32 is given twice, as 32 and 32.0: one value to "
+        "Optuna, which stores a choice found by == (1, 1.0 and true are one; so are 0, 0.0 "
+        "and false); give each choice once",
+    ]
+
+
+def test_a_grid_of_distinct_choices_counts_each_point_once() -> None:
+    raw = grid_spec(
+        space={"optimizer": {"type": "categorical", "choices": ["adam", "sgd", "adamw"]}}
+    )
+    assert parse_spec(raw).n_trials == 3
+
+
+@pytest.mark.parametrize(
+    ("enqueue", "problem"),
+    [
+        (
+            [
+                {"optimizer": "adam", "module__hidden1": 8},
+                {"optimizer": "adam", "module__hidden1": 8},
+            ],
+            "enqueue[1]: the same point as enqueue[0]",
+        ),
+        (
+            [
+                {"optimizer": "sgd", "module__hidden1": 8},
+                {"optimizer": "adam", "module__hidden1": 16},
+                {"optimizer": "sgd", "module__hidden1": 8.0},
+            ],
+            "enqueue[2]: the same point as enqueue[0]",
+        ),
+    ],
+    ids=["twice", "as-another-number"],
+)
+def test_a_warm_start_given_twice_is_refused(enqueue: list[dict[str, Any]], problem: str) -> None:
+    said = f"{problem}, which would run twice; give each point once"
+    assert problems_of(grid_spec(enqueue=enqueue)) == [said]
+    random = grid_spec(sampler={"name": "random"}, budget={"trials": 9}, enqueue=enqueue)
+    assert problems_of(random) == [said]
+
+
+def test_a_warm_start_matches_a_choice_by_type_as_the_grid_does() -> None:
+    """true equals the choice 1 to Python, but a grid point 1 is not the warm start true:
+    accepted, the point would run twice."""
+    raw = grid_spec(
+        space={"module__hidden1": {"type": "categorical", "choices": [1, 2]}},
+        enqueue=[{"module__hidden1": True}],
+    )
+    assert problems_of(raw) == ["enqueue[0].module__hidden1: True is not one of [1, 2]"]
+    raw["enqueue"] = [{"module__hidden1": 1.0}]  # a number by value: the grid point 1
+    assert parse_spec(raw).n_trials == 2
+
+
 def test_enqueue_value_out_of_range_is_a_spec_error() -> None:
     problems = problems_of(tiny_spec(enqueue=[{"module__hidden1": 1000, "lr": 0.01}]))
     assert any(p.startswith("enqueue[0].module__hidden1:") for p in problems), problems

@@ -95,11 +95,34 @@ def test_a_database_it_cannot_open_is_a_storage_error_that_hides_the_password(
         ("postgresql://u:s3cr%40t@h/db", "postgresql://u:***@h/db"),
         ("sqlite:///hpo.db", "sqlite:///hpo.db"),
         ("grpc://127.0.0.1:13000", "grpc://127.0.0.1:13000"),
+        ("postgresql://u:s3c@ret@h/db", "postgresql://u:***@h/db"),  # to the last @
+        ("postgresql:///u:s3cret@h/db", "postgresql:///u:***@h/db"),  # userinfo in the path
+        ("sqlite:///data/u:s3cret@h.db", "sqlite:///data/u:***@h.db"),
+        ("postgresql://u@h/db?password=s3cret", "postgresql://u@h/db?password=***"),
+        ("postgresql://u@h/db?PassWord=s3cret&x=1", "postgresql://u@h/db?PassWord=***&x=1"),
+        ("postgresql://u@h/db?sslpassword=s3cret", "postgresql://u@h/db?sslpassword=***"),
+        ("postgresql://u@h/db?pass%77ord=s3cret", "postgresql://u@h/db?pass%77ord=***"),
+        ("postgresql://u@h/db?password=s3&cret&x=1", "postgresql://u@h/db?password=***&x=1"),
+        ("postgresql://u:s3cret@h/db?password=s3cret", "postgresql://u:***@h/db?password=***"),
+        ("postgresql://u@[::1]:5432/db", "postgresql://u@[::1]:5432/db"),
+        (
+            "sqlite:///file:/data/hpo.db?mode=ro&uri=true",
+            "sqlite:///file:/data/hpo.db?mode=ro&uri=true",
+        ),
         # SQLAlchemy cannot parse these: masked all the same
         ("postgresql://u:s3cret@h:port/db", "postgresql://u:***@h:port/db"),
-        ("://u:s3c@ret@h/db", "://u:***@h/db"),
         ("grpc://u:s3cret@h:nope", "grpc://u:***@h:nope"),
-        ("not a url", "not a url"),
+        ("postgresql://u:s3cret", "postgresql://u:***"),  # no host: the port may be it
+        ("postgresql://u:s3c/ret", "postgresql://u:***"),
+        # without a scheme:// start, any of it may be the password: none of it is shown
+        ("postgresql//u:s3cret@h/db", "***"),
+        ("postgresql:/u:s3cret@h/db", "***"),
+        ("postgresql:u:s3cret@h/db", "***"),
+        ("u:s3cret@h", "***"),
+        ("://u:s3c@ret@h/db", "***"),
+        (" postgresql://u:s3cret@h/db", "***"),
+        ("s3cret", "***"),
+        ("not a url", "***"),
     ],
 )
 def test_masked_url_hides_the_password(url: str, shown: str) -> None:
@@ -107,13 +130,30 @@ def test_masked_url_hides_the_password(url: str, shown: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "url",
-    ["postgresql://u:s3cret@h:port/db", "://u:s3cret@h", "grpc://u:s3cret@h:port"],
+    ("url", "shown"),
+    [
+        ("postgresql://u:s3cret@h:port/db", "u:***@"),
+        ("grpc://u:s3cret@h:port", "u:***@"),
+        ("postgresql://u@h:port/db?password=s3cret", "password=***"),
+        ("://u:s3cret@h", "not shown"),
+        ("postgresql//u:s3cret@h/db", "not shown"),
+        ("u:s3cret@h", "not shown"),
+    ],
 )
-def test_a_url_it_cannot_parse_is_named_without_its_password(url: str) -> None:
+def test_a_url_it_cannot_parse_is_named_without_its_password(url: str, shown: str) -> None:
     with pytest.raises(StorageError) as caught:
         open_storage(url)
-    assert "s3cret" not in str(caught.value) and "u:***@" in str(caught.value)
+    assert "s3cret" not in str(caught.value) and shown in str(caught.value)
+
+
+def test_a_password_the_server_quotes_back_is_hidden(postgres_url: str) -> None:
+    """Userinfo typed into the database name reaches the server, which names the database
+    it cannot find: the message shows neither."""
+    url = make_url(postgres_url)
+    base = url.set(database=None).render_as_string(hide_password=False)
+    with pytest.raises(StorageError, match="does not exist") as caught:
+        open_storage(f"{base}/db:s3cret@h")
+    assert "s3cret" not in str(caught.value) and url.password not in str(caught.value)
 
 
 def test_a_password_file_puts_any_password_into_the_url_escaped(
@@ -129,16 +169,48 @@ def test_a_password_file_puts_any_password_into_the_url_escaped(
     assert "HPO_STORAGE_PASSWORD_FILE" not in worker_env(1, storage_url=url)
 
 
+def test_a_url_with_the_file_password_resolves_to_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resolved URL handed on and resolved again (hpo.run opens what it ran on) is not
+    refused for the password the file put there."""
+    secret = tmp_path / "postgres_password"
+    secret.write_text("p@ss/w:rd% #1\n")
+    monkeypatch.setenv("HPO_STORAGE_PASSWORD_FILE", str(secret))
+    once = resolve_storage_url("postgresql+psycopg://hpo@db:5432/hpo")
+    assert resolve_storage_url(once) == once
+    monkeypatch.setenv("HPO_STORAGE", once)
+    assert resolve_storage_url(None) == once
+
+
 @pytest.mark.parametrize(
     ("url", "content", "problem"),
     [
         ("postgresql://hpo:s3cret@db/hpo", "pw", "has a password and HPO_STORAGE_PASSWORD_FILE"),
+        (
+            "postgresql://hpo@db/hpo?password=s3cret",
+            "pw",
+            "has a password and HPO_STORAGE_PASSWORD_FILE",
+        ),
+        (
+            "postgresql://hpo:pw@db/hpo?PASSWORD=s3cret",
+            "pw",
+            "has a password and HPO_STORAGE_PASSWORD_FILE",
+        ),
         ("sqlite:///hpo.db", "pw", "takes no password"),
         ("grpc://127.0.0.1:13000", "pw", "takes no password"),
         ("postgresql://hpo@db/hpo", "", "is empty"),
         ("postgresql://hpo@db/hpo", None, "cannot read the password file"),
     ],
-    ids=["two-passwords", "sqlite", "grpc", "empty-file", "no-file"],
+    ids=[
+        "two-passwords",
+        "query-password",
+        "file-password-and-query-password",
+        "sqlite",
+        "grpc",
+        "empty-file",
+        "no-file",
+    ],
 )
 def test_a_password_file_that_cannot_serve_is_refused(
     tmp_path: Path,

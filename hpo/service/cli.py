@@ -116,11 +116,19 @@ def _refused_write(error: Exception) -> str | None:
     )
 
 
-def _storage(url: str | None, *, create: bool = False) -> Any:
-    """The storage of ``--storage``; a SQLite file must exist unless ``create``."""
+def _storage(flag: str | None, *, create: bool = False) -> Any:
+    """The storage of ``--storage`` (``flag``); a SQLite file must exist unless ``create``."""
+    return _resolved_storage(flag, create=create)[1]
+
+
+def _resolved_storage(flag: str | None, *, create: bool = False) -> tuple[str, Any]:
+    """The URL ``--storage`` (``flag``) resolves to, and its storage opened: the one place a
+    command that only reads or edits studies resolves it, so the password file
+    (``$HPO_STORAGE_PASSWORD_FILE``) is applied once."""
     from hpo.service.storage import open_storage, resolve_storage_url
 
-    return open_storage(resolve_storage_url(url), create=create)
+    url = resolve_storage_url(flag)
+    return url, open_storage(url, create=create)
 
 
 def _print_version(value: bool) -> None:
@@ -344,12 +352,11 @@ def studies(storage: StorageOption = None) -> None:
     """List the studies in the storage: trials done of the budget, states, best value."""
     import optuna
 
-    from hpo.service.storage import masked_url, resolve_storage_url
+    from hpo.service.storage import masked_url
     from hpo.service.study import budget_used, list_study_names, study_budget
     from hpo.spec.objectives import best_so_far
 
-    url = resolve_storage_url(storage)
-    opened = _storage(url)
+    url, opened = _resolved_storage(storage)
     names = list_study_names(opened)  # sorted; without loading each study's best trial
     if not names:
         err.print(

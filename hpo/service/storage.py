@@ -17,7 +17,7 @@ import re
 import sqlite3
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote_plus, urlsplit
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
@@ -56,10 +56,12 @@ def resolve_storage_url(flag: str | None = None) -> str:
 
     With ``$HPO_STORAGE_PASSWORD_FILE`` set, the password is read from that file (its first
     line) and put into the URL, escaped: a password with ``@``, ``/``, ``:`` or ``%`` works.
+    A URL this already resolved passes through unchanged (its password is the file's), so a
+    command that hands a resolved URL on, and opens it there, applies the file once.
 
     Raises:
         StorageError: ``flag`` is empty; the password file cannot be read, or is set for a URL
-            that already has a password or takes none (SQLite, gRPC).
+            that already has another password or takes none (SQLite, gRPC).
     """
     if flag is not None and not flag.strip():
         raise StorageError(
@@ -81,12 +83,20 @@ def _with_password_from(password_file: str, url: str) -> str:
             f"{PASSWORD_FILE_ENV} is set, but the storage {masked_url(url)} takes no password; "
             f"unset {PASSWORD_FILE_ENV}, or point the storage at the database server"
         )
-    if parsed.password is not None:
+    password = _read_password_file(password_file)
+    in_query = [key for key in parsed.query if key.lower() == "password"]
+    if parsed.password == password and not in_query:
+        return url  # resolved before: the file's password is the one it holds
+    if parsed.password is not None or in_query:
         raise StorageError(
             f"the storage URL {masked_url(url)} has a password and {PASSWORD_FILE_ENV} names "
             "another; keep one: the URL without its password (postgresql+psycopg://user@host/db) "
             "and the file"
         )
+    return parsed.set(password=password).render_as_string(hide_password=False)
+
+
+def _read_password_file(password_file: str) -> str:
     try:
         lines = Path(password_file).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as error:
@@ -99,26 +109,114 @@ def _with_password_from(password_file: str, url: str) -> str:
             f"the password file {password_file} ({PASSWORD_FILE_ENV}) is empty; write the "
             "database password on its first line"
         )
-    return parsed.set(password=lines[0]).render_as_string(hide_password=False)
+    return lines[0]
+
+
+#: What a message shows in place of anything that could be a password.
+HIDDEN = "***"
 
 
 def masked_url(url: str) -> str:
-    """``url`` with its password shown as ``***`` (``postgresql://u:***@h/db``), for any
-    message that names a storage.
+    """``url`` as a message may show it: ``***`` wherever it could hold a password
+    (``postgresql://u:***@h/db``), whether or not it parses. Every message that names a
+    storage shows it through this; see ``_secret_spans`` for what is hidden."""
+    shown: list[str] = []
+    end = 0
+    for start, stop in _secret_spans(url):
+        shown += [url[end:start], HIDDEN]
+        end = stop
+    return "".join([*shown, url[end:]])
 
-    A URL SQLAlchemy cannot parse is masked all the same: everything between the first ``:``
-    after ``user`` and the last ``@`` is hidden (more than the password, never less).
+
+def _without_secrets(text: str, url: str) -> str:
+    """``text`` (a database's or a driver's message about ``url``) with what ``masked_url``
+    hides in ``url`` shown as ``***``: each hidden part, as written and percent-decoded,
+    and each word of it, as a server quotes the one it read as a database or host name
+    (``database "x:pw@y" does not exist`` for ``postgresql://u@h/x:pw@y``)."""
+    pieces: set[str] = set()
+    for start, stop in _secret_spans(url):
+        for secret in (url[start:stop], unquote_plus(url[start:stop])):
+            pieces.add(secret)
+            pieces.update(_URL_SEPARATORS.split(secret))
+    for piece in sorted(filter(None, pieces), key=len, reverse=True):
+        text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(piece)}(?![A-Za-z0-9])", HIDDEN, text)
+    return text
+
+
+#: What separates the words of a URL: a server quotes them one by one.
+_URL_SEPARATORS = re.compile(r"[@:/?&=#\s]+")
+
+
+def _secret_spans(url: str) -> list[tuple[int, int]]:
+    """Where ``url`` may hold a password, as ``(start, stop)`` indexes in order, none
+    overlapping; more than the password, never less:
+
+    - the whole string when it does not start with ``scheme://``: nothing in it can be told
+      apart from a password (``hpo:pw@db``, ``postgresql//hpo:pw@db``, a bare password);
+    - userinfo, wherever it sits (after ``//``, or in the path, ``postgresql:///u:pw@db``):
+      from the first ``:`` to the last ``@``, as a password may hold ``@``, ``/`` or ``:``;
+    - without an ``@``, a port that is not a number and all after it
+      (``postgresql://u:pw/db``, a URL missing its host);
+    - the value of a query key that names a secret (holding ``pass``, ``pwd``, ``secret``,
+      ``token``, ``key`` or ``credential`` in any case: ``password``, ``sslpassword``,
+      ``PASSWORD``, ``pass%77ord``), and the ``&``-pieces without ``=`` after it (a password's
+      own unescaped ``&``).
     """
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except (ArgumentError, ValueError, TypeError):
-        pass
-    return _USERINFO_PASSWORD.sub(r"\g<user>:***@", url, count=1)
+    scheme = _SCHEME.match(url)
+    if scheme is None:
+        return [(0, len(url))] if url else []
+    begin = scheme.end()
+    spans: list[tuple[int, int]] = []
+    at, colon = url.rfind("@", begin), url.find(":", begin)
+    if 0 <= colon < at:
+        spans.append((colon + 1, at))
+    elif at < 0:
+        spans += _port_spans(url, begin)
+    question = url.find("?", begin)
+    if question >= 0:
+        spans += _query_secret_spans(url, question + 1)
+    merged: list[tuple[int, int]] = []
+    for start, stop in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(stop, merged[-1][1]))
+        else:
+            merged.append((start, stop))
+    return merged
 
 
-#: ``scheme://user:password@``: the user stops at ``:``, ``/`` or ``@``; the password runs to
-#: the last ``@`` (a password may hold ``@`` or ``/``).
-_USERINFO_PASSWORD = re.compile(r"(?P<user>^[^:/@]*://[^:/@]*):.*@", re.DOTALL)
+def _port_spans(url: str, begin: int) -> list[tuple[int, int]]:
+    authority = re.match(r"[^/?#]*", url[begin:])
+    host_port = authority.group() if authority else ""
+    host_end = host_port.find("]") + 1 if host_port.startswith("[") else 0  # [::1]:5432
+    colon = host_port.find(":", host_end)
+    if colon < 0:
+        return []
+    port = host_port[colon + 1 :]
+    if port.isascii() and port.isdigit():
+        return []
+    return [(begin + colon + 1, len(url))]
+
+
+def _query_secret_spans(url: str, begin: int) -> list[tuple[int, int]]:
+    spans: list[tuple[int, int]] = []
+    hiding = False
+    position = begin
+    for piece in url[begin:].split("&"):
+        key, equals, _ = piece.partition("=")
+        if equals:
+            hiding = bool(_SECRET_KEY.search(unquote_plus(key)))
+            if hiding:
+                spans.append((position + len(key) + 1, position + len(piece)))
+        elif hiding:
+            spans.append((position - 1, position + len(piece)))  # the "&" too
+        position += len(piece) + 1
+    return spans
+
+
+#: A URL's scheme as SQLAlchemy reads it (``postgresql+psycopg://``), or gRPC's.
+_SCHEME = re.compile(r"[\w+.\-]+://")
+#: A query key that names a secret: ``password``, ``sslpassword``, ``passfile``, ``sslkey``...
+_SECRET_KEY = re.compile(r"pass|pwd|secret|token|key|credential", re.IGNORECASE)
 
 
 def resolve_heartbeat(flag: float | None = None) -> float:
@@ -176,11 +274,11 @@ _OPTUNA_TABLE = "studies"
 def _check_sqlite_file(url: str, path: Path, create: bool) -> None:
     """Refuse a SQLite storage path that is a folder, not a database, or (unless ``create``)
     missing or without Optuna's tables, before anything is written there."""
-    shown = str(path)
+    shown = _without_secrets(str(path), url)  # a path is the URL's, userinfo typed in it too
     if path.is_dir():
         raise StorageError(
             f"the storage {shown} is a folder, not a SQLite database file; give a file in it, "
-            f"e.g. --storage sqlite:///{(path / 'hpo.db').as_posix()}"
+            f"e.g. --storage sqlite:///{_without_secrets((path / 'hpo.db').as_posix(), url)}"
         )
     if not path.exists():
         if not create:
@@ -193,8 +291,8 @@ def _check_sqlite_file(url: str, path: Path, create: bool) -> None:
             parent = parent.parent
         if not parent.is_dir():
             raise StorageError(
-                f"cannot create the database {shown}: {parent} is a file, not a folder; "
-                "check the path"
+                f"cannot create the database {shown}: {_without_secrets(str(parent), url)} is "
+                "a file, not a folder; check the path"
             )
         return
     if not path.is_file():
@@ -246,8 +344,15 @@ def _backend_name(url: str) -> str:
     try:
         return make_url(url).get_backend_name()
     except (ArgumentError, ValueError):  # ValueError: a port that is not a number
+        shown = masked_url(url)
+        if shown == HIDDEN:
+            raise StorageError(
+                "cannot parse storage URL (not shown: without a scheme:// start, any of it "
+                "could be a password); a storage URL starts with its kind, e.g. "
+                "sqlite:///hpo.db or postgresql+psycopg://user@host/db"
+            ) from None
         raise StorageError(
-            f"cannot parse storage URL {masked_url(url)!r}; expected e.g. sqlite:///hpo.db or "
+            f"cannot parse storage URL {shown!r}; expected e.g. sqlite:///hpo.db or "
             "postgresql+psycopg://user:password@host/db"
         ) from None
 
@@ -351,17 +456,21 @@ def _open_rdb(
     except ArgumentError as error:  # NoSuchModuleError: no dialect of that name
         raise StorageError(
             f"cannot open the storage {masked_url(url)}: {kind!r} is not a database SQLAlchemy "
-            f"knows ({error}); use sqlite:///FILE, postgresql+psycopg://user@host/db, or "
-            "grpc://HOST:PORT for an hpo storage-proxy"
+            f"knows ({_without_secrets(str(error), url)}); use sqlite:///FILE, "
+            "postgresql+psycopg://user@host/db, or grpc://HOST:PORT for an hpo storage-proxy"
         ) from None
     except RuntimeError as error:
         # Optuna refuses a schema written by another Optuna version.
         if "schema" not in str(error):
             raise
-        raise StorageError(f"cannot open the storage {masked_url(url)}: {error}") from None
+        raise StorageError(
+            f"cannot open the storage {masked_url(url)}: {_without_secrets(str(error), url)}"
+        ) from None
     except (DBAPIError, sqlite3.Error) as error:
         # The database's own first line says what is wrong: refused, a password, no such db.
+        # (A driver may quote what it was given, a query option's password among it.)
         reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+        reason = _without_secrets(reason, url)
         transient = any(sign in reason for sign in _SERVER_DOWN)
         raise (StorageUnreachableError if transient else StorageError)(
             f"cannot open the storage {masked_url(url)}: {reason}. Check that the database "

@@ -70,10 +70,40 @@ class FloatParam(_RangeParam):
 
 
 class CategoricalParam(_Param):
-    """One of a list of choices (numbers, strings, booleans or null)."""
+    """One of a list of choices (numbers, strings, booleans or null), each given once.
+
+    Choices are told apart as Optuna tells them apart when it stores one (by ``==``): ``1``,
+    ``1.0`` and ``true`` are one choice, and so are ``0``, ``0.0`` and ``false``. A repeated
+    choice would be a grid point run twice, and drawn twice as often by the other samplers.
+    """
 
     type: Literal["categorical"]
     choices: list[None | bool | int | float | str] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check_choices_once(self) -> CategoricalParam:
+        given: dict[Any, list[Any]] = {}  # the first choice of each value: how it was given
+        for choice in self.choices:
+            given.setdefault(choice, []).append(choice)  # (a NaN is refused elsewhere)
+        repeats = [spellings for spellings in given.values() if len(spellings) > 1]
+        if repeats:
+            raise ValueError(
+                "; ".join(_repeat_problem(spellings) for spellings in repeats)
+                + "; give each choice once"
+            )
+        return self
+
+
+def _repeat_problem(spellings: list[Any]) -> str:
+    times = "twice" if len(spellings) == 2 else f"{len(spellings)} times"
+    written = list(dict.fromkeys(f"{spelling!r}" for spelling in spellings))
+    if len(written) == 1:
+        return f"choice {written[0]} is given {times}"
+    listed = ", ".join(written[:-1]) + f" and {written[-1]}"
+    return (
+        f"choice {written[0]} is given {times}, as {listed}: one value to Optuna, which "
+        "stores a choice found by == (1, 1.0 and true are one; so are 0, 0.0 and false)"
+    )
 
 
 Param = Annotated[IntParam | FloatParam | CategoricalParam, Field(discriminator="type")]
@@ -204,13 +234,14 @@ def grid_points(
 
 
 def point_key(point: Mapping[str, Any]) -> tuple[Any, ...]:
-    """A hashable key that equal points share: numbers to 12 significant digits (the grid's
-    ``0.1 + 2 * 0.1`` is the ``0.3`` a user writes; ``64`` is ``64.0``); a bool stays apart
-    from 1 and 0."""
-
-    def value_key(value: Any) -> Any:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            return (type(value).__name__, value)
-        return ("number", float(f"{value:.12g}"))
-
+    """A hashable key that equal points share, each value by ``value_key``."""
     return tuple(sorted((str(key), value_key(value)) for key, value in point.items()))
+
+
+def value_key(value: Any) -> Any:
+    """A hashable key that equal values of a point share: numbers to 12 significant digits
+    (the grid's ``0.1 + 2 * 0.1`` is the ``0.3`` a user writes; ``64`` is ``64.0``); a bool
+    stays apart from 1 and 0 (a categorical's choices never hold both)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return (type(value).__name__, value)
+    return ("number", float(f"{value:.12g}"))

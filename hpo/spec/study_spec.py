@@ -54,6 +54,7 @@ from hpo.spec.spaces import (
     grid_size,
     grid_size_error,
     point_key,
+    value_key,
 )
 
 MAX_GRID_POINTS = 100_000
@@ -828,6 +829,7 @@ def _enqueue_problems(
     if not isinstance(enqueue, list):
         return []
     problems = []
+    first_of: dict[tuple[Any, ...], int] = {}  # each point's first place in the list
     for i, point in enumerate(enqueue):
         if not isinstance(point, dict):
             continue
@@ -840,7 +842,7 @@ def _enqueue_problems(
                 )
             elif isinstance(space.get(key), CategoricalParam):
                 choices = space[key].choices  # type: ignore[union-attr]
-                if value not in choices:
+                if not _is_choice(value, choices):
                     problems.append(f"enqueue[{i}].{key}: {value!r} is not one of {choices}")
             elif key in space:
                 problems.extend(
@@ -852,7 +854,26 @@ def _enqueue_problems(
                 f"enqueue[{i}]: give a value for every parameter in space; "
                 f"missing {', '.join(missing)}"
             )
+        if all(map(_is_scalar, point.values())):
+            first = first_of.setdefault(point_key(point), i)
+            if first != i:
+                problems.append(
+                    f"enqueue[{i}]: the same point as enqueue[{first}], which would run twice; "
+                    "give each point once"
+                )
     return problems
+
+
+def _is_choice(value: Any, choices: list[Any]) -> bool:
+    """Whether ``value`` is one of ``choices`` both as Optuna finds a choice (``==``) and as a
+    grid matches a warm start to its point (``value_key``: true is not the choice 1)."""
+    return _is_scalar(value) and any(
+        value == choice and value_key(value) == value_key(choice) for choice in choices
+    )
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, bool | int | float | str)
 
 
 def _enqueued_range_problems(
