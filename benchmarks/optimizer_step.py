@@ -2,7 +2,7 @@
 
 Each case fits one digits MLP configuration (sklearn's ``load_digits``, its first 1000 rows,
 5 folds of ``KFold``) with one optimizer, in one of two ways: the 5 folds stacked
-(``hpo.engine.folds.stacked.fit_stacked``, as a trial runs them on the CPU) or one fold
+(``hpo.engine.folds.stacked_fit.fit_stacked``, as a trial runs them on the CPU) or one fold
 through ``TunedClassifier.fit``. The figure is the CPU time of one fit (process time, so other
 processes on the machine weigh less; one torch thread), the median and the minimum over
 ``--repeats`` (on a busy machine the minimum is the least disturbed), and the final training
@@ -59,7 +59,7 @@ def _folds() -> tuple[list[Any], list[Any]]:
 
 def _fit(way: str, optimizer: str, X: list[Any], y: list[Any]) -> tuple[float, float]:
     """(CPU seconds, final training loss) of one fit."""
-    from hpo.engine.folds.stacked import fit_stacked
+    from hpo.engine.folds.stacked_fit import fit_stacked
     from hpo.engine.models import MLP
     from hpo.engine.nets import TunedClassifier
 

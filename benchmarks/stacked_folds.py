@@ -2,7 +2,7 @@
 
 For each net, the same 3 folds of random data (digits-shaped or MNIST-shaped) are fitted
 twice per repeat: one by one, each a ``clone`` of the hpo net as ``hpo.engine.objective`` fits it
-without stacking, and at once through ``hpo.engine.folds.stacked.fit_stacked``. It prints the
+without stacking, and at once through ``hpo.engine.folds.stacked_fit.fit_stacked``. It prints the
 forward MFLOP per training batch (what ``hpo.engine.folds.plan.STACKED_NET_FLOPS`` is compared
 with), the wall seconds of each and the speed-up, best and worst over ``--repeats`` after a
 warm-up round. The limit sits between the sizes that gain and those that lose.
@@ -22,7 +22,7 @@ import torch
 from sklearn.base import clone
 
 from hpo.engine.folds.plan import STACKED_NET_FLOPS, forward_flops
-from hpo.engine.folds.stacked import fit_stacked
+from hpo.engine.folds.stacked_fit import fit_stacked
 from hpo.engine.models import CNN, MLP
 from hpo.engine.nets import TunedClassifier
 

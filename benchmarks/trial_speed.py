@@ -22,8 +22,8 @@ per minute of the usual loop and of ``--workers`` hpo workers, the mean CV score
 the peak memory of each process (PSS, sampled; a worker's fold processes included), and the
 share of the CPU that other processes used meanwhile (``--quiet`` waits for a quiet machine
 before each run). An hpo worker trains a trial's folds as one stacked model
-(``hpo.engine.folds.stacked``), on two threads for a net that gains from them (one worker on two
-cores) or one (``--threads 1``, and each of two workers).
+(``hpo.engine.folds.stacked_fit``), on two threads for a net that gains from them (one worker
+on two cores) or one (``--threads 1``, and each of two workers).
 
 The ``user-*`` cases name a user's own module (``benchmarks.user_nets``, imported from the
 repository root, as ``model: package.module:Class``): both ways build the same class, hpo's

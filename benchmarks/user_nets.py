@@ -114,7 +114,7 @@ def time_stacking(
     from sklearn.base import clone
 
     from hpo.engine.folds.plan import forward_flops
-    from hpo.engine.folds.stacked import fit_stacked
+    from hpo.engine.folds.stacked_fit import fit_stacked
     from hpo.engine.nets import TunedClassifier
 
     shape = (1, 8, 8)

@@ -120,17 +120,16 @@ def best_net(
             ``$HPO_ALLOW_MODULES``).
         device: ``cuda`` or ``cpu``. Default: ``cuda`` when a GPU is visible.
     """
-    from hpo.engine.build import build_net, check_compatible
-    from hpo.engine.data import load_dataset
+    from hpo.engine.build import build_net
     from hpo.engine.device import resolve_device
+    from hpo.engine.scorer import study_data
     from hpo.engine.user_code import admit_user_code
     from hpo.service.study import load_study, result_trial
 
     study, spec = load_study(_open(storage), name)
     admit_user_code(spec, allow_modules, f"study {name}")
     best = result_trial(study, spec)
-    data = load_dataset(spec.dataset.name, **spec.dataset.options)
-    check_compatible(spec, data)
+    data = study_data(spec)
     return build_net(spec, data, spec.configuration(best.params), resolve_device(device))
 
 

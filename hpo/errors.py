@@ -12,6 +12,9 @@ The tree::
     ├── CodeImportError         a spec's own module or loss cannot be imported here
     └── DeviceError             the device asked for cannot be used here
 
+    WorkerStopped (a BaseException, not an HpoError): a fit ends because its worker was told
+    to stop (SIGTERM); the worker re-queues the trial.
+
 The CLI catches ``HpoError`` and prints its message, and an ``OSError`` about a file (one
 that cannot be read or written) as that file and the reason; anything else is a bug and keeps
 its traceback.
@@ -24,6 +27,13 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+
+
+class WorkerStopped(BaseException):
+    """Raised inside a fit when the worker was asked to stop (SIGTERM).
+
+    A ``BaseException`` so that nothing between the signal and the worker loop swallows it.
+    """
 
 
 class HpoError(Exception):

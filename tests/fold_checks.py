@@ -15,7 +15,8 @@ from sklearn.metrics import get_scorer
 from hpo.engine.augment import augmented_rows
 from hpo.engine.data import DataSplits, load_dataset
 from hpo.engine.folds.fold import resident_training_data
-from hpo.engine.folds.stacked import StackedFit, fit_stacked, stackable
+from hpo.engine.folds.plan import stackable
+from hpo.engine.folds.stacked_fit import StackedFit, fit_stacked
 from hpo.engine.objective import make_folds
 from hpo.spec.study_spec import StudySpec, parse_spec
 

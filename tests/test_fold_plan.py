@@ -15,8 +15,9 @@ from hpo.engine.folds.plan import (
     FoldPlan,
     NetFacts,
     plan_folds,
+    worker_fold_plan,
 )
-from hpo.engine.objective import evaluate, worker_fold_plan
+from hpo.engine.objective import evaluate
 from hpo.service.runner import local_worker_plan
 from hpo.spec.study_spec import parse_spec
 
@@ -123,9 +124,7 @@ def test_a_trial_records_the_plan_it_ran() -> None:
     ],
 )
 @pytest.mark.parametrize("threads", [1, 2, 8])
-def test_hpo_run_plans_what_its_workers_will_plan(
-    dataset: str, fixed: dict, threads: int
-) -> None:
+def test_hpo_run_plans_what_its_workers_will_plan(dataset: str, fixed: dict, threads: int) -> None:
     task = {"model": "regressor", "scoring": "r2"} if dataset != "digits" else {}
     spec = parse_spec(
         tiny_spec(dataset={"name": dataset}, fixed={"max_epochs": 2, **fixed}, **task)

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,14 +19,16 @@ import torch
 from conftest import tiny_spec, wait_for_running_trial
 from optuna.trial import TrialState
 
+from hpo.engine.build import build_net
 from hpo.engine.data import DataSplits, load_dataset
-from hpo.engine.folds.fold import WorkerStopped
+from hpo.engine.folds.fold import FoldResult, WorkerStopped
 from hpo.engine.folds.plan import FoldOptions, FoldPlan
 from hpo.engine.folds.processes import FoldPool, open_fold_pool
 from hpo.engine.objective import evaluate, make_folds
 from hpo.service.storage import open_storage
 from hpo.service.study import register_study
 from hpo.service.worker import run_worker
+from hpo.spec.objectives import scorers
 from hpo.spec.study_spec import StudySpec, parse_spec
 
 pytestmark = pytest.mark.slow  # fold processes and worker processes
@@ -52,8 +54,21 @@ REGRESSION = tiny_spec(
 @pytest.fixture(scope="module")
 def digits() -> Iterator[tuple[FoldPool, StudySpec, DataSplits]]:
     spec, data = parse_spec(DIGITS), load_dataset("digits")
-    with FoldPool(spec, data, processes=2, threads=1) as pool:
+    with FoldPool(data, processes=2, threads=1) as pool:
         yield pool, spec, data
+
+
+def results_of(
+    pool: FoldPool,
+    spec: StudySpec,
+    data: DataSplits,
+    params: dict,
+    splits: list[tuple[np.ndarray, np.ndarray]],
+    should_stop: Callable[[], bool] | None = None,
+) -> Iterator[FoldResult]:
+    """The pool's results for the net of ``params``, every fold in a fold process."""
+    net = build_net(spec, data, params, "cpu")
+    return pool.fold_results(net, data, splits, scorers(spec), should_stop, fit_here=False)
 
 
 def scored_trial(
@@ -101,7 +116,7 @@ def test_folds_in_processes_score_as_in_the_worker(
 
 def test_regression_folds_match_and_a_diverging_fold_raises_its_reason() -> None:
     spec, data = parse_spec(REGRESSION), load_dataset("synthetic_regression")
-    with FoldPool(spec, data, processes=2, threads=1) as pool:
+    with FoldPool(data, processes=2, threads=1) as pool:
         params = {"lr": 0.004}
         here = scored_trial(spec, data, params, pool=None)
         there = scored_trial(spec, data, params, pool=pool)
@@ -111,9 +126,9 @@ def test_regression_folds_match_and_a_diverging_fold_raises_its_reason() -> None
 
         splits = list(make_folds(spec).split(data.X_train, data.y_train))
         with pytest.raises(FloatingPointError, match="diverged"):
-            list(pool.fold_results({**spec.fixed, "lr": 1e7}, splits))
+            list(results_of(pool, spec, data, {**spec.fixed, "lr": 1e7}, splits))
         # the pool goes on with the next trial
-        assert len(list(pool.fold_results({**spec.fixed, "lr": 0.004}, splits))) == 3
+        assert len(list(results_of(pool, spec, data, {**spec.fixed, "lr": 0.004}, splits))) == 3
 
 
 def long_and_short_splits(data: DataSplits) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -129,7 +144,7 @@ def test_closing_a_trial_early_stops_the_folds_still_running(
     digits: tuple[FoldPool, StudySpec, DataSplits],
 ) -> None:
     pool, spec, data = digits
-    results = pool.fold_results({**spec.fixed, **LONG}, long_and_short_splits(data))
+    results = results_of(pool, spec, data, {**spec.fixed, **LONG}, long_and_short_splits(data))
     first = next(results)  # fold 1, a fit of minutes, is running beside it by now
     assert first.epochs == LONG["max_epochs"]
     started = time.monotonic()
@@ -137,8 +152,11 @@ def test_closing_a_trial_early_stops_the_folds_still_running(
     # An abandoned fold stops at its next batch (milliseconds); finishing it would take
     # minutes.
     assert time.monotonic() - started < 30
-    assert [r.epochs for r in pool.fold_results({**spec.fixed, "max_epochs": 2}, [])] == []
-    quick = pool.fold_results({**spec.fixed, "max_epochs": 2}, long_and_short_splits(data)[:1])
+    nothing = results_of(pool, spec, data, {**spec.fixed, "max_epochs": 2}, [])
+    assert [r.epochs for r in nothing] == []
+    quick = results_of(
+        pool, spec, data, {**spec.fixed, "max_epochs": 2}, long_and_short_splits(data)[:1]
+    )
     assert [r.epochs for r in quick] == [2]
 
 
@@ -154,7 +172,14 @@ def test_a_stop_request_ends_the_trial_with_worker_stopped(
 
     with pytest.raises(WorkerStopped):
         list(
-            pool.fold_results({**spec.fixed, **LONG}, long_and_short_splits(data)[1:], should_stop)
+            results_of(
+                pool,
+                spec,
+                data,
+                {**spec.fixed, **LONG},
+                long_and_short_splits(data)[1:],
+                should_stop,
+            )  # fmt: skip
         )
     assert asked[-1] - asked[0] < 30
 
@@ -162,8 +187,10 @@ def test_a_stop_request_ends_the_trial_with_worker_stopped(
 def test_a_killed_fold_process_fails_the_trial_and_the_next_trial_gets_new_ones() -> None:
     spec, data = parse_spec(DIGITS), load_dataset("digits")
     others = {child.pid for child in multiprocessing.active_children()}
-    with FoldPool(spec, data, processes=2, threads=1) as pool:
-        results = pool.fold_results({**spec.fixed, **LONG}, long_and_short_splits(data)[1:])
+    with FoldPool(data, processes=2, threads=1) as pool:
+        results = results_of(
+            pool, spec, data, {**spec.fixed, **LONG}, long_and_short_splits(data)[1:]
+        )
         # (the executor starts its processes one by one: on a loaded machine the second may
         # not be up yet)
         deadline = time.monotonic() + 60
@@ -181,13 +208,13 @@ def test_a_killed_fold_process_fails_the_trial_and_the_next_trial_gets_new_ones(
         killer.join()
         quick = {**spec.fixed, "max_epochs": 2, "module__hidden1": 8, "lr": 0.01}
         splits = list(make_folds(spec).split(data.X_train, data.y_train))
-        assert [r.epochs for r in pool.fold_results(quick, splits)] == [2, 2, 2]
+        assert [r.epochs for r in results_of(pool, spec, data, quick, splits)] == [2, 2, 2]
 
 
 def test_a_worker_opens_the_fold_processes_its_plan_asks_for() -> None:
-    spec, data = parse_spec(DIGITS), load_dataset("digits")
-    assert open_fold_pool(spec, data, FoldPlan("stacked", threads=2)) is None
-    pool = open_fold_pool(spec, data, FoldPlan("fold processes", threads=1, at_once=2))
+    data = load_dataset("digits")
+    assert open_fold_pool(data, FoldPlan("stacked", threads=2)) is None
+    pool = open_fold_pool(data, FoldPlan("fold processes", threads=1, at_once=2))
     assert pool is not None and pool.processes == 1 and pool.threads == 1
     pool.close()
 
@@ -201,7 +228,7 @@ def test_without_process_support_the_worker_fits_its_folds_itself(
     monkeypatch.setattr(multiprocessing.get_context("spawn"), "Event", no_semaphores)
     spec = parse_spec(DIGITS)
     plan = FoldPlan("fold processes", threads=1, at_once=2)
-    assert open_fold_pool(spec, load_dataset("digits"), plan) is None
+    assert open_fold_pool(load_dataset("digits"), plan) is None
     assert "cannot start fold processes" in caplog.text
     url = f"sqlite:///{tmp_path / 'hpo.db'}"
     register_study(spec, open_storage(url))

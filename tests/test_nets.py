@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.data import Subset
 
 from hpo.engine.data import load_dataset
-from hpo.engine.folds.stacked import fit_stacked
+from hpo.engine.folds.stacked_fit import fit_stacked
 from hpo.engine.models import CNN, MLP
 from hpo.engine.nets import OPTIMIZERS, TensorBatches, TunedClassifier, TunedRegressor
 
@@ -442,6 +442,7 @@ def test_mixed_precision_runs_the_forward_in_bfloat16_and_scores_like_float32(
         layer = next(m for m in net.module_.modules() if isinstance(m, nn.Linear))
         outputs[mixed] = set()
         layer.register_forward_hook(lambda _, __, out, seen=outputs[mixed]: seen.add(out.dtype))
+        torch.manual_seed(SEED)  # partial_fit shuffles from the caller's generator
         net.partial_fit(X[:600], y[:600])  # keeps the initialized module and its hook
         assert net.predict_proba(X[600:]).dtype == np.float32
         assert all(p.dtype == torch.float32 for p in net.module_.parameters())
@@ -475,3 +476,48 @@ def test_an_unknown_lr_schedule_names_the_choices() -> None:
     net = TunedClassifier(MLP, lr_schedule="step")
     with pytest.raises(ValueError, match="lr_schedule must be one of none, cosine, got 'step'"):
         net.initialize()
+
+
+# --- the estimator contract -----------------------------------------------------------------
+
+
+def test_the_constructor_stores_its_arguments_unchanged() -> None:
+    net = TunedClassifier(MLP, module__hidden1=8, early_stopping_patience=2)
+    params = net.get_params()
+    assert params["criterion"] is None and params["train_split"] is None
+    assert clone(net).get_params().keys() == params.keys()
+    assert TunedRegressor(MLP, criterion="huber").get_params()["criterion"] == "huber"
+
+
+#: What ``_SeesTrainSplit`` saw (a list outside the callback, which ``clone`` copies).
+SEEN_SPLITS: list[Any] = []
+
+
+class _SeesTrainSplit(Callback):
+    def on_epoch_end(self, net: Any, **kwargs: Any) -> None:
+        SEEN_SPLITS.append(net.train_split)
+
+
+def test_a_fit_draws_from_its_own_seed_and_leaves_the_callers_generator_and_split_alone() -> None:
+    X, y = _digits(200)
+    SEEN_SPLITS.clear()
+    net = TunedClassifier(
+        MLP,
+        module__input_shape=(1, 8, 8),
+        module__dropout=0.2,
+        max_epochs=3,
+        batch_size=32,
+        early_stopping_patience=5,
+        callbacks=[("sees", _SeesTrainSplit())],
+    )
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    first = clone(net).fit(X, y)
+    assert torch.equal(torch.get_rng_state(), before)  # the caller's generator, untouched
+    torch.manual_seed(456)  # another caller state: the fit does not depend on it
+    again = clone(net).fit(X, y)
+    np.testing.assert_array_equal(first.predict_proba(X), again.predict_proba(X))
+    assert first.history[:, "valid_loss"] == again.history[:, "valid_loss"]  # it validated
+    assert SEEN_SPLITS == [None] * 6  # train_split is never reassigned during the fits
+    batch = first.history[-1, "batches", 0]
+    assert isinstance(batch["train_loss"], float) and batch["train_batch_size"] == 32

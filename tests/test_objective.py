@@ -157,3 +157,26 @@ def test_forward_flops_of_a_batch_larger_than_memory_allocates_one_row() -> None
     # A batch_size of 10**9 (the whole fold, for any fold) once allocated 256 GB to count.
     net = TunedClassifier(MLP, module__input_shape=(64,), module__hidden1=32, batch_size=10**9)
     assert forward_flops(net, (64,)) == 2 * 10**9 * (64 * 32 + 32 * 10)
+
+
+def test_forward_flops_of_the_whole_fold_as_one_batch_counts_the_folds_rows() -> None:
+    whole = TunedClassifier(MLP, module__input_shape=(64,), module__hidden1=32, batch_size=-1)
+    per_row = 2 * (64 * 32 + 32 * 10)
+    assert forward_flops(whole, (64,), train_rows=667) == 667 * per_row
+    batches = TunedClassifier(MLP, module__input_shape=(64,), module__hidden1=32, batch_size=512)
+    assert forward_flops(whole, (64,), train_rows=667) > forward_flops(batches, (64,), 667)
+
+
+def test_a_trial_of_whole_fold_batches_is_planned_by_its_real_batch() -> None:
+    """batch_size: -1 once counted one row (0.005 MFLOP here), so the largest batch was planned
+    as a tiny net on one thread; 500 rows of it are 2.4 MFLOP, over SMALL_NET_FLOPS."""
+    spec = parse_spec(
+        tiny_spec(
+            fixed={"max_epochs": 2, "batch_size": -1, "module__hidden1": 32},
+            space={"lr": {"type": "float", "low": 1e-3, "high": 1e-2}},
+        )
+    )
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask()
+    study.tell(trial, evaluate(trial, spec, load_dataset("digits"), "cpu", threads=2))
+    assert study.trials[0].user_attrs["threads"] == 2

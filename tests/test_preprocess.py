@@ -19,9 +19,9 @@ from sklearn.preprocessing import FunctionTransformer, MinMaxScaler, StandardSca
 
 from hpo.engine.build import build_net
 from hpo.engine.data import DataSplits, load_dataset
-from hpo.engine.folds import stacked
+from hpo.engine.folds import stacked_fit
 from hpo.engine.folds.fold import resident_training_data
-from hpo.engine.folds.plan import FoldOptions
+from hpo.engine.folds.plan import FoldOptions, stackable
 from hpo.engine.folds.processes import FoldPool
 from hpo.engine.models import MLP
 from hpo.engine.nets import TunedClassifier, TunedRegressor
@@ -119,14 +119,14 @@ def fold_scalings(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Scaling | No
             return fitted
 
         monkeypatch.setattr(net_class, "fit", recording_fit)
-    fit_stacked = stacked.fit_stacked
+    fit_stacked = stacked_fit.fit_stacked
 
     def recording_fit_stacked(net: Any, X: list[torch.Tensor], *args: Any, **kw: Any) -> Any:
         fit = fit_stacked(net, X, *args, **kw)
         scalings.extend(fit.fold_net(fold).scaling_ for fold in range(len(X)))
         return fit
 
-    monkeypatch.setattr(stacked, "fit_stacked", recording_fit_stacked)
+    monkeypatch.setattr(stacked_fit, "fit_stacked", recording_fit_stacked)
     yield scalings
 
 
@@ -168,7 +168,9 @@ def test_stacked_fold_nets_keep_their_folds_scaling_and_early_stop_as_their_own_
     assert stackable_with_validation(net, rows)
     validation = (torch.as_tensor(data.X_valid), torch.as_tensor(data.y_valid))
 
-    fit = stacked.fit_stacked(net, [X[r] for r in rows], [y[r] for r in rows], None, validation)
+    fit = stacked_fit.fit_stacked(
+        net, [X[r] for r in rows], [y[r] for r in rows], None, validation
+    )
 
     scorer = get_scorer(spec.scoring)
     for fold, (train, test) in enumerate(splits):
@@ -184,7 +186,7 @@ def test_stacked_fold_nets_keep_their_folds_scaling_and_early_stop_as_their_own_
 
 
 def stackable_with_validation(net: Any, rows: list[torch.Tensor]) -> bool:
-    return stacked.stackable(net, [len(r) for r in rows], "cpu", validation=True)
+    return stackable(net, [len(r) for r in rows], "cpu", validation=True)
 
 
 # --- (c): fold scores equal cross_val_score with the scaler in a Pipeline ------------------
@@ -222,7 +224,7 @@ def test_fold_processes_score_as_cross_val_score_with_the_scaler_in_a_pipeline()
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # the thread count of each fold process
     try:
-        with FoldPool(spec, data, processes=2, threads=1) as pool:
+        with FoldPool(data, processes=2, threads=1) as pool:
             trial = scored_trial(spec, data, FoldOptions(folds_at_once=3), pool=pool)
     finally:
         torch.set_num_threads(before)

@@ -15,14 +15,9 @@ from sklearn.base import clone
 from hpo.engine.build import build_net
 from hpo.engine.data import load_dataset
 from hpo.engine.folds.fold import WorkerStopped
-from hpo.engine.folds.plan import FoldOptions
-from hpo.engine.folds.stacked import (
-    StackedFolds,
-    fit_and_score_stacked,
-    fold_groups,
-    spec_stacks_folds,
-    stackable,
-)
+from hpo.engine.folds.plan import FoldOptions, fold_groups, spec_stacks_folds, stackable
+from hpo.engine.folds.stacked_fit import fit_and_score_stacked
+from hpo.engine.folds.stacked_layers import StackedFolds
 from hpo.engine.models import CNN
 from hpo.engine.objective import evaluate, make_folds
 from hpo.service.study import make_pruner

@@ -39,7 +39,7 @@ from hpo.spec.study_spec import parse_spec
 
 pytestmark = pytest.mark.slow
 
-MODULE = '''
+MODULE = """
 import math, os
 from torch import nn
 
@@ -56,7 +56,7 @@ class Net(nn.Module):
 
     def forward(self, X):
         return self.layers(X)
-'''
+"""
 
 #: The Python API's paths, as a user's script calls them; an HpoError is the user's message.
 API_SCRIPT = """

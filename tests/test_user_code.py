@@ -381,7 +381,11 @@ def test_a_worker_keeps_fold_processes_for_the_trials_whose_module_does_not_stac
             tiny_spec(name=name, model=model, **ONE_POINT),
             name=f"{name}.yaml",
         )
-        assert run_hpo("register", str(path), "--storage", url).returncode == 0
+        trust = ("--allow-module", "tests")
+        registered = run_hpo(
+            "register", str(path), "--storage", url, *trust, env={"PYTHONPATH": str(REPO)}
+        )
+        assert registered.returncode == 0, registered.stderr
         worker = run_hpo(
             "worker", "--study", name, "--storage", url, "--threads", "2",
             "--allow-module", "tests", env={"PYTHONPATH": str(REPO)},

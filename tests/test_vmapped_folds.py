@@ -16,9 +16,8 @@ from sklearn.model_selection import cross_val_score
 from torch import nn
 
 from hpo.engine.build import build_net
-from hpo.engine.folds.plan import FoldOptions
+from hpo.engine.folds.plan import VMAPPED_NET_FLOPS, FoldOptions, spec_stacks_folds, stackable
 from hpo.engine.folds.processes import FoldPool
-from hpo.engine.folds.stacked import spec_stacks_folds, stackable
 from hpo.engine.folds.vmapped import VmappedFolds, net_refusal, vmap_refusal
 from hpo.engine.nets import TunedClassifier
 from hpo.engine.objective import evaluate, make_folds
@@ -161,7 +160,7 @@ def test_a_refused_module_scores_in_fold_processes_as_cross_val_score() -> None:
     spec, data = _spec("mlp-adam", model="tests.user_nets:DropoutMLP")
     study = optuna.create_study(direction="maximize")
     trial = study.ask()
-    with FoldPool(spec, data, processes=1, threads=1) as pool, torch_threads(1):
+    with FoldPool(data, processes=1, threads=1) as pool, torch_threads(1):
         options = FoldOptions(folds_at_once=2)
         study.tell(trial, evaluate(trial, spec, data, "cpu", pool=pool, options=options))
 
@@ -211,11 +210,11 @@ def test_a_module_too_big_to_gain_from_vmap_is_not_stacked() -> None:
     spec, data = _spec("mlp-adam")
     small = _net(spec, data)
     big = _net(spec, data, module__hidden=1024, batch_size=128)  # about 17 MFLOP per batch
-    assert net_refusal(small) is None
-    assert "MFLOP per batch" in (net_refusal(big) or "")
+    assert net_refusal(small, VMAPPED_NET_FLOPS) is None
+    assert "MFLOP per batch" in (net_refusal(big, VMAPPED_NET_FLOPS) or "")
     assert not stackable(big, [666, 667, 667], "cpu")
 
 
 def test_a_module_without_input_shape_is_not_probed() -> None:
     net = TunedClassifier(nn.Linear, module__in_features=64, module__out_features=10)
-    assert "takes no input_shape" in (net_refusal(net) or "")
+    assert "takes no input_shape" in (net_refusal(net, VMAPPED_NET_FLOPS) or "")

@@ -6,8 +6,10 @@ estimator parameter so an exported CSV row can be applied with ``set_params(**ro
 
 - ``optimizer`` may be a name (``adam``, ``sgd``, ``adamax``, ``rmsprop``), and ``criterion``
   a name (``mse``, ``huber``, ...; ``hpo.spec.names.CRITERIA``) or ``package.module:Name``;
-- ``random_state`` seeds torch when the net initializes, so a fit is reproducible and two
-  clones fit identically;
+- ``random_state`` seeds torch's generator for ``initialize`` (the weights) and for each
+  ``fit`` (the weights, then the shuffles and dropout), forked (``seeded_rng``), so a fit is
+  reproducible, two clones fit identically and the caller's generator is left as it was
+  (``partial_fit`` alone draws from the caller's, as in plain skorch);
 - ``early_stopping_patience`` adds skorch's ``EarlyStopping`` on the validation loss;
 - ``lr_schedule: cosine`` adds skorch's ``LRScheduler`` with torch's ``CosineAnnealingLR``:
   the learning rate falls from ``lr`` to 0 over ``max_epochs``, stepped after every epoch;
@@ -43,6 +45,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import numpy as np
@@ -190,6 +193,21 @@ def lr_scheduler(schedule: str, epochs: int) -> LRScheduler:
     return LR_SCHEDULERS[schedule](epochs)
 
 
+@contextmanager
+def seeded_rng(random_state: int | None, device: Any = "cpu") -> Iterator[None]:
+    """The block draws from torch's generator seeded with ``random_state`` (the CPU's, and
+    the device's on a GPU), forked: the caller's generators are restored after it
+    (``torch.random.fork_rng``). ``None`` draws from the caller's generators unforked."""
+    if random_state is None:
+        yield
+        return
+    on = torch.device(device)
+    devices = [on.index or 0] if on.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(random_state)
+        yield
+
+
 class _TunedNet:
     """What ``TunedClassifier`` and ``TunedRegressor`` add to skorch's nets; see their docs."""
 
@@ -217,7 +235,7 @@ class _TunedNet:
         super().__init__(  # type: ignore[call-arg]
             module,
             *args,
-            criterion=criterion or self.default_criterion,
+            criterion=criterion,
             optimizer=optimizer,
             train_split=train_split,
             iterator_train=iterator_train,
@@ -236,12 +254,14 @@ class _TunedNet:
     def fit(self, X: Any, y: Any = None, **fit_params: Any) -> Any:
         """skorch's ``fit``, after fitting ``preprocess`` on ``X``, the rows it trains on, with
         ``augment``'s copies of them (``hpo.engine.preprocess``); a warm start keeps the
-        scaling it had."""
+        scaling it had. With a ``random_state``, the fit draws from torch's generator seeded
+        with it inside ``seeded_rng``, so the caller's generator is as it was afterwards."""
         if not (self.warm_start and hasattr(self, "scaling_")):  # type: ignore[attr-defined]
             # The copies only when a scaling reads them: five times the rows is no small copy.
             rows = X if self.preprocess == "none" else augment(self.augment, X, None)[0]
             self.scaling_: Scaling | None = fit_scaling(self.preprocess, rows)
-        return super().fit(X, y, **fit_params)  # type: ignore[misc]
+        with seeded_rng(self.random_state, self.device):  # type: ignore[attr-defined]
+            return super().fit(X, y, **fit_params)  # type: ignore[misc]
 
     def initialize(self) -> Any:
         if self.mixed_precision not in (True, False):
@@ -259,13 +279,14 @@ class _TunedNet:
                 f"A100, L4, H100, RTX 30xx and later); {torch.cuda.get_device_name()} has none. "
                 "Remove mixed_precision from the spec."
             )
-        if self.random_state is not None:
-            torch.manual_seed(self.random_state)
         if cuda:
             # Every batch of a fit has the same shape (but the last), so the fastest
             # convolution algorithm is worth finding once.
             torch.backends.cudnn.benchmark = True
-        return super().initialize()  # type: ignore[misc]
+        # The module's weights are drawn from the seeded fork; a fit then starts its
+        # shuffles and dropout from the seed too (``fit``), wherever initialize was called.
+        with seeded_rng(self.random_state, self.device):  # type: ignore[attr-defined]
+            return super().initialize()  # type: ignore[misc]
 
     def initialize_module(self) -> Any:
         super().initialize_module()  # type: ignore[misc]
@@ -404,21 +425,23 @@ class _TunedNet:
         if iterator is None:
             return
         history = self.history  # type: ignore[attr-defined]
-        batch_rows = history[-1]["batches"]  # what history.record_batch writes to
         loss_key, size_key = prefix + "_loss", prefix + "_batch_size"
         rows: list[dict[str, Any]] = []
         losses: list[torch.Tensor] = []
         for batch in iterator:
-            self.notify("on_batch_begin", batch=batch, training=training)
+            self.notify("on_batch_begin", batch=batch, training=training)  # a new batch row
             step = step_fn(batch, **fit_params)
             loss = step["loss"].detach()
-            row = batch_rows[-1]
-            row[loss_key] = loss
-            row[size_key] = get_len(batch[0] if isinstance(batch, (tuple, list)) else batch)
-            rows.append(row)
+            history.record_batch(loss_key, loss)
+            history.record_batch(
+                size_key, get_len(batch[0] if isinstance(batch, (tuple, list)) else batch)
+            )
+            rows.append(history[-1]["batches"][-1])
             losses.append(loss)
             self.notify("on_batch_end", batch=batch, training=training, **step)
         if losses:
+            # History has no setter for a batch before the last: the tensors that
+            # record_batch stored are replaced by their values in the rows it wrote them to.
             values = torch.stack([loss.float().reshape(()) for loss in losses]).tolist()
             for row, value in zip(rows, values, strict=True):
                 row[loss_key] = value
@@ -473,16 +496,18 @@ class _TunedNet:
         return train, valid
 
     def _split_datasets(self, X: Any, y: Any = None, **fit_params: Any) -> Any:
-        # A validation split is only worth its data when early stopping reads it.
+        # A validation split is only worth its data when early stopping reads it: then,
+        # without a train_split of the user's, skorch's ValidSplit of validation_fraction
+        # splits the dataset as skorch's get_split_datasets would call a train_split.
         if self.train_split is None and self.early_stopping_patience is not None:
             stratified = isinstance(self, NeuralNetClassifier)
-            self.train_split = ValidSplit(
+            split = ValidSplit(
                 self.validation_fraction, stratified=stratified, random_state=self.random_state
             )
-            try:
-                return super().get_split_datasets(X, y, **fit_params)  # type: ignore[misc]
-            finally:
-                self.train_split = None
+            dataset = self.get_dataset(X, y)  # type: ignore[attr-defined]
+            if y is None:
+                return split(dataset, **fit_params)
+            return split(dataset, y, **fit_params)
         return super().get_split_datasets(X, y, **fit_params)  # type: ignore[misc]
 
 
@@ -491,10 +516,13 @@ class TunedClassifier(_TunedNet, NeuralNetClassifier):
 
     Args:
         module: the ``nn.Module`` class (``hpo.engine.models.MLP``, ``CNN``) or an instance.
-        criterion: default ``nn.CrossEntropyLoss`` (the module returns logits).
+        criterion: a loss class, a name of ``hpo.spec.names.CRITERIA`` or
+            ``package.module:Name``; None (the default) is ``nn.CrossEntropyLoss`` (the
+            module returns logits), resolved when the net initializes.
         optimizer: a name from ``OPTIMIZERS`` or a class. Default: ``"adam"``.
-        random_state: seed for weights, shuffling and dropout; ``None`` leaves torch's global
-            generator alone. Default: 0.
+        random_state: seed for weights, shuffling and dropout, drawn inside ``fit`` from a
+            fork of torch's generator; ``None`` draws from torch's global generator as plain
+            skorch does. Default: 0.
         early_stopping_patience: epochs without a better validation loss before stopping, the
             best weights restored; ``None`` disables it and uses no validation data. Default:
             None.

@@ -5,7 +5,8 @@ Read top to bottom, a trial:
 1. draws its parameters (``suggest``) and merges them with the spec's fixed ones
    (``StudySpec.configuration``);
 2. builds its unfitted skorch net (``build_net``);
-3. plans how its folds run (``plan_folds``: stacked, in fold processes, or one by one);
+3. plans how its folds run (``hpo.engine.folds.plan.trial_fold_plan``: stacked, in fold
+   processes, or one by one) and takes that plan's runner (``fold_runner``);
 4. fits and scores the folds, reading their results in fold order: after each fold the running
    mean goes to ``trial.report`` (each fold's own score for the Wilcoxon pruner:
    ``hpo.spec.pruning``), so the pruner can stop a bad trial before
@@ -21,10 +22,10 @@ computes, whichever strategy runs it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import optuna
@@ -34,14 +35,10 @@ from sklearn.model_selection import BaseCrossValidator, KFold, StratifiedKFold
 from hpo.engine.augment import augmented_rows
 from hpo.engine.build import build_net
 from hpo.engine.data import DataSplits
-from hpo.engine.folds.fold import FoldResult, fit_and_score_fold
-from hpo.engine.folds.plan import FoldOptions, FoldPlan, NetFacts, forward_flops, plan_folds
-from hpo.engine.folds.stacked import (
-    fit_and_score_stacked,
-    fold_groups,
-    spec_stacks_folds,
-    stackable,
-)
+from hpo.engine.folds.fold import FoldResult
+from hpo.engine.folds.plan import FoldOptions, first_prunable_fold, trial_fold_plan
+from hpo.engine.folds.processes import FoldPool
+from hpo.engine.folds.runners import fold_runner
 from hpo.engine.measures import measure
 from hpo.spec.objectives import (
     constraint_values,
@@ -55,45 +52,12 @@ from hpo.spec.pruning import pruning_start, reports_fold_scores
 from hpo.spec.spaces import suggest
 from hpo.spec.study_spec import StudySpec
 
-if TYPE_CHECKING:
-    from hpo.engine.folds.processes import FoldPool
-
 
 def make_folds(spec: StudySpec) -> BaseCrossValidator:
     """``KFold`` (or ``StratifiedKFold``) with the spec's folds, shuffle and seed."""
     splitter = StratifiedKFold if spec.cv.stratified else KFold
     seed = spec.cv.seed if spec.cv.shuffle else None
     return splitter(n_splits=spec.cv.folds, shuffle=spec.cv.shuffle, random_state=seed)
-
-
-def worker_fold_plan(
-    spec: StudySpec,
-    *,
-    device: str,
-    threads: int,
-    validation: bool,
-    options: FoldOptions | None = None,
-    fold_processes: bool = True,
-) -> FoldPlan:
-    """How a worker's trials will run their folds, before any trial: what the worker logs,
-    whether it starts fold processes, and what ``hpo run`` hints at.
-
-    Args:
-        spec: the study.
-        device: the worker's device.
-        threads: the worker's torch CPU threads.
-        validation: the dataset has a fixed validation split (early stopping on it stacks).
-        options: the worker's options. Default: ``FoldOptions()``.
-        fold_processes: fold processes may be started. Default: True.
-    """
-    return plan_folds(
-        device=device,
-        threads=threads,
-        folds=spec.cv.folds,
-        spec_stacks=spec_stacks_folds(spec, validation),
-        options=options,
-        fold_processes=fold_processes,
-    )
 
 
 def evaluate(
@@ -104,6 +68,8 @@ def evaluate(
     should_stop: Callable[[], bool] | None = None,
     pool: FoldPool | None = None,
     options: FoldOptions | None = None,
+    *,
+    threads: int | None = None,
 ) -> float | list[float]:
     """Score one trial's configuration by K-fold cross-validation on the training split.
 
@@ -116,6 +82,8 @@ def evaluate(
         pool: the worker's fold processes, when its plan has them; without, the folds are
             stacked or fitted one by one.
         options: the worker's options for how folds run. Default: ``FoldOptions()``.
+        threads: the worker's torch CPU threads, the most the trial uses. Default: the
+            process's current count.
 
     Returns:
         The mean fold score (greater is better, as for every scikit-learn scorer); for a
@@ -131,47 +99,25 @@ def evaluate(
     configuration = spec.configuration(suggest(trial, spec.space))
     net = build_net(spec, data, configuration, device)
     splits = list(make_folds(spec).split(data.X_train, data.y_train))
-    validation = data.X_valid is not None
-
-    def net_facts() -> NetFacts:
-        sizes = [augmented_rows(net.augment, len(train)) for train, _ in splits]
-        return NetFacts(
-            stackable=stackable(net, sizes, device, validation=validation),
-            flops=forward_flops(net, tuple(data.input_shape)),
-        )
-
-    plan = plan_folds(
+    start = pruning_start(spec)
+    plan = trial_fold_plan(
+        spec,
+        net,
+        [augmented_rows(net.augment, len(train)) for train, _ in splits],
+        tuple(data.input_shape),
         device=device,
-        threads=torch.get_num_threads(),
-        folds=len(splits),
-        spec_stacks=spec_stacks_folds(spec, validation),
+        threads=torch.get_num_threads() if threads is None else threads,
+        validation=data.X_valid is not None,
         options=options,
         fold_processes=pool is not None,
-        net=net_facts,
+        # The pruner's start-up count is a storage read: asked only when it decides something.
+        first_prunable=lambda: first_prunable_fold(start, lambda: _complete_trials(trial)),
     )
     trial.set_user_attr("device", device)
     trial.set_user_attr("folds_plan", plan.describe())
     trial.set_user_attr("threads", plan.threads)
-    start = pruning_start(spec)
 
-    scoring = scorers(spec)
-
-    def fit_one(fold: int) -> FoldResult:
-        train, test = splits[fold]
-        return fit_and_score_fold(net, data, fold, train, test, scoring, plan.threads, should_stop)
-
-    results: Iterator[FoldResult]
-    if plan.strategy == "stacked":
-        # The pruner's start-up count is a storage read: asked only when it decides something.
-        prunes_now = start is not None and (
-            not start.startup_trials or _complete_trials(trial) >= start.startup_trials
-        )
-        groups = fold_groups(len(splits), start.first_fold if prunes_now and start else None)
-        results = _stacked(net, data, groups, splits, scoring, plan, should_stop, fit_one)
-    elif plan.strategy == "fold processes" and pool is not None:
-        results = pool.fold_results(configuration, splits, should_stop, fit_one)
-    else:
-        results = (fit_one(fold) for fold in range(len(splits)))
+    results = fold_runner(plan, pool).fold_results(net, data, splits, scorers(spec), should_stop)
     multi = is_multi_objective(spec)
     folded = _score_folds(
         trial,
@@ -205,25 +151,6 @@ def _objectives_and_constraints(
     if not is_multi_objective(spec):
         return folded.mean
     return [values[name] for name in objective_names(spec)]
-
-
-def _stacked(
-    net: Any,
-    data: DataSplits,
-    groups: list[list[int]],
-    splits: list[tuple[np.ndarray, np.ndarray]],
-    scoring: Sequence[str],
-    plan: FoldPlan,
-    should_stop: Callable[[], bool] | None,
-    fit_one: Callable[[int], FoldResult],
-) -> Iterator[FoldResult]:
-    for folds in groups:
-        if len(folds) == 1:
-            yield fit_one(folds[0])
-        else:
-            yield from fit_and_score_stacked(
-                net, data, folds, splits, scoring, plan.threads, should_stop
-            )
 
 
 def _complete_trials(trial: optuna.Trial) -> int:

@@ -65,8 +65,10 @@ def load_refit(
     """
     opened = as_storage(storage)
     spec = load_spec_from_storage(opened, name)
-    admit_user_code(spec, allow_modules, f"study {name}")
+    prefixes = allowed_prefixes(allow_modules)
+    check_trusted(spec.custom_code, prefixes)  # first: nothing is imported for a refusal
     record = refit_artifact_ids(opened, name)
+    admit_user_code(spec, allow_modules, f"study {name}")
     device = resolve_device(device)
     with tempfile.TemporaryDirectory(prefix="hpo-refit-") as folder:
         files = download_refit(
@@ -74,7 +76,7 @@ def load_refit(
         )
         params = json.loads(files["params"].read_text(encoding="utf-8"))
         # What is imported is what params.json names; it is checked as the spec was.
-        check_trusted(_references(params), allowed_prefixes(allow_modules))
+        check_trusted(_references(params), prefixes)
         net = rebuild_net(params, device)
         net.initialize()
         net.load_params(f_params=str(files["model"]))

@@ -56,10 +56,12 @@ from sklearn.metrics import (
     r2_score,
 )
 
-from hpo.engine.build import build_net, check_compatible, outputs_of
-from hpo.engine.data import DataSplits, load_dataset, synthetic_function
+from hpo.engine.augment import augmented_rows
+from hpo.engine.build import build_net, outputs_of
+from hpo.engine.data import DataSplits, synthetic_function
 from hpo.engine.device import resolve_device
 from hpo.engine.folds.plan import fit_threads, forward_flops
+from hpo.engine.scorer import study_data
 from hpo.engine.threads import torch_threads
 from hpo.errors import HpoError
 from hpo.results.artifacts import open_artifact_store, resolve_artifacts_dir, upload_refit
@@ -164,8 +166,7 @@ def refit_study(
     best = result_trial(study, spec)
     folder = study_folder(results_dir, name)
     params = spec.configuration(best.params)
-    data = load_dataset(spec.dataset.name, **spec.dataset.options)
-    check_compatible(spec, data)
+    data = study_data(spec)
     # Before minutes of training, not after: the artifact folder can be written (made only
     # once the data has loaded, so a refit refused for its data leaves no folder behind).
     artifacts_dir = resolve_artifacts_dir(artifacts)
@@ -174,7 +175,9 @@ def refit_study(
     started = time.perf_counter()
     net = build_net(spec, data, params, device)
     # As a trial's fold would fit the net (hpo.engine.folds.plan.fit_threads).
-    threads = fit_threads(forward_flops(net, tuple(data.input_shape)), torch.get_num_threads())
+    train_rows = augmented_rows(net.augment, len(data.X_train))  # a batch_size of -1 holds
+    flops = forward_flops(net, tuple(data.input_shape), train_rows)
+    threads = fit_threads(flops, torch.get_num_threads())
     with torch_threads(threads):
         net, rows = _fit(spec, data, net, params, f"refit of {name!r} (trial {best.number})")
     seconds = time.perf_counter() - started

@@ -31,8 +31,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.text import Text
 
 from hpo.engine.device import default_device
-from hpo.engine.folds.plan import FoldPlan
-from hpo.engine.objective import worker_fold_plan
+from hpo.engine.folds.plan import FoldPlan, worker_fold_plan
 from hpo.engine.user_code import admit_user_code
 from hpo.results.export import export_study
 from hpo.results.paths import study_folder

@@ -10,8 +10,6 @@ trial is marked FAIL and its configuration queued again for another worker.
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import logging
 import os
 import signal
@@ -19,26 +17,16 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
 import sqlalchemy.exc
-import torch
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from hpo.engine.build import check_compatible
-from hpo.engine.data import DataSplits, load_dataset
-from hpo.engine.device import resolve_device
-from hpo.engine.folds.fold import WorkerStopped
-from hpo.engine.folds.plan import SMALL_NET_FLOPS, FoldOptions
-from hpo.engine.folds.processes import FoldPool, open_fold_pool
-from hpo.engine.folds.stacked import stacking_depends_on_trial
-from hpo.engine.objective import evaluate, worker_fold_plan
-from hpo.engine.user_code import admit_user_code
-from hpo.errors import HpoError, StorageUnreachableError
+from hpo.engine.scorer import open_scorer, resolve_device
+from hpo.errors import HpoError, StorageUnreachableError, WorkerStopped
 from hpo.service.backends import FAIL_REASON_ATTR, without_fail_reason
 from hpo.service.storage import StorageBackend, open_backend, resolve_heartbeat
 from hpo.service.study import (
@@ -55,11 +43,8 @@ from hpo.spec.study_spec import StudySpec
 
 logger = logging.getLogger("hpo.service.worker")
 
-#: What scores a trial: (trial, spec, data, device, should_stop, fold pool or None) -> value.
-Objective = Callable[
-    [optuna.Trial, StudySpec, DataSplits, str, Callable[[], bool], FoldPool | None],
-    float | Sequence[float],
-]
+#: What scores a trial: (trial, should_stop) -> its value, or its values.
+Objective = Callable[[optuna.Trial, Callable[[], bool]], float | Sequence[float]]
 
 # hpo drives heartbeats itself around ask/tell (optuna only does inside Study.optimize).
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
@@ -128,7 +113,7 @@ def run_worker(
     folds_at_once: int | None = None,
     stack_folds: bool = True,
     allow_modules: Sequence[str] = (),
-    objective: Objective = evaluate,
+    objective: Objective | None = None,
 ) -> WorkerSummary:
     """Pull trials of ``study_name`` until the study's budget is spent.
 
@@ -149,11 +134,11 @@ def run_worker(
             spec's folds). Fold processes are started with ``spawn``, so a script that
             calls ``run_worker`` needs the usual ``if __name__ == "__main__":`` guard.
         stack_folds: on the CPU, fit a trial's folds as one stacked model where the net
-            allows it (``hpo.engine.folds.stacked``); False fits each fold as a net of its own.
+            allows it (``hpo.engine.folds.stacked_fit``); False fits each fold as a net of its own.
         allow_modules: module prefixes whose code the spec may name (``model:``,
             ``criterion:``) and this worker may import; ``HPO_ALLOW_MODULES`` adds more.
-        objective: scores one trial; ``hpo.engine.objective.evaluate`` (K-fold CV of the skorch
-            net) unless a benchmark measures the storage alone.
+        objective: scores one trial in place of the scorer's ``score`` (K-fold CV of the
+            skorch net), for a benchmark that measures the storage alone. Default: None.
 
     Raises:
         HpoError: the device cannot be used, the study or its dataset cannot be loaded, or
@@ -169,56 +154,46 @@ def run_worker(
             break
         except (StorageUnreachableError, *STORAGE_ERRORS) as error:
             starting.wait(error)
-    admit_user_code(spec, allow_modules, f"study {study_name}")
-    data = load_dataset(spec.dataset.name, **spec.dataset.options)
-    check_compatible(spec, data)
-    record_task(study, data.task)
-    if threads:
-        torch.set_num_threads(threads)
-    options = FoldOptions(folds_at_once=folds_at_once, stack_folds=stack_folds)
-    plan_here = functools.partial(
-        worker_fold_plan,
+    with open_scorer(
         spec,
         device=device,
-        threads=torch.get_num_threads(),
-        validation=data.X_valid is not None,
-        options=options,
-    )
-    plan = plan_here()
-    pool_plan = plan
-    if plan.strategy == "stacked" and stacking_depends_on_trial(spec):
-        # A user's module stacks or not by what each trial's net does; the trials whose net
-        # does not stack fit their folds in these processes.
-        pool_plan = plan_here(options=dataclasses.replace(options, stack_folds=False))
-    pool = open_fold_pool(spec, data, pool_plan)
-    if pool_plan.processes and pool is None:  # the platform cannot start processes
-        plan = plan_here(fold_processes=False)
-    fallback = f"; else {pool_plan.describe()}" if pool is not None and pool_plan != plan else ""
-    threads_now = torch.get_num_threads()
-    logger.info(
-        "started on %s: %s, %d torch thread%s, %s%s",
-        study_name,
-        device,
-        threads_now,
-        "" if threads_now == 1 else "s",
-        plan.describe(),
-        fallback,
-    )
-    if threads is None and plan.idles_cores:
-        logger.info(
-            "a net under %g MFLOP per batch trains on one of these threads; for the other "
-            "cores start more workers, each with --threads 1 (or hpo run --workers N)",
-            SMALL_NET_FLOPS / 1e6,
+        threads=threads,
+        folds_at_once=folds_at_once,
+        stack_folds=stack_folds,
+        allow_modules=allow_modules,
+        source=f"study {study_name}",
+    ) as scorer:
+        record_task(study, scorer.task)
+        logger.info("started on %s: %s", study_name, scorer.describe())
+        hint = scorer.idle_cores_hint()
+        if threads is None and hint is not None:
+            logger.info(hint)
+        summary = _pull_trials(
+            study, spec, storage, objective or scorer.score, trials or spec.n_trials, worker_index
         )
-    if objective is evaluate:
-        objective = functools.partial(evaluate, options=options)
-    budget = trials or spec.n_trials
+    logger.info(
+        "done with %s: %s",
+        study_name,
+        ", ".join(f"{n} {s}" for s, n in sorted(summary.states.items())) or "no trials",
+    )
+    return summary
+
+
+def _pull_trials(
+    study: optuna.Study,
+    spec: StudySpec,
+    storage: StorageBackend,
+    objective: Objective,
+    budget: int,
+    worker_index: int | None,
+) -> WorkerSummary:
+    """The loop: claim a trial, score it, tell the storage, until nothing is left to run."""
     record_budget(study, budget)
-    summary = WorkerSummary(study_name, worker_index)
+    summary = WorkerSummary(study.study_name, worker_index)
     clock = _StudyClock(study, spec.budget.timeout)
 
     outage = _Outage()
-    with _StopFlag() as stop, pool or nullcontext():
+    with _StopFlag() as stop:
         while not stop.requested:
             try:
                 claim = _claim_trial(study, spec, budget, storage, clock)
@@ -230,22 +205,15 @@ def run_worker(
                         logger.error("gave up: %s", claim.reason)
                         summary.gave_up = claim.reason
                     else:
-                        logger.info("%s: %s", study_name, claim.reason)
+                        logger.info("%s: %s", study.study_name, claim.reason)
                     break
-                state = _run_trial(
-                    study, claim.trial, spec, data, device, stop, objective, pool, storage
-                )
+                state = _run_trial(study, claim.trial, spec, stop, objective, storage)
             except STORAGE_ERRORS as error:
                 outage.wait(error)
                 continue
             outage.reset()
             summary.states[state.name] += 1
     summary.stopped_by_signal = stop.requested
-    logger.info(
-        "done with %s: %s",
-        study_name,
-        ", ".join(f"{n} {s}" for s, n in sorted(summary.states.items())) or "no trials",
-    )
     return summary
 
 
@@ -324,17 +292,14 @@ def _run_trial(
     study: optuna.Study,
     trial: optuna.Trial,
     spec: StudySpec,
-    data: Any,
-    device: str,
     stop: _StopFlag,
     objective: Objective,
-    pool: FoldPool | None,
     storage: StorageBackend,
 ) -> TrialState:
     trial_id = storage.trial_id(study, trial)
 
-    def score() -> float:
-        return objective(trial, spec, data, device, lambda: stop.requested, pool)
+    def score() -> float | Sequence[float]:
+        return objective(trial, lambda: stop.requested)
 
     with storage.heartbeat(trial_id):
         try:
@@ -383,8 +348,6 @@ def _score_trial(
         logger.warning("trial %d stopped by SIGTERM and re-queued", trial.number)
         return TrialState.FAIL
     except Exception as error:  # one bad configuration never ends the worker
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
         reason = f"{type(error).__name__}: {error}"
         trial.set_user_attr(FAIL_REASON_ATTR, reason)
         study.tell(trial, state=TrialState.FAIL)

@@ -23,13 +23,17 @@ from skorch.callbacks import Callback
 
 from hpo.engine.data import DataSplits
 from hpo.engine.threads import torch_threads
+from hpo.errors import WorkerStopped
 
-
-class WorkerStopped(BaseException):
-    """Raised inside a fit when the worker was asked to stop (SIGTERM).
-
-    A ``BaseException`` so that nothing between the signal and the worker loop swallows it.
-    """
+__all__ = [
+    "FoldResult",
+    "StopCheck",
+    "WorkerStopped",
+    "check_finite",
+    "fit_and_score_fold",
+    "resident_training_data",
+    "score_fold",
+]
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,10 @@ fold processes unless ``--folds-at-once`` asks for them (``hpo.engine.folds.plan
 decides).
 
 The fold processes start once per worker (``spawn``, so no lock held by one of the worker's
-threads is copied into them) and receive the study and the training data once; each fold then
-sends only its parameters and row indices. Every fold, wherever it runs, computes what
+threads is copied into them) and receive the training data once; each fold then sends a
+``clone`` of the trial's unfitted net, its row indices and the scorer names, as scikit-learn's
+joblib path ships an estimator to ``cross_val_score``'s workers, so a trial's parameters reach
+its net by one route wherever a fold runs. Every fold, wherever it runs, computes what
 ``hpo.engine.folds.fold.fit_and_score_fold`` computes on ``T // N`` threads: same net, same
 seed, same rows, so it does not matter which process took it (up to float rounding, which
 differs between processes as between thread counts). Results come back in fold order, so
@@ -32,20 +34,18 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import numpy as np
 import torch
+from sklearn.base import clone
 
-from hpo.engine.build import build_net
 from hpo.engine.data import DataSplits
 from hpo.engine.folds.fold import FoldResult, WorkerStopped, fit_and_score_fold
 from hpo.engine.folds.plan import FoldPlan
-from hpo.spec.objectives import scorers
-from hpo.spec.study_spec import StudySpec
 
 logger = logging.getLogger("hpo.engine.folds.processes")
 
@@ -53,14 +53,14 @@ logger = logging.getLogger("hpo.engine.folds.processes")
 STOP_POLL_SECONDS = 0.1
 
 
-def open_fold_pool(spec: StudySpec, data: DataSplits, plan: FoldPlan) -> FoldPool | None:
+def open_fold_pool(data: DataSplits, plan: FoldPlan) -> FoldPool | None:
     """The fold processes ``plan`` asks for, started; None when it asks for none, or when
     this platform cannot start processes (no ``/dev/shm`` semaphores, say), which is logged:
     the worker then fits its folds one by one."""
     if not plan.processes:
         return None
     try:
-        pool = FoldPool(spec, data, processes=plan.processes, threads=plan.threads)
+        pool = FoldPool(data, processes=plan.processes, threads=plan.threads)
         pool.start()
     except OSError as error:
         logger.warning("cannot start fold processes (%s); fitting folds one at a time", error)
@@ -69,11 +69,12 @@ def open_fold_pool(spec: StudySpec, data: DataSplits, plan: FoldPlan) -> FoldPoo
 
 
 class FoldPool:
-    """Processes that fit the folds of a worker's trials beside the worker.
+    """Processes that fit the folds of a worker's trials beside the worker: the fold runner
+    of the ``fold processes`` plan (``hpo.engine.folds.runners``).
 
     Args:
-        spec: the worker's study; every trial it scores comes from it.
-        data: the worker's data; its test split stays behind.
+        data: the worker's data, which every trial it runs is scored on; its test split
+            stays behind.
         processes: fold processes, so folds fitted at once besides the worker's own.
         threads: torch threads for each fold, in a fold process or in the worker.
 
@@ -82,13 +83,14 @@ class FoldPool:
     worker fits the folds itself.
     """
 
-    def __init__(self, spec: StudySpec, data: DataSplits, processes: int, threads: int) -> None:
+    def __init__(self, data: DataSplits, processes: int, threads: int) -> None:
         self.processes = processes
         self.threads = threads
+        self.data = data
         self._context = multiprocessing.get_context("spawn")
         self._abandon = self._context.Event()
         training_only = dataclasses.replace(data, X_test=data.X_test[:0], y_test=data.y_test[:0])
-        self._initargs = (spec, training_only, threads, self._abandon, os.getpid())
+        self._initargs = (training_only, threads, self._abandon, os.getpid())
         self._executor: ProcessPoolExecutor | None = None
 
     def __enter__(self) -> FoldPool:
@@ -107,24 +109,39 @@ class FoldPool:
 
     def fold_results(
         self,
-        params: dict[str, Any],
-        splits: list[tuple[np.ndarray, np.ndarray]],
+        net: Any,
+        data: DataSplits,
+        splits: Sequence[tuple[np.ndarray, np.ndarray]],
+        scoring: str | Sequence[str],
         should_stop: Callable[[], bool] | None = None,
-        fit_here: Callable[[int], FoldResult] | None = None,
+        *,
+        fit_here: bool = True,
     ) -> Iterator[FoldResult]:
-        """Fit every split with the net of ``params``; yield the results in fold order.
+        """Fit a ``clone`` of ``net`` on every split and score it by ``scoring``; yield the
+        results in fold order.
 
         Each fold process takes the next fold nobody has taken whenever it is free; so does
-        this process, through ``fit_here(fold)`` on ``threads`` threads, whenever the fold
+        this process (unless ``fit_here`` is False), on ``threads`` threads, whenever the fold
         due next is still running elsewhere. Closing the generator early (a pruned trial)
         stops the folds still running in the fold processes.
+
+        Args:
+            net: the trial's unfitted net, on the CPU.
+            data: the data the pool was opened with (the fold processes hold a copy).
+            splits: every fold's (train, test) row indices.
+            scoring: a scikit-learn scorer name, or several (``fold.score_fold``).
+            should_stop: polled while folds run; true ends the trial with ``WorkerStopped``.
+            fit_here: this process fits folds too. Default: True.
 
         Raises:
             WorkerStopped: ``should_stop()`` turned true while a fold ran.
             RuntimeError: a fold process died.
             Whatever a fold raised (``FloatingPointError`` for a diverged fit, ...).
         """
+        if data is not self.data:
+            raise ValueError("a fold pool scores the data it was opened with, and no other")
         executor = self.start()
+        shipped = clone(net)
         untaken = deque(range(len(splits)))
         submitted: dict[int, Future[FoldResult]] = {}
         fitted_here: dict[int, FoldResult] = {}
@@ -133,7 +150,8 @@ class FoldPool:
             busy = sum(not future.done() for future in submitted.values())
             while untaken and busy < self.processes:
                 fold = untaken.popleft()
-                submitted[fold] = executor.submit(_fit_fold, params, fold, *splits[fold])
+                train, test = splits[fold]
+                submitted[fold] = executor.submit(_fit_fold, shipped, fold, train, test, scoring)
                 busy += 1
 
         def ready(fold: int) -> bool:
@@ -143,9 +161,12 @@ class FoldPool:
             for due in range(len(splits)):
                 hand_out()
                 while not ready(due):
-                    if fit_here is not None and untaken:
+                    if fit_here and untaken:
                         mine = untaken.popleft()
-                        fitted_here[mine] = fit_here(mine)
+                        train, test = splits[mine]
+                        fitted_here[mine] = fit_and_score_fold(
+                            net, data, mine, train, test, scoring, self.threads, should_stop
+                        )
                     else:
                         self._wait_for(submitted[due], should_stop)
                     hand_out()
@@ -198,7 +219,6 @@ class FoldPool:
 class _FoldProcess:
     """What a fold process keeps between folds."""
 
-    spec: StudySpec
     data: DataSplits
     threads: int
     abandon: Any  # a multiprocessing Event
@@ -207,14 +227,12 @@ class _FoldProcess:
 _process: _FoldProcess | None = None
 
 
-def _start_fold_process(
-    spec: StudySpec, data: DataSplits, threads: int, abandon: Any, worker_pid: int
-) -> None:
+def _start_fold_process(data: DataSplits, threads: int, abandon: Any, worker_pid: int) -> None:
     global _process
     # Ctrl-C reaches every process of the terminal's group; the worker decides what stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
-    _process = _FoldProcess(spec, data, threads, abandon)
+    _process = _FoldProcess(data, threads, abandon)
     threading.Thread(target=_exit_with_worker, args=(worker_pid,), daemon=True).start()
 
 
@@ -227,13 +245,11 @@ def _exit_with_worker(worker_pid: int) -> None:
 
 
 def _fit_fold(
-    params: dict[str, Any], fold: int, train: np.ndarray, test: np.ndarray
+    net: Any, fold: int, train: np.ndarray, test: np.ndarray, scoring: str | Sequence[str]
 ) -> FoldResult:
     assert _process is not None, "a fold process runs _start_fold_process first"
-    spec, data = _process.spec, _process.data
     if _process.abandon.is_set():
         raise WorkerStopped
-    net = build_net(spec, data, params, "cpu")
     return fit_and_score_fold(
-        net, data, fold, train, test, scorers(spec), _process.threads, _process.abandon.is_set
+        net, _process.data, fold, train, test, scoring, _process.threads, _process.abandon.is_set
     )

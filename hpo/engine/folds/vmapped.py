@@ -28,12 +28,12 @@ What the probe cannot see is Python state the forward keeps (an attribute set in
 ``forward``): a module must be a function of its parameters, buffers and input, as
 ``functional_call`` assumes.
 
-``net_refusal``, which ``hpo.engine.folds.stacked.stackable`` asks for a trial's net, adds
+``net_refusal``, which ``hpo.engine.folds.plan.stackable`` asks for a trial's net, adds
 what the probe does not decide: the module is built from the net's ``module__*`` parameters
-(so its constructor must take ``input_shape``, to make a batch), and it must take under
-``hpo.engine.folds.plan.VMAPPED_NET_FLOPS`` per batch, the size up to which stacking through
-``vmap`` was measured to pay. A refused module's folds run one after another (or in fold
-processes, where the worker has them), with the same scores.
+(so its constructor must take ``input_shape``, to make a batch), and it must take under the
+FLOPs per batch the plan gives (``hpo.engine.folds.plan.VMAPPED_NET_FLOPS``), the size up to
+which stacking through ``vmap`` was measured to pay. A refused module's folds run one after
+another (or in fold processes, where the worker has them), with the same scores.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 from torch.nn.parameter import is_lazy
 
-from hpo.engine.folds.plan import VMAPPED_NET_FLOPS, forward_flops
+from hpo.engine.folds.flops import forward_flops
 from hpo.engine.threads import torch_threads
 
 logger = logging.getLogger("hpo.engine.folds.vmapped")
@@ -229,16 +229,16 @@ def _first_line(error: Exception, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def net_refusal(net: Any) -> str | None:
+def net_refusal(net: Any, max_flops: int, train_rows: int | None = None) -> str | None:
     """Why hpo does not stack the folds of an unfitted skorch ``net``'s user module, or None.
 
     ``vmap_refusal`` for its module, built from its ``module__*`` parameters and probed with
     zeros of its ``module__input_shape`` (which hpo passes when the constructor takes it);
-    then, as the plan's FLOP limits are measured, a module of ``VMAPPED_NET_FLOPS`` or more
-    per batch, which gains nothing from being stacked this way. Logged once per module class
-    and reason.
+    then, as the plan's FLOP limits are measured, a module of ``max_flops`` or more per batch
+    (of ``train_rows`` rows for ``batch_size: -1``),
+    which gains nothing from being stacked this way. Logged once per module class and reason.
     """
-    reason = _net_refusal(net)
+    reason = _net_refusal(net, max_flops, train_rows)
     if reason is not None:
         name = getattr(net.module, "__qualname__", type(net.module).__name__)
         kind = re.sub(r"\d+(\.\d+)?", "N", reason)  # one line for every size of a net
@@ -248,7 +248,7 @@ def net_refusal(net: Any) -> str | None:
     return reason
 
 
-def _net_refusal(net: Any) -> str | None:
+def _net_refusal(net: Any, max_flops: int, train_rows: int | None) -> str | None:
     arguments = net.get_params_for("module")
     shape = arguments.get("input_shape")
     if shape is None:
@@ -264,10 +264,10 @@ def _net_refusal(net: Any) -> str | None:
     if reason is not None:
         return reason
     with torch.random.fork_rng(devices=[]):
-        flops = forward_flops(net, tuple(shape))
-    if flops >= VMAPPED_NET_FLOPS:
+        flops = forward_flops(net, tuple(shape), train_rows)
+    if flops >= max_flops:
         return (
             f"its forward takes {flops / 1e6:.1f} MFLOP per batch; stacked through vmap, "
-            f"only a net under {VMAPPED_NET_FLOPS / 1e6:.0f} MFLOP gains"
+            f"only a net under {max_flops / 1e6:.0f} MFLOP gains"
         )
     return None
