@@ -39,10 +39,11 @@ test: setup
 	bash scripts/compose-e2e.sh || failed="$${failed:+$$failed and }scripts/compose-e2e.sh"; \
 	if [ -n "$$failed" ]; then echo "make test: FAILED: $$failed"; exit 1; fi
 
-# The inner loop: the unit tests, no worker processes or servers (tests marked slow are left
-# out; the PostgreSQL kinds of storage tests run when scripts/postgres.sh has a server up).
+# The inner loop: what trains no net and starts no process (tests marked slow are left out;
+# HPO_FAST_TIER=1 fails any unmarked test that trains or starts one, so the tier stays fast).
+# The PostgreSQL kinds of storage tests run when scripts/postgres.sh has a server up.
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow"
+	HPO_FAST_TIER=1 $(BIN)/python -m pytest -q -n 2 -m "not slow"
 
 clean:
 	rm -rf $(VENV) hpo.db hpo.db-* results

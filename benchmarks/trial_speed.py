@@ -7,7 +7,7 @@ the default callbacks; ``verbose=0`` so it prints nothing) around the same modul
 criterion and optimizer as hpo, and scores it with ``sklearn.model_selection.cross_val_score``
 on the same ``KFold``. hpo runs the same spec
 the way ``hpo run --workers N`` does: real ``hpo worker`` processes on a temporary SQLite file,
-torch threads per worker from ``hpo.service.worker.default_threads``. Both run one fixed list of
+torch threads per worker from ``hpo.service.cpus.threads_per_worker``. Both run one fixed list of
 configurations (drawn once from the spec's space and enqueued in both studies), so both score
 the same parameters on the same folds with the same seeds.
 
@@ -82,10 +82,10 @@ from hpo.engine.data import DataSplits, load_dataset
 from hpo.engine.nets import OPTIMIZERS
 from hpo.engine.objective import make_folds
 from hpo.engine.user_code import data_arguments, model_class
+from hpo.service.cpus import threads_per_worker
 from hpo.service.runner import worker_command, worker_env
 from hpo.service.storage import open_storage
 from hpo.service.study import register_study
-from hpo.service.worker import default_threads
 from hpo.spec.references import code_roots, import_reference
 from hpo.spec.spaces import suggest
 from hpo.spec.study_spec import StudySpec, parse_spec
@@ -522,14 +522,14 @@ def run_hpo(
 ) -> Run:
     """Register ``spec_dict`` on a fresh SQLite file and run ``workers`` ``hpo worker``
     processes on it, started as ``hpo run --workers N`` starts them (hpo/service/runner.py), with
-    ``threads`` torch threads each (default: ``default_threads(workers)``, as hpo run); with
+    ``threads`` torch threads each (default: ``threads_per_worker(workers)``, as hpo run); with
     ``target``, stop them (SIGTERM) once a trial reaches it."""
     name = spec_dict["name"]
     url = f"sqlite:///{folder / name}.db"
     storage = open_storage(url)
     spec = parse_spec(spec_dict)
     register_study(spec, storage)
-    threads = threads or default_threads(workers)
+    threads = threads or threads_per_worker(workers)
     # A user's module: trusted, and imported from where it is imported here (as hpo run does).
     trust = ["--allow-module", USER_PACKAGE] if spec.custom_code else []
     command = worker_command(name, threads, "--device", device, *trust)

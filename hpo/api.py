@@ -52,6 +52,7 @@ def run(
     *,
     allow_modules: Sequence[str] = (),
     results_dir: str | Path = "results",
+    threads: int | None = None,
 ) -> optuna.Study:
     """Register a study and run it to its budget with ``workers`` local worker processes.
 
@@ -69,6 +70,8 @@ def run(
             in a storage, may come from anyone, so its code is trusted only when listed here
             (or in ``$HPO_ALLOW_MODULES``).
         results_dir: where ``<name>/best_params.csv`` goes. Default: ``results``.
+        threads: torch CPU threads of each worker. Default: the CPUs this process may use
+            and other processes leave idle, shared out (``hpo.service.cpus``).
 
     Returns:
         The ``optuna.Study``, loaded from the storage after the workers are done.
@@ -90,6 +93,7 @@ def run(
         trials=trials,
         results_dir=results_dir,
         allow_modules=allow_modules,
+        threads=threads,
     )
     if any(code != 0 for code in result.worker_exit_codes):
         raise HpoError(

@@ -34,6 +34,39 @@ def _torch_threads_restored() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+#: ``make test-fast`` sets it: a test not marked ``slow`` that trains a net (an optimizer step)
+#: or starts a process then fails, naming itself, so the fast tier stays what it says.
+FAST_TIER = os.environ.get("HPO_FAST_TIER") == "1"
+
+
+@pytest.fixture(autouse=True)
+def _fast_tier_trains_nothing(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not FAST_TIER or request.node.get_closest_marker("slow") is not None:
+        return
+
+    def refuse(what: str) -> Callable[..., Any]:
+        def refused(*args: Any, **kwargs: Any) -> Any:
+            raise AssertionError(
+                f"{request.node.nodeid} {what}, so it belongs to the slow tier: mark it "
+                "@pytest.mark.slow (make test-fast runs only tests that train nothing and "
+                "start no process)"
+            )
+
+        return refused
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse("starts a process"))
+    import multiprocessing.process
+
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", refuse("starts a process"))
+    if "torch" in sys.modules:  # every optimizer's step, whatever trains (skorch, a stacked fit)
+        from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+        hook = register_optimizer_step_pre_hook(refuse("trains a net"))
+        request.addfinalizer(hook.remove)
+
+
 def tiny_spec(**overrides: Any) -> dict[str, Any]:
     """A digits MLP study small enough to run a trial in about a second on one core."""
     spec: dict[str, Any] = {
@@ -59,15 +92,29 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'hpo.db'}"
 
 
+def _started_postgres_url() -> str | None:
+    """The URL of the cluster scripts/postgres.sh started, or None."""
+    found = subprocess.run(
+        ["bash", str(REPO / "scripts" / "postgres.sh"), "url"], capture_output=True, text=True
+    )
+    return found.stdout.strip() or None if found.returncode == 0 else None
+
+
+#: What ``_started_postgres_url`` said at the session's start (a process, so not in a test).
+_SESSION_POSTGRES_URL: list[str | None] = []
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if not os.environ.get("HPO_TEST_POSTGRES_URL"):
+        _SESSION_POSTGRES_URL.append(_started_postgres_url())
+
+
 def postgres_base_url() -> str | None:
     """The test cluster's URL: ``HPO_TEST_POSTGRES_URL``, else the one scripts/postgres.sh
     started. In CI a missing server is an error, never a skip."""
     url = os.environ.get("HPO_TEST_POSTGRES_URL")
     if not url:
-        found = subprocess.run(
-            ["bash", str(REPO / "scripts" / "postgres.sh"), "url"], capture_output=True, text=True
-        )
-        url = found.stdout.strip() if found.returncode == 0 else None
+        url = _SESSION_POSTGRES_URL[0] if _SESSION_POSTGRES_URL else _started_postgres_url()
     if not url:
         if os.environ.get("CI"):
             pytest.fail(

@@ -24,6 +24,7 @@ from hpo.engine.models import MLP
 from hpo.errors import SpecError
 
 
+@pytest.mark.slow
 def test_import_hpo_is_light_and_knows_its_version() -> None:
     code = "import sys, hpo; print(hpo.__version__); print('torch' in sys.modules)"
     shown = subprocess.run(
@@ -33,6 +34,7 @@ def test_import_hpo_is_light_and_knows_its_version() -> None:
     assert hpo.__version__[0].isdigit()
 
 
+@pytest.mark.slow
 def test_the_command_prints_the_same_version() -> None:
     shown = run_hpo("--version")
     assert shown.returncode == 0 and shown.stdout.strip() == f"hpo {hpo.__version__}"
@@ -52,6 +54,7 @@ def best_row(text: str) -> pd.Series:
     return pd.read_csv(io.StringIO(text)).iloc[0]
 
 
+@pytest.mark.slow
 def test_a_best_params_row_fits_in_plain_skorch() -> None:
     row = best_row(
         "study,trial,value,preprocess,max_epochs,batch_size,early_stopping_patience,"
@@ -80,6 +83,7 @@ def test_a_best_params_row_fits_in_plain_skorch() -> None:
     assert (net.predict(data.X_test) == data.y_test).mean() > 0.5
 
 
+@pytest.mark.slow
 def test_without_early_stopping_plain_skorch_trains_on_every_row() -> None:
     row = best_row("study,trial,value,lr,max_epochs,criterion\nd,0,-3.1,0.01,2,huber\n")
     params = hpo.skorch_params(row)

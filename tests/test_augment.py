@@ -76,6 +76,7 @@ def test_the_spec_passes_augment_to_the_net() -> None:
     assert "augment" not in parse_spec(tiny_spec()).configuration({})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fixed_validation", [True, False])
 def test_a_net_trains_on_the_copies_and_validates_on_the_rows_as_they_are(
     fixed_validation: bool,

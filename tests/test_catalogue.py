@@ -196,6 +196,7 @@ def test_mnist_family_study_runs_a_trial_on_idx_files(
     assert set(trials[0].params) == set(spec.space)  # nothing searched in a one-point grid
 
 
+@pytest.mark.slow
 def test_one_point_grid_refits_like_any_study(tmp_path: Path, sqlite_url: str) -> None:
     write_mnist_raw(tmp_path / "data", "MNIST", n_train=150, n_test=40)
     spec = offline_copy("mnist-cnn-lenet", tmp_path / "data", max_epochs=2)
@@ -297,6 +298,7 @@ def test_svhn_downloads_missing_files_with_torchvision(
     assert (len(data.X_train), len(data.X_test)) == (8, 4)
 
 
+@pytest.mark.slow
 def test_svhn_study_runs_a_trial_on_mat_files(tmp_path: Path, sqlite_url: str) -> None:
     write_svhn(tmp_path / "data", n_train=150, n_test=20)
     spec = offline_copy("svhn-cnn-tpe", tmp_path / "data", max_epochs=1)

@@ -112,6 +112,7 @@ def service_process(
     return [sys.executable, "-m", "hpo", *command[1:]], {**inherited, **environment}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dotenv", [False, True], ids=["no-env-file", "env-example"])
 @pytest.mark.parametrize("profiles", [(), ("gpu",)], ids=["default", "gpu"])
 def test_compose_accepts_the_file(tmp_path: Path, dotenv: bool, profiles: tuple[str, ...]) -> None:
@@ -155,6 +156,7 @@ def test_the_compose_file_keeps_the_database_private_and_secrets_out(
     assert (REPO / "workers" / "Dockerfile").exists()
 
 
+@pytest.mark.slow
 def test_the_stack_is_set_through_variables(tmp_path: Path) -> None:
     """Replicas, threads, images, folders and the build's pip settings come from variables;
     worker-gpu gets the same thread variables as worker."""
@@ -218,6 +220,7 @@ def test_images_are_built_here_and_volumes_keep_the_data(resolved: dict[str, Any
     assert not allowed & {".venv", "data", "results", ".git", "secrets", ".env"}
 
 
+@pytest.mark.slow
 def test_the_password_is_a_mounted_secret_in_no_environment(
     resolved: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -358,6 +361,7 @@ def test_register_worker_and_dashboard_services_run_against_postgresql(
         assert [s["study_name"] for s in body["study_summaries"]] == ["compose-study"]
 
 
+@pytest.mark.slow
 def test_a_missing_secret_file_is_refused_by_name(tmp_path: Path) -> None:
     """Compose refuses a secret file that does not exist (the engine will not bind-mount it;
     old versions made a folder there); hpo, given a path it cannot read or an empty file, says

@@ -74,6 +74,7 @@ def test_malformed_assignments(items: list[str], message: str) -> None:
         parse_assignments(items)
 
 
+@pytest.mark.slow
 def test_enqueued_point_is_the_next_trial_and_one_of_the_budget(sqlite_url: str) -> None:
     storage = registered(sqlite_url)
 
@@ -122,6 +123,7 @@ def test_a_grid_takes_no_extra_points(sqlite_url: str) -> None:
         enqueue_point(storage, "warm", {"optimizer": "adam"})
 
 
+@pytest.mark.slow
 def test_a_point_past_a_spent_budget_says_so(sqlite_url: str) -> None:
     storage = registered(sqlite_url)
     run_worker("warm", sqlite_url, worker_index=0, heartbeat_seconds=0, threads=1)

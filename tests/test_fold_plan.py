@@ -105,6 +105,7 @@ def test_early_stopping_stacks_only_on_a_fixed_validation_split() -> None:
     assert without.strategy == "fold processes"
 
 
+@pytest.mark.slow
 def test_a_trial_records_the_plan_it_ran() -> None:
     spec = parse_spec(tiny_spec())
     study = optuna.create_study(direction="maximize")

@@ -79,6 +79,7 @@ def _cases() -> list[Any]:
 @pytest.mark.parametrize(
     ("tuned_class", "plain_class", "module", "module_params", "X", "y", "scoring"), _cases()
 )
+@pytest.mark.slow
 def test_fast_path_scores_like_plain_skorch(
     tuned_class: Any,
     plain_class: Any,
@@ -124,6 +125,7 @@ def test_fast_path_scores_like_plain_skorch(
     np.testing.assert_allclose(scores["fast"], scores["plain"], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_validation_loss_matches_plain_skorch_on_a_valid_split() -> None:
     X, y = _digits()
     common = {
@@ -191,6 +193,7 @@ def test_anything_but_arrays_is_refused_with_a_way_out() -> None:
         TensorBatches([1, 2, 3], batch_size=2)
 
 
+@pytest.mark.slow
 def test_predict_without_targets_in_eval_mode() -> None:
     X, y = _digits(200)
     net = TunedClassifier(
@@ -224,6 +227,7 @@ class _Recorder(Callback):
             self.losses.append(kwargs["loss"].item())
 
 
+@pytest.mark.slow
 def test_user_callbacks_see_every_batch_in_train_mode() -> None:
     X, y = _digits(100)
     recorder = _Recorder()
@@ -258,6 +262,7 @@ def test_user_callbacks_see_every_batch_in_train_mode() -> None:
         ("adam", {"optimizer__param_groups": [("layers.1.*", {"lr": 0.05})]}),
     ],
 )
+@pytest.mark.slow
 def test_weights_are_bit_for_bit_those_of_plain_skorch(optimizer: str, options: dict) -> None:
     # Adam, AdamW and SGD step with torch's fused kernel, Adamax and RMSprop with its foreach
     # loop; plain skorch is told to use the same, so both compute the same ops in the same
@@ -327,6 +332,7 @@ def _initial_and_final_weights(way: str, optimizer: Any) -> tuple[dict, dict, li
         (torch.optim.Adagrad, "fit"),  # stands for the optimizers skorch steps itself
     ],
 )
+@pytest.mark.slow
 def test_every_optimizer_trains(optimizer: Any, way: str) -> None:
     # hpo steps its own optimizers without skorch's closure, and the stacked folds without
     # skorch at all; an optimizer that silently stopped stepping would leave every weight
@@ -339,6 +345,7 @@ def test_every_optimizer_trains(optimizer: Any, way: str) -> None:
     assert losses[-1] < 0.95 * losses[0]
 
 
+@pytest.mark.slow
 def test_an_optimizer_that_calls_the_closure_more_than_once_trains() -> None:
     X, y = _digits(200)
     net = TunedClassifier(
@@ -363,6 +370,7 @@ class _WithASecondOptimizer(TunedClassifier):
         return self
 
 
+@pytest.mark.slow
 def test_a_subclass_with_an_optimizer_of_its_own_steps_both() -> None:
     X, y = _digits(100)
     net = _WithASecondOptimizer(
@@ -374,6 +382,7 @@ def test_a_subclass_with_an_optimizer_of_its_own_steps_both() -> None:
         assert counts == {steps}
 
 
+@pytest.mark.slow
 def test_a_pickled_net_trains_on_as_the_original() -> None:
     X, y = _digits(200)
     net = TunedClassifier(MLP, module__input_shape=(1, 8, 8), max_epochs=2, batch_size=32)
@@ -386,6 +395,7 @@ def test_a_pickled_net_trains_on_as_the_original() -> None:
     assert copy.history[-1, "train_loss"] == net.history[-1, "train_loss"]
 
 
+@pytest.mark.slow
 def test_tensors_already_on_the_device_fit_with_a_validation_split() -> None:
     # What the objective passes for a dataset without a fixed validation split: each fold as
     # tensors on the trial's device, from which early stopping holds out a ValidSplit.
@@ -420,6 +430,7 @@ def test_convolutions_run_channels_last_on_the_cpu() -> None:
         (CNN, {"module__conv1": 8, "module__conv2": 16, "module__batch_norm": True}),
     ],
 )
+@pytest.mark.slow
 def test_mixed_precision_runs_the_forward_in_bfloat16_and_scores_like_float32(
     module: type[nn.Module], module_params: dict[str, Any]
 ) -> None:
@@ -462,6 +473,7 @@ def test_mixed_precision_must_be_a_boolean() -> None:
         net.initialize()
 
 
+@pytest.mark.slow
 def test_a_cosine_schedule_lowers_lr_to_zero_over_max_epochs() -> None:
     X, y = _digits()
     net = TunedClassifier(MLP, lr=0.1, max_epochs=4, lr_schedule="cosine", optimizer="sgd")
@@ -498,6 +510,7 @@ class _SeesTrainSplit(Callback):
         SEEN_SPLITS.append(net.train_split)
 
 
+@pytest.mark.slow
 def test_a_fit_draws_from_its_own_seed_and_leaves_the_callers_generator_and_split_alone() -> None:
     X, y = _digits(200)
     SEEN_SPLITS.clear()

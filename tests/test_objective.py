@@ -45,6 +45,7 @@ from hpo.spec.study_spec import parse_spec
         ),
     ],
 )
+@pytest.mark.slow
 def test_fold_scores_equal_cross_val_score(overrides: dict, dataset: str) -> None:
     spec = parse_spec(tiny_spec(dataset={"name": dataset}, **overrides))
     data = load_dataset(dataset)
@@ -69,6 +70,7 @@ def test_fold_scores_equal_cross_val_score(overrides: dict, dataset: str) -> Non
     assert trial.user_attrs["device"] == "cpu"
 
 
+@pytest.mark.slow
 def test_running_mean_is_reported_after_every_fold() -> None:
     spec = parse_spec(tiny_spec(cv={"folds": 3}))
     study = optuna.create_study(direction="maximize")
@@ -81,6 +83,7 @@ def test_running_mean_is_reported_after_every_fold() -> None:
     )
 
 
+@pytest.mark.slow
 def test_a_trial_far_below_the_median_is_pruned_before_its_last_fold() -> None:
     median = {"name": "median", "options": {"n_startup_trials": 2, "n_warmup_steps": 0}}
     spec = parse_spec(
@@ -99,6 +102,7 @@ def test_a_trial_far_below_the_median_is_pruned_before_its_last_fold() -> None:
     assert len(last.user_attrs["fold_scores"]) == 1
 
 
+@pytest.mark.slow
 def test_a_diverging_configuration_raises_with_the_reason() -> None:
     spec = parse_spec(
         tiny_spec(
@@ -115,6 +119,7 @@ def test_a_diverging_configuration_raises_with_the_reason() -> None:
         evaluate(trial, spec, load_dataset("synthetic_regression"), "cpu")
 
 
+@pytest.mark.slow
 def test_early_stopping_uses_the_fixed_validation_split_and_stops_early() -> None:
     spec = parse_spec(
         tiny_spec(fixed={"max_epochs": 200, "batch_size": 128, "early_stopping_patience": 2})
@@ -167,6 +172,7 @@ def test_forward_flops_of_the_whole_fold_as_one_batch_counts_the_folds_rows() ->
     assert forward_flops(whole, (64,), train_rows=667) > forward_flops(batches, (64,), 667)
 
 
+@pytest.mark.slow
 def test_a_trial_of_whole_fold_batches_is_planned_by_its_real_batch() -> None:
     """batch_size: -1 once counted one row (0.005 MFLOP here), so the largest batch was planned
     as a tiny net on one thread; 500 rows of it are 2.4 MFLOP, over SMALL_NET_FLOPS."""

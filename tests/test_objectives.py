@@ -47,6 +47,7 @@ def run(spec: StudySpec, url: str) -> optuna.Study:
     return optuna.load_study(study_name=spec.name, storage=url)
 
 
+@pytest.mark.slow
 def test_two_objectives_make_a_pareto_front_that_exports_and_refits(
     sqlite_url: str, tmp_path: Path
 ) -> None:
@@ -114,6 +115,7 @@ def test_two_objectives_make_a_pareto_front_that_exports_and_refits(
     assert "picked from the Pareto front" in page and "n_parameters (minimize)" in page
 
 
+@pytest.mark.slow
 def test_a_constraint_makes_trials_infeasible_and_the_best_is_feasible(
     sqlite_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -154,6 +156,7 @@ def test_a_constraint_makes_trials_infeasible_and_the_best_is_feasible(
     assert f"n_parameters &lt;= {limit}" in page  # the constraints row
 
 
+@pytest.mark.slow
 def test_no_feasible_trial_is_said_plainly(sqlite_url: str) -> None:
     spec = parse_spec(
         tiny_spec(
@@ -168,6 +171,7 @@ def test_no_feasible_trial_is_said_plainly(sqlite_url: str) -> None:
         result_trial(study, spec)
 
 
+@pytest.mark.slow
 def test_a_second_scorer_is_scored_on_every_fold(sqlite_url: str) -> None:
     spec = parse_spec(
         tiny_spec(

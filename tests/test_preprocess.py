@@ -133,6 +133,7 @@ def fold_scalings(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Scaling | No
 # --- (a), (b): a fold's scaling is fitted on exactly its training rows ---------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["standard", "minmax"])
 @pytest.mark.parametrize("strategy", list(STRATEGIES))
 def test_each_fold_is_scaled_by_its_own_training_rows_only(
@@ -153,6 +154,7 @@ def test_each_fold_is_scaled_by_its_own_training_rows_only(
         assert not np.allclose(scaling.center, everything[0], rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_stacked_fold_nets_keep_their_folds_scaling_and_early_stop_as_their_own_fits() -> None:
     # digits has a fixed validation split: each stacked fold must see it scaled by its own
     # training rows, as its own fit's infer scales it, or it stops at another epoch.
@@ -192,6 +194,7 @@ def stackable_with_validation(net: Any, rows: list[torch.Tensor]) -> bool:
 # --- (c): fold scores equal cross_val_score with the scaler in a Pipeline ------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["standard", "minmax"])
 @pytest.mark.parametrize("strategy", list(STRATEGIES))
 def test_fold_scores_equal_cross_val_score_with_the_scaler_in_a_pipeline(
@@ -205,6 +208,7 @@ def test_fold_scores_equal_cross_val_score_with_the_scaler_in_a_pipeline(
     np.testing.assert_allclose(trial.user_attrs["fold_scores"], expected, rtol=ROUNDING)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", list(STRATEGIES))
 def test_images_are_scaled_per_pixel_as_a_pipeline_scales_them(strategy: str) -> None:
     # digits' corner pixels are 0 in every image: constant features, divided by 1, not 0.
@@ -304,6 +308,7 @@ def test_fit_scaling_refuses_an_unknown_kind_and_rows_it_cannot_scale() -> None:
 # --- (e): images unchanged by default; constant features -----------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", list(STRATEGIES))
 def test_digits_by_default_train_on_the_pixels_as_before(
     strategy: str, fold_scalings: list[Scaling | None]
@@ -326,6 +331,7 @@ def test_digits_by_default_train_on_the_pixels_as_before(
     np.testing.assert_array_equal(trial.user_attrs["fold_scores"], expected)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["standard", "minmax"])
 def test_a_constant_feature_is_divided_by_one_not_zero(kind: str) -> None:
     rng = np.random.default_rng(0)
@@ -364,6 +370,7 @@ def test_scaling_survives_its_json_state() -> None:
     torch.testing.assert_close(again(torch.as_tensor(X)), scaling(torch.as_tensor(X)))
 
 
+@pytest.mark.slow
 def test_a_users_module_stacked_through_vmap_is_scaled_by_each_folds_rows_too() -> None:
     """tests/user_nets.py's UserMLP stacks through torch.func (VmappedFolds); its folds are
     scaled as a Pipeline scales them."""

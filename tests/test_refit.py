@@ -61,6 +61,7 @@ def regression_spec() -> dict[str, Any]:
     )
 
 
+@pytest.mark.slow
 def test_refit_classification_scores_the_best_trial_on_the_test_split(
     sqlite_url: str, tmp_path: Path
 ) -> None:
@@ -136,6 +137,7 @@ def test_refit_classification_scores_the_best_trial_on_the_test_split(
     assert attrs["refit_trial"] == best.number
 
 
+@pytest.mark.slow
 def test_refit_including_validation_fits_again_for_the_epochs_early_stopping_chose(
     sqlite_url: str, tmp_path: Path
 ) -> None:
@@ -172,6 +174,7 @@ def test_refit_including_validation_fits_again_for_the_epochs_early_stopping_cho
     assert len(history) == chosen and not any("valid_loss" in row for row in history)
 
 
+@pytest.mark.slow
 def test_refit_including_validation_without_early_stopping_fits_once_on_every_row(
     sqlite_url: str, tmp_path: Path
 ) -> None:
@@ -190,6 +193,7 @@ def test_refit_including_validation_without_early_stopping_fits_once_on_every_ro
     assert result.epochs == raw["fixed"]["max_epochs"]
 
 
+@pytest.mark.slow
 def test_refit_stores_its_files_as_artifacts_of_the_study(sqlite_url: str, tmp_path: Path) -> None:
     run_study(sqlite_url, regression_spec())
 
@@ -228,6 +232,7 @@ def test_refit_stores_its_files_as_artifacts_of_the_study(sqlite_url: str, tmp_p
     assert study.user_attrs[REFIT_ARTIFACTS_ATTR]["files"] == again.artifacts != result.artifacts
 
 
+@pytest.mark.slow
 def test_refit_regression_reports_mse_and_r2(sqlite_url: str, tmp_path: Path) -> None:
     run_study(sqlite_url, regression_spec())
 
@@ -249,6 +254,7 @@ def test_refit_regression_reports_mse_and_r2(sqlite_url: str, tmp_path: Path) ->
     assert attrs["test_r2"] == result.metrics["r2"]
 
 
+@pytest.mark.slow
 def test_refit_of_a_1d_regression_keeps_its_predictions_and_fitted_curve(
     sqlite_url: str, tmp_path: Path
 ) -> None:
@@ -298,6 +304,7 @@ def test_refit_without_a_completed_trial_is_a_clear_error(sqlite_url: str, tmp_p
     assert not (tmp_path / "store").exists()
 
 
+@pytest.mark.slow
 def test_refit_refuses_an_artifact_folder_that_is_a_file_before_training(
     sqlite_url: str, tmp_path: Path
 ) -> None:

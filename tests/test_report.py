@@ -209,6 +209,7 @@ def test_report_renders_every_figure_offline(sqlite_url: str, tmp_path: Path) ->
     assert painted > 0.1 * image.width * image.height
 
 
+@pytest.mark.slow
 def test_report_notes_what_one_trial_cannot_show(sqlite_url: str, tmp_path: Path) -> None:
     run_study(sqlite_url, report_spec(trials=1))
     out = tmp_path / "one.html"
@@ -589,6 +590,7 @@ def test_regression_report_renders_its_test_plots_and_fitted_curve(
     assert len(colors) > 200, "a page of plots has many colours; a blank one has a few"
 
 
+@pytest.mark.slow
 def test_report_of_a_refit_without_predictions_asks_for_a_new_refit(
     sqlite_url: str, tmp_path: Path
 ) -> None:

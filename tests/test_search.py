@@ -39,6 +39,7 @@ def problems(**overrides: Any) -> str:
     return str(raised.value)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
 def test_each_sampler_builds_its_optuna_class_and_runs_a_real_study(
     name: str, sqlite_url: str
@@ -126,6 +127,7 @@ def test_pruners_that_could_never_prune_three_folds_are_refused_with_why() -> No
     assert "takes a Python object" in wrapped and "patient wraps a median pruner" in wrapped
 
 
+@pytest.mark.slow
 def test_wilcoxon_is_fed_each_folds_own_score_and_prunes_a_bad_trial(sqlite_url: str) -> None:
     """WilcoxonPruner pairs a trial's fold scores with the best trial's on the same folds, so
     each fold's own score is reported (not the running mean the other pruners compare)."""

@@ -109,12 +109,14 @@ def _spec_and_net(case: str) -> tuple[Any, Any, Any]:
     return spec, data, build_net(spec, data, params, "cpu")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
 def test_each_stacked_fold_ends_where_its_own_fit_ends(case: str) -> None:
     spec, data, net = _spec_and_net(case)
     assert_folds_end_as_their_own_fits(net, spec, data, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_with_early_stopping_each_stacked_fold_stops_and_keeps_its_best_epoch() -> None:
     spec, data, net = _spec_and_net("mlp")
     net = build_net(
@@ -131,6 +133,7 @@ def test_with_early_stopping_each_stacked_fold_stops_and_keeps_its_best_epoch() 
     assert len(set(epochs)) > 1  # at different epochs: the stopped ones trained on, unused
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["mlp", "cnn"])
 def test_with_augmentation_each_stacked_fold_trains_on_its_own_copies(case: str) -> None:
     spec, data, net = _spec_and_net(case)
@@ -139,6 +142,7 @@ def test_with_augmentation_each_stacked_fold_trains_on_its_own_copies(case: str)
     assert [len(rows) for rows in fit.data[0]] == [666, 667, 667]  # raw rows kept for scoring
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["mlp", "cnn-adamax"])
 def test_with_a_cosine_schedule_each_stacked_fold_steps_its_lr_as_its_own_fit(case: str) -> None:
     spec, data, net = _spec_and_net(case)
@@ -152,6 +156,7 @@ def test_with_a_cosine_schedule_each_stacked_fold_steps_its_lr_as_its_own_fit(ca
     assert scheduled.losses(0)[-1] != pytest.approx(constant.losses(0)[-1], rel=1e-3)
 
 
+@pytest.mark.slow
 def test_evaluate_reports_the_same_fold_scores_stacked_or_not() -> None:
     spec = parse_spec(tiny_spec(cv={"folds": 4}, fixed={"max_epochs": 3, "batch_size": 64}))
     data = load_dataset("digits")
@@ -200,6 +205,7 @@ def test_the_pruning_start_is_read_from_the_spec(pruner: dict, start: PruningSta
         assert built._n_startup_trials == start.startup_trials
 
 
+@pytest.mark.slow
 def test_while_the_pruner_starts_up_all_folds_are_stacked_at_once() -> None:
     median = {"name": "median", "options": {"n_startup_trials": 1, "n_warmup_steps": 0}}
     spec = parse_spec(
@@ -215,6 +221,7 @@ def test_while_the_pruner_starts_up_all_folds_are_stacked_at_once() -> None:
     assert len(set(second[1:])) == 1 and second[0] != second[1]  # fold 0, then the rest
 
 
+@pytest.mark.slow
 def test_a_net_too_big_to_gain_is_fitted_fold_by_fold() -> None:
     small = {"module__conv1": 8, "module__conv2": None}
     big = {"module__conv1": 32, "module__conv2": 32}  # over 21 MFLOP per batch of 64
@@ -233,6 +240,7 @@ def test_a_net_too_big_to_gain_is_fitted_fold_by_fold() -> None:
     assert len(set(seconds["big"])) == 2
 
 
+@pytest.mark.slow
 def test_a_diverging_stacked_fold_raises_in_its_place() -> None:
     spec = parse_spec(
         tiny_spec(
@@ -252,6 +260,7 @@ def test_a_diverging_stacked_fold_raises_in_its_place() -> None:
         next(results)
 
 
+@pytest.mark.slow
 def test_should_stop_ends_a_stacked_fit() -> None:
     spec, data, net = _spec_and_net("mlp")
     splits = list(make_folds(spec).split(data.X_train, data.y_train))

@@ -253,7 +253,8 @@ def grpc_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield f"grpc://127.0.0.1:{port}"
 
 
-@pytest.fixture(params=["sqlite", "postgresql", "grpc"])
+# The proxy is a server process: its kind of each test is in the slow tier.
+@pytest.fixture(params=["sqlite", "postgresql", pytest.param("grpc", marks=pytest.mark.slow)])
 def backend(request: pytest.FixtureRequest) -> StorageBackend:
     """Every kind of storage a worker may use, opened with heartbeats every 30 s."""
     url = request.getfixturevalue(f"{request.param.replace('postgresql', 'postgres')}_url")

@@ -239,6 +239,7 @@ def test_a_name_that_is_not_a_module_class_is_refused(user_package: Path) -> Non
 # --- building and training ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_data_arguments_go_only_to_a_module_that_takes_them(user_package: Path) -> None:
     data = load_dataset("digits")
     spec = parse_spec(user_spec(model="usernets.models:Fixed64", **ONE_POINT))
@@ -253,6 +254,7 @@ def test_the_data_arguments_go_only_to_a_module_that_takes_them(user_package: Pa
     assert net.get_params()["module__n_outputs"] == 10
 
 
+@pytest.mark.slow
 def test_a_user_loss_and_a_named_loss_train_a_regression(user_package: Path) -> None:
     data = load_dataset("diabetes")
     for criterion, loss in (("usernets.models:ScaledMSE", "ScaledMSE"), ("huber", "HuberLoss")):

@@ -88,6 +88,7 @@ def _net(spec: Any, data: Any, **changes: Any) -> Any:
     return build_net(spec, data, params, "cpu")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
 def test_each_vmapped_fold_ends_where_its_own_fit_ends(case: str) -> None:
     # Measured: weights within 1.2e-7 of their own fit's, losses within a relative 1.2e-7.
@@ -96,6 +97,7 @@ def test_each_vmapped_fold_ends_where_its_own_fit_ends(case: str) -> None:
     assert isinstance(fit.module, VmappedFolds)
 
 
+@pytest.mark.slow
 def test_with_early_stopping_each_vmapped_fold_stops_and_keeps_its_best_epoch() -> None:
     spec, data = _spec("mlp-adam")
     net = _net(spec, data, max_epochs=40, early_stopping_patience=2, lr=0.05)
@@ -107,6 +109,7 @@ def test_with_early_stopping_each_vmapped_fold_stops_and_keeps_its_best_epoch() 
     assert max(epochs) < 40  # every fold stopped early
 
 
+@pytest.mark.slow
 def test_evaluate_stacks_a_user_module_and_scores_as_cross_val_score() -> None:
     spec, data = _spec("mlp-adam")
     assert spec_stacks_folds(spec, validation=False)
@@ -138,6 +141,7 @@ def test_a_module_the_probe_refuses_says_why(model: str, reason: str) -> None:
         assert torch.equal(value, before[name]), name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", list(REFUSED))
 def test_a_refused_module_still_scores_fold_by_fold_as_cross_val_score(model: str) -> None:
     spec, data = _spec("mlp-adam", model=model)

@@ -35,10 +35,10 @@ from hpo.engine.folds.plan import FoldPlan, worker_fold_plan
 from hpo.engine.user_code import admit_user_code
 from hpo.results.export import export_study
 from hpo.results.paths import study_folder
+from hpo.service.cpus import threads_per_worker
 from hpo.service.logs import NORMAL, verbosity_flags
 from hpo.service.storage import PASSWORD_FILE_ENV, open_backend
 from hpo.service.study import budget_used, register_study
-from hpo.service.worker import default_threads
 from hpo.spec.names import DATASETS
 from hpo.spec.objectives import best_so_far
 from hpo.spec.references import code_roots
@@ -70,6 +70,7 @@ def run_study(
     results_dir: str | Path = "results",
     heartbeat_seconds: float | None = None,
     allow_modules: Sequence[str] = (),
+    threads: int | None = None,
     console: Console | None = None,
     verbosity: int = NORMAL,
 ) -> RunResult:
@@ -78,12 +79,14 @@ def run_study(
     Args:
         spec_path: a study file (``studies/*.yaml``), or a spec already read.
         storage_url: the storage to register into and run on.
-        workers: worker processes, each with ``cores // workers`` torch threads. Default: 1.
+        workers: worker processes. Default: 1.
         trials: the study's budget instead of the spec's. Default: the spec's.
         results_dir: where ``<study>/best_params.csv`` goes. Default: ``results``.
         heartbeat_seconds: passed to each worker (``--heartbeat``).
         allow_modules: module prefixes the spec's own code (``model:``, ``criterion:``) may
             come from; passed to each worker (``--allow-module``).
+        threads: torch CPU threads of each worker. Default: the CPUs this process may use
+            and other processes leave idle, shared out (``hpo.service.cpus``).
         console: where progress and the workers' log lines go. Default: stderr.
         verbosity: the workers' ``hpo.service.logs`` verbosity (-1 quiet: no line per trial;
             1: Optuna's info lines too). Default: 0.
@@ -104,7 +107,7 @@ def run_study(
     else:
         console.print(f"study [bold]{escape(spec.name)}[/] already registered; resuming it")
     budget = trials or spec.n_trials
-    threads = default_threads(workers)
+    threads = threads or threads_per_worker(workers)
     plan = local_worker_plan(spec, threads)
     if workers == 1 and plan.idles_cores:
         console.print(
