@@ -10,6 +10,7 @@ import warnings
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -211,6 +212,48 @@ def test_a_half_written_registration_is_redone(storage_url: str) -> None:
     with pytest.raises(StudyError, match="registration did not finish"):
         load_spec_from_storage(storage, "tiny-digits")
     assert register_study(parse_spec(tiny_spec()), storage).created
+
+
+class _FullStorage(optuna.storages.InMemoryStorage):
+    """A storage whose disk fills up once a study exists, while ``full``: no spec is written,
+    and, with ``delete_too``, the half-made study cannot be removed either."""
+
+    def __init__(self, *, delete_too: bool = False) -> None:
+        super().__init__()
+        self.full = True
+        self.delete_too = delete_too
+
+    def set_study_system_attr(self, study_id: int, key: str, value: Any) -> None:
+        if self.full:
+            raise optuna.exceptions.StorageInternalError("database or disk is full")
+        super().set_study_system_attr(study_id, key, value)
+
+    def delete_study(self, study_id: int) -> None:
+        if self.full and self.delete_too:
+            raise optuna.exceptions.StorageInternalError("database or disk is full")
+        super().delete_study(study_id)
+
+
+@pytest.mark.parametrize("spec", [tiny_spec(), tiny_spec(**GRID)], ids=["tpe", "grid"])
+def test_a_registration_that_fails_half_way_leaves_no_study(spec: dict[str, object]) -> None:
+    storage = _FullStorage()
+    with pytest.raises(optuna.exceptions.StorageInternalError, match="disk is full"):
+        register_study(parse_spec(spec), storage)
+    assert list_study_names(storage) == []
+
+
+def test_a_study_left_half_registered_is_named_with_what_to_do() -> None:
+    storage = _FullStorage(delete_too=True)
+    spec = parse_spec(tiny_spec())
+    with pytest.raises(StudyError) as refused:
+        register_study(spec, storage)
+    message = str(refused.value)
+    assert "registration of 'tiny-digits' failed (database or disk is full)" in message
+    assert "without its spec, which no worker runs" in message
+    assert "hpo register replaces it" in message
+    storage.full = False  # room again: registering again replaces the half-made study
+    assert register_study(spec, storage).created
+    assert load_spec_from_storage(storage, spec.name) == spec
 
 
 def test_a_stored_spec_this_version_cannot_read_names_the_version_that_wrote_it(

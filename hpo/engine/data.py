@@ -17,18 +17,20 @@ labels ``0 .. n_classes - 1`` of shape ``(n,)``, float32 regression targets of s
 from __future__ import annotations
 
 import inspect
-import os
+import math
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from sklearn import datasets as sk_datasets
 from sklearn.model_selection import train_test_split
 
 from hpo.errors import DatasetError, closest_name
+from hpo.files import check_input, open_input
+from hpo.spec.rules import DATA_BYTES, shown
 
 TASKS: tuple[str, ...] = ("classification", "regression")
 
@@ -202,18 +204,24 @@ def load_npz(
         seed: Seed of the random split. Default 0.
     """
     name = f"npz {path}"
-    if not os.path.isfile(path):
-        raise DatasetError(
-            f"{name}: file not found. It must be a .npz file holding arrays X and y, and "
-            "optionally X_test and y_test."
-        )
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in archive.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
-        # ValueError also covers object arrays, which would need unsafe pickle loading;
-        # BadZipFile and EOFError a truncated or damaged archive.
-        raise DatasetError(f"{name}: cannot read the file as .npz: {error}") from None
+    not_found = (
+        "file not found. It must be a .npz file holding arrays X and y, and optionally X_test "
+        "and y_test."
+    )
+    with _open_data(name, path, not_found) as handle:
+        try:
+            _check_npz_sizes(name, handle)
+            handle.seek(0)
+            with np.load(handle, allow_pickle=False) as archive:
+                arrays = {key: archive[key] for key in archive.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+            # ValueError also covers object arrays, which would need unsafe pickle loading;
+            # BadZipFile and EOFError a truncated or damaged archive.
+            raise DatasetError(f"{name}: cannot read the file as .npz: {error}") from None
+        except MemoryError:
+            raise DatasetError(
+                f"{name}: its arrays do not fit in this machine's memory; use a smaller file"
+            ) from None
     missing = [key for key in ("X", "y") if key not in arrays]
     if missing or (("X_test" in arrays) != ("y_test" in arrays)):
         raise DatasetError(
@@ -231,6 +239,60 @@ def load_npz(
         test_size=test_size,
         seed=seed,
     )
+
+
+def _open_data(name: str, path: str, missing: str = "file not found.") -> BinaryIO:
+    """A dataset's file, open to read (``hpo.files.open_input``: a regular file of at most
+    ``DATA_BYTES``); ``name`` begins each message, ``missing`` says what a missing file should
+    have been."""
+    try:
+        return open_input(path, DATA_BYTES)
+    except FileNotFoundError:
+        raise DatasetError(f"{name}: {missing}") from None
+    except IsADirectoryError:
+        raise DatasetError(f"{name}: this is a folder; `path` must name a file.") from None
+    except OSError as error:
+        raise DatasetError(f"{name}: cannot read it: {error.strerror or error}.") from None
+
+
+#: The .npy header readers by format version (``np.lib.format``'s public ones).
+_NPY_HEADERS = {
+    (1, 0): np.lib.format.read_array_header_1_0,
+    (2, 0): np.lib.format.read_array_header_2_0,
+}
+
+
+def _check_npz_sizes(name: str, handle: BinaryIO) -> None:
+    """Refuse an ``.npz`` whose arrays, as their headers declare them, unpack to more than
+    ``DATA_BYTES``: read before any array is, as a compressed file of zeros or a header that
+    claims a huge shape would otherwise fill the memory (``MemoryError``) first."""
+    if not zipfile.is_zipfile(handle):
+        raise DatasetError(
+            f"{name}: cannot read the file as .npz: it is not a zip archive of .npy arrays "
+            "(np.savez writes one)."
+        )
+    handle.seek(0)
+    total = 0
+    with zipfile.ZipFile(handle) as archive:
+        for member in archive.infolist():
+            if not member.filename.endswith(".npy"):
+                continue
+            with archive.open(member) as array_file:
+                version = np.lib.format.read_magic(array_file)
+                read_header = _NPY_HEADERS.get(version)
+                if read_header is None:
+                    raise DatasetError(
+                        f"{name}: {member.filename} is in .npy format {version}; hpo reads "
+                        "1.0 and 2.0, which np.savez writes."
+                    )
+                shape, _, dtype = read_header(array_file)
+            total += math.prod(shape) * dtype.itemsize
+            if total > DATA_BYTES.most:
+                raise DatasetError(
+                    f"{name}: its arrays unpack to more than {shown(DATA_BYTES.most, 'bytes')} "
+                    f"({member.filename} declares shape {shape} of {dtype}): "
+                    f"{DATA_BYTES.why}; use a smaller file"
+                )
 
 
 def load_csv(
@@ -251,12 +313,13 @@ def load_csv(
     import pandas as pd
 
     name = f"csv {path}"
-    if os.path.isdir(path):
-        raise DatasetError(f"{name}: this is a folder; `path` must name a CSV file.")
-    if not os.path.isfile(path):
-        raise DatasetError(f"{name}: file not found.")
     try:
-        frame = pd.read_csv(path)
+        with _open_data(name, path) as handle:
+            frame = pd.read_csv(handle)
+    except MemoryError:
+        raise DatasetError(
+            f"{name}: the table does not fit in this machine's memory; use a smaller file"
+        ) from None
     except pd.errors.EmptyDataError:
         raise DatasetError(
             f"{name}: the file is empty; it needs a header row and one row per sample."
@@ -269,6 +332,13 @@ def load_csv(
         ) from None
     if frame.empty:
         raise DatasetError(f"{name}: the file has a header but no rows of data.")
+    if len(frame.columns) < 2:
+        # Not a table: its first line would be quoted back as the one column's name, and the
+        # file may be anything the worker can read (an env file holding a password).
+        raise DatasetError(
+            f"{name}: the file has one column, so it is no comma-separated table; a CSV "
+            "dataset needs a header row naming the target and at least one feature."
+        )
     if target not in frame.columns:
         raise DatasetError(
             f"{name}: target column {target!r} not found; the columns are "
@@ -383,7 +453,7 @@ def load_svhn(
     splits = {}
     for split, limit in (("train", max_train), ("test", max_test)):
         path = folder / SVHN_FILES[split]
-        if not path.is_file():
+        if not path.exists():
             if not download:
                 raise DatasetError(
                     f"svhn: file not found; expected {', '.join(SVHN_FILES.values())} in "
@@ -549,6 +619,12 @@ def _from_arrays(
         classes, codes = np.unique(np.concatenate([y, y_test]), return_inverse=True)
         y, y_test = codes[: len(y)].astype(np.int64), codes[len(y) :].astype(np.int64)
         n_classes = len(classes)
+        if len(np.unique(y)) < 2:
+            raise DatasetError(
+                f"{where}: every training row has the same label, so there is nothing to "
+                "classify (any model scores perfectly by predicting it); give rows of at least "
+                "two classes, or task: regression for a numeric target."
+            )
     else:
         if y.dtype.kind not in "biuf":
             raise DatasetError(f"{where}: a regression target must be numeric, got {y.dtype}.")
@@ -585,6 +661,14 @@ def _load_torchvision(
 
     dataset_class = getattr(tv_datasets, folder)
     raw = Path(root) / folder / "raw"
+    for file in MNIST_FILES:  # torchvision opens them by name: a FIFO would hang it
+        if (raw / file).exists():
+            try:
+                check_input(raw / file, DATA_BYTES)
+            except OSError as error:
+                raise DatasetError(
+                    f"{name}: cannot read {raw / file}: {error.strerror or error}."
+                ) from None
     try:
         train = dataset_class(root, train=True, download=download)
         test = dataset_class(root, train=False, download=download)
@@ -660,7 +744,8 @@ def _read_svhn_mat(path: Path, limit: int | None) -> tuple[np.ndarray, np.ndarra
     import scipy.io
 
     try:
-        mat = scipy.io.loadmat(str(path))
+        with _open_data(f"svhn {path}", str(path)) as handle:
+            mat = scipy.io.loadmat(handle)
     except (scipy.io.matlab.MatReadError, OSError, ValueError, NotImplementedError) as error:
         raise DatasetError(f"svhn: cannot read {path} as a MATLAB .mat file: {error}") from error
     X, y = mat.get("X"), mat.get("y")

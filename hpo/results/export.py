@@ -23,6 +23,7 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from hpo.errors import StudyError
+from hpo.files import check_output, write_output
 from hpo.results.paths import study_folder
 from hpo.service.study import TASK_ATTR, load_spec_from_storage, result_trial
 from hpo.spec.names import DEFAULT_CRITERIA
@@ -147,6 +148,10 @@ def export_study(
 
     Returns:
         The path written.
+
+    Raises:
+        OSError: ``out`` cannot be written (``hpo.files.write_output``: a FIFO or a device is
+            refused, a full disk leaves the file as it was).
     """
     spec = load_spec_from_storage(storage, name)
     study = optuna.load_study(study_name=name, storage=storage)
@@ -159,10 +164,11 @@ def export_study(
     if out is None:
         out = study_folder("results", name) / default
     out = Path(out)
+    check_output(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".json":
         records = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
-        out.write_text(json.dumps(records, indent=2, default=_plain) + "\n", encoding="utf-8")
+        write_output(out, json.dumps(records, indent=2, default=_plain) + "\n")
     else:
         if "fold_scores" in frame:
             frame = frame.assign(fold_scores=frame["fold_scores"].map(json.dumps))
@@ -171,7 +177,7 @@ def export_study(
         # line ends (RFC 4180) a carriage return inside a cell is quoted too, so the file
         # still reads back as the same rows. Plain "\n" otherwise, as before.
         lineterminator = "\r\n" if _holds_carriage_return(safe) else "\n"
-        safe.to_csv(out, index=False, lineterminator=lineterminator)
+        write_output(out, safe.to_csv(index=False, lineterminator=lineterminator))
     return out
 
 

@@ -37,6 +37,7 @@ from pathlib import Path
 import optuna
 
 from hpo.errors import HpoError
+from hpo.files import check_output, write_output
 from hpo.results.artifacts import (
     download_refit,
     recorded_refit,
@@ -119,6 +120,8 @@ def write_report(
         StudyError: No such study.
         HpoError: ``out`` is not given and the study's name cannot be a folder inside
             ``results_dir`` (``hpo.results.paths.study_folder``).
+        OSError: the page cannot be written where it goes (``hpo.files.write_output``: a
+            FIFO or a device is refused, a full disk leaves the file as it was).
     """
     study, spec = load_study(storage, name)
     metric = metric_name(study, spec)
@@ -133,6 +136,7 @@ def write_report(
             # A name that cannot be a folder under results_dir (a study made with plain
             # Optuna): the page goes to ``out``, and the refit is read from artifacts only.
             refit_folder = None
+    check_output(path)  # a FIFO or a device is refused before the page is made
     artifacts_dir = resolve_artifacts_dir(artifacts)
 
     with tempfile.TemporaryDirectory(prefix="hpo-report-") as downloads:
@@ -152,14 +156,14 @@ def write_report(
         summary = summary_html(study, spec, metric, refit)
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
+    write_output(
+        path,
         _PAGE.format(
             title=html.escape(f"hpo report: {name}"),
             summary=summary,
             body=sections_html(sections),
             css=_CSS,
         ),
-        encoding="utf-8",
     )
     return Report(
         path=path,

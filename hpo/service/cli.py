@@ -19,6 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from hpo.errors import HpoError
+from hpo.spec.rules import TRIALS
 
 app = typer.Typer(
     help="Hyperparameter optimization for PyTorch models: declared studies, skorch nets, "
@@ -40,7 +41,12 @@ StorageOption = Annotated[
 ]
 TrialsOption = Annotated[
     int | None,
-    typer.Option("--trials", min=1, help="The study's trial budget instead of the spec's."),
+    typer.Option(
+        "--trials",
+        min=1,
+        max=int(TRIALS.most),
+        help=f"The study's trial budget instead of the spec's (at most {TRIALS.most:,}).",
+    ),
 ]
 HeartbeatOption = Annotated[
     float | None,
@@ -102,7 +108,9 @@ def _reports_errors(command: F) -> F:
 
 def _refused_write(error: Exception) -> str | None:
     """The message for Optuna's ``StorageInternalError`` (the database refused a commit: a
-    read-only file, a full disk), or None for any other error."""
+    read-only file, a full disk), or None for any other error. A command that makes several
+    commits undoes the earlier ones when a later one fails (``register_study``), so "nothing
+    was changed" holds."""
     exceptions = sys.modules.get("optuna.exceptions")
     if exceptions is None or not isinstance(error, exceptions.StorageInternalError):
         return None
@@ -110,10 +118,14 @@ def _refused_write(error: Exception) -> str | None:
     while cause.__cause__ is not None:
         cause = cause.__cause__
     reason = (str(cause).strip().splitlines() or ["unknown reason"])[0]
-    return (
-        f"the storage refused to save the change: {reason}. Nothing was changed; a read-only "
-        "database serves hpo studies and export only: give a writable one for this command"
-    )
+    if "full" in reason:
+        fix = "free some space on the database's disk and run the command again"
+    else:
+        fix = (
+            "a read-only database serves hpo studies and export only: give a writable one for "
+            "this command"
+        )
+    return f"the storage refused to save the change: {reason}. Nothing was changed; {fix}"
 
 
 def _storage(flag: str | None, *, create: bool = False) -> Any:
@@ -178,8 +190,9 @@ def run(
     from hpo.results.export import read_best_params
     from hpo.service.logs import configure_logging, verbosity_of
     from hpo.service.runner import run_study
-    from hpo.service.storage import resolve_storage_url
+    from hpo.service.storage import resolve_heartbeat, resolve_storage_url
 
+    resolve_heartbeat(heartbeat)  # refused here, before the study is registered
     verbosity = verbosity_of(quiet, verbose)
     configure_logging("run", verbosity)
     try:

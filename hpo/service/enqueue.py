@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 
 from hpo.errors import HpoError, SpecError
 from hpo.service.study import QUEUED_ATTR, budget_used, load_study
+from hpo.spec.rules import ASSIGNMENT_CHARS
 from hpo.spec.study_spec import _SpecLoader, parse_spec
 
 
@@ -69,6 +70,12 @@ def parse_assignments(assignments: Iterable[str]) -> dict[str, Any]:
             continue
         if key in params:
             problems.append(f"{key} is given twice")
+            continue
+        if len(text) > ASSIGNMENT_CHARS.most:
+            problems.append(
+                f"{key}: a value of {len(text):,} characters; it must be at most "
+                f"{ASSIGNMENT_CHARS.most}: {ASSIGNMENT_CHARS.why}"
+            )
             continue
         try:
             value = yaml.load(text, Loader=_SpecLoader) if text.strip() else None

@@ -32,6 +32,7 @@ from sqlalchemy.exc import (
 )
 
 from hpo.errors import MissingDatabaseError, StorageError, StorageUnreachableError
+from hpo.files import read_input
 from hpo.service.backends import (
     GrpcProxyBackend,
     PostgreSQLBackend,
@@ -39,6 +40,7 @@ from hpo.service.backends import (
     SQLiteBackend,
     StorageBackend,
 )
+from hpo.spec.rules import HEARTBEAT, PASSWORD_BYTES
 
 DEFAULT_STORAGE = "sqlite:///hpo.db"
 DEFAULT_HEARTBEAT = 30.0
@@ -98,7 +100,7 @@ def _with_password_from(password_file: str, url: str) -> str:
 
 def _read_password_file(password_file: str) -> str:
     try:
-        lines = Path(password_file).read_text(encoding="utf-8").splitlines()
+        lines = read_input(password_file, PASSWORD_BYTES).decode("utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as error:
         reason = getattr(error, "strerror", None) or str(error)
         raise StorageError(
@@ -242,6 +244,8 @@ def resolve_heartbeat(flag: float | None = None) -> float:
             f"{where} must be a finite number of seconds, 0 or more, got {seconds!r}; e.g. 30, "
             "or 0 for no heartbeat"
         )
+    if seconds > HEARTBEAT.most:
+        raise StorageError(f"{where} {HEARTBEAT.refusal(seconds)}")
     return seconds
 
 
@@ -303,6 +307,13 @@ def _check_sqlite_file(url: str, path: Path, create: bool) -> None:
             tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
         finally:
             connection.close()
+    except sqlite3.OperationalError as error:
+        # Not the file's contents: SQLite could not open it (a WAL database needs its -shm
+        # file beside it written, even to be read).
+        raise StorageError(
+            f"cannot open the SQLite database {shown} ({error})"
+            + _without_secrets(_why_unwritable(path), url)
+        ) from None
     except sqlite3.DatabaseError as error:
         raise StorageError(
             f"the storage {shown} is not a SQLite database ({error}); check the path, or give "
@@ -313,6 +324,27 @@ def _check_sqlite_file(url: str, path: Path, create: bool) -> None:
         raise StorageError(
             f"no hpo studies at {shown}: it is {what}; check the path or register a study first"
         )
+
+
+def _why_unwritable(path: Path) -> str:
+    """Why SQLite may not have opened ``path``, as the end of a message: its folder is on a
+    read-only file system, full, or not writable to this user; else ``""``."""
+    folder = path.resolve().parent
+    fix = (
+        "; SQLite writes a -shm file beside a database in WAL mode even to read it: copy the "
+        "database to a writable folder"
+    )
+    try:
+        status = os.statvfs(folder)
+    except (OSError, AttributeError):
+        return ""
+    if status.f_flag & getattr(os, "ST_RDONLY", 1):
+        return f": {folder} is on a read-only file system{fix}"
+    if status.f_bavail * status.f_frsize < 2**20:
+        return f": the disk of {folder} is full; free some space and run the command again"
+    if not os.access(folder, os.W_OK):
+        return f": this user cannot write to {folder}{fix}"
+    return ""
 
 
 def check_database_exists(url: str) -> None:

@@ -14,20 +14,23 @@ budget that the worker, ``hpo run`` and ``hpo enqueue`` all read.
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
 from hpo.errors import SpecError, StudyError
-from hpo.service.backends import StorageBackend
+from hpo.service.backends import SQLiteBackend, StorageBackend
 from hpo.service.notes import write_study_note
 from hpo.spec.objectives import chosen_trial, directions, objective_names
 from hpo.spec.pruning import make_pruner
+from hpo.spec.rules import shown
 from hpo.spec.sampling import make_sampler
 from hpo.spec.spaces import grid_points
 from hpo.spec.study_spec import StudySpec, spec_json_equal
@@ -100,11 +103,43 @@ def register_study(
     plain Optuna storage is locked between this process's threads only.
 
     Raises:
-        StudyError: a study of that name exists with a different spec.
+        StudyError: a study of that name exists with a different spec; a SQLite file's disk
+            has no room for the registration; or a registration that failed half-way could
+            not take its study back out.
     """
     backend = storage if isinstance(storage, StorageBackend) else StorageBackend(storage)
+    if isinstance(backend, SQLiteBackend) and backend.path is not None:
+        _check_room(backend.path, spec)
     with backend.claim_lock(spec.name):
         return _register(spec, backend.storage)
+
+
+#: What registering a study may write to a SQLite file's disk: SQLite's write-ahead log (it
+#: grows to about 4 MiB between checkpoints), and for each queued point its rows (about
+#: 0.2 KiB) and, should the registration fail, as much again to take them back out.
+_SQLITE_LOG_BYTES = 8 * 2**20
+_SQLITE_POINT_BYTES = 2**10
+
+
+def _check_room(path: Path, spec: StudySpec) -> None:
+    """Refuse to register onto a disk that cannot hold the registration, before anything is
+    written: a registration that runs out of room half-way cannot always take back what it
+    wrote (removing rows needs room in the log too)."""
+    points = len(spec.enqueue) + (spec.n_trials if spec.sampler.name == "grid" else 0)
+    needed = _SQLITE_LOG_BYTES + points * _SQLITE_POINT_BYTES
+    folder = path.resolve().parent
+    try:
+        status = os.statvfs(folder)
+    except (OSError, AttributeError):
+        return  # no such folder yet, or no statvfs here: the database says what it finds
+    free = status.f_bavail * status.f_frsize
+    if free < needed:
+        raise StudyError(
+            f"the disk of {folder} has {shown(free, 'bytes')} free, less than the "
+            f"{shown(needed, 'bytes')} registering {spec.name!r} may write there (SQLite's "
+            f"log and {points} queued points); nothing was changed. Free some space and run "
+            "it again"
+        )
 
 
 def _register(spec: StudySpec, storage: optuna.storages.BaseStorage) -> Registration:
@@ -136,6 +171,41 @@ def _register(spec: StudySpec, storage: optuna.storages.BaseStorage) -> Registra
         sampler=make_sampler(spec),
         pruner=make_pruner(spec),
     )
+    try:
+        enqueued = _fill(study, storage, spec, spec_json)
+    except BaseException as error:
+        # A full disk, a dropped connection, Ctrl-C: take the half-made study back out, so
+        # that a failed registration leaves the storage as it found it.
+        _delete_half_registered(storage, spec.name, error)
+        raise
+    return Registration(spec.name, created=True, enqueued=enqueued)
+
+
+def _delete_half_registered(
+    storage: optuna.storages.BaseStorage, name: str, cause: BaseException
+) -> None:
+    """Delete the study a registration made before ``cause`` stopped it; when that fails too
+    (the disk is still full), say what is left and what to do."""
+    try:
+        optuna.delete_study(study_name=name, storage=storage)
+    except Exception:
+        root = cause
+        while root.__cause__ is not None:
+            root = root.__cause__
+        reason = (str(root).strip().splitlines() or [type(root).__name__])[0]
+        raise StudyError(
+            f"the registration of {name!r} failed ({reason}), and so did removing the study "
+            f"it had begun: the storage holds {name!r} without its spec, which no worker runs. "
+            f"Once the storage takes writes again, hpo register replaces it (or hpo delete "
+            f"{name} removes it)"
+        ) from None
+
+
+def _fill(
+    study: optuna.Study, storage: optuna.storages.BaseStorage, spec: StudySpec, spec_json: str
+) -> int:
+    """Name, note and queue a study just created, and store its spec last; the number of
+    points queued."""
     _name_metrics(study, spec)
     write_study_note(study, spec)
     points = [(point, "spec") for point in spec.enqueue]
@@ -147,7 +217,7 @@ def _register(spec: StudySpec, storage: optuna.storages.BaseStorage) -> Registra
     # public API: Optuna 5's Study has no system attributes of its own any more.
     study.set_user_attr(VERSION_ATTR, hpo_version())
     storage.set_study_system_attr(storage.get_study_id_from_name(spec.name), SPEC_ATTR, spec_json)
-    return Registration(spec.name, created=True, enqueued=len(points))
+    return len(points)
 
 
 def _name_metrics(study: optuna.Study, spec: StudySpec) -> None:

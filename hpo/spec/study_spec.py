@@ -30,6 +30,7 @@ from pydantic import (
 from sklearn.metrics import get_scorer_names
 
 from hpo.errors import SpecError, did_you_mean
+from hpo.files import read_input
 from hpo.spec.names import (
     BOOLEAN_PARAMS,
     CRITERIA,
@@ -42,7 +43,21 @@ from hpo.spec.names import (
 from hpo.spec.objectives import MEASURES
 from hpo.spec.pruning import PATIENT_WRAPS, PRUNER_NAMES, PRUNERS, pruning_problem
 from hpo.spec.references import is_reference
-from hpo.spec.rules import RULES, Rule, describe, value_problem, within
+from hpo.spec.rules import (
+    FOLDS,
+    GRID_POINTS,
+    RULES,
+    SPEC_BYTES,
+    SPEC_DEPTH,
+    SPEC_NODES,
+    TIMEOUT,
+    TRIALS,
+    Bound,
+    Rule,
+    describe,
+    value_problem,
+    within,
+)
 from hpo.spec.sampling import SAMPLER_NAMES, SAMPLERS, object_only_options
 from hpo.spec.spaces import (
     CategoricalParam,
@@ -57,7 +72,7 @@ from hpo.spec.spaces import (
     value_key,
 )
 
-MAX_GRID_POINTS = 100_000
+MAX_GRID_POINTS = int(GRID_POINTS.most)
 
 #: The largest uncut box of a grid whose bounds name other parameters that is still walked
 #: point by point to count what the cuts leave (about a second).
@@ -83,6 +98,20 @@ def _check_seed(seed: int | None) -> int | None:
     if problem:
         raise ValueError(problem)
     return seed
+
+
+def _at_most(bound: Bound) -> Any:
+    """A before-validator: a number above ``bound`` is refused with the bound's reason, and
+    true/false is not a number (pydantic would read true as 1)."""
+
+    def check(value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError(f"must be a number, not {str(value).lower()}")
+        if _is_finite_number(value) and value > bound.most:
+            raise ValueError(bound.refusal(value))
+        return value
+
+    return check
 
 
 class _Section(BaseModel):
@@ -128,6 +157,7 @@ class CVSpec(_Section):
     stratified: bool = False
 
     _seed = field_validator("seed", mode="before")(_check_seed)
+    _folds = field_validator("folds", mode="before")(_at_most(FOLDS))
 
 
 class BudgetSpec(_Section):
@@ -138,6 +168,9 @@ class BudgetSpec(_Section):
 
     trials: int | None = Field(default=None, ge=1)
     timeout: float | None = Field(default=None, gt=0)
+
+    _trials = field_validator("trials", mode="before")(_at_most(TRIALS))
+    _timeout = field_validator("timeout", mode="before")(_at_most(TIMEOUT))
 
 
 class BoundSpec(_Section):
@@ -281,6 +314,10 @@ class StudySpec(_Section):
             raw = json.loads(text)
         except (TypeError, ValueError):
             raise SpecError(source, ["it is not JSON text"]) from None
+        except RecursionError:
+            raise SpecError(
+                source, [f"it nests more than {SPEC_DEPTH.most} levels deep"]
+            ) from None
         return parse_spec(raw, source)
 
 
@@ -288,10 +325,49 @@ class DuplicateKeyError(yaml.constructor.ConstructorError):
     """A mapping of the file gives the same key twice."""
 
 
+class SpecTooLargeError(yaml.composer.ComposerError):
+    """A study file nests deeper than ``SPEC_DEPTH``, or holds more values than
+    ``SPEC_NODES`` once its aliases are expanded."""
+
+
 class _SpecLoader(yaml.SafeLoader):
     """YAML 1.1 reads ``1e-3`` (no dot) as a string; read it as the float YAML 1.2 and
     every user mean. A key given twice in one mapping, at any depth, is an error (plain YAML
-    keeps the last one silently); keys brought in by a ``<<`` merge may still be overridden."""
+    keeps the last one silently); keys brought in by a ``<<`` merge may still be overridden.
+
+    Aliases (``&base`` ... ``*base``) and merges are read, but a file nests at most
+    ``SPEC_DEPTH`` deep and holds at most ``SPEC_NODES`` values with every alias expanded:
+    counted on the composed graph, before anything is built, so an alias bomb (ten aliases of
+    ten aliases of ..., billions of values from a few lines) is refused in milliseconds."""
+
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        # The composer recurses once per level: refuse before Python's recursion limit does.
+        self._depth += 1
+        try:
+            if self._depth > SPEC_DEPTH.most:
+                raise SpecTooLargeError(
+                    None,
+                    None,
+                    f"nests more than {SPEC_DEPTH.most} levels deep: {SPEC_DEPTH.why}",
+                    self.peek_event().start_mark,
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        size = _expanded_size(node, {}, int(SPEC_NODES.most))
+        if size > SPEC_NODES.most:
+            raise SpecTooLargeError(
+                None,
+                None,
+                f"holds more than {SPEC_NODES.most:,} values once its aliases are expanded: "
+                f"{SPEC_NODES.why}",
+                node.start_mark,
+            )
+        return super().construct_document(node)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         if isinstance(node, yaml.MappingNode):
@@ -323,6 +399,27 @@ _SpecLoader.add_implicit_resolver(
 )
 
 
+def _expanded_size(node: yaml.Node, sizes: dict[int, int], most: int) -> int:
+    """How many values ``node`` stands for with every alias expanded (an alias is the node
+    it names, shared in the graph); counting stops once past ``most``."""
+    known = sizes.get(id(node))
+    if known is not None:
+        return known
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        children: list[yaml.Node] = list(node.value)
+    elif isinstance(node, yaml.MappingNode):
+        children = [part for pair in node.value for part in pair]
+    else:
+        children = []
+    for child in children:
+        size += _expanded_size(child, sizes, most)
+        if size > most:
+            break
+    sizes[id(node)] = size
+    return size
+
+
 def load_spec(path: str | Path) -> StudySpec:
     """Read and validate a study file.
 
@@ -332,7 +429,7 @@ def load_spec(path: str | Path) -> StudySpec:
     """
     path = Path(path)
     try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_SpecLoader)
+        raw = yaml.load(read_input(path, SPEC_BYTES).decode("utf-8"), Loader=_SpecLoader)
     except FileNotFoundError:
         raise SpecError(
             str(path), ["the file does not exist; studies live in studies/*.yaml"]
@@ -341,6 +438,11 @@ def load_spec(path: str | Path) -> StudySpec:
         raise SpecError(
             str(path), ["this is a folder; give one study file, e.g. studies/digits-mlp-tpe.yaml"]
         ) from None
+    except OSError as error:
+        # A FIFO, a device, a file too large (hpo.files), or one that cannot be opened.
+        raise SpecError(str(path), [f"cannot read it: {error.strerror or error}"]) from None
+    except SpecTooLargeError as error:
+        raise SpecError(str(path), [f"the file is {error.problem}"]) from None
     except UnicodeDecodeError as error:
         raise SpecError(
             str(path), [f"the file is not UTF-8 text ({error.reason} at byte {error.start})"]
@@ -828,6 +930,11 @@ def _enqueue_problems(
 ) -> list[str]:
     if not isinstance(enqueue, list):
         return []
+    if len(enqueue) > MAX_GRID_POINTS:
+        return [
+            f"enqueue: {len(enqueue):,} points, more than the {MAX_GRID_POINTS:,} a study may "
+            f"queue: {GRID_POINTS.why}"
+        ]
     problems = []
     first_of: dict[tuple[Any, ...], int] = {}  # each point's first place in the list
     for i, point in enumerate(enqueue):
@@ -898,18 +1005,15 @@ def _count(n: int) -> str:
 def _grid_budget_problems(spec: StudySpec) -> list[str]:
     # Counted first, arithmetically: expanding a grid of 10**12 points would never finish.
     size = grid_size(spec.space)
-    fix = "coarsen the steps or use the random or tpe sampler"
+    most = f"the {MAX_GRID_POINTS:,} a study may run: {GRID_POINTS.why}"
+    fix = "coarsen the steps"
     cut = any(param.references() for param in spec.space.values())
     if size > MAX_GRID_POINTS and not cut:
-        return [
-            f"space: the grid has {_count(size)} points, more than the {MAX_GRID_POINTS} a "
-            f"study may run; {fix}"
-        ]
+        return [f"space: the grid has {_count(size)} points, more than {most}; {fix}"]
     if size > _MAX_GRID_WALK:
         return [
             f"space: the grid may have up to {_count(size)} points (a bound naming another "
-            f"parameter counted at its widest), more than the {MAX_GRID_POINTS} a study may "
-            f"run; {fix}"
+            f"parameter counted at its widest), more than {most}; {fix}"
         ]
     # Small enough to walk: bounds naming other parameters cut points, so count them; a
     # warm start that is a grid point runs once.
@@ -918,8 +1022,13 @@ def _grid_budget_problems(spec: StudySpec) -> list[str]:
     for point in expand_grid(spec.space):
         points += point_key(point) not in warm_starts
         if points > MAX_GRID_POINTS:
-            return [f"space: the grid has more than {MAX_GRID_POINTS} points; {fix}"]
+            return [f"space: the grid has more than {MAX_GRID_POINTS:,} points, {most}; {fix}"]
     total = points + len(spec.enqueue)
+    if total > MAX_GRID_POINTS:
+        return [
+            f"space: the grid and enqueue: hold {total:,} points, more than {most}; {fix}, "
+            "or queue fewer warm starts"
+        ]
     if spec.budget.trials is not None and spec.budget.trials != total:
         return [
             f"budget.trials: a grid runs each of its {total} points once, but "
