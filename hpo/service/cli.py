@@ -188,6 +188,7 @@ def run(
     The workers' log lines come through this command: above the progress bar on a terminal;
     elsewhere (CI, docker logs) with a progress line every few seconds."""
     from hpo.results.export import read_best_params
+    from hpo.service.filesystems import refuse_sqlite_on_network_fs
     from hpo.service.logs import configure_logging, verbosity_of
     from hpo.service.runner import run_study
     from hpo.service.storage import resolve_heartbeat, resolve_storage_url
@@ -195,10 +196,12 @@ def run(
     resolve_heartbeat(heartbeat)  # refused here, before the study is registered
     verbosity = verbosity_of(quiet, verbose)
     configure_logging("run", verbosity)
+    url = resolve_storage_url(storage)
+    refuse_sqlite_on_network_fs(url)  # each of its workers would refuse it
     try:
         result = run_study(
             spec_file,
-            resolve_storage_url(storage),
+            url,
             workers=workers,
             trials=trials,
             results_dir=results,
@@ -336,7 +339,10 @@ def worker(
     from hpo.service.logs import configure_logging, verbosity_of
     from hpo.service.storage import check_database_exists, resolve_storage_url
 
+    from hpo.service.filesystems import refuse_sqlite_on_network_fs
+
     url = resolve_storage_url(storage)
+    refuse_sqlite_on_network_fs(url)
     check_database_exists(url)  # before the worker opens it: a mistyped path is not created
     from hpo.service.worker import run_worker
 
@@ -722,6 +728,105 @@ def enqueue(
             f"with: hpo worker --study {escape(study)} --trials {queued.taken}[/]",
             highlight=False,
         )
+
+
+@app.command()
+@_reports_errors
+def slurm(
+    study_or_file: Annotated[
+        str,
+        typer.Argument(help="A registered study's name, or a study file (registered first)."),
+    ],
+    workers: Annotated[
+        int, typer.Option("--workers", "-w", min=1, help="Array tasks: one worker each.")
+    ],
+    parallel: Annotated[
+        int | None,
+        typer.Option("--parallel", min=1, help="Tasks running at once (%P). Default: all."),
+    ] = None,
+    gpus_per_worker: Annotated[
+        int, typer.Option("--gpus-per-worker", min=0, help="GPUs per task (--gres=gpu:G).")
+    ] = 0,
+    cpus_per_worker: Annotated[
+        int,
+        typer.Option("--cpus-per-worker", min=1, help="CPUs per task, the worker's threads."),
+    ] = 1,
+    time_limit: Annotated[
+        str | None,
+        typer.Option(
+            "--time",
+            help="Each task's time limit, as sbatch takes it (HH:MM:SS, D-HH:MM:SS). "
+            "Default: the partition's.",
+            show_default=False,
+        ),
+    ] = None,
+    partition: Annotated[
+        str | None, typer.Option("--partition", help="SLURM partition.", show_default=False)
+    ] = None,
+    account: Annotated[
+        str | None, typer.Option("--account", help="SLURM account.", show_default=False)
+    ] = None,
+    grace: Annotated[
+        int,
+        typer.Option(
+            "--grace",
+            min=1,
+            help="Seconds before the time limit at which a task is told to stop (SIGTERM): "
+            "it re-queues its trial and exits.",
+        ),
+    ] = 120,
+    folder: Annotated[
+        Path,
+        typer.Option("--dir", help="Folder for the script (<job>.sbatch) and the tasks' logs."),
+    ] = Path("slurm"),
+    storage: StorageOption = None,
+    heartbeat: HeartbeatOption = None,
+    allow_module: AllowModuleOption = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Print the script; register, write and submit nothing."),
+    ] = False,
+) -> None:
+    """Run a study's workers as one SLURM job array (sbatch), one worker per task.
+
+    The storage URL must hold no password: the tasks read it from
+    $HPO_STORAGE_PASSWORD_FILE (hpo db start writes one). A task cancelled or preempted
+    re-queues its running trial; a worker starts no trial its job's time cannot finish."""
+    from hpo.service.slurm import ArrayOptions, slurm_array
+
+    options = ArrayOptions(
+        workers=workers,
+        parallel=parallel,
+        gpus_per_worker=gpus_per_worker,
+        cpus_per_worker=cpus_per_worker,
+        time=time_limit,
+        partition=partition,
+        account=account,
+        grace_seconds=grace,
+        heartbeat=heartbeat,
+        allow_modules=tuple(allow_module or ()),
+        folder=folder,
+    )
+    array = slurm_array(study_or_file, options, storage=storage, dry_run=dry_run)
+    for warning in array.warnings:
+        err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
+    if dry_run:
+        out.print(array.script, end="", markup=False, highlight=False, soft_wrap=True)
+        return
+    if array.registered:
+        err.print(f"registered study {escape(array.study)}", highlight=False)
+    out.print(
+        f"submitted job array {array.job_id} ({workers} tasks of {escape(array.study)}): "
+        f"{escape(str(array.script_path))}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    err.print(
+        f"watch it: squeue -j {array.job_id}; hpo studies; logs in "
+        f"{escape(str(array.script_path.parent if array.script_path else folder))}/",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def main() -> None:

@@ -28,6 +28,7 @@ from optuna.trial import TrialState
 from hpo.engine.scorer import open_scorer, resolve_device
 from hpo.errors import HpoError, StorageUnreachableError, WorkerStopped
 from hpo.service.backends import FAIL_REASON_ATTR, without_fail_reason
+from hpo.service.schedulers import JOB_ATTR, JobDeadline, job_deadline, running_job
 from hpo.service.storage import StorageBackend, open_backend, resolve_heartbeat
 from hpo.service.study import (
     FINISHED_STATES,
@@ -191,12 +192,13 @@ def _pull_trials(
     record_budget(study, budget)
     summary = WorkerSummary(study.study_name, worker_index)
     clock = _StudyClock(study, spec.budget.timeout)
+    deadline = job_deadline()  # a SLURM job's end
 
     outage = _Outage()
     with _StopFlag() as stop:
         while not stop.requested:
             try:
-                claim = _claim_trial(study, spec, budget, storage, clock)
+                claim = _claim_trial(study, spec, budget, storage, clock, deadline)
                 if claim.wait:
                     time.sleep(POLL_SECONDS)
                     continue
@@ -223,7 +225,11 @@ def _claim_trial(
     budget: int,
     storage: StorageBackend,
     clock: _StudyClock,
+    deadline: JobDeadline | None = None,
 ) -> _Claim:
+    late = deadline.expired(study) if deadline is not None else ""
+    if late:  # (outside the lock: it reads the study's trials)
+        return _Claim(reason=late)
     with storage.claim_lock(study.study_name):
         storage.fail_stale_trials(study)
         expired = clock.expired()
@@ -280,6 +286,9 @@ def _ask(study: optuna.Study, storage: StorageBackend) -> optuna.Trial:
     # leaves a trial that fail_stale_trials recognises.
     if storage.has_heartbeat:
         storage.record_first_heartbeat(storage.trial_id(study, trial))
+    job = running_job()
+    if job is not None:  # which SLURM task or pod runs it: its log, or scancel
+        trial.set_user_attr(JOB_ATTR, job)
     return trial
 
 
