@@ -208,8 +208,8 @@ def skorch_params(row: Mapping[str, Any]) -> dict[str, Any]:
     from hpo.engine.user_code import criterion_class
     from hpo.results.export import csv_value
 
-    params = {
-        csv_value(key): _plain(csv_value(value))
+    params: dict[str, Any] = {
+        str(csv_value(key)): _plain(csv_value(value))
         for key, value in row.items()
         if key not in META_COLUMNS and not _is_empty(value)
     }

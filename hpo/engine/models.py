@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import nn
@@ -30,7 +31,7 @@ POOLS: tuple[str, ...] = ("max", "avg", "none")
 
 # The gain kaiming_normal_ should use for each activation; torch has no gain for ELU or GELU, and
 # both behave like ReLU for positive inputs.
-_KAIMING_NONLINEARITY: dict[str, str] = {
+_KAIMING_NONLINEARITY: dict[str, Literal["relu", "leaky_relu", "tanh", "sigmoid"]] = {
     "relu": "relu",
     "leaky_relu": "leaky_relu",
     "tanh": "tanh",
@@ -230,7 +231,8 @@ class MLP(nn.Module):
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         """Map a batch of shape ``(N, *input_shape)`` to outputs of shape ``(N, n_outputs)``."""
-        return self.layers(X)
+        outputs: torch.Tensor = self.layers(X)
+        return outputs
 
 
 class CNN(nn.Module):
@@ -372,7 +374,8 @@ class CNN(nn.Module):
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         """Map a batch of shape ``(N, C, H, W)`` to logits of shape ``(N, n_outputs)``."""
-        return self.classifier(self.features(X))
+        logits: torch.Tensor = self.classifier(self.features(X))
+        return logits
 
 
 MODELS: dict[str, type[nn.Module]] = {"mlp": MLP, "cnn": CNN, "regressor": MLP}

@@ -6,10 +6,10 @@ estimator parameter so an exported CSV row can be applied with ``set_params(**ro
 
 - ``optimizer`` may be a name (``adam``, ``sgd``, ``adamax``, ``rmsprop``), and ``criterion``
   a name (``mse``, ``huber``, ...; ``hpo.spec.names.CRITERIA``) or ``package.module:Name``;
-- ``random_state`` seeds torch's generator for ``initialize`` (the weights) and for each
-  ``fit`` (the weights, then the shuffles and dropout), forked (``seeded_rng``), so a fit is
-  reproducible, two clones fit identically and the caller's generator is left as it was
-  (``partial_fit`` alone draws from the caller's, as in plain skorch);
+- ``random_state`` seeds torch's generator for each ``fit`` (the weights, then the shuffles
+  and dropout: ``seeded_fit``) and for an ``initialize`` of its own (the weights), forked, so
+  a fit is reproducible, two clones fit identically and the caller's generator is left as it
+  was (``partial_fit`` alone draws from the caller's, as in plain skorch);
 - ``early_stopping_patience`` adds skorch's ``EarlyStopping`` on the validation loss;
 - ``lr_schedule: cosine`` adds skorch's ``LRScheduler`` with torch's ``CosineAnnealingLR``:
   the learning rate falls from ``lr`` to 0 over ``max_epochs``, stepped after every epoch;
@@ -46,11 +46,12 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 import numpy as np
 import torch
-from skorch import NeuralNetClassifier, NeuralNetRegressor
+from skorch import NeuralNet, NeuralNetClassifier, NeuralNetRegressor
 from skorch.callbacks import Callback, EarlyStopping, LRScheduler
 from skorch.dataset import Dataset, ValidSplit, get_len, unpack_data
 from skorch.utils import TeeGenerator
@@ -208,10 +209,33 @@ def seeded_rng(random_state: int | None, device: Any = "cpu") -> Iterator[None]:
         yield
 
 
-class _TunedNet:
-    """What ``TunedClassifier`` and ``TunedRegressor`` add to skorch's nets; see their docs."""
+#: Set while a ``seeded_fit`` block runs: an ``initialize`` inside it draws the weights from
+#: the fit's seeded stream, which the fit's shuffles and dropout then continue.
+_IN_SEEDED_FIT: ContextVar[bool] = ContextVar("hpo_in_seeded_fit", default=False)
+
+
+@contextmanager
+def seeded_fit(random_state: int | None, device: Any = "cpu") -> Iterator[None]:
+    """A fit's randomness: ``seeded_rng``, in which ``initialize`` draws the weights and the
+    training then draws on from where the weights left the stream (as a fit seeded once, at
+    its start, would). ``hpo.engine.folds.stacked_fit`` builds each fold's start here too."""
+    token = _IN_SEEDED_FIT.set(True)
+    try:
+        with seeded_rng(random_state, device):
+            yield
+    finally:
+        _IN_SEEDED_FIT.reset(token)
+
+
+class _TunedNet(NeuralNet):
+    """What ``TunedClassifier`` and ``TunedRegressor`` add to skorch's nets; see their docs.
+
+    A ``NeuralNet`` itself, so that its methods are typed as a skorch net's; the two public
+    classes put it before skorch's classifier or regressor.
+    """
 
     default_criterion: type[nn.Module]
+    module_: nn.Module  # skorch sets it in initialize_module
 
     def __init__(
         self,
@@ -232,7 +256,7 @@ class _TunedNet:
         verbose: int = 0,
         **kwargs: Any,
     ) -> None:
-        super().__init__(  # type: ignore[call-arg]
+        super().__init__(
             module,
             *args,
             criterion=criterion,
@@ -256,19 +280,19 @@ class _TunedNet:
         ``augment``'s copies of them (``hpo.engine.preprocess``); a warm start keeps the
         scaling it had. With a ``random_state``, the fit draws from torch's generator seeded
         with it inside ``seeded_rng``, so the caller's generator is as it was afterwards."""
-        if not (self.warm_start and hasattr(self, "scaling_")):  # type: ignore[attr-defined]
+        if not (self.warm_start and hasattr(self, "scaling_")):
             # The copies only when a scaling reads them: five times the rows is no small copy.
             rows = X if self.preprocess == "none" else augment(self.augment, X, None)[0]
             self.scaling_: Scaling | None = fit_scaling(self.preprocess, rows)
-        with seeded_rng(self.random_state, self.device):  # type: ignore[attr-defined]
-            return super().fit(X, y, **fit_params)  # type: ignore[misc]
+        with seeded_fit(self.random_state, self.device):
+            return super().fit(X, y, **fit_params)
 
     def initialize(self) -> Any:
         if self.mixed_precision not in (True, False):
             raise ValueError(
                 f"mixed_precision must be true or false, got {self.mixed_precision!r}"
             )
-        cuda = device_kind(self.device) == "cuda"  # type: ignore[attr-defined]
+        cuda = device_kind(self.device) == "cuda"
         if (
             self.mixed_precision
             and cuda
@@ -283,15 +307,16 @@ class _TunedNet:
             # Every batch of a fit has the same shape (but the last), so the fastest
             # convolution algorithm is worth finding once.
             torch.backends.cudnn.benchmark = True
-        # The module's weights are drawn from the seeded fork; a fit then starts its
-        # shuffles and dropout from the seed too (``fit``), wherever initialize was called.
-        with seeded_rng(self.random_state, self.device):  # type: ignore[attr-defined]
-            return super().initialize()  # type: ignore[misc]
+        if _IN_SEEDED_FIT.get():  # a fit's: the stream goes on into its training
+            return super().initialize()
+        # Called on its own: the weights from a seeded fork, the caller's generator untouched.
+        with seeded_rng(self.random_state, self.device):
+            return super().initialize()
 
     def initialize_module(self) -> Any:
-        super().initialize_module()  # type: ignore[misc]
-        module = self.module_  # type: ignore[has-type]
-        on_cpu = device_kind(self.device) == "cpu"  # type: ignore[attr-defined]
+        super().initialize_module()
+        module = self.module_
+        on_cpu = device_kind(self.device) == "cpu"
         if on_cpu and any(p.dim() == 4 for p in module.parameters()):
             # oneDNN's CPU convolutions, pooling and batch norm run faster on channels-last
             # (NHWC) tensors (measured: docs/benchmarks.md). A convolution whose weight
@@ -300,8 +325,8 @@ class _TunedNet:
         return self
 
     def get_default_callbacks(self) -> list[tuple[str, Any]]:
-        callbacks = list(super().get_default_callbacks())  # type: ignore[misc]
-        if not self.verbose:  # type: ignore[attr-defined]
+        callbacks = list(super().get_default_callbacks())
+        if not self.verbose:
             # PrintLog formats a table every epoch even when it prints nothing.
             callbacks = [(name, cb) for name, cb in callbacks if name != "print_log"]
         if self.early_stopping_patience is not None:
@@ -317,16 +342,14 @@ class _TunedNet:
 
     def initialize_criterion(self) -> Any:
         # skorch's, but the criterion may be a name (mse, huber, ...) or package.module:Name.
-        loss = criterion_class(self.criterion, self.default_criterion)  # type: ignore[attr-defined]
-        kwargs = self.get_params_for("criterion")  # type: ignore[attr-defined]
-        self.criterion_ = self.initialized_instance(loss, kwargs)  # type: ignore[attr-defined]
+        loss = criterion_class(self.criterion, self.default_criterion)
+        kwargs = self.get_params_for("criterion")
+        self.criterion_ = self.initialized_instance(loss, kwargs)
         return self
 
     def initialize_optimizer(self, triggered_directly: Any = None) -> Any:
-        named_parameters = self.get_all_learnable_params()  # type: ignore[attr-defined]
-        args, kwargs = self.get_params_for_optimizer(  # type: ignore[attr-defined]
-            "optimizer", named_parameters
-        )
+        named_parameters = self.get_all_learnable_params()
+        args, kwargs = self.get_params_for_optimizer("optimizer", named_parameters)
         optimizer_class = resolve_optimizer(self.optimizer)
         (groups,) = args
         kwargs = {**kwargs, **_multi_tensor_option(optimizer_class, groups, kwargs)}
@@ -346,14 +369,13 @@ class _TunedNet:
         optimizer = self.optimizer_
         optimizers = self._torch_parts(torch.optim.Optimizer)
         if type(optimizer) not in _OWN_OPTIMIZERS or optimizers != [optimizer]:
-            return super().train_step(batch, **fit_params)  # type: ignore[misc,no-any-return]
+            plain: dict[str, Any] = super().train_step(batch, **fit_params)
+            return plain
         optimizer.zero_grad(set_to_none=True)
         step = self.train_step_single(batch, **fit_params)
         self.notify(
             "on_grad_computed",
-            named_parameters=TeeGenerator(
-                self.get_all_learnable_params()  # type: ignore[attr-defined]
-            ),
+            named_parameters=TeeGenerator(self.get_all_learnable_params()),
             batch=batch,
             training=True,
         )
@@ -365,7 +387,7 @@ class _TunedNet:
         self._train_mode(True)
         Xi, yi = unpack_data(batch)
         y_pred = self.infer(Xi, **fit_params)
-        loss = self.get_loss(y_pred, yi, X=Xi, training=True)  # type: ignore[attr-defined]
+        loss = self.get_loss(y_pred, yi, X=Xi, training=True)
         loss.backward()
         return {"loss": loss, "y_pred": y_pred}
 
@@ -375,12 +397,12 @@ class _TunedNet:
         Xi, yi = unpack_data(batch)
         with torch.no_grad():
             y_pred = self.infer(Xi, **fit_params)
-            loss = self.get_loss(y_pred, yi, X=Xi, training=False)  # type: ignore[attr-defined]
+            loss = self.get_loss(y_pred, yi, X=Xi, training=False)
         return {"loss": loss, "y_pred": y_pred}
 
     def evaluation_step(self, batch: Any, training: bool = False) -> Any:
         # skorch's, but for the mode switch (see _train_mode).
-        self.check_is_fitted()  # type: ignore[attr-defined]
+        self.check_is_fitted()
         Xi, _ = unpack_data(batch)
         with torch.set_grad_enabled(training):
             self._train_mode(training)
@@ -396,18 +418,18 @@ class _TunedNet:
     def _torch_parts(self, kind: type[_Part]) -> list[_Part]:
         # skorch lists every module, criterion and optimizer a net holds, a subclass's own
         # included, in its public cuda_dependent_attributes_ (registered as they are set).
-        names = self.cuda_dependent_attributes_  # type: ignore[attr-defined]
+        names = self.cuda_dependent_attributes_
         parts = (getattr(self, name, None) for name in names)
         return [part for part in parts if isinstance(part, kind)]
 
     def get_iterator(self, dataset: Any, training: bool = False) -> Any:
         prefix = "iterator_train" if training else "iterator_valid"
         iterator = getattr(self, prefix)
-        kwargs = self.get_params_for(prefix)  # type: ignore[attr-defined]
-        batch_size = self.batch_size  # type: ignore[attr-defined]
+        kwargs = self.get_params_for(prefix)
+        batch_size = self.batch_size
         if iterator is TensorBatches:
             kwargs.setdefault("shuffle", training)
-            kwargs.setdefault("device", self.device)  # type: ignore[attr-defined]
+            kwargs.setdefault("device", self.device)
             if not training and batch_size != -1:
                 batch_size = max(batch_size, EVAL_BATCH_ROWS)
         kwargs.setdefault("batch_size", batch_size)
@@ -424,7 +446,7 @@ class _TunedNet:
         # from the floats.
         if iterator is None:
             return
-        history = self.history  # type: ignore[attr-defined]
+        history = self.history
         loss_key, size_key = prefix + "_loss", prefix + "_batch_size"
         rows: list[dict[str, Any]] = []
         losses: list[torch.Tensor] = []
@@ -456,8 +478,8 @@ class _TunedNet:
             getattr(callback, method_name)(self, **cb_kwargs)
 
     def _callbacks_implementing(self, method_name: str) -> list[Any]:
-        callbacks = self.callbacks_  # type: ignore[attr-defined]
-        cache = getattr(self, "hook_cache_", None)
+        callbacks = self.callbacks_
+        cache: tuple[Any, dict[str, list[Any]]] | None = getattr(self, "hook_cache_", None)
         if cache is None or cache[0] is not callbacks:
             # callbacks_ is replaced, never changed in place, when callbacks are initialized.
             # The trailing underscore keeps the cache out of get_params (and so out of clone).
@@ -477,14 +499,14 @@ class _TunedNet:
     def infer(self, x: Any, **fit_params: Any) -> Any:
         scaling = getattr(self, "scaling_", None)
         if scaling is not None:
-            x = scaling(torch.as_tensor(x, device=self.device))  # type: ignore[attr-defined]
+            x = scaling(torch.as_tensor(x, device=self.device))
         if not self.mixed_precision:
-            return super().infer(x, **fit_params)  # type: ignore[misc]
+            return super().infer(x, **fit_params)
         # bfloat16 keeps float32's exponent range, so gradients need no loss scaling. The
         # output goes back to float32: the loss and the predictions are computed in it.
-        device_type = device_kind(self.device)  # type: ignore[attr-defined]
+        device_type = device_kind(self.device)
         with torch.autocast(device_type, dtype=torch.bfloat16):
-            y = super().infer(x, **fit_params)  # type: ignore[misc]
+            y = super().infer(x, **fit_params)
         return y.float()
 
     def get_split_datasets(self, X: Any, y: Any = None, **fit_params: Any) -> Any:
@@ -504,11 +526,11 @@ class _TunedNet:
             split = ValidSplit(
                 self.validation_fraction, stratified=stratified, random_state=self.random_state
             )
-            dataset = self.get_dataset(X, y)  # type: ignore[attr-defined]
+            dataset = self.get_dataset(X, y)
             if y is None:
                 return split(dataset, **fit_params)
             return split(dataset, y, **fit_params)
-        return super().get_split_datasets(X, y, **fit_params)  # type: ignore[misc]
+        return super().get_split_datasets(X, y, **fit_params)
 
 
 class TunedClassifier(_TunedNet, NeuralNetClassifier):

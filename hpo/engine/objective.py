@@ -22,7 +22,7 @@ computes, whichever strategy runs it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
@@ -169,7 +169,7 @@ class _Folded:
 
 def _score_folds(
     trial: optuna.Trial,
-    results: Iterator[FoldResult],
+    results: Generator[FoldResult, None, None],
     *,
     may_prune: bool,
     folds: int,

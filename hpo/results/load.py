@@ -114,4 +114,4 @@ def rebuild_net(params: dict[str, Any], device: str = "cpu") -> Any:
 def _references(params: dict[str, Any]) -> list[tuple[str, str]]:
     criterion = params["configuration"].get("criterion")
     named = (("model", params.get("model")), ("criterion", criterion))
-    return [(key, value) for key, value in named if is_reference(value)]
+    return [(key, value) for key, value in named if isinstance(value, str) and is_reference(value)]

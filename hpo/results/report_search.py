@@ -120,7 +120,7 @@ def search_sections(study: optuna.Study, spec: StudySpec, metric: str) -> list[S
 
 def first_objective(trial: FrozenTrial) -> float:
     """A trial's first objective: the CV score."""
-    return trial.values[0]
+    return float(trial.values[0])
 
 
 def pareto_section(study: optuna.Study) -> Section:
@@ -314,14 +314,15 @@ def _x_axis(scale: str, name: str, spec: StudySpec, values: list[Any]) -> dict[s
     return axis
 
 
-def fold_figure(trials: list[FrozenTrial], metric: str, *, best: int) -> go.Figure | None:
+def fold_figure(trials: list[FrozenTrial], metric: str, *, best: int | None) -> go.Figure | None:
     """Each trial's mean score after each fold, one named line per trial; None when no trial
     reported one.
 
     Args:
         trials: The study's trials; those that reported after a fold are drawn.
         metric: Named on the y axis.
-        best: The best trial's number: its line is drawn thicker and named ``(best)``.
+        best: The best trial's number: its line is drawn thicker and named ``(best)``; None
+            when no trial is chosen (none feasible).
     """
     reported = sorted((t for t in trials if t.intermediate_values), key=lambda t: t.number)
     if not reported:

@@ -89,7 +89,7 @@ def readable_spec(spec: StudySpec) -> dict[str, Any]:
     """The spec as plain data for YAML: every value the workers use, less the empty ones a
     study file leaves out (no description, no options, ``timeout: null``, ...). Parsed
     back, it is the same spec."""
-    data = _without_empty(
+    data: dict[str, Any] = _without_empty(
         spec.model_dump(mode="json"), spec.model_dump(mode="json", exclude_defaults=True)
     )
     # A parameter reads as a study file writes it: its type first. An empty space stays: a

@@ -88,7 +88,7 @@ def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
 def reports_fold_scores(spec: StudySpec) -> bool:
     """Whether a trial reports each fold's own score (Wilcoxon's paired test), rather than the
     running mean of its folds so far (every other pruner, and none)."""
-    return spec.pruner.name == "wilcoxon"
+    return bool(spec.pruner.name == "wilcoxon")
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ import importlib
 import os
 import re
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,8 +80,8 @@ def allowed_prefixes(
     flags: Iterable[str] = (), environ: dict[str, str] | None = None
 ) -> tuple[str, ...]:
     """The prefixes to trust: the ``--allow-module`` flags, then ``HPO_ALLOW_MODULES``."""
-    environ = os.environ if environ is None else environ  # type: ignore[assignment]
-    from_env = [part.strip() for part in environ.get(ALLOW_ENV, "").split(",")]
+    env: Mapping[str, str] = os.environ if environ is None else environ
+    from_env = [part.strip() for part in env.get(ALLOW_ENV, "").split(",")]
     prefixes = [*flags, *from_env]
     return tuple(dict.fromkeys(prefix.strip(".") for prefix in prefixes if prefix.strip(".")))
 

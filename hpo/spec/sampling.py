@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import optuna
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from hpo.spec.study_spec import StudySpec
 
 #: The samplers a spec may name, with the Optuna class each one builds.
-SAMPLERS: dict[str, type[optuna.samplers.BaseSampler]] = {
+SAMPLERS: dict[str, Callable[..., optuna.samplers.BaseSampler]] = {
     "random": optuna.samplers.RandomSampler,
     "tpe": optuna.samplers.TPESampler,
     "gp": optuna.samplers.GPSampler,
@@ -45,7 +46,7 @@ SHARED_SEED = frozenset({"qmc"})
 
 def resolved_sampler(spec: StudySpec) -> str:
     """The sampler a spec runs: its ``sampler.name``, or for ``auto`` the rule's pick."""
-    name = spec.sampler.name
+    name = str(spec.sampler.name)
     if name != "auto":
         return name
     from hpo.spec.spaces import CategoricalParam

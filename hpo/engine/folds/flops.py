@@ -13,7 +13,7 @@ def batch_rows(net: Any, train_rows: int | None) -> int:
     without them, 1."""
     if net.batch_size == -1:
         return max(1, train_rows or 1)
-    return max(1, net.batch_size)
+    return max(1, int(net.batch_size))
 
 
 def forward_flops(net: Any, input_shape: tuple[int, ...], train_rows: int | None = None) -> int:

@@ -34,7 +34,7 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -116,7 +116,7 @@ class FoldPool:
         should_stop: Callable[[], bool] | None = None,
         *,
         fit_here: bool = True,
-    ) -> Iterator[FoldResult]:
+    ) -> Generator[FoldResult, None, None]:
         """Fit a ``clone`` of ``net`` on every split and score it by ``scoring``; yield the
         results in fold order.
 

@@ -15,7 +15,7 @@ Closing a runner's generator early (a pruned trial) stops what still runs.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -40,7 +40,7 @@ class FoldRunner(Protocol):
         splits: Splits,
         scoring: str | Sequence[str],
         should_stop: Callable[[], bool] | None = None,
-    ) -> Iterator[FoldResult]:
+    ) -> Generator[FoldResult, None, None]:
         """Each fold's result, in fold order, as ``cross_val_score`` would score it.
 
         Raises:
@@ -63,7 +63,7 @@ class OneByOne:
         splits: Splits,
         scoring: str | Sequence[str],
         should_stop: Callable[[], bool] | None = None,
-    ) -> Iterator[FoldResult]:
+    ) -> Generator[FoldResult, None, None]:
         for fold, (train, test) in enumerate(splits):
             yield fit_and_score_fold(
                 net, data, fold, train, test, scoring, self.threads, should_stop
@@ -85,7 +85,7 @@ class Stacked:
         splits: Splits,
         scoring: str | Sequence[str],
         should_stop: Callable[[], bool] | None = None,
-    ) -> Iterator[FoldResult]:
+    ) -> Generator[FoldResult, None, None]:
         for group in self.groups or (tuple(range(len(splits))),):
             if len(group) == 1:
                 (fold,) = group

@@ -48,7 +48,7 @@ from hpo.engine.folds.fold import (
 from hpo.engine.folds.stacked_layers import StackedFolds
 from hpo.engine.folds.vmapped import VmappedFolds
 from hpo.engine.models import CNN, MLP
-from hpo.engine.nets import lr_scheduler, seeded_rng
+from hpo.engine.nets import lr_scheduler, seeded_fit
 from hpo.engine.preprocess import Scaling, fit_scaling
 from hpo.engine.threads import torch_threads
 
@@ -140,9 +140,9 @@ def fit_stacked(
     its copy of the validation split are scaled by ``net.preprocess`` fitted on the rows it
     trains on: ``X[k]`` with ``net.augment``'s copies of them.
     """
-    # Built as the fold's own fit builds it (``seeded_rng``), the generator state after it
+    # Built as the fold's own fit builds it (``seeded_fit``), the generator state after it
     # is where each fold's shuffles and dropout masks start.
-    with seeded_rng(net.random_state, net.device):
+    with seeded_fit(net.random_state, net.device):
         base = clone(net).initialize()
         after_init = torch.get_rng_state()
     folds = len(X)
@@ -244,7 +244,7 @@ def _train_step(
     optimizer = trainer.optimizer_
     optimizer.zero_grad(set_to_none=True)
     fold_losses = _fold_losses(criterion, trainer.module_(X), y)
-    fold_losses.sum().backward()
+    torch.autograd.backward(fold_losses.sum())
     optimizer.step()
     return fold_losses.detach()
 
@@ -257,7 +257,9 @@ def _fold_losses(
         pairs = zip(outputs, targets, strict=True)
         return torch.stack([criterion(out, target).mean() for out, target in pairs])
     K, N = outputs.shape[:2]
-    per_row = criterion(outputs.reshape(K * N, *outputs.shape[2:]), torch.cat(targets))
+    per_row: torch.Tensor = criterion(
+        outputs.reshape(K * N, *outputs.shape[2:]), torch.cat(targets)
+    )
     return per_row.reshape(K, -1).mean(1)
 
 

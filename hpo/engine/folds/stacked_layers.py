@@ -18,6 +18,9 @@ the same interface). ``hpo.engine.folds.stacked_fit`` trains either.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any, cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -35,11 +38,35 @@ class _Folds:
         return len(self.generators)
 
 
-class _StackedLinear(nn.Module):
+class _StackedLayer(nn.Module):
+    """One layer of ``StackedFolds``: the K folds' copies of a layer, applied stacked or to
+    one fold's slice."""
+
+    def stacked(self, h: torch.Tensor, folds: _Folds) -> torch.Tensor:
+        """The layer of every fold at once, on the folds' stacked activations."""
+        raise NotImplementedError
+
+    def single(self, h: torch.Tensor, fold: int, folds: _Folds) -> torch.Tensor:
+        """Fold ``fold``'s layer alone, on its own activations."""
+        raise NotImplementedError
+
+    def fold_state(self, fold: int) -> dict[str, torch.Tensor]:
+        """Fold ``fold``'s parameters and buffers, under the layer's own names."""
+        raise NotImplementedError
+
+
+def _bias(layer: nn.Linear | nn.Conv2d | nn.BatchNorm1d | nn.BatchNorm2d) -> torch.Tensor:
+    """A layer's bias (or batch norm's shift), which ``_unsupported`` made sure it has."""
+    if layer.bias is None:
+        raise ValueError(f"cannot stack a {type(layer).__name__} without a bias")
+    return layer.bias
+
+
+class _StackedLinear(_StackedLayer):
     def __init__(self, layer: nn.Linear, folds: int) -> None:
         super().__init__()
         self.weight = nn.Parameter(layer.weight.detach().expand(folds, -1, -1).clone())
-        self.bias = nn.Parameter(layer.bias.detach().expand(folds, -1).clone())
+        self.bias = nn.Parameter(_bias(layer).detach().expand(folds, -1).clone())
 
     def stacked(self, h: torch.Tensor, folds: _Folds) -> torch.Tensor:  # h: (K, N, F)
         return torch.baddbmm(self.bias.unsqueeze(1), h, self.weight.transpose(1, 2))
@@ -51,17 +78,17 @@ class _StackedLinear(nn.Module):
         return {"weight": self.weight[fold], "bias": self.bias[fold]}
 
 
-class _StackedConv2d(nn.Module):
+class _StackedConv2d(_StackedLayer):
     def __init__(self, layer: nn.Conv2d, folds: int) -> None:
         super().__init__()
         self.out_channels = layer.out_channels
-        self.options = {
+        self.options: dict[str, Any] = {
             "stride": layer.stride,
             "padding": layer.padding,
             "dilation": layer.dilation,
         }
         self.weight = nn.Parameter(layer.weight.detach().repeat(folds, 1, 1, 1))
-        self.bias = nn.Parameter(layer.bias.detach().repeat(folds))
+        self.bias = nn.Parameter(_bias(layer).detach().repeat(folds))
 
     def _rows(self, fold: int) -> slice:
         return slice(fold * self.out_channels, (fold + 1) * self.out_channels)
@@ -78,21 +105,28 @@ class _StackedConv2d(nn.Module):
         return {"weight": self.weight[rows], "bias": self.bias[rows]}
 
 
-class _StackedBatchNorm(nn.Module):
+class _StackedBatchNorm(_StackedLayer):
     """BatchNorm1d over (K, N, F) or BatchNorm2d over (N, K*C, H, W): fold k's channels are
     normalized by fold k's statistics, as in its own fit."""
 
+    running_mean: torch.Tensor
+    running_var: torch.Tensor
+    num_batches_tracked: torch.Tensor
+
     def __init__(self, layer: nn.BatchNorm1d | nn.BatchNorm2d, folds: int) -> None:
         super().__init__()
+        if layer.momentum is None or layer.running_mean is None or layer.running_var is None:
+            raise ValueError("cannot stack a batch norm without running statistics and momentum")
         self.channels = layer.num_features
-        self.momentum = layer.momentum
+        self.momentum: float = layer.momentum
         self.eps = layer.eps
         self.images = isinstance(layer, nn.BatchNorm2d)
         self.weight = nn.Parameter(layer.weight.detach().repeat(folds))
-        self.bias = nn.Parameter(layer.bias.detach().repeat(folds))
+        self.bias = nn.Parameter(_bias(layer).detach().repeat(folds))
         self.register_buffer("running_mean", layer.running_mean.repeat(folds))
         self.register_buffer("running_var", layer.running_var.repeat(folds))
-        self.register_buffer("num_batches_tracked", layer.num_batches_tracked.clone())
+        tracked = layer.num_batches_tracked
+        self.register_buffer("num_batches_tracked", torch.as_tensor(tracked).clone())
 
     def _normalize(self, h: torch.Tensor, rows: slice) -> torch.Tensor:
         return F.batch_norm(
@@ -138,7 +172,7 @@ class _StackedBatchNorm(nn.Module):
         }
 
 
-class _StackedDropout(nn.Module):
+class _StackedDropout(_StackedLayer):
     """hpo's CPU ``Dropout``, with fold k's mask drawn from fold k's generator."""
 
     def __init__(self, layer: Dropout) -> None:
@@ -160,7 +194,7 @@ class _StackedDropout(nn.Module):
         return {}
 
 
-class _Elementwise(nn.Module):
+class _Elementwise(_StackedLayer):
     """An activation or a pooling: it acts on each fold's values as on one fold's."""
 
     def __init__(self, layer: nn.Module) -> None:
@@ -177,7 +211,7 @@ class _Elementwise(nn.Module):
         return {}
 
 
-class _Flatten(nn.Module):
+class _Flatten(_StackedLayer):
     """From images (N, K*C, H, W) to rows (K, N, C*H*W); or rows (K, N, *shape) flattened."""
 
     def __init__(self, images: bool) -> None:
@@ -281,19 +315,23 @@ class StackedFolds(nn.Module):
             h = h.contiguous(memory_format=torch.channels_last)
         else:
             h = torch.stack(batches)
-        for layer in self.layers:
+        for layer in self._layers():
             h = layer.stacked(h, self.folds)
         return h
 
     def _single(self, h: torch.Tensor, fold: int) -> torch.Tensor:
-        for layer in self.layers:
+        for layer in self._layers():
             h = layer.single(h, fold, self.folds)
         return h
+
+    def _layers(self) -> Iterable[_StackedLayer]:
+        # An nn.ModuleList, so that the parameters are registered; its items are these.
+        return cast("Iterable[_StackedLayer]", self.layers)
 
     def fold_state_dict(self, fold: int) -> dict[str, torch.Tensor]:
         """Fold k's weights and buffers, under the names of the module it was stacked from."""
         return {
             f"{name}.{key}": value.detach().clone()
-            for name, layer in zip(self.names, self.layers, strict=True)
+            for name, layer in zip(self.names, self._layers(), strict=True)
             for key, value in layer.fold_state(fold).items()
         }

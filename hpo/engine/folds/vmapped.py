@@ -108,7 +108,7 @@ class VmappedFolds(nn.Module):
     def forward(self, batches: list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
         if len({len(batch) for batch in batches}) > 1:
             return [self._single(batch, fold) for fold, batch in enumerate(batches)]
-        return self._vmapped(self._parameters_by_name(), torch.stack(batches))  # type: ignore[no-any-return]
+        return self._vmapped(self._parameters_by_name(), torch.stack(batches))
 
     def _call(self, parameters: dict[str, torch.Tensor], X: torch.Tensor) -> torch.Tensor:
         # Every name of a tied parameter is given (_parameters_by_name), so functional_call
@@ -179,7 +179,7 @@ def _buffers_refusal(module: nn.Module, X: torch.Tensor) -> str | None:
             return f"its forward returns a {type(output).__name__}, not one tensor"
         if output.dim() == 0 or len(output) != len(X):
             return f"its output (shape {tuple(output.shape)}) has no row per input row"
-        output.sum().backward()
+        torch.autograd.backward(output.sum())
     except Exception as error:  # the user's code may raise anything
         return f"its forward and backward fail on a batch of {len(X)} rows: {_first_line(error)}"
     changed = [
