@@ -171,6 +171,8 @@ def refit(
     spec = load_spec_from_storage(opened, name)
     admit_user_code(spec, allow_modules, f"study {name}")
     result = refit_study(opened, name, results_dir=results_dir, artifacts=artifacts, device=device)
+    if result.warning:  # as hpo refit prints it, and the report says it
+        warnings.warn(result.warning, stacklevel=2)
     write_refit_notes(
         opened,
         spec,

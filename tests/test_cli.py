@@ -64,9 +64,7 @@ def test_run_registers_runs_two_workers_and_writes_the_best_params(
 
     # the same file again resumes: nothing new to run, the same answer
     # (HPO_CPUS: two CPUs for hpo, whatever the load of the machine running the test)
-    again = run_hpo(
-        "run", str(path), "--storage", sqlite_url, cwd=tmp_path, env={"HPO_CPUS": "2"}
-    )
+    again = run_hpo("run", str(path), "--storage", sqlite_url, cwd=tmp_path, env={"HPO_CPUS": "2"})
     assert again.returncode == 0, again.stderr
     assert "already registered" in again.stderr
     # one worker is told how to use the other core
@@ -416,12 +414,15 @@ def test_a_port_in_use_is_reported_with_a_way_out(sqlite_url: str) -> None:
 
 
 def test_listening_beyond_loopback_needs_expose_and_warns(sqlite_url: str) -> None:
-    for command in ("dashboard", "storage-proxy"):
+    for command, danger in (
+        ("dashboard", "plain HTTP (no TLS) and, without --auth-file, asks for no credential"),
+        ("storage-proxy", "no authentication and no TLS"),
+    ):
         for host in ("0.0.0.0", "10.0.0.1", "::"):
             refused = run_hpo(command, "--storage", sqlite_url, "--host", host, timeout=60)
             assert refused.returncode == 2, (command, host, refused.stderr)
             message = " ".join(refused.stderr.split())
-            assert "no authentication and no TLS" in message, message
+            assert danger in message, message
             assert "--expose" in message and "ssh -L" in message, message
             assert "Traceback" not in message and "(Ctrl-C to stop)" not in message
         for port in ("0", "65536", "-1"):
@@ -432,8 +433,21 @@ def test_listening_beyond_loopback_needs_expose_and_warns(sqlite_url: str) -> No
 
     port = free_port()
     command = [sys.executable, "-m", "hpo", "storage-proxy", "--storage", sqlite_url]
-    with served([*command, "--host", "0.0.0.0", "--port", str(port), "--expose"]) as proxy:
+    exposed = ["--host", "0.0.0.0", "--port", str(port), "--expose", "--insecure"]
+    with served([*command, *exposed]) as proxy:
         optuna.storages.GrpcStorageProxy(port=port).wait_server_ready(timeout=60)
     output = " ".join(proxy.stdout.read().split())  # type: ignore[union-attr]
     assert "warning: hpo storage-proxy has no authentication and no TLS" in output, output
     assert "read, rewrite or delete every study" in output
+
+
+def test_optunas_own_lines_come_only_with_verbose(
+    write_spec: Callable[..., Path], tmp_path: Path
+) -> None:
+    path = write_spec()
+    quiet = run_hpo("register", str(path), "--storage", f"sqlite:///{tmp_path / 'a.db'}")
+    assert quiet.returncode == 0, quiet.stderr
+    assert "A new study created" not in quiet.stdout + quiet.stderr
+    verbose = run_hpo("register", str(path), "--storage", f"sqlite:///{tmp_path / 'b.db'}", "-v")
+    assert verbose.returncode == 0, verbose.stderr
+    assert "register (optuna): A new study created in RDB with name: tiny-digits" in verbose.stderr

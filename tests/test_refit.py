@@ -381,3 +381,31 @@ def test_study_folder_refuses_names_that_are_not_one_plain_folder(
 @pytest.mark.parametrize("name", ["digits-mlp", "a.b", "..a", "x y", "ünï"])
 def test_study_folder_keeps_plain_names_inside(tmp_path: Path, name: str) -> None:
     assert study_folder(tmp_path, name) == tmp_path / name
+
+
+@pytest.mark.slow
+def test_refit_says_when_the_test_score_strays_far_from_the_cv_score(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """The report's sentence, from hpo refit and hpo.refit too: here a trial whose CV score
+    claims a chance-level 0.1 on the digits, which a refit of its net beats by far."""
+    raw = tiny_spec(name="gap", sampler={"name": "grid"}, budget={}, space={})
+    spec = parse_spec({**raw, "fixed": {"max_epochs": 4, "batch_size": 64, "lr": 0.01}})
+    storage = open_storage(sqlite_url)
+    register_study(spec, storage)
+    study = optuna.load_study(study_name="gap", storage=storage)
+    trial = study.ask()
+    trial.set_user_attr("score_std", 0.01)
+    study.tell(trial, 0.1)
+
+    result = refit_study(storage, "gap", results_dir=tmp_path / "r", artifacts=tmp_path / "a")
+
+    assert result.metrics["accuracy"] > 0.5
+    assert result.warning.startswith(f"The test accuracy {result.metrics['accuracy']:.4g} is")
+    assert "above the best CV accuracy 0.1 (trial 0)" in result.warning
+    printed = run_hpo(
+        "refit", "gap", "--storage", sqlite_url, "--results", str(tmp_path / "r2"),
+        "--artifacts", str(tmp_path / "a2"),
+    )  # fmt: skip
+    assert printed.returncode == 0, printed.stderr
+    assert "above the best CV accuracy 0.1 (trial 0)" in " ".join(printed.stderr.split())

@@ -65,8 +65,10 @@ from hpo.engine.scorer import study_data
 from hpo.engine.threads import torch_threads
 from hpo.errors import HpoError
 from hpo.results.artifacts import open_artifact_store, resolve_artifacts_dir, upload_refit
+from hpo.results.gap import gap_sentence
 from hpo.results.paths import study_folder
 from hpo.service.study import hpo_version, load_study, result_trial
+from hpo.spec.objectives import metric_name
 from hpo.spec.study_spec import StudySpec
 
 MODEL_FILE = "model.pt"
@@ -112,6 +114,8 @@ class RefitResult:
         artifacts_dir: The artifact folder the files were uploaded to.
         artifacts: The artifact id of each file, by kind.
         net: The fitted net (in this process only; ``load_refit`` rebuilds it anywhere).
+        warning: The sentence the report gives when the test score strays far from the CV
+            score (``hpo.results.gap``), else "".
     """
 
     study: str
@@ -127,6 +131,7 @@ class RefitResult:
     artifacts_dir: Path | None = None
     artifacts: dict[str, str] = field(default_factory=dict)
     net: Any = field(default=None, repr=False, compare=False)
+    warning: str = ""
 
 
 def refit_study(
@@ -195,6 +200,7 @@ def refit_study(
         if data.input_shape == (1,):
             curve = _curve(net, data)
 
+    n_test = len(data.X_test)
     files = _write_files(
         folder,
         net,
@@ -207,7 +213,7 @@ def refit_study(
             "cv_score": best.values[0],
             "test": metrics,
             **rows,
-            "n_test": len(data.X_test),
+            "n_test": n_test,
             "epochs": len(history),
             "fit_seconds": round(seconds, 3),
         },
@@ -220,6 +226,8 @@ def refit_study(
     for key, value in metrics.items():
         study.set_user_attr(f"{TEST_ATTR_PREFIX}{key}", value)
     study.set_user_attr("refit_trial", best.number)
+    summary = {"test": metrics, "trial": best.number, "cv_score": float(best.values[0])}
+    warning = gap_sentence(study, spec, metric_name(study, spec), {**summary, "n_test": n_test})
 
     return RefitResult(
         study=name,
@@ -235,6 +243,7 @@ def refit_study(
         artifacts_dir=artifacts_dir,
         artifacts=artifact_ids,
         net=net,
+        warning=warning,
     )
 
 
