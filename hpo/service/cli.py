@@ -829,5 +829,121 @@ def slurm(
     )
 
 
+db_app = typer.Typer(
+    help="A private PostgreSQL in your own folder, started without root, for workers on "
+    "several machines (a cluster's login node, a long job).",
+    no_args_is_help=True,
+)
+app.add_typer(db_app, name="db")
+
+DbDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--dir",
+        help="The database's folder. Default: $XDG_DATA_HOME/hpo/postgres, else "
+        "~/.local/share/hpo/postgres.",
+        show_default=False,
+    ),
+]
+DbUserOption = Annotated[
+    str | None,
+    typer.Option(
+        "--user",
+        help="As root: the user PostgreSQL runs as (it refuses root). Default: postgres.",
+        show_default=False,
+    ),
+]
+DbBinOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--bin",
+        help="Folder of PostgreSQL's initdb and pg_ctl. Default: PATH, else "
+        "/usr/lib/postgresql/<newest>/bin and the like.",
+        show_default=False,
+    ),
+]
+
+
+@db_app.command("start")
+@_reports_errors
+def db_start(
+    folder: DbDirOption = None,
+    port: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=65535,
+            help="Port. Default: the last one, else the first free from 54320.",
+            show_default=False,
+        ),
+    ] = None,
+    host: Annotated[
+        str | None,
+        typer.Option(
+            help="Also listen on this address (a login node's, for the compute nodes; "
+            "0.0.0.0: all), password required. Default: 127.0.0.1 only.",
+            show_default=False,
+        ),
+    ] = None,
+    bin_dir: DbBinOption = None,
+    user: DbUserOption = None,
+) -> None:
+    """Start the private PostgreSQL (made on the first start, with a password file only you
+    can read) and print the two exports that point hpo at it: eval "$(hpo db start)"."""
+    from hpo.service.database import is_loopback, start_database
+
+    db = start_database(folder, port=port, host=host, bin_dir=bin_dir, user=user)
+    for warning in db.warnings:
+        err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
+    if not is_loopback(db.host):
+        err.print(
+            f"[bold yellow]warning:[/] the database listens on {escape(db.host)}:{db.port}: "
+            "any machine that reaches it may connect with the password, and its traffic is "
+            "not encrypted; a private network only (or keep 127.0.0.1 and an SSH tunnel)",
+            highlight=False,
+        )
+    state = "started" if db.started else "already running"
+    err.print(
+        f"PostgreSQL {state} in {escape(str(db.folder))} on {escape(db.host)}:{db.port}; "
+        "stop it with: hpo db stop" + (f" --dir {escape(str(folder))}" if folder else ""),
+        highlight=False,
+        soft_wrap=True,
+    )
+    out.print(db.exports(), end="", markup=False, highlight=False, soft_wrap=True)
+
+
+@db_app.command("stop")
+@_reports_errors
+def db_stop(
+    folder: DbDirOption = None, bin_dir: DbBinOption = None, user: DbUserOption = None
+) -> None:
+    """Stop the private PostgreSQL (its data stays; hpo db start starts it again)."""
+    from hpo.service.database import default_folder, stop_database
+
+    stopped = stop_database(folder, bin_dir=bin_dir, user=user)
+    where = escape(str(folder or default_folder(user)))
+    err.print(f"stopped the database in {where}" if stopped else f"no database runs in {where}")
+
+
+@db_app.command("url")
+@_reports_errors
+def db_url(
+    folder: DbDirOption = None,
+    exports: Annotated[
+        bool, typer.Option("--exports", help="Both export lines, as hpo db start prints them.")
+    ] = False,
+    user: DbUserOption = None,
+) -> None:
+    """Print the private PostgreSQL's storage URL (without the password: that is in its
+    file, for HPO_STORAGE_PASSWORD_FILE)."""
+    from hpo.service.database import database_status
+
+    db = database_status(folder, user=user)
+    if not db.running:
+        err.print("[yellow]not running:[/] start it with hpo db start", highlight=False)
+    text = db.exports() if exports else db.url + "\n"
+    out.print(text, end="", markup=False, highlight=False, soft_wrap=True)
+
+
 def main() -> None:
     app()
