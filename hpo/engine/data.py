@@ -138,7 +138,8 @@ def load_diabetes(*, test_size: float = 0.2, seed: int = 0) -> DataSplits:
 
 def synthetic_function(x: np.ndarray) -> np.ndarray:
     """The noise-free target of ``synthetic_regression``: ``sin(2 pi x) * (1 + x)``."""
-    return np.sin(2 * np.pi * x) * (1 + x)
+    values: np.ndarray = np.sin(2 * np.pi * x) * (1 + x)
+    return values
 
 
 def load_synthetic_regression(
@@ -543,7 +544,8 @@ def _split(
     name: str, X: np.ndarray, y: np.ndarray, *, test_size: float, seed: int
 ) -> list[np.ndarray]:
     try:
-        return train_test_split(X, y, test_size=test_size, random_state=seed)
+        parts: list[np.ndarray] = train_test_split(X, y, test_size=test_size, random_state=seed)
+        return parts
     except ValueError as error:
         raise DatasetError(f"{name}: cannot hold out test_size={test_size}: {error}") from error
 
@@ -574,8 +576,13 @@ def _from_arrays(
         raise DatasetError(
             f"{where}: `task` must be one of {', '.join(TASKS)} or null, but got {task!r}."
         )
-    pairs = [("X", X, "y", y)]
-    if X_test is not None:
+    pairs: list[tuple[str, np.ndarray, str, np.ndarray]] = [("X", X, "y", y)]
+    if (X_test is None) != (y_test is None):
+        raise DatasetError(
+            f"{where}: X_test and y_test come together; give both, or neither (then "
+            "test_size of the rows is held out)."
+        )
+    if X_test is not None and y_test is not None:
         pairs.append(("X_test", X_test, "y_test", y_test))
     for x_key, features, y_key, labels in pairs:
         if features.ndim < 2:
@@ -689,11 +696,12 @@ def _load_torchvision(
         ) from None
 
     def images(data: Any, limit: int | None) -> np.ndarray:
-        array = data[:limit].numpy().astype(np.float32) / 255.0
+        array: np.ndarray = data[:limit].numpy().astype(np.float32) / 255.0
         return array.reshape(len(array), 1, *array.shape[1:])
 
     def labels(targets: Any, limit: int | None) -> np.ndarray:
-        return targets[:limit].numpy().astype(np.int64)
+        labels: np.ndarray = targets[:limit].numpy().astype(np.int64)
+        return labels
 
     if test_fraction is None:
         X_train, y_train = images(train.data, max_train), labels(train.targets, max_train)
@@ -723,9 +731,10 @@ def _pooled_split(
     name: str, X: np.ndarray, y: np.ndarray, test_fraction: float
 ) -> list[np.ndarray]:
     try:
-        return train_test_split(
+        parts: list[np.ndarray] = train_test_split(
             X, y, test_size=test_fraction, random_state=POOLED_SPLIT_SEED, stratify=y
         )
+        return parts
     except ValueError:
         # Too few images of some class to stratify (only in tiny test files).
         return _split(name, X, y, test_size=test_fraction, seed=POOLED_SPLIT_SEED)

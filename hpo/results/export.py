@@ -197,7 +197,7 @@ def read_best_params(path: str | Path) -> dict[str, object]:
     """
     row = pd.read_csv(path).iloc[0].to_dict()
     params = {
-        csv_value(key): csv_value(value)
+        str(csv_value(key)): csv_value(value)
         for key, value in row.items()
         if key not in BEST_META_COLUMNS
     }

@@ -126,8 +126,9 @@ def write_report(
     study, spec = load_study(storage, name)
     metric = metric_name(study, spec)
     if out is None:
-        refit_folder: Path | None = study_folder(results_dir, name)
-        path = refit_folder / REPORT_FILE
+        folder = study_folder(results_dir, name)
+        refit_folder: Path | None = folder
+        path = folder / REPORT_FILE
     else:
         path = Path(out)
         try:

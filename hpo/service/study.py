@@ -242,9 +242,10 @@ def _as_read(spec_json: str) -> dict[str, Any]:
     """A stored spec's keys as hpo reads it today (keys added since it was stored take their
     defaults), or as stored when it cannot be read."""
     try:
-        return json.loads(StudySpec.from_json(spec_json).to_json())
+        read: dict[str, Any] = json.loads(StudySpec.from_json(spec_json).to_json())
     except SpecError:
-        return json.loads(spec_json)
+        read = json.loads(spec_json)
+    return read
 
 
 def _study_attrs(storage: optuna.storages.BaseStorage, name: str) -> dict[str, Any] | None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     import optuna
@@ -53,7 +53,7 @@ def objective_names(spec: StudySpec) -> list[str]:
     return [spec.scoring, *spec.objectives]
 
 
-def directions(spec: StudySpec) -> list[str]:
+def directions(spec: StudySpec) -> list[Literal["minimize", "maximize"]]:
     """Optuna's direction of each objective: scorers maximize, measures minimize."""
     return ["minimize" if name in MEASURES else "maximize" for name in objective_names(spec)]
 

@@ -73,7 +73,7 @@ def make_sampler(spec: StudySpec, worker_index: int | None = 0) -> optuna.sample
     return sampler(seed=seed, **spec.sampler.options)
 
 
-def object_only_options(cls: type) -> frozenset[str]:
+def object_only_options(cls: Callable[..., object]) -> frozenset[str]:
     """The constructor arguments of an Optuna sampler or pruner that take a Python object (a
     callable, another sampler, a mutation, trials), which a YAML spec cannot give."""
     import inspect

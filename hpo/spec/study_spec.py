@@ -12,10 +12,10 @@ import inspect
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 import yaml
 from pydantic import (
@@ -389,7 +389,8 @@ class _SpecLoader(yaml.SafeLoader):
                         key_node.start_mark,
                     )
                 seen[key] = key_node.start_mark.line
-        return super().construct_mapping(node, deep=deep)
+        mapping: dict[Any, Any] = super().construct_mapping(node, deep=deep)
+        return mapping
 
 
 _SpecLoader.add_implicit_resolver(
@@ -519,7 +520,7 @@ def _is_under(key: str, flagged: str) -> bool:
     return key == flagged or key.startswith((flagged + ".", flagged + "["))
 
 
-def _is_finite_number(value: Any) -> bool:
+def _is_finite_number(value: Any) -> TypeGuard[float]:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -586,7 +587,7 @@ def _siblings(loc: list[str]) -> list[str]:
 
 
 @cache
-def _constructor_args(cls: type) -> tuple[str, ...]:
+def _constructor_args(cls: Callable[..., Any]) -> tuple[str, ...]:
     """The keyword arguments of an Optuna sampler's or pruner's constructor."""
     parameters = inspect.signature(cls).parameters
     return tuple(n for n in parameters if parameters[n].kind is not inspect.Parameter.VAR_KEYWORD)
@@ -631,11 +632,17 @@ def _given_values(
     return values
 
 
+def _section(raw: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """``raw[key]`` when it is a mapping (its own validation says why when not), else {}."""
+    value = raw.get(key)
+    return value if isinstance(value, dict) else {}
+
+
 def _semantic_problems(raw: Mapping[str, Any]) -> list[str]:
     problems: list[str] = []
     model = raw.get("model")
-    fixed = raw.get("fixed") if isinstance(raw.get("fixed"), dict) else {}
-    raw_space = raw.get("space") if isinstance(raw.get("space"), dict) else {}
+    fixed = _section(raw, "fixed")
+    raw_space = _section(raw, "space")
     space = _valid_params(raw_space)
 
     if isinstance(model, str) and (model in MODELS or is_reference(model)):
@@ -695,7 +702,8 @@ def _objective_problems(raw: Mapping[str, Any]) -> list[str]:
     """Problems of a ``scoring`` list, ``constraints`` and ``refit`` (``hpo.spec.objectives``)."""
     problems: list[str] = []
     scoring = raw.get("scoring")
-    extra = raw.get("objectives") if isinstance(raw.get("objectives"), list) else []
+    objectives = raw.get("objectives")
+    extra: list[Any] = objectives if isinstance(objectives, list) else []
     names = [*(scoring if isinstance(scoring, list) else [scoring]), *extra]
     known = [*get_scorer_names(), *MEASURES]
     measures = ", ".join(MEASURES)
@@ -749,7 +757,7 @@ def _objective_problems(raw: Mapping[str, Any]) -> list[str]:
     return problems
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: Any) -> TypeGuard[float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -864,9 +872,9 @@ def _dataset_problems(dataset: Any) -> list[str]:
 
 def _search_problems(raw: Mapping[str, Any], space: Mapping[str, Param]) -> list[str]:
     problems = []
-    sampler = raw.get("sampler") if isinstance(raw.get("sampler"), dict) else {}
-    pruner = raw.get("pruner") if isinstance(raw.get("pruner"), dict) else {}
-    budget = raw.get("budget") if isinstance(raw.get("budget"), dict) else {}
+    sampler = _section(raw, "sampler")
+    pruner = _section(raw, "pruner")
+    budget = _section(raw, "budget")
     sampler_name = sampler.get("name", "tpe")
     one_configuration = (
         "to run one fixed configuration, keep its values under fixed: and write "
@@ -1042,6 +1050,6 @@ def spec_json_equal(a: str, b: str) -> bool:
     an older hpo lacks the keys added since, which read as their defaults), else, when one
     cannot be read, equal as JSON (key order ignored)."""
     try:
-        return StudySpec.from_json(a) == StudySpec.from_json(b)
+        return bool(StudySpec.from_json(a) == StudySpec.from_json(b))
     except SpecError:
-        return json.loads(a) == json.loads(b)
+        return bool(json.loads(a) == json.loads(b))
