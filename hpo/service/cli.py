@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -481,7 +481,7 @@ def delete(
 HostOption = Annotated[
     str,
     typer.Option(
-        help="Interface to listen on. Anything but loopback (127.0.0.1, ::1, localhost) "
+        help="Interface to listen on. Anything but loopback (127.0.0.0/8, ::1, localhost) "
         "needs --expose."
     ),
 ]
@@ -489,9 +489,8 @@ ExposeOption = Annotated[
     bool,
     typer.Option(
         "--expose",
-        help="Allow a --host other than loopback. The server has no authentication and no "
-        "TLS: anyone who reaches the port can read, rewrite or delete every study. Prefer an "
-        "SSH tunnel.",
+        help="Allow a --host other than loopback (anyone who reaches the port can then try "
+        "it). Prefer an SSH tunnel.",
     ),
 ]
 
@@ -501,6 +500,8 @@ def _port_option(default_help: str) -> Any:
 
 
 def _is_loopback(host: str) -> bool:
+    """Whether ``host`` is this machine only: ``localhost``, or an address in 127.0.0.0/8 or
+    ::1 (the addresses only this machine's own processes reach)."""
     import ipaddress
 
     if host.lower() == "localhost":
@@ -511,25 +512,35 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _check_exposure(command: str, host: str, port: int, expose: bool) -> None:
-    """Refuse (exit 2) to listen beyond loopback without ``--expose``; warn with it."""
+def _usage_error(message: str) -> NoReturn:
+    """Print ``message`` as an error about the options, and exit 2 (a bad option)."""
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(2)
+
+
+def _check_exposure(command: str, host: str, port: int, expose: bool, danger: str) -> bool:
+    """Refuse (exit 2) to listen beyond loopback without ``--expose``, saying ``danger`` (what
+    anyone who reaches the port could do); whether ``host`` is beyond loopback."""
     if _is_loopback(host):
-        return
-    danger = (
-        f"hpo {command} has no authentication and no TLS: anyone who can reach port {port} "
-        "of this machine can read, rewrite or delete every study"
-    )
-    tunnel = f"ssh -L {port}:127.0.0.1:{port} <this host>"
+        return False
     if not expose:
-        err.print(
-            f"[bold red]error:[/] --host {escape(host)} listens beyond this machine, and "
-            f"{danger}. Keep the default 127.0.0.1 and reach it through an SSH tunnel "
-            f"({escape(tunnel)}), or pass --expose to listen there anyway (a trusted private "
-            "network only).",
-            highlight=False,
+        tunnel = f"ssh -L {port}:127.0.0.1:{port} <this host>"
+        _usage_error(
+            f"--host {escape(host)} listens beyond this machine, and {danger}. Keep the "
+            f"default 127.0.0.1 and reach it through an SSH tunnel ({escape(tunnel)}), or pass "
+            f"--expose to listen there anyway (a trusted private network only)."
         )
-        raise typer.Exit(2)
-    err.print(f"[bold yellow]warning:[/] {danger}.", highlight=False)
+    return True
+
+
+InsecureOption = Annotated[
+    bool,
+    typer.Option(
+        "--insecure",
+        help="With --expose: listen beyond loopback although nothing secures the port (see "
+        "the command's help).",
+    ),
+]
 
 
 @app.command("storage-proxy")
@@ -539,14 +550,31 @@ def storage_proxy(
     host: HostOption = "127.0.0.1",
     port: Annotated[int, _port_option("Port to listen on.")] = 13000,
     expose: ExposeOption = False,
+    insecure: InsecureOption = False,
 ) -> None:
     """Serve a database storage to workers over gRPC (workers use --storage grpc://HOST:PORT).
 
-    It listens on 127.0.0.1 unless told otherwise: it has no authentication and no TLS, so
-    workers on other machines reach it through an SSH tunnel."""
+    It listens on 127.0.0.1 unless told otherwise, and it cannot be secured: Optuna's proxy
+    server takes no TLS or credentials, nor does its client, so workers on other machines
+    reach it through an SSH tunnel. Beyond loopback it needs --expose --insecure."""
     from hpo.service.storage import resolve_storage_url, serve_storage_proxy
 
-    _check_exposure("storage-proxy", host, port, expose)
+    danger = (
+        f"hpo storage-proxy has no authentication and no TLS: anyone who can reach port {port} "
+        "of this machine can read, rewrite or delete every study"
+    )
+    if _check_exposure("storage-proxy", host, port, expose, danger):
+        if not insecure:
+            _usage_error(
+                "hpo storage-proxy cannot be secured: Optuna's run_grpc_proxy_server serves "
+                "gRPC without TLS or authentication (it takes no server credentials), and its "
+                f"client, GrpcStorageProxy, connects without either, so anyone who can reach "
+                f"port {port} could read, rewrite or delete every study. Keep it on 127.0.0.1 "
+                f"and let workers reach it through an SSH tunnel (ssh -L {port}:127.0.0.1:{port} "
+                f"<this host>), or pass --expose --insecure to listen on {escape(host)} anyway "
+                "(a trusted private network only)."
+            )
+        err.print(f"[bold yellow]warning:[/] {danger}.", highlight=False)
 
     err.print(f"Optuna gRPC storage proxy on grpc://{escape(host)}:{port} (Ctrl-C to stop)")
     serve_storage_proxy(resolve_storage_url(storage), host=host, port=port)
@@ -584,10 +612,75 @@ def dashboard(
         bool,
         typer.Option("--quiet", "-q", help="Log no requests (the page polls every few seconds)."),
     ] = False,
+    auth_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--auth-file",
+            help="A file whose first line is user:password (HTTP basic auth) or a token "
+            "(Authorization: Bearer, or basic auth's password): every request must carry it. "
+            "Required with --expose beyond loopback.",
+            show_default=False,
+        ),
+    ] = None,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allowed-host",
+            help="A host name browsers use for this dashboard (repeatable); requests naming "
+            "any other host than these, the loopback names and --host are refused.",
+            show_default=False,
+        ),
+    ] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure",
+            help="With --expose: serve beyond loopback without --auth-file, only where nothing "
+            "but this machine reaches the port (a container published on the host's loopback, "
+            "as docker-compose.yml does).",
+        ),
+    ] = False,
 ) -> None:
     """Serve optuna-dashboard on the storage (127.0.0.1:8080 unless told otherwise), with the
-    refit's files and reports from the artifact folder on each study's page."""
-    _check_exposure("dashboard", host, port, expose)
+    refit's files and reports from the artifact folder on each study's page.
+
+    Every response forbids framing by other sites; requests naming a host other than the
+    loopback names, --host and --allowed-host are refused (DNS rebinding); with --auth-file
+    every request must carry its credential, which --expose beyond loopback requires. It
+    serves plain HTTP: put a TLS proxy or an SSH tunnel in front of it."""
+    from hpo.service.guard import host_problem, read_credential
+
+    danger = (
+        f"hpo dashboard serves plain HTTP (no TLS) and, without --auth-file, asks for no "
+        f"credential: anyone who can reach port {port} of this machine could read, rewrite or "
+        "delete every study"
+    )
+    exposed = _check_exposure("dashboard", host, port, expose, danger)
+    problems = [problem for name in allowed_host or () if (problem := host_problem(name))]
+    if problems:
+        _usage_error(escape("; ".join(problems)))
+    credential = read_credential(auth_file) if auth_file is not None else None
+    if exposed and credential is None and not insecure:
+        _usage_error(
+            f"--expose on {escape(host)} needs a credential: --auth-file PATH, whose first line "
+            "is user:password (HTTP basic auth) or a token, so that only those who hold it "
+            "reach the studies; or --insecure to serve without one, only where nothing but this "
+            "machine reaches the port (a container published on the host's loopback)."
+        )
+    if exposed and credential is None:
+        err.print(
+            f"[bold yellow]warning:[/] hpo dashboard asks for no credential (--insecure) and "
+            f"has no TLS: anyone who can reach port {port} of this machine can read, rewrite "
+            "or delete every study.",
+            highlight=False,
+        )
+    elif exposed:
+        err.print(
+            "[bold yellow]warning:[/] hpo dashboard serves plain HTTP: the credential and the "
+            "studies cross the network readable; put a TLS proxy in front of it, or use an SSH "
+            "tunnel.",
+            highlight=False,
+        )
     from optuna.artifacts import FileSystemArtifactStore
 
     from hpo.errors import MissingDatabaseError
@@ -611,7 +704,8 @@ def dashboard(
             f"[yellow]no artifact folder {escape(str(folder))} yet:[/] a study's refit files "
             "show once hpo refit writes them there (--artifacts)"
         )
-    err.print(f"optuna-dashboard on http://{escape(host)}:{port}/ (Ctrl-C to stop)")
+    asks = f", asking for the credential of {escape(str(auth_file))}" if credential else ""
+    err.print(f"optuna-dashboard on http://{escape(host)}:{port}/{asks} (Ctrl-C to stop)")
     try:
         serve_dashboard(
             # Opened where it is served: in gunicorn's worker, after its fork.
@@ -621,6 +715,8 @@ def dashboard(
             FileSystemArtifactStore(folder),
             server=server,
             quiet=quiet,
+            credential=credential,
+            allowed_hosts=tuple(allowed_host or ()),
         )
     except OSError as error:
         raise HpoError(

@@ -1,7 +1,11 @@
 """optuna-dashboard served on a storage: its public WSGI app (``optuna_dashboard.wsgi``) on the
 server optuna-dashboard's own CLI would pick (``--server``): gunicorn when it is installed, else
 a threaded wsgiref server. Both log each request unless ``quiet`` (the page polls every few
-seconds, and each poll is a log line otherwise)."""
+seconds, and each poll is a log line otherwise).
+
+The app is always served behind ``hpo.service.guard.GuardedApp``: requests naming another
+host are refused, every response carries framing headers, and with a credential every request
+must carry it."""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import optuna
 
 from hpo.errors import HpoError
+from hpo.service.guard import Credential, GuardedApp
 
 Server = Literal["auto", "wsgiref", "gunicorn"]
 #: The ``--server`` choices, as optuna-dashboard's CLI has them.
@@ -51,8 +56,10 @@ def serve_dashboard(
     *,
     server: Server = "auto",
     quiet: bool = False,
+    credential: Credential | None = None,
+    allowed_hosts: tuple[str, ...] = (),
 ) -> None:
-    """Serve optuna-dashboard until interrupted.
+    """Serve optuna-dashboard until interrupted, behind ``GuardedApp``.
 
     Args:
         open_storage: Opens the storage to show. gunicorn calls it in its worker process, so
@@ -63,6 +70,10 @@ def serve_dashboard(
         server: ``auto`` (gunicorn when installed, else wsgiref), ``wsgiref`` or
             ``gunicorn``. Default: ``auto``.
         quiet: Log no requests (and, with gunicorn, nothing below an error). Default: False.
+        credential: What every request must carry (``hpo.service.guard.read_credential``), or
+            None for none. Default: None.
+        allowed_hosts: Host names requests may name besides the loopback names and ``host``.
+            Default: none.
 
     Raises:
         HpoError: ``gunicorn`` was asked for and is not installed.
@@ -71,7 +82,10 @@ def serve_dashboard(
     import optuna_dashboard
 
     def app() -> Any:
-        return optuna_dashboard.wsgi(open_storage(), artifact_store=artifact_store)
+        dashboard = optuna_dashboard.wsgi(open_storage(), artifact_store=artifact_store)
+        return GuardedApp(
+            dashboard, bound=host, allowed_hosts=allowed_hosts, credential=credential
+        )
 
     if resolve_server(server) == "gunicorn":
         _check_can_listen(host, port)  # gunicorn would retry for 5 s, then exit on its own
