@@ -2035,6 +2035,21 @@ DATA_CASES = [
         },
     ),
     case(
+        "synthetic-huge-size",
+        "worker",
+        "--study",
+        DATA_STUDY,
+        "--device",
+        "cpu",
+        *DB,
+        says=("synthetic_regression: `n_train` must be at most 10,000,000", "drawn in memory"),
+        data_spec={
+            "dataset": {"name": "synthetic_regression", "n_train": 10**12},
+            "model": "regressor",
+            "scoring": "neg_mean_squared_error",
+        },
+    ),
+    case(
         "refit-csv-malformed",
         "refit",
         DATA_STUDY,

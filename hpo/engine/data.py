@@ -30,7 +30,7 @@ from sklearn.model_selection import train_test_split
 
 from hpo.errors import DatasetError, closest_name
 from hpo.files import check_input, open_input
-from hpo.spec.rules import DATA_BYTES, shown
+from hpo.spec.rules import DATA_BYTES, SYNTHETIC_ROWS, shown
 
 TASKS: tuple[str, ...] = ("classification", "regression")
 
@@ -163,6 +163,9 @@ def load_synthetic_regression(
             f"synthetic_regression: `n_train >= 1` and `n_test >= 1` must hold, but got "
             f"n_train={n_train}, n_test={n_test}."
         )
+    for option, rows in (("n_train", n_train), ("n_test", n_test)):
+        if rows > SYNTHETIC_ROWS.most:
+            raise DatasetError(f"synthetic_regression: `{option}` {SYNTHETIC_ROWS.refusal(rows)}.")
     if noise < 0:
         raise DatasetError(f"synthetic_regression: `noise >= 0` must hold, but got {noise}.")
     rng = np.random.default_rng(seed)

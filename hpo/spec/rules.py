@@ -125,6 +125,12 @@ SPEC_DEPTH = Bound(50, "a study file nests four levels deep, and Python's reader
 ASSIGNMENT_CHARS = Bound(100, "a value is one number or name")
 #: A password file (``$HPO_STORAGE_PASSWORD_FILE``).
 PASSWORD_BYTES = Bound(2**16, "a password file holds one line", "bytes")
+#: The rows of ``synthetic_regression`` (``n_train``, ``n_test``).
+SYNTHETIC_ROWS = Bound(
+    10_000_000,
+    "the points are drawn in memory whole (about 40 bytes a point while they are made), and a "
+    "net fits every one of them each epoch",
+)
 #: A dataset's file, and the arrays an ``.npz`` file unpacks to.
 DATA_BYTES = Bound(
     32 * 2**30,
