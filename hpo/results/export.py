@@ -40,8 +40,8 @@ _PLAIN_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
 def best_params_frame(study: optuna.Study, spec: StudySpec) -> pd.DataFrame:
-    """One row: study, trial number, value, then every fixed and searched parameter, of the
-    study's best trial (``hpo.service.study.result_trial``: with several objectives, the pick
+    """One row: study, trial number, value, then every fixed and searched parameter (empty for
+    a conditional one the trial does not have), of the study's best trial (``hpo.service.study.result_trial``: with several objectives, the pick
     from its Pareto front, ``value`` its first objective; ``pareto_frame`` has them all).
 
     Raises:
@@ -53,7 +53,9 @@ def best_params_frame(study: optuna.Study, spec: StudySpec) -> pd.DataFrame:
     if "criterion" not in configuration and task in DEFAULT_CRITERIA:
         configuration["criterion"] = DEFAULT_CRITERIA[task]
     row = {"study": study.study_name, "trial": best.number, "value": best.values[0]}
-    return pd.DataFrame([{**row, **configuration}])
+    # A parameter the trial does not have (its ``when`` did not hold) is a column left empty.
+    absent = {key: None for key in spec.space if key not in configuration}
+    return pd.DataFrame([{**row, **configuration, **absent}])
 
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:

@@ -52,7 +52,25 @@ def resolved_sampler(spec: StudySpec) -> str:
     from hpo.spec.spaces import CategoricalParam
 
     categorical = any(isinstance(p, CategoricalParam) for p in spec.space.values())
-    return "tpe" if categorical or spec.n_trials > GP_MAX_TRIALS else "gp"
+    if categorical or has_conditions(spec) or spec.n_trials > GP_MAX_TRIALS:
+        return "tpe"
+    return "gp"
+
+
+def has_conditions(spec: StudySpec) -> bool:
+    """Whether some parameter of the spec exists only under a condition (``when``)."""
+    return any(param.when for param in spec.space.values())
+
+
+def sampler_options(spec: StudySpec, name: str) -> dict[str, object]:
+    """The options the spec's sampler is built with: the spec's own, and for TPE on a space
+    with conditions ``multivariate`` and ``group`` (unless the spec says otherwise), which
+    make Optuna's TPE model the parameters that trials share jointly and each conditional
+    group apart, instead of each parameter alone."""
+    options = dict(spec.sampler.options)
+    if name == "tpe" and has_conditions(spec):
+        options = {"multivariate": True, "group": True, **options}
+    return options
 
 
 def make_sampler(spec: StudySpec, worker_index: int | None = 0) -> optuna.samplers.BaseSampler:
@@ -70,7 +88,7 @@ def make_sampler(spec: StudySpec, worker_index: int | None = 0) -> optuna.sample
         salt = str(worker_index) if worker_index is not None else os.urandom(8).hex()
         seed = int.from_bytes(hashlib.sha256(f"{seed}:{salt}".encode()).digest()[:4], "big")
     sampler = SAMPLERS.get(name, optuna.samplers.RandomSampler)
-    return sampler(seed=seed, **spec.sampler.options)
+    return sampler(seed=seed, **sampler_options(spec, name))
 
 
 def object_only_options(cls: Callable[..., object]) -> frozenset[str]:

@@ -2,6 +2,15 @@
 
 A bound may name an earlier parameter (``high: module__hidden1``); it is resolved against the
 values already drawn for the trial, so ``module__hidden2 <= module__hidden1`` always holds.
+
+A parameter may exist only under a condition on earlier ones (``when``), as Optuna's
+define-by-run spaces allow: ``optimizer__momentum: {..., when: {optimizer: sgd}}`` is drawn
+only for the trials that drew sgd, ``module__hidden3: {..., when: {module__depth: {min: 3}}}``
+only for depths of 3 or more. A condition maps earlier parameters to what they must be, all at
+once: a value, a list of values (any of them), or ``{min: a, max: b}`` (a number in between;
+either end may be left out). A trial whose conditions do not hold has no such parameter: its
+net keeps the constructor's default, its row of ``best_params.csv`` leaves it empty, and a
+grid expands only the combinations where it holds, each exactly once (``expand_grid``).
 """
 
 from __future__ import annotations
@@ -16,9 +25,82 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Bound = float | str
 
+#: A value a parameter may take, as YAML gives it.
+Scalar = None | bool | int | float | str
+
+
+class ValueRange(BaseModel):
+    """``{min: a, max: b}`` in a condition: a number from ``a`` to ``b``, both included; either
+    end may be left out."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _check_ends(self) -> ValueRange:
+        if self.min is None and self.max is None:
+            raise ValueError("give min, max or both, e.g. {min: 3}")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"`min <= max` must hold, but got (min={self.min}, max={self.max})")
+        return self
+
+    def holds(self, value: Any) -> bool:
+        """Whether ``value`` is a number in the range."""
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        return (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
+
+
+#: What a condition asks of one earlier parameter: a range, any of several values, or a value.
+Condition = ValueRange | list[Scalar] | Scalar
+
+
+def condition_met(condition: Condition, value: Any) -> bool:
+    """Whether a parameter's ``value`` meets ``condition`` (values compared as a grid compares
+    them, ``value_key``: ``64`` is ``64.0``, ``true`` is not ``1``)."""
+    if isinstance(condition, ValueRange):
+        return condition.holds(value)
+    if isinstance(condition, list):
+        return any(value_key(value) == value_key(wanted) for wanted in condition)
+    return bool(value_key(value) == value_key(condition))
+
+
+def conditions_hold(when: Mapping[str, Condition] | None, values: Mapping[str, Any]) -> bool:
+    """Whether every condition of ``when`` holds for the values drawn so far; a parameter that
+    was not drawn (its own condition failed) meets none."""
+    if not when:
+        return True
+    return all(key in values and condition_met(c, values[key]) for key, c in when.items())
+
+
+def describe_when(when: Mapping[str, Condition]) -> str:
+    """``optimizer: sgd, module__depth: >= 3``, for messages."""
+    parts = []
+    for key, condition in when.items():
+        if isinstance(condition, ValueRange):
+            ends = [f">= {condition.min:g}"] if condition.min is not None else []
+            ends += [f"<= {condition.max:g}"] if condition.max is not None else []
+            parts.append(f"{key}: {' and '.join(ends)}")
+        elif isinstance(condition, list):
+            parts.append(f"{key}: one of {', '.join(map(str, condition))}")
+        else:
+            parts.append(f"{key}: {condition}")
+    return ", ".join(parts)
+
 
 class _Param(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: The conditions on earlier parameters under which this one exists; None: always.
+    when: dict[str, Condition] | None = None
+
+    @model_validator(mode="after")
+    def _check_when(self) -> _Param:
+        if self.when is not None and not self.when:
+            raise ValueError("`when` is empty; give a condition, e.g. when: {optimizer: sgd}")
+        return self
 
     def references(self) -> list[str]:
         """Names of earlier parameters this one's bounds refer to."""
@@ -117,10 +199,13 @@ def suggest(trial: optuna.Trial, space: Mapping[str, Param]) -> dict[str, Any]:
     """Draw every parameter of ``space`` in order, resolving bounds that name earlier ones.
 
     Returns:
-        The drawn values, keyed by the spec's parameter names (skorch ``set_params`` keys).
+        The drawn values, keyed by the spec's parameter names (skorch ``set_params`` keys); a
+        parameter whose ``when`` does not hold for the values drawn before it is left out.
     """
     values: dict[str, Any] = {}
     for name, param in space.items():
+        if not conditions_hold(param.when, values):
+            continue  # this trial has no such parameter
         if isinstance(param, CategoricalParam):
             values[name] = trial.suggest_categorical(name, param.choices)
             continue
@@ -171,14 +256,15 @@ def grid_size(space: Mapping[str, Param]) -> int:
 
     Exact when no bound names another parameter; a bound naming one is taken at the widest
     that parameter allows, so a cut grid counts as its uncut box (``expand_grid`` then gives
-    the exact number). A parameter with no finite grid (see ``grid_size_error``) raises
-    ``ValueError``.
+    the exact number), and a conditional parameter counts its values plus its absence. A
+    parameter with no finite grid (see ``grid_size_error``) raises ``ValueError``.
     """
     extent: dict[str, tuple[float, float]] = {}  # each numeric parameter's widest [low, high]
     total = 1
     for name, param in space.items():
+        absent = 1 if param.when else 0  # a conditional parameter's points without it
         if isinstance(param, CategoricalParam):
-            total *= len(param.choices)
+            total *= len(param.choices) + absent
             continue
         low = extent[param.low][0] if isinstance(param.low, str) else param.low
         high = extent[param.high][1] if isinstance(param.high, str) else param.high
@@ -191,7 +277,7 @@ def grid_size(space: Mapping[str, Param]) -> int:
             raise ValueError("a float range needs `step` to form a grid")
         else:
             count = _float_count(low, high, param.step)
-        total *= count
+        total *= count + absent
     return total
 
 
@@ -206,7 +292,8 @@ def grid_size_error(name: str, param: Param) -> str | None:
 
 def expand_grid(space: Mapping[str, Param]) -> Iterator[dict[str, Any]]:
     """Every point of the grid over ``space``, in order; bounds naming earlier parameters cut
-    the points where they would not hold."""
+    the points where they would not hold, and a parameter whose ``when`` does not hold is
+    absent from the point (one point for all its values, not one per value)."""
 
     def expand(names: list[str], values: dict[str, Any]) -> Iterator[dict[str, Any]]:
         if not names:
@@ -214,6 +301,9 @@ def expand_grid(space: Mapping[str, Param]) -> Iterator[dict[str, Any]]:
             return
         name, rest = names[0], names[1:]
         param = space[name]
+        if not conditions_hold(param.when, values):
+            yield from expand(rest, values)
+            return
         low = _resolve(getattr(param, "low", 0), values)
         high = _resolve(getattr(param, "high", 0), values)
         for value in _grid_values(param, low, high):

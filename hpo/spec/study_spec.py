@@ -31,6 +31,7 @@ from sklearn.metrics import get_scorer_names
 
 from hpo.errors import SpecError, did_you_mean
 from hpo.files import read_input
+from hpo.spec.conditions import absent_from, condition_problems, point_problems
 from hpo.spec.names import (
     BOOLEAN_PARAMS,
     CRITERIA,
@@ -668,6 +669,7 @@ def _semantic_problems(raw: Mapping[str, Any]) -> list[str]:
 
     problems.extend(_rule_problems(model, fixed, space))
 
+    problems.extend(condition_problems(space, fixed))
     earlier: list[str] = []
     for name, param in space.items():
         for ref in param.references():
@@ -963,7 +965,9 @@ def _enqueue_problems(
                 problems.extend(
                     _enqueued_range_problems(f"enqueue[{i}].{key}", space[key], value, point)
                 )
-        missing = [key for key in raw_space if key not in point]
+        absent = absent_from(point, space)
+        missing = [key for key in raw_space if key not in point and key not in absent]
+        problems.extend(point_problems(f"enqueue[{i}]", point, space))
         if missing:
             problems.append(
                 f"enqueue[{i}]: give a value for every parameter in space; "
