@@ -332,6 +332,17 @@ def worker(
         ),
     ] = True,
     allow_module: AllowModuleOption = None,
+    stopped_exit_code: Annotated[
+        int,
+        typer.Option(
+            "--stopped-exit-code",
+            min=0,
+            max=255,
+            help="Exit status when SIGTERM or Ctrl-C stopped the worker (its trial re-queued) "
+            "before the budget was spent. hpo k8s's Job sets 143, so that Kubernetes replaces "
+            "an evicted worker instead of counting it done.",
+        ),
+    ] = 0,
     quiet: QuietOption = False,
     verbose: VerboseOption = False,
 ) -> None:
@@ -363,6 +374,8 @@ def worker(
     )
     if summary.gave_up:
         raise typer.Exit(1)
+    if summary.stopped_by_signal and stopped_exit_code:
+        raise typer.Exit(stopped_exit_code)
 
 
 @app.command()
@@ -923,6 +936,119 @@ def slurm(
         highlight=False,
         soft_wrap=True,
     )
+
+
+@app.command()
+@_reports_errors
+def k8s(
+    study_or_file: Annotated[
+        str,
+        typer.Argument(
+            help="A registered study's name, or a study file (each pod registers it first)."
+        ),
+    ],
+    workers: Annotated[
+        int, typer.Option("--workers", "-w", min=1, help="Worker pods at once (parallelism).")
+    ],
+    gpus_per_worker: Annotated[
+        int, typer.Option("--gpus-per-worker", min=0, help="GPUs per pod (nvidia.com/gpu).")
+    ] = 0,
+    cpus_per_worker: Annotated[
+        int,
+        typer.Option("--cpus-per-worker", min=1, help="CPUs per pod, the worker's threads."),
+    ] = 1,
+    image: Annotated[
+        str,
+        typer.Option(
+            help="The hpo image (workers/Dockerfile, as docker compose builds it), pushed "
+            "where the cluster pulls from."
+        ),
+    ] = "hpo-worker:latest",
+    namespace: Annotated[
+        str | None,
+        typer.Option(help="Namespace of every resource. Default: kubectl's.", show_default=False),
+    ] = None,
+    secret: Annotated[
+        str | None,
+        typer.Option(
+            help="The Secret (keys url, password) you create. Default: hpo-<study>-db.",
+            show_default=False,
+        ),
+    ] = None,
+    grace: Annotated[
+        int,
+        typer.Option(
+            "--grace",
+            min=1,
+            help="terminationGracePeriodSeconds: time for a stopped worker to end its batch "
+            "and re-queue its trial.",
+        ),
+    ] = 120,
+    with_database: Annotated[
+        bool,
+        typer.Option("--with-database", help="Also PostgreSQL: a StatefulSet and its Service."),
+    ] = False,
+    with_dashboard: Annotated[
+        bool,
+        typer.Option(
+            "--with-dashboard",
+            help="Also optuna-dashboard: a Deployment and a ClusterIP Service (not exposed: "
+            "kubectl port-forward).",
+        ),
+    ] = False,
+    database_size: Annotated[
+        str, typer.Option("--database-size", help="The database's volume claim.")
+    ] = "10Gi",
+    allow_module: AllowModuleOption = None,
+    out_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Where the manifests go; - prints them. Default: k8s/hpo-<study>.yaml.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Write Kubernetes manifests for a study's workers: a work-queue Job (and, when asked,
+    PostgreSQL and the dashboard), for kubectl apply -f. The password is in no manifest:
+    the Secret is yours to create, from a file; the commands are printed."""
+    from hpo.service.kubernetes import JobOptions, k8s_manifests
+
+    manifests = k8s_manifests(
+        study_or_file,
+        JobOptions(
+            workers=workers,
+            gpus_per_worker=gpus_per_worker,
+            cpus_per_worker=cpus_per_worker,
+            image=image,
+            namespace=namespace,
+            secret=secret,
+            grace_seconds=grace,
+            with_database=with_database,
+            with_dashboard=with_dashboard,
+            database_size=database_size,
+            allow_modules=tuple(allow_module or ()),
+        ),
+    )
+    if str(out_file) == "-":
+        out.print(manifests.text, end="", markup=False, highlight=False, soft_wrap=True)
+        return
+    path = out_file or Path("k8s") / f"{manifests.prefix}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(manifests.text, encoding="utf-8")
+    out.print(f"wrote {escape(str(path))} ({len(manifests.documents)} resources)")
+    err.print("create the Secret first (no manifest holds the password):", highlight=False)
+    err.print(manifests.secret_commands, markup=False, highlight=False, soft_wrap=True)
+    err.print(f"then: kubectl apply -f {escape(str(path))}", highlight=False, soft_wrap=True)
+    if with_dashboard:
+        ns = f" -n {namespace}" if namespace else ""
+        err.print(
+            f"the dashboard: kubectl port-forward{ns} service/{manifests.prefix}-dashboard "
+            "8080:8080, then http://127.0.0.1:8080",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 db_app = typer.Typer(
