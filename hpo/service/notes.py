@@ -32,6 +32,11 @@ from hpo.spec.study_spec import StudySpec
 
 #: How a refit's line starts, so a later refit replaces it instead of stacking another.
 REFIT_LINE_START = "**Best CV "
+#: How the line saying why the study ended starts, likewise.
+ENDED_LINE_START = "**Ended:** "
+#: Study user attribute: why the study ended before its trial budget (a timeout, a target
+#: reached, no improvement), as the worker that found it logged it.
+ENDED_ATTR = "hpo_ended"
 
 
 @dataclass(frozen=True)
@@ -203,6 +208,21 @@ def write_refit_notes(
     # (optimize and ask do), and here it only reads the trial.
     save_note(optuna.Trial(study, trial_id), trial_refit_note(scores))
     return scores
+
+
+def record_end(study: optuna.Study, spec: StudySpec, reason: str) -> None:
+    """Keep why the study ended (``ENDED_ATTR``, which ``hpo studies`` shows) and say it on
+    top of the study's note (below a refit's line); done once per reason, not per claim."""
+    if study.user_attrs.get(ENDED_ATTR) == reason:
+        return
+    study.set_user_attr(ENDED_ATTR, reason)
+    from optuna_dashboard import get_note, save_note
+
+    paragraphs = [p for p in get_note(study).split("\n\n") if p.strip()] or [spec_note(spec)]
+    paragraphs = [p for p in paragraphs if not p.startswith(ENDED_LINE_START)]
+    at = 1 if paragraphs and paragraphs[0].startswith(REFIT_LINE_START) else 0
+    paragraphs.insert(at, f"{ENDED_LINE_START}{reason}")
+    save_note(study, "\n\n".join(paragraphs))
 
 
 def _cv(scores: RefitScores) -> str:

@@ -72,6 +72,7 @@ from hpo.spec.spaces import (
     point_key,
     value_key,
 )
+from hpo.spec.stopping import stop_rule_problems
 
 MAX_GRID_POINTS = int(GRID_POINTS.most)
 
@@ -162,16 +163,20 @@ class CVSpec(_Section):
 
 
 class BudgetSpec(_Section):
-    """How many trials the whole study runs (across all workers), and an optional timeout:
-    the whole study's seconds, counted from its first trial, after which no worker starts a
-    trial (running ones finish; ``hpo.service.worker``). A grid's budget defaults to its
-    number of points."""
+    """How many trials the whole study runs (across all workers), and optional stops: a
+    timeout (the whole study's seconds, counted from its first trial), a ``target`` value
+    whose reaching ends it, and a ``patience`` of completed trials without a better value
+    (``hpo.spec.stopping``); after any of them no worker starts a trial (running ones
+    finish; ``hpo.service.worker``). A grid's budget defaults to its number of points."""
 
     trials: int | None = Field(default=None, ge=1)
     timeout: float | None = Field(default=None, gt=0)
+    target: float | None = Field(default=None, allow_inf_nan=False)
+    patience: int | None = Field(default=None, ge=1)
 
     _trials = field_validator("trials", mode="before")(_at_most(TRIALS))
     _timeout = field_validator("timeout", mode="before")(_at_most(TIMEOUT))
+    _patience = field_validator("patience", mode="before")(_at_most(TRIALS))
 
 
 class BoundSpec(_Section):
@@ -694,6 +699,7 @@ def _semantic_problems(raw: Mapping[str, Any]) -> list[str]:
         )
 
     problems.extend(_objective_problems(raw))
+    problems.extend(stop_rule_problems(raw))
     problems.extend(_dataset_problems(raw.get("dataset")))
     problems.extend(_search_problems(raw, space))
     problems.extend(_enqueue_problems(raw.get("enqueue"), raw_space, space))
