@@ -184,6 +184,7 @@ def test_a_grid_is_enqueued_point_by_point_with_warm_starts_first(storage_url: s
     assert spec.n_trials == 9
 
 
+@pytest.mark.slow
 def test_a_warm_start_that_is_a_grid_point_runs_once(sqlite_url: str) -> None:
     # 16.0 is the grid's 16, as a user may write it
     warm = {"module__hidden1": 16.0, "lr": 0.1, "module__activation": "tanh"}
@@ -301,6 +302,7 @@ def test_a_tampered_stored_spec_is_refused_by_every_reader(
     assert problem in str(refused.value)
 
 
+@pytest.mark.slow
 def test_a_worker_refuses_a_tampered_spec_before_any_trial(sqlite_url: str) -> None:
     storage = open_storage(sqlite_url)
     register_study(parse_spec(tiny_spec()), storage)

@@ -180,6 +180,17 @@ def run(
         "results"
     ),
     allow_module: AllowModuleOption = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            "--threads",
+            min=1,
+            envvar="HPO_THREADS",
+            help="Torch CPU threads of each worker. Default: the CPUs this process may use "
+            "(affinity, cgroup quota, SLURM_CPUS_PER_TASK; $HPO_CPUS) that other processes "
+            "leave idle, shared among the workers.",
+        ),
+    ] = None,
     quiet: QuietOption = False,
     verbose: VerboseOption = False,
 ) -> None:
@@ -207,6 +218,7 @@ def run(
             results_dir=results,
             heartbeat_seconds=heartbeat,
             allow_modules=allow_module or (),
+            threads=threads,
             console=err,
             verbosity=verbosity,
         )
@@ -247,13 +259,17 @@ def register(
     spec_file: Annotated[Path, typer.Argument(help="A study file to validate and register.")],
     storage: StorageOption = None,
     allow_module: AllowModuleOption = None,
+    verbose: VerboseOption = False,
 ) -> None:
     """Validate a study file and register it (a no-op when the same spec is already there).
 
     Code the spec names (model: / criterion: package.module:Name) must be trusted here as a
     worker must trust it (--allow-module); it is checked where it imports."""
+    from hpo.service.logs import configure_logging, verbosity_of
     from hpo.service.study import register_study
     from hpo.spec.study_spec import load_spec
+
+    configure_logging("register", verbosity_of(False, verbose))  # Optuna's lines with -v only
 
     spec = load_spec(spec_file)
     if spec.custom_code:
@@ -304,7 +320,8 @@ def worker(
             "--threads",
             min=1,
             envvar="HPO_THREADS",
-            help="Torch CPU threads. Default: all cores.",
+            help="Torch CPU threads. Default: the CPUs this process may use (affinity, cgroup "
+            "quota, SLURM_CPUS_PER_TASK; $HPO_CPUS) that other processes leave idle.",
         ),
     ] = None,
     device: Annotated[
@@ -347,10 +364,9 @@ def worker(
     verbose: VerboseOption = False,
 ) -> None:
     """Pull trials of a study from the storage until its budget is spent."""
+    from hpo.service.filesystems import refuse_sqlite_on_network_fs
     from hpo.service.logs import configure_logging, verbosity_of
     from hpo.service.storage import check_database_exists, resolve_storage_url
-
-    from hpo.service.filesystems import refuse_sqlite_on_network_fs
 
     url = resolve_storage_url(storage)
     refuse_sqlite_on_network_fs(url)
@@ -381,9 +397,11 @@ def worker(
 @app.command()
 @_reports_errors
 def studies(storage: StorageOption = None) -> None:
-    """List the studies in the storage: trials done of the budget, states, best value."""
+    """List the studies in the storage: trials done of the budget, states, best value, and
+    why a study ended before its budget (a timeout, budget.target, budget.patience)."""
     import optuna
 
+    from hpo.service.notes import ENDED_ATTR
     from hpo.service.storage import masked_url
     from hpo.service.study import budget_used, list_study_names, study_budget
     from hpo.spec.objectives import best_so_far
@@ -398,7 +416,7 @@ def studies(storage: StorageOption = None) -> None:
         )
         return
     table = Table()
-    for column in ("study", "direction", "done", "states", "found"):
+    for column in ("study", "direction", "done", "states", "found", "ended"):
         table.add_column(column)
     for name in names:
         study = optuna.load_study(study_name=name, storage=opened)
@@ -417,6 +435,7 @@ def studies(storage: StorageOption = None) -> None:
             progress,
             ", ".join(f"{n} {s}" for s, n in Counter(t.state.name for t in trials).items()),
             best_so_far(study),
+            escape(str(study.user_attrs.get(ENDED_ATTR, ""))),
         )
     out.print(table)
 
@@ -774,6 +793,8 @@ def refit(
     table.add_row("epochs", str(result.epochs))
     table.add_row("training rows", str(result.n_train))
     out.print(table)
+    if result.warning:
+        err.print(f"[yellow]{escape(result.warning)}[/]", highlight=False)
     out.print(f"weights, metrics and learning curves written to {escape(str(result.folder))}")
     out.print(
         f"and stored as {len(result.artifacts)} artifacts of {escape(study)} in "

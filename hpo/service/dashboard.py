@@ -102,7 +102,7 @@ def _serve_gunicorn(app: Callable[[], Any], host: str, port: int, *, quiet: bool
     file or ``GUNICORN_CMD_ARGS``: only what is set here."""
     from gunicorn.app.base import BaseApplication
 
-    class DashboardApplication(BaseApplication):  # type: ignore[misc]
+    class DashboardApplication(BaseApplication):
         def load_config(self) -> None:
             bare = host.strip("[]")
             self.cfg.set("bind", f"[{bare}]:{port}" if ":" in bare else f"{bare}:{port}")

@@ -17,6 +17,7 @@ import re
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote_plus, urlsplit
 
 import optuna
@@ -463,7 +464,7 @@ SCHEMA_RACE_ATTEMPTS = 5
 def _open_rdb(
     url: str, kind: str, engine_kwargs: dict[str, object], heartbeat: float | None
 ) -> RDBStorage:
-    heartbeat_kwargs: dict[str, object] = {}
+    heartbeat_kwargs: dict[str, Any] = {}
     if heartbeat:
         heartbeat_kwargs = {
             "heartbeat_interval": max(1, round(heartbeat)),

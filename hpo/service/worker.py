@@ -1,17 +1,18 @@
 """The worker loop: claim a trial, score it, write the result back, until the budget is spent.
 
-A worker needs only a study name and a storage URL; the spec comes from the storage and the
-data is loaded once per process. The budget is the study's, shared by every worker: under the
-claim lock a worker counts the trials that are done, running or waiting, and only then takes
-one. An exception inside a trial marks that trial FAIL with the reason and the worker goes on.
-SIGTERM (what docker-compose and Kubernetes send) ends the running fit at the next batch; that
-trial is marked FAIL and its configuration queued again for another worker.
+A worker needs only a study name and a storage URL; the spec comes from the storage. It enters
+the engine through one door, ``hpo.engine.scorer.open_scorer``: opened once per worker (the
+spec's code trusted, the data loaded, the folds planned, the fold processes started), its
+``score(trial, should_stop)`` runs each trial. The budget is the study's, shared by every
+worker: under the claim lock a worker counts the trials that are done, running or waiting, and
+only then takes one. An exception inside a trial marks that trial FAIL with the reason and the
+worker goes on. SIGTERM (what docker-compose and Kubernetes send) ends the running fit at the
+next batch; that trial is marked FAIL and its configuration queued again for another worker.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import time
 import warnings
@@ -27,9 +28,11 @@ from optuna.trial import TrialState
 
 from hpo.engine.scorer import open_scorer, resolve_device
 from hpo.errors import HpoError, StorageUnreachableError, WorkerStopped
-from hpo.service.backends import FAIL_REASON_ATTR, without_fail_reason
+from hpo.service.backends import FAIL_REASON_ATTR, StorageBackend, without_fail_reason
+from hpo.service.cpus import threads_per_worker
+from hpo.service.notes import record_end
 from hpo.service.schedulers import JOB_ATTR, JobDeadline, job_deadline, running_job
-from hpo.service.storage import StorageBackend, open_backend, resolve_heartbeat
+from hpo.service.storage import open_backend, resolve_heartbeat
 from hpo.service.study import (
     FINISHED_STATES,
     PENDING_STATES,
@@ -40,6 +43,7 @@ from hpo.service.study import (
     record_task,
 )
 from hpo.spec.objectives import best_so_far, broken_constraints
+from hpo.spec.stopping import has_stop_rules, stop_reason
 from hpo.spec.study_spec import StudySpec
 
 logger = logging.getLogger("hpo.service.worker")
@@ -92,16 +96,6 @@ class _Claim:
     gave_up: bool = False
 
 
-def default_threads(workers: int) -> int:
-    """Torch threads per worker: the cores shared out, at least one.
-
-    Small nets are dominated by per-step overhead, so one thread per worker and one worker
-    per core beats several threads fighting over the same cores.
-    """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (cores or 1) // max(1, workers))
-
-
 def run_worker(
     study_name: str,
     storage_url: str,
@@ -125,7 +119,8 @@ def run_worker(
         worker_index: 0 replays the spec's sampler seed exactly; other indexes derive their
             own; None (a worker started on its own) draws a fresh seed. Default: None.
         heartbeat_seconds: see ``hpo.service.storage.resolve_heartbeat``; 0 disables it.
-        threads: torch CPU threads. Default: all cores.
+        threads: torch CPU threads. Default: ``hpo.service.cpus.threads_per_worker``, the
+            CPUs this process may use and other processes leave idle.
         device: ``cuda`` or ``cpu``. Default: ``cuda`` when a GPU is visible.
         folds_at_once: on the CPU, how many folds of a trial are fitted at once, one by the
             worker and each other in a fold process of its own
@@ -158,7 +153,7 @@ def run_worker(
     with open_scorer(
         spec,
         device=device,
-        threads=threads,
+        threads=threads or threads_per_worker(1),
         folds_at_once=folds_at_once,
         stack_folds=stack_folds,
         allow_modules=allow_modules,
@@ -232,9 +227,10 @@ def _claim_trial(
         return _Claim(reason=late)
     with storage.claim_lock(study.study_name):
         storage.fail_stale_trials(study)
-        expired = clock.expired()
-        if expired:
-            return _Claim(reason=expired)
+        ended = clock.expired() or _stop_rule(study, spec)
+        if ended:
+            record_end(study, spec, ended)
+            return _Claim(reason=ended)
         counts = storage.count_states(storage.study_id(study.study_name))
         done, taken = budget_used(counts, pending=False), budget_used(counts)
         running, waiting = counts[TrialState.RUNNING], counts[TrialState.WAITING]
@@ -401,6 +397,15 @@ def _in_short(params: dict[str, Any]) -> str:
         f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}"
         for key, value in params.items()
     )
+
+
+def _stop_rule(study: optuna.Study, spec: StudySpec) -> str:
+    """``budget.target`` or ``budget.patience`` met (``hpo.spec.stopping``), or ""; reads the
+    completed trials only when the spec has such a rule."""
+    if not has_stop_rules(spec):
+        return ""
+    completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return stop_reason(spec, completed)
 
 
 class _StudyClock:
