@@ -166,6 +166,7 @@ def refit(
     from hpo.results.refit import refit_study
     from hpo.service.notes import write_refit_notes
     from hpo.service.study import load_spec_from_storage
+    from hpo.service.tracking import open_trackers
 
     opened = _open(storage)
     spec = load_spec_from_storage(opened, name)
@@ -173,6 +174,9 @@ def refit(
     result = refit_study(opened, name, results_dir=results_dir, artifacts=artifacts, device=device)
     if result.warning:  # as hpo refit prints it, and the report says it
         warnings.warn(result.warning, stacklevel=2)
+    trackers = open_trackers(spec)
+    if trackers:  # the test metrics and the refit's files, beside the trials' runs
+        trackers.log_refit(result.metrics, result.folder, result.trial)
     write_refit_notes(
         opened,
         spec,

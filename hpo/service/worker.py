@@ -42,6 +42,7 @@ from hpo.service.study import (
     record_budget,
     record_task,
 )
+from hpo.service.tracking import Trackers, open_trackers
 from hpo.spec.objectives import best_so_far, broken_constraints
 from hpo.spec.stopping import has_stop_rules, stop_reason
 from hpo.spec.study_spec import StudySpec
@@ -164,8 +165,15 @@ def run_worker(
         hint = scorer.idle_cores_hint()
         if threads is None and hint is not None:
             logger.info(hint)
+        trackers = open_trackers(spec)  # before any trial: a missing package is said now
         summary = _pull_trials(
-            study, spec, storage, objective or scorer.score, trials or spec.n_trials, worker_index
+            study,
+            spec,
+            storage,
+            objective or scorer.score,
+            trials or spec.n_trials,
+            worker_index,
+            trackers,
         )
     logger.info(
         "done with %s: %s",
@@ -182,8 +190,10 @@ def _pull_trials(
     objective: Objective,
     budget: int,
     worker_index: int | None,
+    trackers: Trackers | None = None,
 ) -> WorkerSummary:
-    """The loop: claim a trial, score it, tell the storage, until nothing is left to run."""
+    """The loop: claim a trial, score it, tell the storage (and the spec's trackers), until
+    nothing is left to run."""
     record_budget(study, budget)
     summary = WorkerSummary(study.study_name, worker_index)
     clock = _StudyClock(study, spec.budget.timeout)
@@ -205,6 +215,9 @@ def _pull_trials(
                         logger.info("%s: %s", study.study_name, claim.reason)
                     break
                 state = _run_trial(study, claim.trial, spec, stop, objective, storage)
+                if trackers:
+                    trial_id = storage.trial_id(study, claim.trial)
+                    trackers.log_trial(study, storage.storage.get_trial(trial_id))
             except STORAGE_ERRORS as error:
                 outage.wait(error)
                 continue

@@ -210,6 +210,30 @@ class RefitSpec(_Section):
         return "the whole training split"
 
 
+class MlflowSpec(_Section):
+    """``tracking.mlflow``: every finished trial, and the refit, as runs of one experiment."""
+
+    #: MLflow's tracking URI: ``sqlite:///mlflow.db``, ``http://host:5000``, ...
+    uri: str = Field(min_length=1)
+    #: The experiment's name. Default (None): the study's name.
+    experiment: str | None = Field(default=None, min_length=1)
+
+
+class TensorboardSpec(_Section):
+    """``tracking.tensorboard``: every finished trial, and the refit, as TensorBoard event
+    files under ``dir/<study>/``."""
+
+    dir: str = Field(min_length=1)
+
+
+class TrackingSpec(_Section):
+    """Where finished trials are logged besides the Optuna storage (``hpo.service.tracking``);
+    each tracker is optional, and a failed write never fails a trial."""
+
+    mlflow: MlflowSpec | None = None
+    tensorboard: TensorboardSpec | None = None
+
+
 class StudySpec(_Section):
     """A study: what to tune, on which data, how to search and how to score."""
 
@@ -230,6 +254,7 @@ class StudySpec(_Section):
     refit: RefitSpec = RefitSpec()
     cv: CVSpec = CVSpec()
     budget: BudgetSpec = BudgetSpec()
+    tracking: TrackingSpec = TrackingSpec()
     fixed: dict[str, Any] = Field(default_factory=dict)
     space: dict[str, Param] = Field(default_factory=dict)
     enqueue: list[dict[str, Any]] = Field(default_factory=list)
