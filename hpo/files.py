@@ -136,8 +136,8 @@ def check_output(path: str | Path) -> None:
     """
     try:
         mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        return
+    except (FileNotFoundError, NotADirectoryError):
+        return  # not there (yet): making its folder says what stands in the way
     _refuse_special(path, mode, "writes")
 
 
