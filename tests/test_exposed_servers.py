@@ -27,6 +27,9 @@ from conftest import free_port, run_hpo, served
 
 from hpo.service.guard import FRAME_ANCESTORS
 
+#: Each test starts a server process.
+pytestmark = pytest.mark.slow
+
 PASSWORD = "correct-horse-battery"
 TOKEN = "t0ken-of-32-characters-0123456789"
 
