@@ -2489,15 +2489,14 @@ def _register_data_study(overrides: dict[str, Any], values: dict[str, str]) -> N
 
 
 @pytest.mark.parametrize("bomb", sorted(ALIAS_BOMBS))
-def test_an_alias_bomb_is_refused_within_a_second(bomb: str, tmp_path: Path) -> None:
+def test_an_alias_bomb_is_refused_before_it_is_built(bomb: str, tmp_path: Path) -> None:
     """10**9 values from ten lines are counted on the parsed graph, not built (issue 25: a
-    bomb of 10**7 took 38-65 s to refuse)."""
+    bomb of 10**7 took 38-65 s to refuse); built, this one would not end. No timed assertion
+    (the machines are shared): the count's message is what shows it was not built."""
     path = tmp_path / "study.yaml"
     path.write_text(_spec_text(bomb))
-    started = time.perf_counter()
     with pytest.raises(SpecError, match="more than 100,000 values once its aliases"):
         load_spec(path)
-    assert time.perf_counter() - started < 1.0
 
 
 def test_there_are_enough_cases() -> None:

@@ -23,10 +23,10 @@ from PIL import Image
 
 from hpo.errors import HpoError
 from hpo.results.artifacts import REFIT_ARTIFACTS_ATTR, REPORT_ARTIFACT_ATTR
+from hpo.results.gap import gap_sentence, large_gap
 from hpo.results.refit import refit_study
 from hpo.results.report import write_report
 from hpo.results.report_search import fold_figure, log_ticks, slice_figure, varying_params
-from hpo.results.gap import gap_sentence, large_gap
 from hpo.service.storage import open_storage
 from hpo.service.study import SPEC_ATTR, register_study
 from hpo.service.worker import run_worker

@@ -147,6 +147,7 @@ def test_the_refit_logs_its_test_metrics_and_files(sqlite_url: str, tmp_path: Pa
     client = mlflow.tracking.MlflowClient(tracking_uri=uri)
     files = {f.path for f in client.list_artifacts(refit.info.run_id)}
     assert {"metrics.json", "params.json"} <= files
+    assert list((tmp_path / "mlruns").rglob("metrics.json"))  # beside the store, not in cwd
     events = event_accumulator.EventAccumulator(str(tmp_path / "runs" / "tracked-refit" / "refit"))
     events.Reload()
     assert events.Scalars("refit/test_accuracy")[0].value == pytest.approx(

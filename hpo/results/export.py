@@ -41,8 +41,9 @@ _PLAIN_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 def best_params_frame(study: optuna.Study, spec: StudySpec) -> pd.DataFrame:
     """One row: study, trial number, value, then every fixed and searched parameter (empty for
-    a conditional one the trial does not have), of the study's best trial (``hpo.service.study.result_trial``: with several objectives, the pick
-    from its Pareto front, ``value`` its first objective; ``pareto_frame`` has them all).
+    a conditional one the trial does not have), of the study's best trial
+    (``hpo.service.study.result_trial``: with several objectives, the pick from its Pareto
+    front, ``value`` its first objective; ``pareto_frame`` has them all).
 
     Raises:
         StudyError: no trial has completed yet (or none meets the constraints).

@@ -158,7 +158,9 @@ class _Mlflow:
             found = self.client.get_experiment_by_name(self.experiment)
             if found is None:
                 try:
-                    self._experiment_id = self.client.create_experiment(self.experiment)
+                    self._experiment_id = self.client.create_experiment(
+                        self.experiment, artifact_location=_artifact_location(self.uri)
+                    )
                 except self.mlflow.exceptions.MlflowException:
                     # Another worker created it meanwhile.
                     self._experiment_id = self.client.get_experiment_by_name(
@@ -244,6 +246,16 @@ class _Tensorboard:
             for key, value in test.items():
                 if _finite(value):
                     writer.add_scalar(f"refit/{key}", value, trial)
+
+
+def _artifact_location(uri: str) -> str | None:
+    """Where a new experiment keeps its artifacts: for a local SQLite store, ``mlruns``
+    beside the database (MLflow's default is ``./mlruns`` in whatever folder the worker runs
+    in); for a server, what the server says (None)."""
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        return None
+    return (Path(uri[len(prefix) :]).resolve().parent / "mlruns").as_uri()
 
 
 def _is_hparam(value: Any) -> bool:
