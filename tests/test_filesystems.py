@@ -3,6 +3,7 @@ read from a mount table given as text: the longest mount point holding the file 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -104,7 +105,8 @@ def test_a_local_sqlite_file_and_other_storages_pass(url: str) -> None:
     [
         ["worker", "--study", "x"],
         ["slurm", "study.yaml", "--workers", "2", "--dry-run"],
-        ["run", "study.yaml"],
+        # (hpo run imports torch, which runs ldconfig)
+        pytest.param(["run", "study.yaml"], marks=pytest.mark.slow),
     ],
     ids=["worker", "slurm", "run"],
 )
@@ -120,6 +122,8 @@ def test_the_commands_that_run_workers_refuse_it(
     )
     monkeypatch.delenv("HPO_STORAGE", raising=False)
     monkeypatch.delenv("HPO_STORAGE_PASSWORD_FILE", raising=False)
+    root = logging.getLogger()  # a command's log handler writes to the runner's stderr,
+    monkeypatch.setattr(root, "handlers", list(root.handlers))  # closed after it: undo it
     result = CliRunner().invoke(app, [*command, "--storage", f"sqlite:///{tmp_path}/hpo.db"])
     assert result.exit_code == 1, result.output
     assert "network file system (nfs mounted at" in " ".join(result.output.split())

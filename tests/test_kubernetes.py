@@ -196,6 +196,7 @@ def test_names_are_kubernetes_names_and_stay_apart(name: str, expected: str | No
         assert got != dns_name(name + "2")
 
 
+@pytest.mark.slow  # the real command, in a subprocess
 def test_the_cli_writes_the_file_and_says_how_to_make_the_secret(
     study_file: Path, tmp_path: Path
 ) -> None:

@@ -62,6 +62,7 @@ def fake_squeue(folder: Path, prints: str, status: int = 0) -> str:
     return str(path)
 
 
+@pytest.mark.slow  # a fake squeue runs (unless SLURM's variable is used, as it must be)
 def test_the_job_end_is_slurms_own_when_it_sets_it(tmp_path: Path) -> None:
     squeue = fake_squeue(tmp_path, "9:99:99")
     env = {"SLURM_JOB_ID": "812", "SLURM_JOB_END_TIME": "1900000000"}
@@ -69,6 +70,7 @@ def test_the_job_end_is_slurms_own_when_it_sets_it(tmp_path: Path) -> None:
     assert not (tmp_path / "asked").exists()  # squeue not asked
 
 
+@pytest.mark.slow  # a fake squeue runs
 def test_else_squeue_says_the_time_left(tmp_path: Path) -> None:
     squeue = fake_squeue(tmp_path, "1:30")
     end = slurm_job_end({"SLURM_JOB_ID": "812"}, squeue=squeue, now=lambda: 1000.0)
@@ -76,12 +78,14 @@ def test_else_squeue_says_the_time_left(tmp_path: Path) -> None:
     assert (tmp_path / "asked").read_text().split() == ["-h", "-j", "812", "-o", "%L"]
 
 
+@pytest.mark.slow  # a fake squeue runs
 @pytest.mark.parametrize("answer", [("UNLIMITED", 0), ("", 1), ("10:00", 1)])
 def test_no_end_without_a_time_limit_or_an_answer(tmp_path: Path, answer: tuple[str, int]) -> None:
     squeue = fake_squeue(tmp_path, *answer)
     assert slurm_job_end({"SLURM_JOB_ID": "812"}, squeue=squeue) is None
 
 
+@pytest.mark.slow  # a missing squeue is tried
 def test_no_end_outside_slurm_or_without_squeue(tmp_path: Path) -> None:
     assert slurm_job_end({}) is None
     assert slurm_job_end({"SLURM_JOB_ID": "1"}, squeue=str(tmp_path / "missing")) is None

@@ -48,6 +48,7 @@ def dry_run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]
     )
 
 
+@pytest.mark.slow  # the real command, in a subprocess
 def test_the_script_asks_for_what_was_given_and_holds_no_password(
     write_spec: Callable[..., Path], password_file: Path
 ) -> None:
@@ -90,6 +91,7 @@ def test_the_script_asks_for_what_was_given_and_holds_no_password(
     assert subprocess.run(["bash", "-n", str(Path(spec).parent / "job.sbatch")]).returncode == 0
 
 
+@pytest.mark.slow  # the real command, in a subprocess
 def test_without_options_the_array_runs_every_task_at_once_on_one_cpu(
     write_spec: Callable[..., Path], tmp_path: Path
 ) -> None:
@@ -103,6 +105,7 @@ def test_without_options_the_array_runs_every_task_at_once_on_one_cpu(
     assert "unset HPO_STORAGE_PASSWORD_FILE" in done.stdout
 
 
+@pytest.mark.slow  # the real command, in a subprocess
 @pytest.mark.parametrize(
     "url",
     [
@@ -118,6 +121,7 @@ def test_a_url_holding_a_password_is_refused(write_spec: Callable[..., Path], ur
     assert "hunter22" not in message and "s3cr" not in message and done.stdout == ""
 
 
+@pytest.mark.slow  # the real command, in a subprocess
 @pytest.mark.parametrize(
     ("args", "says"),
     [
@@ -133,6 +137,7 @@ def test_options_sbatch_would_refuse_are_refused_first(
     assert done.returncode == 1 and says in " ".join(done.stderr.split())
 
 
+@pytest.mark.slow  # the real command, in a subprocess
 def test_a_readable_password_file_is_warned_about(
     write_spec: Callable[..., Path], password_file: Path
 ) -> None:

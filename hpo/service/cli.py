@@ -922,8 +922,10 @@ def slurm(
     The storage URL must hold no password: the tasks read it from
     $HPO_STORAGE_PASSWORD_FILE (hpo db start writes one). A task cancelled or preempted
     re-queues its running trial; a worker starts no trial its job's time cannot finish."""
+    from hpo.service.logs import configure_logging
     from hpo.service.slurm import ArrayOptions, slurm_array
 
+    configure_logging("slurm")  # Optuna's info lines ("A new study created") not shown
     options = ArrayOptions(
         workers=workers,
         parallel=parallel,

@@ -104,6 +104,11 @@ def slurm_array(
         HpoError: an option SLURM would refuse, or ``sbatch`` is missing or refuses the job.
     """
     _check_options(options)
+    if not dry_run and shutil.which(sbatch) is None:  # before anything is registered
+        raise HpoError(
+            f"{sbatch} not found: hpo slurm submits through SLURM's sbatch, on a machine of the "
+            "cluster (a login node); --dry-run prints the script anywhere"
+        )
     url, password_file = _task_storage(storage)
     resolved = resolve_storage_url(storage)
     refuse_sqlite_on_network_fs(resolved)
@@ -133,11 +138,6 @@ def slurm_array(
     )
     if dry_run:
         return result
-    if shutil.which(sbatch) is None:
-        raise HpoError(
-            f"{sbatch} not found: hpo slurm submits through SLURM's sbatch, on a machine of the "
-            "cluster (a login node); --dry-run prints the script anywhere"
-        )
     folder.mkdir(parents=True, exist_ok=True)
     result.script_path = folder / f"{name}.sbatch"
     result.script_path.write_text(result.script, encoding="utf-8")
