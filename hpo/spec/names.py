@@ -96,6 +96,7 @@ DATASETS: dict[str, DatasetNames] = {
     "mnist": DatasetNames(_IMAGE_OPTIONS),
     "fashion_mnist": DatasetNames(_IMAGE_OPTIONS),
     "svhn": DatasetNames(("root", "download", "max_train", "max_test")),
+    "mnist_5k": DatasetNames(),
 }
 
 #: Values of ``preprocess``: how a fold's features are scaled, fitted on its training rows only
