@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install Debian's chromium, which tests/test_report.py uses to render the HTML report
+# Install Debian's chromium, which tests/results/test_report.py uses to render the HTML report
 # headless, when /usr/bin/chromium is missing; otherwise do nothing. Installing needs root or
 # sudo.
 set -euo pipefail

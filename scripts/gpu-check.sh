@@ -7,7 +7,7 @@
 #   bash scripts/gpu-check.sh OUT_DIR [STEP...] # there, from the repository root, .whl/ carried
 #
 # It installs the wheels into /tmp/site (nothing else on that machine changes), then writes to
-# OUT_DIR: the GPU (gpu.txt); the CUDA tests (tests.txt: tests/test_gpu.py, and the nets' and
+# OUT_DIR: the GPU (gpu.txt); the CUDA tests (tests.txt: tests/engine/test_gpu.py, and the nets' and
 # stacked folds' tests, which use the GPU where there is one); trial speed of the MNIST-shaped
 # MLP and CNN on the CPU and the GPU, with two workers sharing the GPU (speed.md,
 # speed.json); and the same on the GPU with mixed_precision (speed-mixed.md, speed-mixed.json).
@@ -55,8 +55,8 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 'cuda', torch.cuda.is_available() and torch.cuda.get_device_name())"; } >"$out/gpu.txt" 2>&1
 
 if [[ $steps == *" tests "* ]]; then
-  python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_nets.py \
-    tests/test_stacked_folds.py >"$out/tests.txt" 2>&1 || echo "tests failed: see tests.txt"
+  python3 -m pytest -q -p no:cacheprovider tests/engine/test_gpu.py tests/engine/test_nets.py \
+    tests/engine/test_stacked_folds.py >"$out/tests.txt" 2>&1 || echo "tests failed: see tests.txt"
   tail -n 3 "$out/tests.txt"
 fi
 

@@ -186,7 +186,7 @@ url() {
 
 # The role hpo and its database, and the one thing of the superuser's that hpo may do: make
 # (and drop) powerless login roles named hpo_test_*, with a password of the test's choosing
-# (tests/test_compose.py logs in with one holding @ / : %). hpo has no CREATEROLE: up to
+# (tests/e2e/test_compose.py logs in with one holding @ / : %). hpo has no CREATEROLE: up to
 # PostgreSQL 15 that lets a role grant itself pg_execute_server_program, a superuser's power.
 setup_sql() {
     cat <<SQL

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A one-node SLURM cluster on this machine, for the tests (tests/test_slurm.py).
+# A one-node SLURM cluster on this machine, for the tests (tests/service/test_slurm.py).
 #
 #   scripts/slurm.sh start    install Debian's slurmctld, slurmd, slurm-client and munge when
 #                             missing; start munged (unless one answers), slurmctld and slurmd;

@@ -36,7 +36,7 @@ All of it goes through skorch's and torch's public API: skorch's overridable ste
 (``train_step``, ``train_step_single``, ``validation_step``, ``evaluation_step``,
 ``run_single_epoch``, ``get_iterator``, ``infer``, ``notify``) and torch's ``optimizer.step()``;
 no private method of either is called or overridden, so their internals may change from one
-release to the next without an optimizer silently no longer stepping. ``tests/test_nets.py``
+release to the next without an optimizer silently no longer stepping. ``tests/engine/test_nets.py``
 checks that a fit scores as plain skorch does and that every optimizer in ``OPTIMIZERS``
 trains.
 """

@@ -15,7 +15,7 @@ And one Optuna answers only privately: which RUNNING trials' heartbeats went qui
 The queries read Optuna's ``trials`` and ``trial_heartbeats`` tables, which are not a public
 API: an Optuna release may rename them. ``schema_problems`` lists what these queries need and is
 missing; the storage backends call ``check_schema`` when they open a database, and
-tests/test_optuna_internals.py runs it against a fresh database of every kind, so a changed
+tests/service/test_optuna_internals.py runs it against a fresh database of every kind, so a changed
 schema is a clear error rather than a worker retrying what looks like a database outage.
 """
 

@@ -3,7 +3,7 @@
 A spec is validated against these tables, not against the engine's classes, so that
 ``hpo register``, ``export``, ``enqueue`` and ``studies`` never import torch. The engine keeps
 its own registries (``hpo.engine.models.MODELS``, ``hpo.engine.nets.OPTIMIZERS``,
-``hpo.engine.data.DATASETS``, ...); ``tests/test_names.py`` checks that every table here
+``hpo.engine.data.DATASETS``, ...); ``tests/spec/test_names.py`` checks that every table here
 equals what the engine's classes and signatures say, so the two cannot drift apart.
 """
 

@@ -1,7 +1,7 @@
 """The stacked fit: a trial's K folds trained at once as ``StackedFolds`` (or
 ``VmappedFolds``), each fold ending where its own skorch fit would.
 
-Each fold still computes what its own fit computes (``tests/test_stacked_folds.py``):
+Each fold still computes what its own fit computes (``tests/engine/test_stacked_folds.py``):
 - one loss per fold, summed, so each fold's gradients are its own;
 - an optimizer that updates every number on its own (every one of
   ``hpo.engine.nets.OPTIMIZERS``), so one step over the stacked tensors is K independent steps;

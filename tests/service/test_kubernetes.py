@@ -1,7 +1,7 @@
 """``hpo k8s``, checked without a cluster: every manifest validated against the Kubernetes
 schemas offline (kubernetes-validate, strict: an unknown field fails), what the Job asks for,
 no password in any of it, and the pods' own commands run as processes against the test
-PostgreSQL (the Secret's url and mounted password mapped), as tests/test_compose.py does for
+PostgreSQL (the Secret's url and mounted password mapped), as tests/e2e/test_compose.py does for
 docker-compose.yml: each pod registers the study, the workers spend the budget and exit 0, a
 worker stopped by SIGTERM re-queues its trial and exits 143, the dashboard answers its probe."""
 
