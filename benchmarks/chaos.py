@@ -31,6 +31,8 @@ trial by the trial's last heartbeat), and what the PostgreSQL restart cost.
 
     python benchmarks/chaos.py          # both storages at the defaults
     python benchmarks/chaos.py --grid-points 40 --tpe-trials 80   # ~2 min a storage, 2 quiet cores
+    python benchmarks/chaos.py --quick   # a smoke run: SQLite only, 2 workers, 8 + 8 trials,
+                                         # 2 signals
 
 PostgreSQL is a private cluster (scripts/postgres.sh with HPO_PG_PORT=--pg-port, default
 54341, in a fresh folder), stopped at the end; never the test suite's. Figures and findings:
@@ -67,6 +69,9 @@ REPO = Path(__file__).resolve().parents[1]
 SIGTERM_REASON = "worker stopped by SIGTERM; re-queued"
 #: How hpo's stale sweep explains a trial whose worker stopped beating (older hpo: no reason).
 STALE_REASON = "worker gone: no heartbeat"
+#: The line a worker logs once past its start-up (torch imported, data loaded, plan made);
+#: hpo/service/worker.py's "started on %s: %s".
+STARTED = "started on {study}: "
 
 
 def signal_reason(reason: str | None) -> bool:
@@ -224,14 +229,13 @@ class Fleet:
 
     def ready(self, phases: list[Phase]) -> list[Worker]:
         """Live workers of ``phases`` past their start-up (torch imported, data loaded):
-        those that have logged their plan. Hurting a worker that is still starting costs
-        only the CPU of its restart, and on a few cores a replacement every few seconds
-        would never get going."""
+        those that have logged their plan (``STARTED``). Hurting a worker that is still
+        starting costs only the CPU of its restart, and on a few cores a replacement every few
+        seconds would never get going."""
         for worker in self.live.values():
             if not worker.up:
-                worker.up = f"of {worker.phase.study} on " in worker.log.read_text(
-                    "utf-8", "replace"
-                )
+                started = STARTED.format(study=worker.phase.study)
+                worker.up = started in worker.log.read_text("utf-8", "replace")
         return [w for w in self.live.values() if w.up and not w.signalled and w.phase in phases]
 
     def hurt(self, worker: Worker, kind: str) -> None:
@@ -383,6 +387,12 @@ def run(
         fleet.stop_all()  # nobody is left after a run; only after an error
         engine.dispose()
     fleet.check()
+    if chaos and not any(phase.signals for phase in phases):
+        phases[0].problems.append(
+            "no signal was sent: no worker was seen past its start-up (a line "
+            f"{STARTED.format(study='STUDY')!r} in its log) while trials were left; give "
+            "more trials (--grid-points, --tpe-trials) or a shorter --kill-every"
+        )
     for phase in phases:
         before = phase.created
         collect_registrations(phase, late[phase.study])
@@ -430,7 +440,9 @@ def drive(
         open_ = [
             p for p in phases if counts[p.study]["COMPLETE"] + counts[p.study]["PRUNED"] < p.budget
         ]
-        if grid.chaos and now >= next_hurt:
+        sent = sum(len(p.signals) for p in phases)
+        more = args.max_signals is None or sent < args.max_signals
+        if grid.chaos and more and now >= next_hurt:
             ready = fleet.ready(open_)
             min_up = args.min_up if args.min_up is not None else max(1, args.workers // 2)
             if ready and len(fleet.ready(phases)) >= min_up:
@@ -628,28 +640,63 @@ def report(phases: list[Phase]) -> None:
             )
 
 
+DEFAULTS: dict[str, Any] = {
+    "backend": "both",
+    "workers": 8,
+    "grid_points": 100,
+    "tpe_trials": 200,
+    "kill_every": 3.0,
+    "registrations": 4,
+    "deadline": 900.0,
+}
+#: ``--quick``: every check at its smallest, on SQLite (no private PostgreSQL server to start).
+QUICK: dict[str, Any] = {
+    "backend": "sqlite",
+    "workers": 2,
+    "grid_points": 8,
+    "tpe_trials": 8,
+    "kill_every": 2.0,
+    "max_signals": 2,
+    "registrations": 2,
+    "deadline": 300.0,
+}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--backend", choices=["sqlite", "postgresql", "both"], default="both")
-    parser.add_argument("--workers", type=int, default=8, help="on the storage, shared out")
-    parser.add_argument("--grid-points", type=int, default=100, help="at least this many")
-    parser.add_argument("--tpe-trials", type=int, default=200)
-    parser.add_argument("--kill-every", type=float, default=3.0, help="seconds, jittered ±50%%")
+    parser.add_argument("--backend", choices=["sqlite", "postgresql", "both"], help="default both")
+    parser.add_argument("--workers", type=int, help="on the storage, shared out (default 8)")
+    parser.add_argument("--grid-points", type=int, help="at least this many (default 100)")
+    parser.add_argument("--tpe-trials", type=int, help="default 200")
+    parser.add_argument("--kill-every", type=float, help="seconds, jittered ±50%% (default 3)")
     parser.add_argument(
         "--min-up",
         type=int,
         help="signal only while this many workers are past start-up (default: half)",
     )
+    parser.add_argument(
+        "--max-signals", type=int, help="per chaos run, at most this many (default: no limit)"
+    )
     parser.add_argument("--term-share", type=float, default=0.25, help="signals that are TERM")
-    parser.add_argument("--registrations", type=int, default=4, help="racing, per study")
+    parser.add_argument("--registrations", type=int, help="racing, per study (default 4)")
     parser.add_argument("--heartbeat", type=float, default=2.0, help="hpo worker --heartbeat")
-    parser.add_argument("--deadline", type=float, default=900.0, help="seconds per run")
+    parser.add_argument("--deadline", type=float, help="seconds per run (default 900)")
     parser.add_argument("--pg-port", type=int, default=54341)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", action="store_true", help="keep the temp folder and logs")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run: SQLite only (--backend postgresql or both for the private "
+        "server), 2 workers, a grid of 8 points and 8 TPE trials, 2 signals ~2 s apart, 2 "
+        "racing registrations, a 300 s deadline; the options above still apply",
+    )
     args = parser.parse_args()
+    for key, value in (QUICK if args.quick else DEFAULTS).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
 
     # Ctrl-C or a SIGTERM unwinds through the finally blocks: workers and the server stop.
     signal.signal(signal.SIGINT, signal.default_int_handler)

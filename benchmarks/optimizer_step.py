@@ -16,6 +16,7 @@ names another checkout to stand for this one (say, an older commit plus one chan
 
     python benchmarks/optimizer_step.py
     python benchmarks/optimizer_step.py --before /tmp/hpo-old --repeats 7
+    python benchmarks/optimizer_step.py --quick     # a smoke run: 1 repeat of 2 epochs
 """
 
 from __future__ import annotations
@@ -57,13 +58,14 @@ def _folds() -> tuple[list[Any], list[Any]]:
     return [X_all[rows] for rows in train], [y_all[rows] for rows in train]
 
 
-def _fit(way: str, optimizer: str, X: list[Any], y: list[Any]) -> tuple[float, float]:
-    """(CPU seconds, final training loss) of one fit."""
+def _fit(way: str, optimizer: str, X: list[Any], y: list[Any], epochs: int) -> tuple[float, float]:
+    """(CPU seconds, final training loss) of one fit of ``epochs`` epochs."""
     from hpo.engine.folds.stacked_fit import fit_stacked
     from hpo.engine.models import MLP
     from hpo.engine.nets import TunedClassifier
 
-    net = TunedClassifier(MLP, module__input_shape=(64,), optimizer=optimizer, **MLP_PARAMS)
+    params = {**MLP_PARAMS, "max_epochs": epochs}
+    net = TunedClassifier(MLP, module__input_shape=(64,), optimizer=optimizer, **params)
     started = time.process_time()
     if way == "single":
         loss = net.fit(X[0], y[0]).history[-1, "train_loss"]
@@ -72,7 +74,7 @@ def _fit(way: str, optimizer: str, X: list[Any], y: list[Any]) -> tuple[float, f
     return time.process_time() - started, float(loss)
 
 
-def one_round() -> dict[str, tuple[float, float]]:
+def one_round(epochs: int) -> dict[str, tuple[float, float]]:
     """Every case fitted once (after one untimed fit of each), in this process."""
     import torch
 
@@ -80,27 +82,37 @@ def one_round() -> dict[str, tuple[float, float]]:
     X, y = _folds()
     cases = [(way, optimizer) for way in WAYS for optimizer in OPTIMIZERS]
     for way, optimizer in cases:
-        _fit(way, optimizer, X, y)  # warm-up: first calls allocate and dispatch more
-    return {f"{way} {optimizer}": _fit(way, optimizer, X, y) for way, optimizer in cases}
+        _fit(way, optimizer, X, y, epochs)  # warm-up: first calls allocate and dispatch more
+    return {f"{way} {optimizer}": _fit(way, optimizer, X, y, epochs) for way, optimizer in cases}
 
 
-def _round_in(checkout: Path) -> dict[str, tuple[float, float]]:
+def _round_in(checkout: Path, epochs: int) -> dict[str, tuple[float, float]]:
     env = {**os.environ, "PYTHONPATH": str(checkout)}
-    out = subprocess.run(
-        [sys.executable, __file__, "--round"], env=env, check=True, capture_output=True, text=True
-    ).stdout
+    command = [sys.executable, __file__, "--round", "--epochs", str(epochs)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if done.returncode != 0:  # its traceback, which capture_output would otherwise swallow
+        raise SystemExit(f"a round under {checkout} exited {done.returncode}:\n{done.stderr}")
+    out = done.stdout
     return {key: tuple(value) for key, value in json.loads(out).items()}  # type: ignore[misc]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, help="default 7")
+    parser.add_argument("--epochs", type=int, help=f"per fit (default {MLP_PARAMS['max_epochs']})")
     parser.add_argument("--before", type=Path, help="another checkout to compare with")
     parser.add_argument("--after", type=Path, default=ROOT, help="default: this checkout")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run: 1 repeat of 2 epochs (--repeats and --epochs still apply)",
+    )
     parser.add_argument("--round", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.repeats = args.repeats or (1 if args.quick else 7)
+    args.epochs = args.epochs or (2 if args.quick else MLP_PARAMS["max_epochs"])
     if args.round:
-        print(json.dumps(one_round()))
+        print(json.dumps(one_round(args.epochs)))
         return
     import torch
 
@@ -111,10 +123,10 @@ def main() -> None:
     for repeat in range(args.repeats):
         names = list(checkouts) if repeat % 2 == 0 else list(reversed(checkouts))
         for name in names:
-            runs[name].append(_round_in(checkouts[name]))
+            runs[name].append(_round_in(checkouts[name], args.epochs))
     print(
         f"# digits MLP 128-64, 1000 rows, 5 folds, batch {MLP_PARAMS['batch_size']}, "
-        f"{MLP_PARAMS['max_epochs']} epochs; CPU seconds per fit, median (min) of "
+        f"{args.epochs} epochs; CPU seconds per fit, median (min) of "
         f"{args.repeats}; "
         f"1 torch thread, torch {torch.__version__}"
     )

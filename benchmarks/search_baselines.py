@@ -512,6 +512,8 @@ def print_model(model: str, outcomes: list[Outcome], target: float, trials: int)
     )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for method in METHODS:
+        if not any(ran == method for ran, _ in by):
+            continue  # not run (--methods, or OptunaSearchCV without optuna-integration)
         runs = [by[(method, s)] for s in seeds if (method, s) in by and not by[(method, s)].error]
         if not runs:
             print(f"| {LABELS[method]} | failed |")
@@ -583,6 +585,13 @@ def machine() -> str:
     )
 
 
+def integration_installed() -> bool:
+    """Whether optuna-integration (``OptunaSearchCV``; the ``[bench]`` extra) is importable."""
+    import importlib.util
+
+    return importlib.util.find_spec("optuna_integration") is not None
+
+
 def load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -595,7 +604,12 @@ def main() -> None:
         "--trials", type=int, help="trials per search (default: 10 for the MLP, 6 for the CNN)"
     )
     parser.add_argument("--epochs", type=int, help="max_epochs instead of the spec's")
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=METHODS,
+        help="default: all three (OptunaSearchCV only where optuna-integration is installed)",
+    )
     parser.add_argument(
         "--quick", action="store_true", help="a smoke run: 1 seed, 3 trials, 5 epochs"
     )
@@ -613,6 +627,17 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.trials, args.epochs = 1, args.trials or 3, args.epochs or 5
+    skipped = ""
+    if not integration_installed():
+        if args.methods and "optuna_search_cv" in args.methods:
+            parser.error(
+                "--methods optuna_search_cv needs optuna-integration: pip install -e '.[bench]'"
+            )
+        skipped = (
+            "OptunaSearchCV skipped: optuna-integration is not installed "
+            "(pip install -e '.[bench]' adds it)"
+        )
+    methods = args.methods or [m for m in METHODS if m != "optuna_search_cv" or not skipped]
     targets = {**TARGETS, **{m: float(t) for m, t in (x.split("=") for x in args.targets)}}
     budgets = {model: args.trials or DEFAULT_TRIALS[model] for model in args.models}
     if args.from_json:
@@ -625,12 +650,14 @@ def main() -> None:
     print(f"# Search against what users write instead, on {machine()}")
     print(f"started {datetime.now():%Y-%m-%d %H:%M}, load average {load()}")
     print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
+    if skipped:
+        print(skipped)
     outcomes: list[Outcome] = []
     with tempfile.TemporaryDirectory(prefix="hpo-search-baselines-") as tmp:
         for model in args.models:
             for seed in range(args.seeds):
                 spec = read_spec(model, budgets[model], seed, args.epochs)
-                for method in args.methods:
+                for method in methods:
                     print(f"  {model} seed {seed}: {method} ...", file=sys.stderr, flush=True)
                     try:
                         if method == "hpo":
@@ -660,6 +687,10 @@ def main() -> None:
             for o in outcomes
         ]
         args.json.write_text(json.dumps(rows, indent=1, default=str))
+    failed = [o for o in outcomes if o.error]
+    if failed:
+        names = ", ".join(f"{LABELS[o.method]} ({o.model}, seed {o.seed})" for o in failed)
+        raise SystemExit(f"{len(failed)} search(es) failed, tracebacks above: {names}")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ warm-up round. The limit sits between the sizes that gain and those that lose.
 
     python benchmarks/stacked_folds.py
     python benchmarks/stacked_folds.py --threads 2 --repeats 3
+    python benchmarks/stacked_folds.py --quick     # a smoke run: 2 nets, 1 repeat of 1 epoch
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ NETS: list[tuple[str, type, tuple[int, ...], dict[str, Any]]] = [
         {"module__conv1": 8, "module__conv2": 16, "batch_size": 128, "max_epochs": 1},
     ),
 ]
+#: ``--quick``'s nets: one of each kind (a CNN, an MLP).
+QUICK_NETS = ("digits CNN 8-16, batch 64", "MNIST-shaped MLP 128-64, batch 128")
 #: What the options above leave to each kind of net.
 DEFAULTS: dict[type, dict[str, Any]] = {
     CNN: {"module__conv1": 16, "module__conv2": 32, "module__hidden1": 64},
@@ -61,10 +64,17 @@ DEFAULTS: dict[type, dict[str, Any]] = {
 
 
 def time_net(
-    module: type, shape: tuple[int, ...], net_options: dict[str, Any], repeats: int
+    module: type,
+    shape: tuple[int, ...],
+    net_options: dict[str, Any],
+    repeats: int,
+    epochs: int | None = None,
 ) -> dict[str, float]:
-    """Seconds of both ways (medians) and the speed-up (worst and best) for one net."""
+    """Seconds of both ways (medians) and the speed-up (worst and best) for one net, trained
+    ``epochs`` epochs (default: 3, or the net's own)."""
     options = {"batch_size": 64, "max_epochs": 3, **DEFAULTS[module], **net_options}
+    if epochs is not None:
+        options["max_epochs"] = epochs
     net = TunedClassifier(module, module__input_shape=shape, **options)
     rows = ROWS
     rng = np.random.default_rng(0)
@@ -101,8 +111,16 @@ def time_net(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, help="default 2")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"a smoke run: {' and '.join(QUICK_NETS)}, 1 repeat of 1 epoch",
+    )
     args = parser.parse_args()
+    args.repeats = args.repeats or (1 if args.quick else 2)
+    nets = [net for net in NETS if net[0] in QUICK_NETS] if args.quick else NETS
+    epochs = 1 if args.quick else None
     torch.set_num_threads(args.threads)
     print(
         f"# Stacked folds against one by one: 3 folds, {args.threads} thread(s), "
@@ -111,8 +129,8 @@ def main() -> None:
     )
     print("| net | MFLOP per batch | one by one s | stacked s | stacked speed-up |")
     print("| --- | ---: | ---: | ---: | ---: |")
-    for name, module, shape, options in NETS:
-        r = time_net(module, shape, options, args.repeats)
+    for name, module, shape, options in nets:
+        r = time_net(module, shape, options, args.repeats, epochs)
         print(
             f"| {name} | {r['mflop']:.1f} | {r['separate']:.2f} | {r['stacked']:.2f} | "
             f"{r['low']:.2f}–{r['high']:.2f}× |",

@@ -6,11 +6,21 @@ measured is hpo + Optuna + the database. Two parts:
 
 1. 1, 2, 4 and 8 workers on SQLite, PostgreSQL and the gRPC proxy in front of PostgreSQL:
    trials/s for the whole study, and the overhead per trial (wall time × workers / trials).
+   Beside each, plain Optuna on a fresh storage of the same kind: as many processes, each
+   ``optuna.load_study(...).optimize`` of the same trivial objective with a ``RandomSampler``
+   (as the spec's) and ``MaxTrialsCallback`` for the shared budget, as a user writes it; the
+   ratio is hpo's overhead per trial over Optuna's. Each pair runs --repeats times, the order
+   alternating, and the table gives medians.
 2. One worker, one study growing to --grow-to trials: the time per trial at 100, 1,000 and
    10,000 trials (the claim counts the study's trials, so this shows what that costs).
 
-    python benchmarks/storage_scaling.py                          # everything, ~15 min on 2 cores
+    python benchmarks/storage_scaling.py                  # everything (the plain Optuna runs
+                                                          # about double the first part)
     python benchmarks/storage_scaling.py --trials 100 --grow-to 1000   # a quick look
+    python benchmarks/storage_scaling.py --storages sqlite,postgresql --workers 1,2 \
+        --trials 200 --repeats 3 --grow-to 0       # docs/benchmarks.md's run, ~7 min on 2 cores
+    python benchmarks/storage_scaling.py --quick    # a smoke run: SQLite, 2 workers, 20
+                                                    # trials, a study grown to 100
 
 PostgreSQL comes from HPO_TEST_POSTGRES_URL or scripts/postgres.sh (started if needed).
 """
@@ -23,6 +33,7 @@ import multiprocessing
 import os
 import platform
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -82,6 +93,43 @@ def _worker(url: str, name: str, index: int) -> None:
     run_worker(name, url, worker_index=index, threads=1, device="cpu", objective=trivial_objective)
 
 
+def _plain_worker(url: str, name: str, index: int, trials: int) -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(
+        study_name=name, storage=url, sampler=optuna.samplers.RandomSampler(seed=index)
+    )
+    budget = optuna.study.MaxTrialsCallback(trials, states=(optuna.trial.TrialState.COMPLETE,))
+    study.optimize(lambda trial: trivial_objective(trial, lambda: False), callbacks=[budget])
+
+
+def run_plain_optuna(url: str, workers: int, trials: int) -> tuple[float, int]:
+    """Seconds from the first trial's start to the last trial's end, and the trials completed,
+    ``workers`` processes of plain Optuna sharing a ``trials``-trial budget on ``url`` (the
+    callback stops each process after a trial, so a few more than ``trials`` may complete)."""
+    name = f"plain-{uuid.uuid4().hex[:8]}"
+    optuna.create_study(study_name=name, storage=url)
+    context = multiprocessing.get_context("spawn")
+    processes = [
+        context.Process(target=_plain_worker, args=(url, name, i, trials)) for i in range(workers)
+    ]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join()
+    codes = [process.exitcode for process in processes]
+    assert codes == [0] * workers, f"plain Optuna processes exited with {codes}"
+    finished = optuna.load_study(study_name=name, storage=url).trials
+    complete = [t for t in finished if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) >= trials, f"{len(complete)} trials complete, expected {trials}"
+    return _span(complete), len(complete)
+
+
+def _span(trials: list[optuna.trial.FrozenTrial]) -> float:
+    first = min(t.datetime_start for t in trials if t.datetime_start)
+    last = max(t.datetime_complete for t in trials if t.datetime_complete)
+    return (last - first).total_seconds()
+
+
 def run_study(url: str, workers: int, trials: int) -> float:
     """Seconds from the first trial's start to the last trial's end, ``workers`` processes
     sharing a ``trials``-trial study on ``url`` (process start-up and imports excluded)."""
@@ -93,13 +141,13 @@ def run_study(url: str, workers: int, trials: int) -> float:
         process.start()
     for process in processes:
         process.join()
+    codes = [process.exitcode for process in processes]
+    assert codes == [0] * workers, f"hpo workers exited with {codes}"
     finished = optuna.load_study(study_name=name, storage=open_storage(url)).trials
     complete = [t for t in finished if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(complete) == trials, f"{len(complete)} trials complete, expected {trials}"
     SURPLUS[url] = SURPLUS.get(url, 0) + len(finished) - len(complete)
-    first = min(t.datetime_start for t in complete if t.datetime_start)
-    last = max(t.datetime_complete for t in complete if t.datetime_complete)
-    return (last - first).total_seconds()
+    return _span(complete)
 
 
 @contextmanager
@@ -173,20 +221,45 @@ def storage(kind: str) -> Iterator[str]:
             yield proxy_url
 
 
-def scaling(kinds: list[str], worker_counts: list[int], trials: int) -> None:
-    print(f"\n## Workers ({trials} trials per study, trivial objective)\n")
-    print("| storage | workers | seconds | trials/s | overhead ms/trial | surplus claims |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+def scaling(kinds: list[str], worker_counts: list[int], trials: int, repeats: int) -> None:
+    """Per storage kind and worker count, hpo's worker loop and plain Optuna, each on a fresh
+    storage, ``repeats`` times in alternating order; the table gives the medians, and the
+    range of the ratio over the repeats (each repeat's pair ran back to back)."""
+    print(f"\n## Workers ({trials} trials per study, trivial objective, medians of {repeats})\n")
+    print(
+        "| storage | workers | seconds | trials/s | overhead ms/trial | surplus claims "
+        "| plain Optuna ms/trial | hpo / Optuna (range) |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    ratios = []
     for kind in kinds:
         for workers in worker_counts:
-            with storage(kind) as url:
-                busy = run_study(url, workers, trials)
-                surplus = SURPLUS.get(url, 0)
+            hpo_s: list[float] = []
+            optuna_ms: list[float] = []
+            surplus = 0
+            for repeat in range(repeats):
+                ways = ["hpo", "optuna"] if repeat % 2 == 0 else ["optuna", "hpo"]
+                for way in ways:
+                    with storage(kind) as url:
+                        if way == "hpo":
+                            hpo_s.append(run_study(url, workers, trials))
+                            surplus += SURPLUS.get(url, 0)
+                        else:
+                            busy, done = run_plain_optuna(url, workers, trials)
+                            optuna_ms.append(1000 * busy * workers / done)
+            busy = statistics.median(hpo_s)
+            overhead = 1000 * busy * workers / trials
+            plain = statistics.median(optuna_ms)
+            pairs = zip(hpo_s, optuna_ms, strict=True)
+            paired = [1000 * s * workers / trials / o for s, o in pairs]
+            ratios.append(overhead / plain)
             print(
-                f"| {kind} | {workers} | {busy:.1f} | {trials / busy:.1f} | "
-                f"{1000 * busy * workers / trials:.1f} | {surplus} |",
+                f"| {kind} | {workers} | {busy:.1f} | {trials / busy:.1f} | {overhead:.1f} | "
+                f"{surplus} | {plain:.1f} | {overhead / plain:.2f}× "
+                f"({min(paired):.2f}–{max(paired):.2f}) |",
                 flush=True,
             )
+    print(f"\nhpo / Optuna, median over the rows above: {statistics.median(ratios):.2f}×")
 
 
 def growth(kinds: list[str], grow_to: int) -> None:
@@ -201,30 +274,27 @@ def growth(kinds: list[str], grow_to: int) -> None:
             store = open_storage(url)
             register_study(make_spec(name, grow_to), store)
             study = optuna.load_study(study_name=name, storage=store)
+            filler = drawn_trial()
             done = 0
             for checkpoint in checkpoints:
                 # fill up to just below the checkpoint quickly, then time 50 trials there
                 fill = max(0, checkpoint - 50 - done)
                 if fill:
-                    study.add_trials(
-                        [
-                            optuna.trial.create_trial(
-                                params={"lr": 0.5, "batch_size": 1},
-                                distributions={
-                                    "lr": optuna.distributions.FloatDistribution(0, 1),
-                                    "batch_size": optuna.distributions.IntDistribution(1, 10),
-                                },
-                                value=1.5,
-                            )
-                            for _ in range(fill)
-                        ]
-                    )
+                    study.add_trials([filler] * fill)
                     done += fill
                 budget = done + 50
                 timed = run_worker_in_process(url, name, budget)
                 done = budget
                 cells.append(f"{1000 * timed / 50:.1f}")
         print(f"| {kind} | " + " | ".join(cells) + " |", flush=True)
+
+
+def drawn_trial() -> optuna.trial.FrozenTrial:
+    """A finished trial drawn from ``SPACE`` as the workers draw theirs (a filler trial of
+    other distributions would make every later trial fail)."""
+    study = optuna.create_study()
+    study.optimize(lambda trial: trivial_objective(trial, lambda: False), n_trials=1)
+    return study.trials[0]
 
 
 def run_worker_in_process(url: str, name: str, budget: int) -> float:
@@ -241,27 +311,58 @@ def run_worker_in_process(url: str, name: str, budget: int) -> float:
         objective=trivial_objective,
     )
     new = optuna.load_study(study_name=name, storage=store).trials[before:]
-    first = min(t.datetime_start for t in new if t.datetime_start)
-    last = max(t.datetime_complete for t in new if t.datetime_complete)
-    return (last - first).total_seconds()
+    complete = [t for t in new if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == budget - before, f"{len(complete)} of {budget - before} complete"
+    return _span(complete)
+
+
+DEFAULTS: dict[str, Any] = {
+    "storages": "sqlite,postgresql,grpc",
+    "workers": "1,2,4,8",
+    "trials": 400,
+    "grow_to": 10_000,
+    "repeats": 1,
+}
+#: ``--quick``: the same code path at its smallest (SQLite only; both parts).
+QUICK: dict[str, Any] = {
+    **DEFAULTS,
+    "storages": "sqlite",
+    "workers": "2",
+    "trials": 20,
+    "grow_to": 100,
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--storages", default="sqlite,postgresql,grpc")
-    parser.add_argument("--workers", default="1,2,4,8")
-    parser.add_argument("--trials", type=int, default=400)
-    parser.add_argument("--grow-to", type=int, default=10_000)
+    parser.add_argument("--storages", help="comma-separated (default sqlite,postgresql,grpc)")
+    parser.add_argument("--workers", help="comma-separated counts (default 1,2,4,8)")
+    parser.add_argument("--trials", type=int, help="per study (default 400)")
+    parser.add_argument("--grow-to", type=int, help="default 10000; under 100: no growth part")
+    parser.add_argument("--repeats", type=int, help="of each hpo / Optuna pair (default 1)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run: SQLite, 2 workers, 20 trials, 1 repeat, a study grown to 100; "
+        "the options above still apply",
+    )
     args = parser.parse_args()
+    for key, value in (QUICK if args.quick else DEFAULTS).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     kinds = args.storages.split(",")
     print(
         f"# Storage scaling on {platform.node()}: {os.cpu_count()} cores, "
         f"{platform.processor() or platform.machine()}, Python {platform.python_version()}, "
-        f"optuna {optuna.__version__}"
+        f"optuna {optuna.__version__}; load average "
+        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} at start, "
+        f"{time.strftime('%Y-%m-%d %H:%M')}"
     )
-    scaling(kinds, [int(w) for w in args.workers.split(",")], args.trials)
-    growth([k for k in kinds if k != "grpc"], args.grow_to)
+    scaling(kinds, [int(w) for w in args.workers.split(",")], args.trials, args.repeats)
+    if args.grow_to >= 100:
+        growth([k for k in kinds if k != "grpc"], args.grow_to)
+    print(f"\nload average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

@@ -41,6 +41,8 @@ seeds; hpo runs ``--pruning-workers`` workers (2, as ``hpo run --workers 2`` on 
     python benchmarks/trial_speed.py --cases none --pruning --seeds 5
     python benchmarks/trial_speed.py --cases mnist-mlp,mnist-cnn --device cpu,cuda
     python benchmarks/trial_speed.py --cases mnist-mlp,mnist-cnn --device cuda --mixed-precision
+    python benchmarks/trial_speed.py --quick    # a smoke run: digits-mlp and the pruning search,
+                                                # 1 repeat / seed, 3-4 trials of 1 epoch
 """
 
 from __future__ import annotations
@@ -478,14 +480,16 @@ def _others_share(before: tuple[float, float], after: tuple[float, float], mine:
 
 def wait_for_quiet(max_busy: float | None, max_wait: float) -> float:
     """Wait (at most ``max_wait`` s) until other processes use under ``max_busy`` of the CPU;
-    return the share they used over the last 2 s."""
+    return the share they used over the last 2 s (NaN, at once, without ``max_busy``)."""
+    if max_busy is None:
+        return math.nan
     started = time.monotonic()
     while True:
         before = cpu_seconds()
         time.sleep(2.0)
         busy = _others_share(before, cpu_seconds(), 0.0)
         waited = time.monotonic() - started
-        if max_busy is None or not busy > max_busy or waited > max_wait:
+        if not busy > max_busy or waited > max_wait:
             if waited > 5:
                 print(
                     f"  waited {waited:.0f} s for a quieter machine; others now use {busy:.0%}",
@@ -747,13 +751,13 @@ def print_cases(results: list[CaseResult]) -> None:
 # ------------------------------------------------------------------------------ time to target
 
 
-def pruning_spec(seed: int, pruner: str, trials: int) -> dict[str, Any]:
-    """The digits MLP study searched with TPE (seed ``seed``), 5 folds of 20 epochs."""
+def pruning_spec(seed: int, pruner: str, trials: int, epochs: int = 20) -> dict[str, Any]:
+    """The digits MLP study searched with TPE (seed ``seed``), 5 folds of ``epochs`` epochs."""
     spec = _case_spec(
         "mlp",
         {"name": "digits"},
         "accuracy",
-        {"max_epochs": 20, "module__activation": "leaky_relu"},
+        {"max_epochs": epochs, "module__activation": "leaky_relu"},
         DIGITS_MLP_SPACE,
     )
     spec.update(
@@ -789,6 +793,7 @@ def measure_pruning(
     device: str,
     folder: Path,
     quiet: Callable[[], Any],
+    epochs: int = 20,
 ) -> list[dict[str, Any]]:
     """Per seed, run each arm until a trial reaches the highest target (or ``trials`` are
     done), then read off the time to every target."""
@@ -796,7 +801,8 @@ def measure_pruning(
     for seed in range(seeds):
         runs: dict[str, Run] = {}
         for arm in ARMS:
-            spec = pruning_spec(seed, "median" if arm == "hpo_pruned" else "none", trials)
+            pruner = "median" if arm == "hpo_pruned" else "none"
+            spec = pruning_spec(seed, pruner, trials, epochs)
             quiet()
             if arm == "usual":
                 runs[arm] = run_usual(spec, [], device, max(targets))
@@ -843,11 +849,11 @@ def _ratio(row: dict[str, Any], key: str) -> str:
     return f"{bound}{row[key]:.2f}x"
 
 
-def print_pruning(rows: list[dict[str, Any]], workers: int) -> None:
+def print_pruning(rows: list[dict[str, Any]], workers: int, epochs: int = 20) -> None:
     for target in sorted({r["target"] for r in rows}):
         chosen = [r for r in rows if r["target"] == target]
         print(
-            f"\n## Time to a mean CV accuracy of {target} (digits MLP, TPE, 5 folds x 20 "
+            f"\n## Time to a mean CV accuracy of {target} (digits MLP, TPE, 5 folds x {epochs} "
             f"epochs, hpo with {workers} worker{'s' if workers > 1 else ''})\n\n"
             "Seconds from the first trial's start; '>' where the usual loop never reached the "
             "target (its whole run is the bound).\n\n"
@@ -894,29 +900,51 @@ def machine() -> str:
     )
 
 
+DEFAULTS: dict[str, Any] = {
+    "cases": "digits-mlp,digits-cnn,regression",
+    "repeats": 3,
+    "seeds": 5,
+    "target": "0.96,0.97",
+    "max_trials": 40,
+    "pruning_workers": 2,
+}
+#: ``--quick`` (with ``--pruning``): every way and arm once, at its smallest.
+QUICK: dict[str, Any] = {
+    "cases": "digits-mlp",
+    "repeats": 1,
+    "seeds": 1,
+    "target": "0.3",  # one epoch reaches it: the stop at a target runs too
+    "max_trials": 3,
+    "pruning_workers": 1,
+    "trials": 4,
+    "epochs": 1,
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--cases",
-        default="digits-mlp,digits-cnn,regression",
         help="comma-separated: digits-mlp, digits-cnn, regression, user-mlp, user-cnn, "
-        "mnist-mlp, mnist-cnn; 'none' for none",
+        "mnist-mlp, mnist-cnn; 'none' for none (default digits-mlp,digits-cnn,regression)",
     )
     parser.add_argument("--mnist-shape", action="store_true", help="add mnist-mlp, mnist-cnn")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, help="default 3")
     parser.add_argument("--trials", type=int, help="configurations per case (default: the case's)")
+    parser.add_argument(
+        "--epochs", type=int, help="max_epochs of every case and search (default: the case's)"
+    )
     parser.add_argument("--workers", type=int, default=2, help="hpo workers for throughput")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cpu,cuda")
     parser.add_argument("--pruning", action="store_true", help="also time a search to --target")
-    parser.add_argument("--seeds", type=int, default=5, help="TPE seeds of the pruning search")
+    parser.add_argument("--seeds", type=int, help="TPE seeds of the pruning search (default 5)")
     parser.add_argument(
-        "--target", default="0.96,0.97", help="mean CV accuracies to reach, comma-separated"
+        "--target", help="mean CV accuracies to reach, comma-separated (default 0.96,0.97)"
     )
-    parser.add_argument("--max-trials", type=int, default=40, help="per search, at most")
+    parser.add_argument("--max-trials", type=int, help="per search, at most (default 40)")
     parser.add_argument(
         "--pruning-workers",
         type=int,
-        default=2,
         help="hpo workers in the pruning search (default 2, as hpo run --workers 2 on two cores)",
     )
     parser.add_argument(
@@ -933,7 +961,18 @@ def main() -> None:
         "than this share of the CPU (e.g. 0.1)",
     )
     parser.add_argument("--max-wait", type=float, default=600, help="seconds, per wait")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run: the digits-mlp case (unless --cases), 1 repeat of 4 trials, and "
+        "the pruning search, 1 seed of at most 3 trials on 1 worker to a target of 0.3; 1 "
+        "epoch; the options above still apply",
+    )
     args = parser.parse_args()
+    args.pruning = args.pruning or args.quick
+    for key, value in (QUICK if args.quick else DEFAULTS).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     names = [] if args.cases == "none" else args.cases.split(",")
@@ -958,6 +997,15 @@ def main() -> None:
 
         if args.trials:
             cases = {n: Case(c.name, c.spec, args.trials) for n, c in cases.items()}
+        if args.epochs:
+            cases = {
+                n: Case(
+                    c.name,
+                    {**c.spec, "fixed": {**c.spec["fixed"], "max_epochs": args.epochs}},
+                    c.trials,
+                )
+                for n, c in cases.items()
+            }
         if args.mixed_precision:
             print("hpo's nets: mixed_precision (bfloat16 forward pass)")
             cases = {
@@ -982,10 +1030,11 @@ def main() -> None:
                     device,
                     folder,
                     quiet,
+                    args.epochs or 20,
                 )
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print_cases(results)
-    print_pruning(pruning, args.pruning_workers)
+    print_pruning(pruning, args.pruning_workers, args.epochs or 20)
     if args.json:
         args.json.write_text(
             json.dumps(

@@ -10,6 +10,7 @@ Run as a script, it times K folds of each module fitted one by one against stack
 ``hpo.engine.folds.plan.VMAPPED_NET_FLOPS`` rests on; docs/benchmarks.md, "User modules"):
 
     python benchmarks/user_nets.py --folds 5 --repeats 2
+    python benchmarks/user_nets.py --quick     # a smoke run: 2 nets, 2 folds, 1 repeat of 1 epoch
 """
 
 from __future__ import annotations
@@ -88,6 +89,9 @@ NETS: list[tuple[str, type[nn.Module], dict[str, int]]] = [
     ("CNN 16-32, batch 64", CNN, {"conv1": 16, "conv2": 32, "hidden": 64, "batch_size": 64}),
 ]
 
+#: ``--quick``'s nets: one of each kind.
+QUICK_NETS = ("MLP 64-32, batch 32", "CNN 8-16, batch 64")
+
 #: Rows of random digits-shaped data; each of the K folds trains on all but a K-th of them.
 ROWS = 1500
 
@@ -105,7 +109,7 @@ def same_layers(module: type[nn.Module], options: dict[str, int]) -> tuple[type,
 
 
 def time_stacking(
-    module: type[nn.Module], options: dict[str, int], folds: int, repeats: int
+    module: type[nn.Module], options: dict[str, int], folds: int, repeats: int, epochs: int = 3
 ) -> dict[str, float]:
     """Seconds of K folds fitted one by one and stacked (through vmap for the user's module,
     ``StackedFolds`` for hpo's of the same layers), medians over ``repeats`` after a warm-up."""
@@ -118,7 +122,11 @@ def time_stacking(
     from hpo.engine.nets import TunedClassifier
 
     shape = (1, 8, 8)
-    common = {"module__input_shape": shape, "max_epochs": 3, "batch_size": options["batch_size"]}
+    common = {
+        "module__input_shape": shape,
+        "max_epochs": epochs,
+        "batch_size": options["batch_size"],
+    }
     sizes = {f"module__{k}": v for k, v in options.items() if k != "batch_size"}
     user = TunedClassifier(module, module__n_outputs=10, **common, **sizes)
     builtin, builtin_options = same_layers(module, options)
@@ -156,15 +164,24 @@ def time_stacking(
 def main() -> None:
     """Print, per net, K folds fitted one by one against stacked through vmap."""
     parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--folds", type=int, help="default 5")
+    parser.add_argument("--repeats", type=int, help="default 2")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"a smoke run: {' and '.join(QUICK_NETS)}, 2 folds, 1 repeat of 1 epoch",
+    )
     args = parser.parse_args()
+    args.folds = args.folds or (2 if args.quick else 5)
+    args.repeats = args.repeats or (1 if args.quick else 2)
+    epochs = 1 if args.quick else 3
+    nets = [net for net in NETS if net[0] in QUICK_NETS] if args.quick else NETS
     import torch
 
     torch.set_num_threads(args.threads)
     print(
-        f"# {args.folds} folds of {ROWS} random digits-shaped rows, 3 epochs, "
+        f"# {args.folds} folds of {ROWS} random digits-shaped rows, {epochs} epochs, "
         f"{args.threads} thread(s), medians of {args.repeats} after a warm-up\n"
     )
     print(
@@ -172,8 +189,8 @@ def main() -> None:
         "hpo's net of the same layers, stacked: speed-up |"
     )
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
-    for name, module, options in NETS:
-        r = time_stacking(module, options, args.folds, args.repeats)
+    for name, module, options in nets:
+        r = time_stacking(module, options, args.folds, args.repeats, epochs)
         print(
             f"| {name} | {r['mflop']:.1f} | {r['one by one']:.2f} s | {r['vmapped']:.2f} s | "
             f"{r['one by one'] / r['vmapped']:.2f}× | "
