@@ -65,10 +65,11 @@ def load_refit(
     """
     opened = as_storage(storage)
     spec = load_spec_from_storage(opened, name)
-    prefixes = allowed_prefixes(allow_modules)
-    check_trusted(spec.custom_code, prefixes)  # first: nothing is imported for a refusal
-    record = refit_artifact_ids(opened, name)
+    # The trust rule first, as on every path: untrusted code is refused unimported, trusted
+    # code imported and held to be a module class, before the refit is looked for.
     admit_user_code(spec, allow_modules, f"study {name}")
+    prefixes = allowed_prefixes(allow_modules)
+    record = refit_artifact_ids(opened, name)
     device = resolve_device(device)
     with tempfile.TemporaryDirectory(prefix="hpo-refit-") as folder:
         files = download_refit(

@@ -235,7 +235,7 @@ def test_load_refit_refuses_an_untrusted_model_without_importing_it(
     assert "--allow-module travel_untrusted_nets" in str(refused.value)
     assert not marker.exists() and "travel_untrusted_nets" not in sys.modules
 
-    # Trusted, it gets as far as the next question, still without importing anything.
+    # Trusted, it is imported and checked as on every path, and gets to the next question.
     with pytest.raises(StudyError, match="hpo refit travel-untrusted"):
         load_refit(
             "travel-untrusted",
@@ -243,7 +243,7 @@ def test_load_refit_refuses_an_untrusted_model_without_importing_it(
             artifacts=tmp_path,
             allow_modules=["travel_untrusted_nets"],
         )
-    assert not marker.exists()
+    assert marker.exists()
 
 
 def test_load_refit_before_any_refit_says_to_run_hpo_refit(
