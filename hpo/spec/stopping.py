@@ -69,7 +69,7 @@ def stop_rule_problems(raw: Mapping[str, Any]) -> list[str]:
         f"{'reach' if key == 'target' else 'improve'}; end it by budget.trials or "
         "budget.timeout, or bound the other objectives with constraints and keep one"
         for key in ("target", "patience")
-        if isinstance(budget, dict) and budget.get(key) is not None
+        if budget.get(key) is not None
     ]
 
 
