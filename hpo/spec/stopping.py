@@ -59,7 +59,8 @@ def stop_reason(spec: StudySpec, completed: Sequence[FrozenTrial]) -> str:
 
 def stop_rule_problems(raw: Mapping[str, Any]) -> list[str]:
     """A study of several objectives has no one best value to reach or to improve."""
-    budget = raw.get("budget") if isinstance(raw.get("budget"), dict) else {}
+    given = raw.get("budget")
+    budget: dict[str, Any] = given if isinstance(given, dict) else {}
     scoring, objectives = raw.get("scoring"), raw.get("objectives")
     several = (isinstance(scoring, list) and len(scoring) > 1) or bool(objectives)
     if not several:
