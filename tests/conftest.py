@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
@@ -32,6 +34,55 @@ def _torch_threads_restored() -> Iterator[None]:
     torch = sys.modules.get("torch")
     if threads is not None and torch is not None and torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process under ``pid`` (children first), from /proc."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], list(parents.get(pid, []))
+    while todo:
+        child = todo.pop(0)
+        found.append(child)
+        todo.extend(parents.get(child, []))
+    return found
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> bool | None:
+    """pytest-timeout's ``timeout`` ([tool.pytest.ini_options]) ends a hung test as a failure
+    that names it, and the run goes on. Its own signal method raises in the test, which then
+    waits again in ``Popen.__exit__`` on the process it hung on; so here the test's processes
+    are killed first (what it waits on returns), every thread's stack printed, and then it
+    fails."""
+    if settings.timeout <= 0 or threading.current_thread() is not threading.main_thread():
+        return None  # pytest-timeout's own thread method
+
+    def stop(signum: int, frame: Any) -> None:
+        __tracebackhide__ = True
+        killed = _descendants(os.getpid())
+        for pid in killed:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        faulthandler.dump_traceback(all_threads=True)
+        pytest.fail(
+            f"{item.nodeid} ran past {settings.timeout:g} s (pytest-timeout): killed its "
+            f"{len(killed)} processes; every thread's stack is on stderr above"
+        )
+
+    signal.signal(signal.SIGALRM, stop)
+    signal.setitimer(signal.ITIMER_REAL, settings.timeout)
+    return True
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_timeout_cancel_timer(item: pytest.Item) -> bool:
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    return True
 
 
 #: ``make test-fast`` sets it: a test not marked ``slow`` that trains a net (an optimizer step)

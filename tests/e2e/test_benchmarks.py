@@ -36,7 +36,7 @@ def test_the_benchmark_runs_quick_and_prints_its_figures(script: str) -> None:
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=1200,  # about a minute each on 2 quiet cores; minutes when they are shared
+        timeout=900,  # about a minute each on 2 quiet cores; minutes when they are shared
     )
 
     shown = f"stdout:\n{done.stdout[-4000:]}\nstderr:\n{done.stderr[-4000:]}"
