@@ -37,27 +37,30 @@ def _torch_threads_restored() -> Iterator[None]:
 
 
 def _descendants(pid: int) -> list[int]:
-    """Every process under ``pid`` (children first), from /proc."""
-    parents: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = [], list(parents.get(pid, []))
-    while todo:
-        child = todo.pop(0)
-        found.append(child)
-        todo.extend(parents.get(child, []))
+    """Every process under ``pid``, nearest first: the kernel's children lists of each of its
+    threads (``/proc/PID/task/TID/children``), followed down."""
+    found: list[int] = []
+    parents = [pid]
+    while parents:
+        for children in Path(f"/proc/{parents.pop(0)}/task").glob("*/children"):
+            with contextlib.suppress(OSError):  # the thread or the process has ended
+                pids = [int(child) for child in children.read_text().split()]
+                found.extend(pids)
+                parents.extend(pids)
     return found
+
+
+#: Set on a test whose timer is the one below, so only that one is cancelled here.
+_OWN_TIMER = pytest.StashKey[bool]()
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> bool | None:
     """pytest-timeout's ``timeout`` ([tool.pytest.ini_options]) ends a hung test as a failure
     that names it, and the run goes on. Its own signal method raises in the test, which then
-    waits again in ``Popen.__exit__`` on the process it hung on; so here the test's processes
-    are killed first (what it waits on returns), every thread's stack printed, and then it
-    fails."""
+    waits again in ``Popen.__exit__`` on the process it hung on; so here the processes under
+    the test's pytest process (its module fixtures' too) are killed first, so that what it
+    waits on returns, every thread's stack is printed, and then it fails."""
     if settings.timeout <= 0 or threading.current_thread() is not threading.main_thread():
         return None  # pytest-timeout's own thread method
 
@@ -75,11 +78,14 @@ def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> bool | None:
 
     signal.signal(signal.SIGALRM, stop)
     signal.setitimer(signal.ITIMER_REAL, settings.timeout)
+    item.stash[_OWN_TIMER] = True
     return True
 
 
 @pytest.hookimpl(tryfirst=True)
-def pytest_timeout_cancel_timer(item: pytest.Item) -> bool:
+def pytest_timeout_cancel_timer(item: pytest.Item) -> bool | None:
+    if not item.stash.get(_OWN_TIMER, False):
+        return None  # pytest-timeout's own timer, or none: it cancels its own
     signal.setitimer(signal.ITIMER_REAL, 0)
     signal.signal(signal.SIGALRM, signal.SIG_DFL)
     return True
