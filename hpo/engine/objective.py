@@ -7,11 +7,12 @@ Read top to bottom, a trial:
 2. builds its unfitted skorch net (``build_net``);
 3. plans how its folds run (``hpo.engine.folds.plan.trial_fold_plan``: stacked, in fold
    processes, or one by one) and takes that plan's runner (``fold_runner``);
-4. fits and scores the folds, reading their results in fold order: after each fold the running
-   mean goes to ``trial.report`` (each fold's own score for the Wilcoxon pruner:
-   ``hpo.spec.pruning``), so the pruner can stop a bad trial before
-   its last fold (optuna-integration's ``SkorchPruningCallback`` would report per epoch, but
-   it breaks ``sklearn.clone``);
+4. fits and scores the folds, reading their results in fold order; ``TrialReports`` tells the
+   pruner what ``pruner.over`` asks for (``hpo.spec.pruning``): after each fold the running
+   mean (each fold's own score for the Wilcoxon pruner), or after the fits' epochs the folds'
+   mean held-out score, so the pruner can stop a bad trial before its last fold or its last
+   epoch (optuna-integration's ``SkorchPruningCallback`` reports a validation split's score
+   per epoch, but it breaks ``sklearn.clone``);
 5. writes its fold scores, fit seconds, epochs and plan to its user_attrs, once per trial:
    each write is a round trip to the database.
 
@@ -40,6 +41,7 @@ from hpo.engine.folds.plan import FoldOptions, first_prunable_fold, trial_fold_p
 from hpo.engine.folds.processes import FoldPool
 from hpo.engine.folds.runners import fold_runner
 from hpo.engine.measures import measure
+from hpo.engine.reports import TrialReports
 from hpo.spec.objectives import (
     constraint_values,
     extra_scorers,
@@ -48,7 +50,7 @@ from hpo.spec.objectives import (
     objective_names,
     scorers,
 )
-from hpo.spec.pruning import pruning_start, reports_fold_scores
+from hpo.spec.pruning import pruning_start
 from hpo.spec.spaces import suggest
 from hpo.spec.study_spec import StudySpec
 
@@ -117,16 +119,18 @@ def evaluate(
     trial.set_user_attr("folds_plan", plan.describe())
     trial.set_user_attr("threads", plan.threads)
 
-    results = fold_runner(plan, pool).fold_results(net, data, splits, scorers(spec), should_stop)
     multi = is_multi_objective(spec)
-    folded = _score_folds(
+    reports = TrialReports(
         trial,
-        results,
+        spec,
+        len(splits),
+        int(net.max_epochs),
         may_prune=start is not None and not multi,
-        folds=len(splits),
-        fold_scores=reports_fold_scores(spec),
         report=not multi,  # Optuna takes intermediate values of one objective only
     )
+    runner = fold_runner(plan, pool)
+    results = runner.fold_results(net, data, splits, scorers(spec), should_stop, reports.listener)
+    folded = _score_folds(trial, results, reports)
     if not (multi or spec.constraints):
         return folded.mean
     return _objectives_and_constraints(trial, spec, net, data, folded)
@@ -168,18 +172,12 @@ class _Folded:
 
 
 def _score_folds(
-    trial: optuna.Trial,
-    results: Generator[FoldResult, None, None],
-    *,
-    may_prune: bool,
-    folds: int,
-    fold_scores: bool = False,
-    report: bool = True,
+    trial: optuna.Trial, results: Generator[FoldResult, None, None], reports: TrialReports
 ) -> _Folded:
-    """Read the folds' results in fold order: report the running mean after each (with
-    ``fold_scores``, the fold's own score: ``hpo.spec.pruning.reports_fold_scores``; nothing
-    without ``report``), prune when the pruner says so, and keep the fold lists in the trial's
-    user_attrs (also when it is pruned or fails part-way)."""
+    """Read the folds' results in fold order, each told to ``reports`` (which reports it and
+    prunes when the pruner says so, as it does at the epochs the runner reports), and keep
+    the fold lists in the trial's user_attrs (also when it is pruned or fails part-way; a
+    trial pruned at an epoch keeps where in ``pruned_at``)."""
     scores: list[float] = []
     extra: list[tuple[float, ...]] = []
     seconds: list[float] = []
@@ -192,17 +190,14 @@ def _score_folds(
                 extra.append(result.extra_scores)
                 seconds.append(round(result.seconds, 4))
                 epochs.append(result.epochs)
-                if report:
-                    trial.report(float(result.score if fold_scores else np.mean(scores)), fold)
-                # Asking a pruner that is not there would cost a storage read per fold.
-                if may_prune and fold + 1 < folds and trial.should_prune():
-                    mean = np.mean(scores)
-                    raise optuna.TrialPruned(f"pruned after fold {fold}: mean {mean:.4f}")
+                reports.fold_finished(fold, result.score)
         finally:
             if scores:
                 trial.set_user_attr("fold_scores", scores)
                 trial.set_user_attr("fit_seconds", seconds)
                 trial.set_user_attr("epochs", epochs)
+            if reports.pruned_at is not None:
+                trial.set_user_attr("pruned_at", reports.pruned_at)
     trial.set_user_attr("score_std", float(np.std(scores)))
     extra_means = tuple(float(np.mean(column)) for column in zip(*extra, strict=True))
     return _Folded(float(np.mean(scores)), extra_means, seconds)

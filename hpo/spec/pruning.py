@@ -1,28 +1,46 @@
-"""The spec's pruner with hpo's defaults filled in: the one place that decides them.
+"""The spec's pruner with hpo's defaults filled in, and what a trial reports to it: the one
+place that decides them.
 
-``make_pruner`` builds Optuna's pruner from ``pruner_options``, and the engine reads
-``pruning_start`` to know after which fold a trial may first be pruned (it fits the folds
-before that one together) and ``reports_fold_scores`` to know what it reports after each fold,
-so neither asks the pruner object for its settings.
+``make_pruner`` builds the pruner from ``pruner_options``; the engine reads ``pruning_start``
+to know after which fold a trial may first be pruned (it fits the folds before that one
+together), ``reports_fold_scores`` to know what it reports after each fold and
+``EpochSteps`` to know at which steps it reports its epochs, so none of them asks the pruner
+object for its settings.
 
-A trial reports one value per fold (step = fold, 0-based): the running mean of its fold scores
-so far, which the median, percentile, successive-halving, hyperband and patient pruners compare
-across trials; or, for ``wilcoxon``, the fold's own score, which Optuna's WilcoxonPruner
-pairs with the best trial's score on the same fold (a signed-rank test over the folds so far).
+What a trial reports (``pruner.over``):
 
-Which pruner for K = 3 to 5 folds: ``median`` (the default of the catalogue), ``percentile`` or
-``successive_halving``. A trial is never pruned after its last fold, so the Wilcoxon test has
-at most K - 1 pairs, and its smallest one-sided p-value is 1/2^(K-1): 0.25 with 3 folds, 0.125
-with 4, both above its default ``p_threshold`` of 0.1, so it could never prune; with 5 folds
-it can prune only after the fourth. ``wilcoxon_problem`` refuses a spec where it never can.
+- ``folds`` (the default): one value per fold (step = fold, 0-based): the running mean of its
+  fold scores so far, which the median, percentile, successive-halving, hyperband, patient and
+  forgiving pruners compare across trials; or, for ``wilcoxon``, the fold's own score, which
+  Optuna's WilcoxonPruner pairs with the best trial's score on the same fold (a signed-rank
+  test over the folds so far).
+- ``epochs``: every ``report_every`` epochs (and at the last), the mean over the trial's folds
+  of each fold's score on its held-out rows, by the spec's scorer; folds already finished count
+  with their final score. Stacked, all K folds train at once and report together; fitted one by
+  one (on a GPU, or a net too big to stack), each fold reports its epochs in turn. A fit's
+  epochs are steps ``fit * R + epoch // report_every`` (``EpochSteps``, R reports per fit).
+- ``both``: as ``epochs``, but a stacked trial fits its first two folds first and the rest
+  after, so a hopeless trial stops within its first epochs and a mediocre one after its first
+  folds, at the cost of one stacked fit split in two.
+
+Which pruner for K = 3 to 5 folds: ``median`` (the default of the catalogue), ``percentile``,
+``successive_halving`` or ``forgiving``. A trial is never pruned after its last fold, so the
+Wilcoxon test has at most K - 1 pairs, and its smallest one-sided p-value is 1/2^(K-1): 0.25
+with 3 folds, 0.125 with 4, both above its default ``p_threshold`` of 0.1, so it could never
+prune; with 5 folds it can prune only after the fourth. ``pruning_problem`` refuses a spec
+where it never can, and the rules that compare fold scores (``wilcoxon``, ``forgiving``) over
+epochs.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import optuna
+
+from hpo.spec.forgiving import ForgivingPruner
 
 if TYPE_CHECKING:
     from hpo.spec.study_spec import StudySpec
@@ -35,8 +53,22 @@ PRUNERS: dict[str, type[optuna.pruners.BasePruner]] = {
     "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
     "wilcoxon": optuna.pruners.WilcoxonPruner,
     "patient": optuna.pruners.PatientPruner,
+    "forgiving": ForgivingPruner,
 }
 PRUNER_NAMES = ("none", *PRUNERS)
+
+#: What a trial's reports step over (``pruner.over``; the module's docstring).
+PRUNE_OVER = ("folds", "epochs", "both")
+
+#: The pruners whose rule compares fold scores, so they step over folds only.
+FOLD_RULES = ("wilcoxon", "forgiving")
+
+#: With ``over: both``, the folds a stacked trial fits first: two folds' mean is a steadier
+#: early judgement than one fold's, and the rest follow in one stacked fit.
+FIRST_FOLDS = 2
+
+#: skorch's ``max_epochs`` when a spec neither fixes nor searches it.
+DEFAULT_MAX_EPOCHS = 10
 
 #: hpo's defaults per pruner name, under the spec's own ``pruner.options``. Median and
 #: percentile: Optuna's 5 start-up trials, and no pruning before the second fold's running mean
@@ -62,13 +94,77 @@ _START_OPTIONS = {
 }
 
 
+#: hpo's defaults over epochs, where they differ: median, percentile and patient wait a
+#: quarter of a fit's reports before they judge (a net's first epochs say little of where it
+#: ends); successive halving and hyperband take one report as the smallest resource.
+EPOCH_WARMUP_SHARE = 0.25
+
+
+def reports_epochs(spec: StudySpec) -> bool:
+    """Whether a trial reports its epochs (``pruner.over`` is ``epochs`` or ``both``)."""
+    return bool(spec.pruner.over != "folds")
+
+
+def spec_max_epochs(spec: StudySpec) -> int:
+    """The most epochs a trial of ``spec`` trains: its fixed ``max_epochs``, the top of a
+    searched one, or skorch's default."""
+    searched = spec.space.get("max_epochs")
+    if searched is not None:
+        high = getattr(searched, "high", None)
+        choices = getattr(searched, "choices", None)
+        if high is not None:
+            return int(high)
+        if choices:
+            return int(max(choices))
+    return int(spec.fixed.get("max_epochs", DEFAULT_MAX_EPOCHS))
+
+
+@dataclass(frozen=True)
+class EpochSteps:
+    """The steps at which a trial reports its epochs: every ``report_every`` epochs of a fit
+    of ``max_epochs``, and its last; the fits of a trial (its fold groups) follow each other,
+    ``reports`` steps apart.
+
+    Attributes:
+        max_epochs: the trial's ``max_epochs``.
+        report_every: the spec's ``pruner.report_every``.
+    """
+
+    max_epochs: int
+    report_every: int = 1
+
+    @property
+    def reports(self) -> int:
+        """Reports per fit."""
+        return math.ceil(self.max_epochs / self.report_every)
+
+    def reports_at(self, epoch: int) -> bool:
+        """Whether epoch ``epoch`` (0-based) of a fit is reported."""
+        return (epoch + 1) % self.report_every == 0 or epoch + 1 == self.max_epochs
+
+    def step(self, fit: int, epoch: int) -> int:
+        """The step of epoch ``epoch`` (0-based, reported) of the trial's fit ``fit``."""
+        return fit * self.reports + epoch // self.report_every
+
+
 def pruner_options(spec: StudySpec) -> dict[str, Any]:
-    """The keyword arguments of the spec's Optuna pruner: hpo's defaults, then the spec's
-    ``pruner.options``; hyperband's ``max_resource`` is the number of folds."""
+    """The keyword arguments of the spec's pruner: hpo's defaults (over epochs, those of
+    ``EPOCH_WARMUP_SHARE``), then the spec's ``pruner.options``; hyperband's
+    ``max_resource`` is the number of folds, over epochs Optuna's ``auto`` (the steps of the
+    first trial that finishes: a trial's fits decide them)."""
     name = spec.pruner.name
     options = dict(PRUNER_DEFAULTS.get(name, {}))
     if name == "hyperband":
         options["max_resource"] = spec.cv.folds
+    if reports_epochs(spec):
+        reports = EpochSteps(spec_max_epochs(spec), spec.pruner.report_every).reports
+        warmup = max(1, int(reports * EPOCH_WARMUP_SHARE))
+        if name in ("median", "percentile"):
+            options["n_warmup_steps"] = warmup
+        elif name == "patient":
+            options["patience"] = warmup
+        elif name == "hyperband":
+            options["max_resource"] = "auto"
     options.update(spec.pruner.options)
     return options
 
@@ -132,12 +228,20 @@ def pruning_problem(spec: StudySpec) -> str | None:
     if start is None:
         return None
     folds, name = spec.cv.folds, spec.pruner.name
+    if name in FOLD_RULES and reports_epochs(spec):
+        return (
+            f"pruner: {name} with over: {spec.pruner.over}: {name} compares fold scores, and a "
+            "fold still training scores below every finished one, so it steps over folds "
+            "only; write over: folds, or choose median, percentile, successive_halving or "
+            "hyperband to prune by the epoch"
+        )
     advice = "for 3 to 5 folds use median, percentile or successive_halving (see docs/search.md)"
     option = _START_OPTIONS.get(name)
     # A median pruner left at its defaults on 2 folds is let be (it has always been allowed);
     # a delay the spec chose, and the pruners that need several folds, are refused.
     chosen = name in ("wilcoxon", "patient") or option in spec.pruner.options
-    if chosen and start.first_fold >= folds - 1:
+    # Over epochs a trial is judged at its epochs, not only between its folds.
+    if chosen and not reports_epochs(spec) and start.first_fold >= folds - 1:
         lower = f"lower pruner.options.{option}, " if option else ""
         return (
             f"pruner: {name} with cv.folds: {folds} can never prune: it judges a trial after "

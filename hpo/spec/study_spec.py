@@ -42,7 +42,13 @@ from hpo.spec.names import (
     OPTIMIZER_ARGS,
 )
 from hpo.spec.objectives import MEASURES
-from hpo.spec.pruning import PATIENT_WRAPS, PRUNER_NAMES, PRUNERS, pruning_problem
+from hpo.spec.pruning import (
+    PATIENT_WRAPS,
+    PRUNE_OVER,
+    PRUNER_NAMES,
+    PRUNERS,
+    pruning_problem,
+)
 from hpo.spec.references import is_reference
 from hpo.spec.rules import (
     FOLDS,
@@ -143,10 +149,14 @@ class SamplerSpec(_Section):
 
 
 class PrunerSpec(_Section):
-    """``none`` or an Optuna pruner's name (``hpo.spec.pruning``); ``options`` go to the Optuna
-    pruner."""
+    """``none`` or a pruner's name (``hpo.spec.pruning``); ``options`` go to the pruner.
+    ``over`` says what a trial's reports step over: its ``folds`` (the running mean after each
+    fold), its ``epochs`` (the folds' mean held-out score after every ``report_every`` epochs)
+    or ``both`` (epochs of its first folds, then of the rest)."""
 
     name: Literal[PRUNER_NAMES] = "none"  # type: ignore[valid-type]
+    over: Literal[PRUNE_OVER] = "folds"  # type: ignore[valid-type]
+    report_every: int = Field(default=1, ge=1)
     options: dict[str, Any] = Field(default_factory=dict)
 
 

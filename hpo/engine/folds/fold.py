@@ -1,9 +1,10 @@
 """One fold: fit a ``clone`` of the trial's net on its training rows, score it on the rest.
 
 What every fold strategy shares: the result of a fold (``FoldResult``), the exception that
-ends a fit when the worker is told to stop (``WorkerStopped``), the training data kept on the
-trial's device once per process, and ``fit_and_score_fold``, the unit that the one-by-one and
-the fold-process strategies run.
+ends a fit when the worker is told to stop (``WorkerStopped``), what hears a fit's epochs'
+held-out scores (``EpochListener``), the training data kept on the trial's device once per
+process, and ``fit_and_score_fold``, the unit that the one-by-one and the fold-process
+strategies run.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from __future__ import annotations
 import math
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -26,6 +27,8 @@ from hpo.engine.threads import torch_threads
 from hpo.errors import WorkerStopped
 
 __all__ = [
+    "EpochListener",
+    "EpochScores",
     "FoldResult",
     "StopCheck",
     "WorkerStopped",
@@ -66,6 +69,53 @@ class StopCheck(Callback):
     def on_batch_end(self, net: Any, **kwargs: Any) -> None:
         if self.should_stop():
             raise WorkerStopped
+
+
+class EpochListener(Protocol):
+    """Hears the held-out scores of a fit's folds after its epochs (a trial that reports its
+    epochs to its pruner: ``hpo.engine.reports``); what it raises ends the fit."""
+
+    def reports_at(self, epoch: int) -> bool:
+        """Whether the folds are scored after epoch ``epoch`` (0-based) of a fit."""
+        ...
+
+    def epoch_scored(self, epoch: int, scores: Mapping[int, float]) -> None:
+        """After epoch ``epoch`` of a fit: each of its folds' score on its held-out rows, by
+        fold number.
+
+        Raises:
+            optuna.TrialPruned: the pruner stopped the trial.
+        """
+        ...
+
+
+def held_out_score(scoring: str | Sequence[str], fold_net: Any, X: Any, y: Any) -> float:
+    """``score_fold``'s score in the middle of a fit, which it leaves as it was: scoring
+    draws nothing from torch's generator (a ``DataLoader`` would), and the net trains on
+    after it."""
+    with torch.random.fork_rng(devices=[]):
+        return score_fold(scoring, fold_net, X, y)[0]
+
+
+class EpochScores(Callback):
+    """Scores a fold's net on its held-out rows after the epochs ``listener`` asks for, and
+    tells it (the one-by-one fit's side of ``EpochListener``)."""
+
+    def __init__(
+        self, listener: EpochListener, fold: int, scoring: str | Sequence[str], X: Any, y: Any
+    ) -> None:
+        self.listener = listener
+        self.fold = fold
+        self.scoring = scoring
+        self.X = X
+        self.y = y
+
+    def on_epoch_end(self, net: Any, **kwargs: Any) -> None:
+        epoch = len(net.history) - 1
+        # A diverged fit is not scored (its predictions are not numbers): it raises at its end.
+        if self.listener.reports_at(epoch) and math.isfinite(net.history[-1, "train_loss"]):
+            score = held_out_score(self.scoring, net, self.X, self.y)
+            self.listener.epoch_scored(epoch, {self.fold: score})
 
 
 #: The last ``resident_training_data``: (the data it was made from, device, tensors).
@@ -109,6 +159,7 @@ def fit_and_score_fold(
     scoring: str | Sequence[str],
     threads: int | None = None,
     should_stop: Callable[[], bool] | None = None,
+    on_epoch: EpochListener | None = None,
 ) -> FoldResult:
     """Fit a ``clone`` of ``net`` on the fold's ``train`` rows and score it on its ``test``
     rows, as ``cross_val_score`` does for one split.
@@ -121,15 +172,24 @@ def fit_and_score_fold(
         scoring: a scikit-learn scorer name, or several (``score_fold``).
         threads: torch CPU threads for the fit; None keeps the current count.
         should_stop: polled after every batch; true ends the fit with ``WorkerStopped``.
+        on_epoch: told the fold's held-out score after the epochs it asks for.
 
     Raises:
         FloatingPointError: the training loss stopped being finite.
         WorkerStopped: ``should_stop()`` turned true during the fit.
+        optuna.TrialPruned: ``on_epoch`` stopped the trial.
     """
     X, y = resident_training_data(data, str(net.device))
     fold_net = clone(net)
+    test_rows = torch.as_tensor(test, device=X.device)
+    callbacks: list[tuple[str, Callback]] = []
     if should_stop is not None:
-        fold_net.set_params(callbacks=[("stop_check", StopCheck(should_stop))])
+        callbacks.append(("stop_check", StopCheck(should_stop)))
+    if on_epoch is not None:
+        scores = EpochScores(on_epoch, fold, scoring, X[test_rows], data.y_train[test])
+        callbacks.append(("epoch_scores", scores))
+    if callbacks:
+        fold_net.set_params(callbacks=callbacks)
     train_rows = torch.as_tensor(train, device=X.device)
     with torch_threads(threads):
         started = time.perf_counter()
@@ -137,6 +197,5 @@ def fit_and_score_fold(
         seconds = time.perf_counter() - started
         check_finite(fold_net.history[:, "train_loss"], fold)
         # The scorer compares predictions with y on the host, as cross_val_score does.
-        test_rows = torch.as_tensor(test, device=X.device)
         score, extra = score_fold(scoring, fold_net, X[test_rows], data.y_train[test])
     return FoldResult(score, seconds, len(fold_net.history), extra)

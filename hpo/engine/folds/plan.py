@@ -19,7 +19,9 @@ The rules, each a function here:
   and the plan its fold processes are started for;
 - ``trial_fold_plan``: one trial's plan, from its net (``NetFacts``: stackable, FLOPs per
   batch) and when its pruner may first stop it (``first_prunable_fold``, ``fold_groups``: a
-  stacked trial fits the folds before that one together, then the rest);
+  stacked trial fits the folds before that one together, then the rest; over epochs, the
+  groups ``pruner.over`` asks for); a trial that reports its epochs never uses fold processes,
+  which report nothing until their fold ends;
 - ``plan_folds``: the choice among the strategies and the threads of a fit (``fit_threads``).
 
 So the worker's log, ``hpo run``'s hint and each trial's user_attrs cannot disagree.
@@ -38,7 +40,7 @@ from hpo.engine.folds.flops import forward_flops
 from hpo.engine.folds.vmapped import net_refusal
 from hpo.engine.models import CNN, MLP, MODELS
 from hpo.engine.nets import OPTIMIZERS, TensorBatches
-from hpo.spec.pruning import PruningStart
+from hpo.spec.pruning import FIRST_FOLDS, PruningStart, reports_epochs
 from hpo.spec.study_spec import StudySpec
 
 __all__ = [
@@ -308,7 +310,9 @@ def worker_fold_plan(
         folds=spec.cv.folds,
         spec_stacks=spec_stacks_folds(spec, validation),
         options=options,
-        fold_processes=fold_processes,
+        # A fold process reports nothing before its fold ends: a trial that reports its
+        # epochs fits its folds stacked or one by one.
+        fold_processes=fold_processes and not reports_epochs(spec),
     )
 
 
@@ -351,11 +355,18 @@ def first_prunable_fold(
     return start.first_fold
 
 
-def fold_groups(folds: int, first_prunable: int | None) -> list[list[int]]:
-    """The folds fitted together: all at once, or, when the trial may be pruned after fold
+def fold_groups(folds: int, first_prunable: int | None, over: str = "folds") -> list[list[int]]:
+    """The folds a stacked trial fits together.
+
+    Over ``folds``: all at once, or, when the trial may be pruned after fold
     ``first_prunable`` (0-based), the folds up to it and then the rest, so a pruned trial
-    fits no fold past it."""
-    if first_prunable is None:
+    fits no fold past it. Over ``epochs``: all at once (the trial is judged at its epochs).
+    Over ``both``: its first ``FIRST_FOLDS`` folds, then the rest, whether or not the pruner
+    has started, so every trial of a study reports the same steps.
+    """
+    if over == "both":
+        first_prunable = min(FIRST_FOLDS, folds - 1) - 1
+    elif over == "epochs" or first_prunable is None:
         return [list(range(folds))]
     first = min(first_prunable + 1, folds)
     return [group for group in (list(range(first)), list(range(first, folds))) if group]
@@ -393,6 +404,8 @@ def trial_fold_plan(
         ``plan_folds``' choice; a stacked plan with its ``groups``.
     """
 
+    fold_processes = fold_processes and not reports_epochs(spec)
+
     def net_facts() -> NetFacts:
         return NetFacts(
             stackable=stackable(net, list(train_sizes), device, validation=validation),
@@ -410,5 +423,6 @@ def trial_fold_plan(
     )
     if plan.strategy != "stacked":
         return plan
-    groups = fold_groups(len(train_sizes), first_prunable())
+    over = spec.pruner.over
+    groups = fold_groups(len(train_sizes), None if over != "folds" else first_prunable(), over)
     return dataclasses.replace(plan, groups=tuple(tuple(group) for group in groups))

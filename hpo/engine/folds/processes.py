@@ -44,7 +44,7 @@ import torch
 from sklearn.base import clone
 
 from hpo.engine.data import DataSplits
-from hpo.engine.folds.fold import FoldResult, WorkerStopped, fit_and_score_fold
+from hpo.engine.folds.fold import EpochListener, FoldResult, WorkerStopped, fit_and_score_fold
 from hpo.engine.folds.plan import FoldPlan
 
 logger = logging.getLogger("hpo.engine.folds.processes")
@@ -114,6 +114,7 @@ class FoldPool:
         splits: Sequence[tuple[np.ndarray, np.ndarray]],
         scoring: str | Sequence[str],
         should_stop: Callable[[], bool] | None = None,
+        on_epoch: EpochListener | None = None,
         *,
         fit_here: bool = True,
     ) -> Generator[FoldResult, None, None]:
@@ -131,6 +132,9 @@ class FoldPool:
             splits: every fold's (train, test) row indices.
             scoring: a scikit-learn scorer name, or several (``fold.score_fold``).
             should_stop: polled while folds run; true ends the trial with ``WorkerStopped``.
+            on_epoch: must be None: a fold process reports nothing before its fold ends, so
+                a trial that reports its epochs is planned without them
+                (``hpo.engine.folds.plan``).
             fit_here: this process fits folds too. Default: True.
 
         Raises:
@@ -140,6 +144,8 @@ class FoldPool:
         """
         if data is not self.data:
             raise ValueError("a fold pool scores the data it was opened with, and no other")
+        if on_epoch is not None:
+            raise ValueError("fold processes cannot report a fold's epochs before it ends")
         executor = self.start()
         shipped = clone(net)
         untaken = deque(range(len(splits)))

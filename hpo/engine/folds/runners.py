@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from hpo.engine.data import DataSplits
-from hpo.engine.folds.fold import FoldResult, fit_and_score_fold
+from hpo.engine.folds.fold import EpochListener, FoldResult, fit_and_score_fold
 from hpo.engine.folds.plan import FoldPlan
 from hpo.engine.folds.processes import FoldPool
 from hpo.engine.folds.stacked_fit import fit_and_score_stacked
@@ -40,12 +40,15 @@ class FoldRunner(Protocol):
         splits: Splits,
         scoring: str | Sequence[str],
         should_stop: Callable[[], bool] | None = None,
+        on_epoch: EpochListener | None = None,
     ) -> Generator[FoldResult, None, None]:
-        """Each fold's result, in fold order, as ``cross_val_score`` would score it.
+        """Each fold's result, in fold order, as ``cross_val_score`` would score it; with
+        ``on_epoch``, each fit's folds' held-out scores after the epochs it asks for.
 
         Raises:
             FloatingPointError: a fold's training loss stopped being finite.
             WorkerStopped: ``should_stop()`` turned true.
+            optuna.TrialPruned: ``on_epoch`` stopped the trial.
         """
         ...
 
@@ -63,10 +66,11 @@ class OneByOne:
         splits: Splits,
         scoring: str | Sequence[str],
         should_stop: Callable[[], bool] | None = None,
+        on_epoch: EpochListener | None = None,
     ) -> Generator[FoldResult, None, None]:
         for fold, (train, test) in enumerate(splits):
             yield fit_and_score_fold(
-                net, data, fold, train, test, scoring, self.threads, should_stop
+                net, data, fold, train, test, scoring, self.threads, should_stop, on_epoch
             )
 
 
@@ -85,17 +89,25 @@ class Stacked:
         splits: Splits,
         scoring: str | Sequence[str],
         should_stop: Callable[[], bool] | None = None,
+        on_epoch: EpochListener | None = None,
     ) -> Generator[FoldResult, None, None]:
         for group in self.groups or (tuple(range(len(splits))),):
             if len(group) == 1:
                 (fold,) = group
                 train, test = splits[fold]
                 yield fit_and_score_fold(
-                    net, data, fold, train, test, scoring, self.threads, should_stop
+                    net, data, fold, train, test, scoring, self.threads, should_stop, on_epoch
                 )
             else:
                 yield from fit_and_score_stacked(
-                    net, data, list(group), list(splits), scoring, self.threads, should_stop
+                    net,
+                    data,
+                    list(group),
+                    list(splits),
+                    scoring,
+                    self.threads,
+                    should_stop,
+                    on_epoch,
                 )
 
 

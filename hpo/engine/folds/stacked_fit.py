@@ -39,9 +39,11 @@ from torch import nn
 from hpo.engine.augment import augment
 from hpo.engine.data import DataSplits
 from hpo.engine.folds.fold import (
+    EpochListener,
     FoldResult,
     WorkerStopped,
     check_finite,
+    held_out_score,
     resident_training_data,
     score_fold,
 )
@@ -89,11 +91,34 @@ class StackedFit:
         X, y = self.data
         fold_net.check_data(X[fold], y[fold])  # as fit does: a classifier learns its classes
         fold_net.scaling_ = self.scalings[fold]
+        return self.load_fold(fold_net, fold)
+
+    def load_fold(self, fold_net: Any, fold: int) -> Any:
+        """``fold_net`` (made by ``fold_net(fold)``) with fold k's weights as they are now."""
         best = None if self._stopping is None else self._stopping[fold].best_state
         # No best epoch (a validation loss that was never finite): skorch restores nothing.
         fold_net.module_.load_state_dict(best or self.module.fold_state_dict(fold))
         fold_net.module_.eval()
         return fold_net
+
+
+class _FoldNets:
+    """Each fold's skorch net of a stacked fit, made once (``StackedFit.fold_net``) and given
+    the fold's current weights whenever it is asked for again: scoring the folds after an
+    epoch costs their predictions, not a net's construction."""
+
+    def __init__(self) -> None:
+        self._nets: dict[int, Any] = {}
+
+    def get(self, fit: StackedFit, fold: int) -> Any:
+        """Fold ``fold``'s net (an index into ``fit``'s folds) with its current weights."""
+        if fold not in self._nets:
+            # Built in the middle of a fit too: its initialization must not move torch's
+            # generator, from which nothing of the fit draws but a user's module might.
+            with torch.random.fork_rng(devices=[]):
+                self._nets[fold] = fit.fold_net(fold)
+            return self._nets[fold]
+        return fit.load_fold(self._nets[fold], fold)
 
 
 class _FoldEarlyStopping:
@@ -128,11 +153,13 @@ def fit_stacked(
     y: list[torch.Tensor],
     after_batch: Callable[[], None] | None = None,
     validation: tuple[torch.Tensor, torch.Tensor] | None = None,
+    after_epoch: Callable[[int, StackedFit], None] | None = None,
 ) -> StackedFit:
     """Fit ``net`` on each fold's rows (``X[k]``, ``y[k]``) at once, as ``StackedFolds``.
 
     ``net`` is an unfitted hpo net that ``stackable`` accepts; it is not changed.
-    ``after_batch`` is called after every training step; what it raises ends the fit.
+    ``after_batch`` is called after every training step, ``after_epoch`` after every epoch
+    (0-based) with the fit so far; what they raise ends the fit.
     With early stopping, ``validation`` is the fixed validation split (X, y): each fold
     stops, and keeps its best epoch's weights, as its own fit would; the fit ends when every
     fold has stopped (a stopped fold trains on until then, unused).
@@ -179,7 +206,7 @@ def fit_stacked(
         schedule = lr_scheduler(net.lr_schedule, net.max_epochs).initialize()
         schedule.on_train_begin(trainer)
     losses = []
-    for _ in range(net.max_epochs):
+    for epoch in range(net.max_epochs):
         orders = [
             torch.randperm(len(rows), generator=g)
             for rows, g in zip(X_scaled, generators, strict=True)
@@ -202,8 +229,11 @@ def fit_stacked(
             for fold, fold_stopping in enumerate(stopping):
                 if not fold_stopping.stopped:
                     fold_stopping.end_epoch(valid_losses[fold], module, fold)
-            if all(fold_stopping.stopped for fold_stopping in stopping):
-                break
+        if after_epoch is not None:
+            so_far = StackedFit(net, module, (X, y), torch.stack(losses), stopping, scalings)
+            after_epoch(epoch, so_far)
+        if stopping is not None and all(fold_stopping.stopped for fold_stopping in stopping):
+            break
     module.eval()
     return StackedFit(net, module, (X, y), torch.stack(losses), stopping, scalings)
 
@@ -271,6 +301,7 @@ def fit_and_score_stacked(
     scoring: str | Sequence[str],
     threads: int | None = None,
     should_stop: Callable[[], bool] | None = None,
+    on_epoch: EpochListener | None = None,
 ) -> Iterator[FoldResult]:
     """``hpo.engine.folds.fold.fit_and_score_fold`` for several folds at once, trained as one
     ``StackedFolds``; the results come in fold order, each with an equal share of the fit's
@@ -285,9 +316,27 @@ def fit_and_score_stacked(
         scoring: a scikit-learn scorer name, or several (``fold.score_fold``).
         threads: torch CPU threads for the fit; None keeps the current count.
         should_stop: polled after every batch; true ends the fit with ``WorkerStopped``.
+        on_epoch: told every fold's held-out score after the epochs it asks for (none while
+            a fold's training loss is not finite: such a fit raises at its end).
     """
     X, y = resident_training_data(data, str(net.device))
     train_rows = [torch.as_tensor(splits[fold][0], device=X.device) for fold in folds]
+    held_out = [
+        (X[torch.as_tensor(splits[fold][1], device=X.device)], data.y_train[splits[fold][1]])
+        for fold in folds
+    ]
+    fold_nets = _FoldNets()
+
+    def epoch_scores(epoch: int, fit: StackedFit) -> None:
+        if on_epoch is None or not on_epoch.reports_at(epoch):
+            return
+        if not all(math.isfinite(fit.losses(index)[-1]) for index in range(len(folds))):
+            return
+        scores = {
+            fold: held_out_score(scoring, fold_nets.get(fit, index), *held_out[index])
+            for index, fold in enumerate(folds)
+        }
+        on_epoch.epoch_scored(epoch, scores)
 
     def stop_check() -> None:
         if should_stop is not None and should_stop():
@@ -303,7 +352,12 @@ def fit_and_score_stacked(
     with torch_threads(threads):
         started = time.perf_counter()
         fit = fit_stacked(
-            net, [X[r] for r in train_rows], [y[r] for r in train_rows], stop_check, validation
+            net,
+            [X[r] for r in train_rows],
+            [y[r] for r in train_rows],
+            stop_check,
+            validation,
+            epoch_scores if on_epoch is not None else None,
         )
         seconds = (time.perf_counter() - started) / len(folds)
         for index, fold in enumerate(folds):
@@ -312,11 +366,7 @@ def fit_and_score_stacked(
             except FloatingPointError as error:
                 outcomes.append(error)
                 break
-            test = splits[fold][1]
-            test_rows = torch.as_tensor(test, device=X.device)
-            score, extra = score_fold(
-                scoring, fit.fold_net(index), X[test_rows], data.y_train[test]
-            )
+            score, extra = score_fold(scoring, fold_nets.get(fit, index), *held_out[index])
             outcomes.append(FoldResult(score, seconds, fit.epochs(index), extra))
     for outcome in outcomes:
         if isinstance(outcome, FloatingPointError):
