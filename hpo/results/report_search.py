@@ -32,6 +32,7 @@ from plotly.subplots import make_subplots
 
 from hpo.results.report_section import Section
 from hpo.spec.objectives import chosen_number
+from hpo.spec.pruning import reports_epochs
 from hpo.spec.spaces import CategoricalParam
 from hpo.spec.study_spec import StudySpec
 
@@ -107,7 +108,12 @@ def search_sections(study: optuna.Study, spec: StudySpec, metric: str) -> list[S
         )
     else:
         sections.extend([Section(parallel, note=no_params), Section(slices, note=no_params)])
-    figure = fold_figure(study.get_trials(deepcopy=False), metric, best=chosen_number(study, spec))
+    figure = fold_figure(
+        study.get_trials(deepcopy=False),
+        metric,
+        best=chosen_number(study, spec),
+        report_every=spec.pruner.report_every if reports_epochs(spec) else None,
+    )
     if figure is None:
         note = "Nothing to draw: no trial reported a score after a fold."
         if len(study.directions) > 1:
@@ -314,27 +320,37 @@ def _x_axis(scale: str, name: str, spec: StudySpec, values: list[Any]) -> dict[s
     return axis
 
 
-def fold_figure(trials: list[FrozenTrial], metric: str, *, best: int | None) -> go.Figure | None:
-    """Each trial's mean score after each fold, one named line per trial; None when no trial
-    reported one.
+def fold_figure(
+    trials: list[FrozenTrial],
+    metric: str,
+    *,
+    best: int | None,
+    report_every: int | None = None,
+) -> go.Figure | None:
+    """Each trial's mean score after each fold, or after its epochs, one named line per trial;
+    None when no trial reported one.
 
     Args:
-        trials: The study's trials; those that reported after a fold are drawn.
+        trials: The study's trials; those that reported are drawn.
         metric: Named on the y axis.
         best: The best trial's number: its line is drawn thicker and named ``(best)``; None
             when no trial is chosen (none feasible).
+        report_every: the spec's ``pruner.report_every`` when its trials report epochs
+            (``pruner.over``: epochs or both): the x axis counts epochs, a trial's fits one
+            after another (``hpo.spec.pruning.EpochSteps``); None: folds.
     """
     reported = sorted((t for t in trials if t.intermediate_values), key=lambda t: t.number)
     if not reported:
         return None
     figure = go.Figure()
+    unit = "fold" if report_every is None else "epoch"
     for trial in reported:
         steps = sorted(trial.intermediate_values)
         state = "" if trial.state == TrialState.COMPLETE else f" ({trial.state.name.lower()})"
         label = f"trial {trial.number}{' (best)' if trial.number == best else state}"
         figure.add_trace(
             go.Scatter(
-                x=steps,
+                x=steps if report_every is None else [(s + 1) * report_every for s in steps],
                 y=[trial.intermediate_values[step] for step in steps],
                 mode="lines+markers",
                 name=label,
@@ -345,13 +361,17 @@ def fold_figure(trials: list[FrozenTrial], metric: str, *, best: int | None) -> 
                     "dash": "dot" if trial.state == TrialState.PRUNED else "solid",
                 },
                 hovertemplate=(
-                    f"<b>{label}</b><br>{in_short(trial.params)}<br>after fold %{{x}}: "
+                    f"<b>{label}</b><br>{in_short(trial.params)}<br>after {unit} %{{x}}: "
                     f"mean {metric} %{{y:.4g}}<extra></extra>"
                 ),
             )
         )
-    figure.update_xaxes(title_text="fold (0 = first)", dtick=1)
-    figure.update_yaxes(title_text=f"mean {metric} of the folds so far")
+    if report_every is None:
+        figure.update_xaxes(title_text="fold (0 = first)", dtick=1)
+        figure.update_yaxes(title_text=f"mean {metric} of the folds so far")
+    else:
+        figure.update_xaxes(title_text="epoch (a trial's fits one after another)")
+        figure.update_yaxes(title_text=f"mean held-out {metric} of the folds")
     figure.update_layout(
         template="plotly_white",
         showlegend=True,

@@ -52,7 +52,10 @@ def summary_html(
         ("model", spec.model),
         ("dataset", spec.dataset.name),
         ("sampler", spec.sampler.name),
-        ("pruner", spec.pruner.name),
+        (
+            "pruner",
+            spec.pruner.name + (f" over {spec.pruner.over}" * (spec.pruner.name != "none")),
+        ),
         ("scoring", f"{spec.scoring} ({spec.cv.folds}-fold CV, {better} is better)"),
         ("trials", ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "none yet"),
     ]

@@ -73,7 +73,7 @@ def spec_note(spec: StudySpec) -> str:
         budget += f" or {spec.budget.timeout:g} s"
     search = f"{spec.sampler.name} sampler"
     if spec.pruner.name != "none":
-        search += f", {spec.pruner.name} pruner"
+        search += f", {spec.pruner.name} pruner over {spec.pruner.over}"
     summary = (
         f"`{spec.model}` on `{spec.dataset.name}` · scoring **{spec.scoring}** "
         f"({spec.direction}) · {spec.cv.folds}-fold CV · {budget} · {search}"

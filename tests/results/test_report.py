@@ -440,6 +440,19 @@ def test_fold_lines_name_their_trial_and_its_params(sqlite_url: str) -> None:
     assert figure.layout.yaxis.title.text == "mean accuracy of the folds so far"
 
 
+def test_epoch_reports_are_drawn_against_epochs(sqlite_url: str) -> None:
+    study, _ = made_up_study(sqlite_url)
+
+    figure = fold_figure(study.get_trials(), "accuracy", best=None, report_every=2)
+
+    assert figure is not None
+    steps = sorted(study.trials[0].intermediate_values)
+    assert list(figure.data[0].x) == [(step + 1) * 2 for step in steps]
+    assert figure.layout.xaxis.title.text == "epoch (a trial's fits one after another)"
+    assert figure.layout.yaxis.title.text == "mean held-out accuracy of the folds"
+    assert "after epoch %{x}" in figure.data[0].hovertemplate
+
+
 def test_report_tables_the_time_of_every_trial_and_fold(sqlite_url: str, tmp_path: Path) -> None:
     study, _ = made_up_study(sqlite_url)
 
