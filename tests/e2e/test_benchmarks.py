@@ -14,6 +14,7 @@ from conftest import REPO
 #: Each script, and a line that its results always print.
 FIGURES = {
     "chaos.py": "all passed: budgets exact, every grid point once",
+    "epoch_reports.py": "| case | trials | over folds s/trial | over epochs s/trial |",
     "optimizer_step.py": "| case | after s | after loss |",
     "search_baselines.py": "| method | reached target | median to target s |",
     "stacked_folds.py": "| net | MFLOP per batch | one by one s | stacked s |",
