@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+from sklearn import config_context
 from sklearn.base import clone
 from sklearn.metrics import get_scorer
 from skorch.callbacks import Callback
@@ -92,8 +93,17 @@ class EpochListener(Protocol):
 def held_out_score(scoring: str | Sequence[str], fold_net: Any, X: Any, y: Any) -> float:
     """``score_fold``'s score in the middle of a fit, which it leaves as it was: scoring
     draws nothing from torch's generator (a ``DataLoader`` would), and the net trains on
-    after it."""
-    with torch.random.fork_rng(devices=[]):
+    after it.
+
+    Scored after every reported epoch, so without scikit-learn's checks of the metric's
+    arguments and of finite inputs (``skip_parameter_validation``, ``assume_finite``): they
+    cost as much as the prediction itself on a small net (measured: docs/benchmarks.md) and
+    change no score; a fold's final score (``score_fold``) keeps them.
+    """
+    with (
+        torch.random.fork_rng(devices=[]),
+        config_context(skip_parameter_validation=True, assume_finite=True),
+    ):
         return score_fold(scoring, fold_net, X, y)[0]
 
 
