@@ -7,9 +7,8 @@ from typing import Any
 
 import optuna
 import pytest
-from conftest import tiny_spec
+from test_search import problems, spec_of
 
-from hpo.errors import SpecError
 from hpo.spec.forgiving import ForgivingPruner
 from hpo.spec.pruning import (
     EpochSteps,
@@ -19,17 +18,6 @@ from hpo.spec.pruning import (
     reports_epochs,
     spec_max_epochs,
 )
-from hpo.spec.study_spec import StudySpec, parse_spec
-
-
-def spec_of(**overrides: Any) -> StudySpec:
-    return parse_spec(tiny_spec(**overrides))
-
-
-def problems(**overrides: Any) -> str:
-    with pytest.raises(SpecError) as raised:
-        parse_spec(tiny_spec(**overrides))
-    return str(raised.value)
 
 
 def test_a_trial_reports_its_folds_unless_the_spec_asks_for_epochs() -> None:
