@@ -68,7 +68,7 @@ class TrialReports:
     def reports_at(self, epoch: int) -> bool:
         return self.steps.reports_at(epoch)
 
-    def epoch_scored(self, epoch: int, scores: Mapping[int, float]) -> None:
+    def epoch_scored(self, epoch: int, scores: Mapping[int, float], ended: bool = False) -> None:
         folds = tuple(sorted(scores))
         if folds != self._fit_folds:  # the trial's next fit
             self._fit_folds = folds
@@ -77,7 +77,8 @@ class TrialReports:
         value = float(np.mean([*others, *scores.values()]))
         step = self.steps.step(self._fit, epoch)
         self.trial.report(value, step)
-        last = max(folds) == self.folds - 1 and epoch + 1 == self.steps.max_epochs
+        # The last fit's last epoch, or the one after which all its folds stopped early.
+        last = max(folds) == self.folds - 1 and (ended or epoch + 1 == self.steps.max_epochs)
         if self.may_prune and not last and self.trial.should_prune():
             shown = ", ".join(str(fold) for fold in folds)
             self.pruned_at = {"epoch": epoch + 1, "folds": list(folds), "step": step}

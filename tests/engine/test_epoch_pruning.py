@@ -16,6 +16,7 @@ from hpo.engine.build import build_net
 from hpo.engine.data import load_dataset
 from hpo.engine.folds.plan import FoldOptions, fold_groups, worker_fold_plan
 from hpo.engine.objective import evaluate, make_folds
+from hpo.engine.reports import TrialReports
 from hpo.errors import SpecError
 from hpo.spec.pruning import PRUNER_NAMES, make_pruner
 from hpo.spec.study_spec import StudySpec, parse_spec
@@ -120,6 +121,17 @@ def test_a_hopeless_trial_is_pruned_mid_fit_and_trains_fewer_epochs(options: Fol
     assert stopped["folds"] == ([0, 1, 2] if options is STACKED else [0])
     assert "fold_scores" not in pruned.user_attrs  # no fold finished
     assert max(pruned.intermediate_values) == stopped["step"]
+
+
+def test_a_trial_is_not_pruned_once_its_last_fit_has_stopped_early() -> None:
+    spec = epoch_spec("epochs", pruner="none", epochs=12)
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(2.0))
+    trial = study.ask()  # every value is under 2: the pruner says prune at every report
+    reports = TrialReports(trial, spec, folds=3, max_epochs=12, may_prune=True)
+    reports.epoch_scored(4, {0: 0.5, 1: 0.5, 2: 0.5}, ended=True)  # all stopped: nothing to save
+    reports.epoch_scored(11, {0: 0.5, 1: 0.5, 2: 0.5})  # the last epoch
+    with pytest.raises(optuna.TrialPruned, match="pruned at epoch 5 of folds 0, 1"):
+        reports.epoch_scored(4, {0: 0.5, 1: 0.5}, ended=True)  # a first fit: 2 left to save
 
 
 def _every_pruner() -> list[tuple[str, str]]:

@@ -80,9 +80,9 @@ class EpochListener(Protocol):
         """Whether the folds are scored after epoch ``epoch`` (0-based) of a fit."""
         ...
 
-    def epoch_scored(self, epoch: int, scores: Mapping[int, float]) -> None:
+    def epoch_scored(self, epoch: int, scores: Mapping[int, float], ended: bool = False) -> None:
         """After epoch ``epoch`` of a fit: each of its folds' score on its held-out rows, by
-        fold number.
+        fold number; ``ended``: the fit trains no further epoch (every fold stopped early).
 
         Raises:
             optuna.TrialPruned: the pruner stopped the trial.

@@ -75,6 +75,11 @@ class StackedFit:
         self._stopping = stopping
         self.scalings = scalings if scalings is not None else [None] * len(data[0])
 
+    @property
+    def stopped(self) -> bool:
+        """Every fold has stopped early: the fit trains no further epoch."""
+        return self._stopping is not None and all(fold.stopped for fold in self._stopping)
+
     def epochs(self, fold: int) -> int:
         """The epochs fold k trained, as its own fit's ``len(history)``."""
         return len(self._losses) if self._stopping is None else self._stopping[fold].epochs
@@ -336,7 +341,7 @@ def fit_and_score_stacked(
             fold: held_out_score(scoring, fold_nets.get(fit, index), *held_out[index])
             for index, fold in enumerate(folds)
         }
-        on_epoch.epoch_scored(epoch, scores)
+        on_epoch.epoch_scored(epoch, scores, ended=fit.stopped)
 
     def stop_check() -> None:
         if should_stop is not None and should_stop():
