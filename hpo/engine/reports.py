@@ -48,7 +48,7 @@ class TrialReports:
         self.may_prune = may_prune
         self.report = report
         self.fold_scores = reports_fold_scores(spec)
-        self.steps = EpochSteps(max_epochs, spec.pruner.report_every)
+        self.steps = EpochSteps.of(spec, max_epochs)
         self.over_epochs = reports_epochs(spec)
         #: Each finished fold's score, by fold number.
         self.finished: dict[int, float] = {}

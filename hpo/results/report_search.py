@@ -112,7 +112,7 @@ def search_sections(study: optuna.Study, spec: StudySpec, metric: str) -> list[S
         study.get_trials(deepcopy=False),
         metric,
         best=chosen_number(study, spec),
-        report_every=spec.pruner.report_every if reports_epochs(spec) else None,
+        over_epochs=reports_epochs(spec),
     )
     if figure is None:
         note = "Nothing to draw: no trial reported a score after a fold."
@@ -325,7 +325,7 @@ def fold_figure(
     metric: str,
     *,
     best: int | None,
-    report_every: int | None = None,
+    over_epochs: bool = False,
 ) -> go.Figure | None:
     """Each trial's mean score after each fold, or after its epochs, one named line per trial;
     None when no trial reported one.
@@ -335,22 +335,22 @@ def fold_figure(
         metric: Named on the y axis.
         best: The best trial's number: its line is drawn thicker and named ``(best)``; None
             when no trial is chosen (none feasible).
-        report_every: the spec's ``pruner.report_every`` when its trials report epochs
-            (``pruner.over``: epochs or both): the x axis counts epochs, a trial's fits one
-            after another (``hpo.spec.pruning.EpochSteps``); None: folds.
+        over_epochs: the trials report epochs (``pruner.over``: epochs or both): the x axis
+            counts epochs trained, a trial's fits one after another
+            (``hpo.spec.pruning.EpochSteps``); else folds.
     """
     reported = sorted((t for t in trials if t.intermediate_values), key=lambda t: t.number)
     if not reported:
         return None
     figure = go.Figure()
-    unit = "fold" if report_every is None else "epoch"
+    unit = "epoch" if over_epochs else "fold"
     for trial in reported:
         steps = sorted(trial.intermediate_values)
         state = "" if trial.state == TrialState.COMPLETE else f" ({trial.state.name.lower()})"
         label = f"trial {trial.number}{' (best)' if trial.number == best else state}"
         figure.add_trace(
             go.Scatter(
-                x=steps if report_every is None else [(s + 1) * report_every for s in steps],
+                x=[step + 1 for step in steps] if over_epochs else steps,
                 y=[trial.intermediate_values[step] for step in steps],
                 mode="lines+markers",
                 name=label,
@@ -366,12 +366,12 @@ def fold_figure(
                 ),
             )
         )
-    if report_every is None:
-        figure.update_xaxes(title_text="fold (0 = first)", dtick=1)
-        figure.update_yaxes(title_text=f"mean {metric} of the folds so far")
-    else:
+    if over_epochs:
         figure.update_xaxes(title_text="epoch (a trial's fits one after another)")
         figure.update_yaxes(title_text=f"mean held-out {metric} of the folds")
+    else:
+        figure.update_xaxes(title_text="fold (0 = first)", dtick=1)
+        figure.update_yaxes(title_text=f"mean {metric} of the folds so far")
     figure.update_layout(
         template="plotly_white",
         showlegend=True,

@@ -17,8 +17,12 @@ What a trial reports (``pruner.over``):
 - ``epochs``: every ``report_every`` epochs (and at the last), the mean over the trial's folds
   of each fold's score on its held-out rows, by the spec's scorer; folds already finished count
   with their final score. Stacked, all K folds train at once and report together; fitted one by
-  one (on a GPU, or a net too big to stack), each fold reports its epochs in turn. A fit's
-  epochs are steps ``fit * R + epoch // report_every`` (``EpochSteps``, R reports per fit).
+  one (on a GPU, or a net too big to stack), each fold reports its epochs in turn. A step is
+  an epoch (0-based, as ``optuna_integration.SkorchPruningCallback`` reports them), a trial's
+  fits one after another, each ``max_epochs`` steps long (``EpochSteps``): so a pruner's
+  ``min_resource``, ``max_resource`` and ``n_warmup_steps`` count epochs, whatever
+  ``report_every`` is. Without ``report_every``, a fit reports about ``REPORTS_PER_FIT``
+  times (``report_every``): each report costs a forward pass over the held-out rows.
 - ``both``: as ``epochs``, but a stacked trial fits its first two folds first and the rest
   after, so a hopeless trial stops within its first epochs and a mediocre one after its first
   folds, at the cost of one stacked fit split in two.
@@ -94,10 +98,18 @@ _START_OPTIONS = {
 }
 
 
-#: hpo's defaults over epochs, where they differ: median, percentile and patient wait a
-#: quarter of a fit's reports before they judge (a net's first epochs say little of where it
-#: ends); successive halving and hyperband take one report as the smallest resource.
+#: hpo's defaults over epochs, where they differ: median and percentile wait a quarter of a
+#: fit's epochs before they judge (a net's first epochs say little of where it ends), patient
+#: a quarter of its reports; successive halving and hyperband take one epoch as the smallest
+#: resource.
 EPOCH_WARMUP_SHARE = 0.25
+
+#: About how many times a fit reports when the spec sets no ``pruner.report_every``: a
+#: report scores every fold's held-out rows (with 3 folds, half as many rows as it trains
+#: on), which on a small net costs a sixth of an epoch's training; ten reports judge a trial
+#: within its first tenth of epochs and keep that cost to a few percent
+#: (docs/benchmarks.md, "Cost of reporting epochs").
+REPORTS_PER_FIT = 10
 
 
 def reports_epochs(spec: StudySpec) -> bool:
@@ -119,19 +131,36 @@ def spec_max_epochs(spec: StudySpec) -> int:
     return int(spec.fixed.get("max_epochs", DEFAULT_MAX_EPOCHS))
 
 
+def report_every(spec: StudySpec) -> int:
+    """Every how many epochs a fit reports: the spec's ``pruner.report_every``, else
+    about ``REPORTS_PER_FIT`` times per fit of the spec's most epochs."""
+    if spec.pruner.report_every is not None:
+        return int(spec.pruner.report_every)
+    return max(1, math.ceil(spec_max_epochs(spec) / REPORTS_PER_FIT))
+
+
 @dataclass(frozen=True)
 class EpochSteps:
     """The steps at which a trial reports its epochs: every ``report_every`` epochs of a fit
-    of ``max_epochs``, and its last; the fits of a trial (its fold groups) follow each other,
-    ``reports`` steps apart.
+    of ``max_epochs``, and its last. A step is an epoch (0-based); a trial's fits (its fold
+    groups) follow each other, ``fit_epochs`` steps apart, so every trial of a study steps
+    the same epochs.
 
     Attributes:
         max_epochs: the trial's ``max_epochs``.
-        report_every: the spec's ``pruner.report_every``.
+        report_every: every how many epochs it reports (``report_every``).
+        fit_epochs: steps per fit: the spec's most epochs (``spec_max_epochs``); by default
+            ``max_epochs``.
     """
 
     max_epochs: int
     report_every: int = 1
+    fit_epochs: int | None = None
+
+    @classmethod
+    def of(cls, spec: StudySpec, max_epochs: int) -> EpochSteps:
+        """The steps of a trial of ``spec`` whose net trains ``max_epochs``."""
+        return cls(max_epochs, report_every(spec), max(max_epochs, spec_max_epochs(spec)))
 
     @property
     def reports(self) -> int:
@@ -143,26 +172,25 @@ class EpochSteps:
         return (epoch + 1) % self.report_every == 0 or epoch + 1 == self.max_epochs
 
     def step(self, fit: int, epoch: int) -> int:
-        """The step of epoch ``epoch`` (0-based, reported) of the trial's fit ``fit``."""
-        return fit * self.reports + epoch // self.report_every
+        """The step of epoch ``epoch`` (0-based) of the trial's fit ``fit``."""
+        return fit * (self.fit_epochs or self.max_epochs) + epoch
 
 
 def pruner_options(spec: StudySpec) -> dict[str, Any]:
     """The keyword arguments of the spec's pruner: hpo's defaults (over epochs, those of
     ``EPOCH_WARMUP_SHARE``), then the spec's ``pruner.options``; hyperband's
-    ``max_resource`` is the number of folds, over epochs Optuna's ``auto`` (the steps of the
-    first trial that finishes: a trial's fits decide them)."""
+    ``max_resource`` is the number of folds, over epochs Optuna's ``auto`` (the steps, that
+    is epochs, of the first trial that finishes: a trial's fits decide them)."""
     name = spec.pruner.name
     options = dict(PRUNER_DEFAULTS.get(name, {}))
     if name == "hyperband":
         options["max_resource"] = spec.cv.folds
     if reports_epochs(spec):
-        reports = EpochSteps(spec_max_epochs(spec), spec.pruner.report_every).reports
-        warmup = max(1, int(reports * EPOCH_WARMUP_SHARE))
+        steps = EpochSteps.of(spec, spec_max_epochs(spec))
         if name in ("median", "percentile"):
-            options["n_warmup_steps"] = warmup
-        elif name == "patient":
-            options["patience"] = warmup
+            options["n_warmup_steps"] = max(1, int(steps.max_epochs * EPOCH_WARMUP_SHARE))
+        elif name == "patient":  # Optuna's patience counts reports
+            options["patience"] = max(1, int(steps.reports * EPOCH_WARMUP_SHARE))
         elif name == "hyperband":
             options["max_resource"] = "auto"
     options.update(spec.pruner.options)

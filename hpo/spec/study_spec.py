@@ -151,12 +151,13 @@ class SamplerSpec(_Section):
 class PrunerSpec(_Section):
     """``none`` or a pruner's name (``hpo.spec.pruning``); ``options`` go to the pruner.
     ``over`` says what a trial's reports step over: its ``folds`` (the running mean after each
-    fold), its ``epochs`` (the folds' mean held-out score after every ``report_every`` epochs)
-    or ``both`` (epochs of its first folds, then of the rest)."""
+    fold), its ``epochs`` (the folds' mean held-out score after every ``report_every`` epochs;
+    unset, about ten times a fit: ``hpo.spec.pruning.report_every``) or ``both`` (epochs of
+    its first folds, then of the rest)."""
 
     name: Literal[PRUNER_NAMES] = "none"  # type: ignore[valid-type]
     over: Literal[PRUNE_OVER] = "folds"  # type: ignore[valid-type]
-    report_every: int = Field(default=1, ge=1)
+    report_every: int | None = Field(default=None, ge=1)
     options: dict[str, Any] = Field(default_factory=dict)
 
 

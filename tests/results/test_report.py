@@ -443,11 +443,11 @@ def test_fold_lines_name_their_trial_and_its_params(sqlite_url: str) -> None:
 def test_epoch_reports_are_drawn_against_epochs(sqlite_url: str) -> None:
     study, _ = made_up_study(sqlite_url)
 
-    figure = fold_figure(study.get_trials(), "accuracy", best=None, report_every=2)
+    figure = fold_figure(study.get_trials(), "accuracy", best=None, over_epochs=True)
 
     assert figure is not None
     steps = sorted(study.trials[0].intermediate_values)
-    assert list(figure.data[0].x) == [(step + 1) * 2 for step in steps]
+    assert list(figure.data[0].x) == [step + 1 for step in steps]  # epochs trained
     assert figure.layout.xaxis.title.text == "epoch (a trial's fits one after another)"
     assert figure.layout.yaxis.title.text == "mean held-out accuracy of the folds"
     assert "after epoch %{x}" in figure.data[0].hovertemplate

@@ -15,6 +15,7 @@ from hpo.spec.pruning import (
     make_pruner,
     pruner_options,
     pruning_problem,
+    report_every,
     reports_epochs,
     spec_max_epochs,
 )
@@ -30,26 +31,50 @@ def test_a_trial_reports_its_folds_unless_the_spec_asks_for_epochs() -> None:
     assert "pruner.report_every" in problems(pruner={"name": "median", "report_every": 0})
 
 
-def test_epoch_steps_follow_report_every_and_each_fit_follows_the_last() -> None:
+def test_epoch_steps_are_epochs_and_each_fit_follows_the_last() -> None:
     every = EpochSteps(max_epochs=20, report_every=3)
     reported = [epoch for epoch in range(20) if every.reports_at(epoch)]
     assert reported == [2, 5, 8, 11, 14, 17, 19]  # and the last epoch, always
-    assert [every.step(0, epoch) for epoch in reported] == list(range(7))
+    assert [every.step(0, epoch) for epoch in reported] == reported  # a step is an epoch
     assert every.reports == 7
-    assert [every.step(1, epoch) for epoch in reported] == list(range(7, 14))
+    assert [every.step(1, epoch) for epoch in reported] == [20 + epoch for epoch in reported]
     each = EpochSteps(max_epochs=4)
     assert [each.step(fit, epoch) for fit in range(2) for epoch in range(4)] == list(range(8))
+    # A trial with fewer epochs than the spec's most steps the same grid as the others.
+    short = EpochSteps(max_epochs=10, fit_epochs=20)
+    assert short.reports_at(9) and short.step(1, 0) == 20
 
 
-def test_over_epochs_the_pruners_wait_a_quarter_of_a_fit_and_hyperband_counts_reports() -> None:
+def test_without_report_every_a_fit_reports_about_ten_times() -> None:
+    def every(epochs: int, **pruner: Any) -> int:
+        spec = spec_of(
+            pruner={"name": "median", "over": "epochs", **pruner},
+            fixed={"max_epochs": epochs, "batch_size": 128},
+        )
+        return report_every(spec)
+
+    assert every(10) == 1 and every(8) == 1
+    assert every(30) == 3 and every(40) == 4 and every(45) == 5
+    assert every(40, report_every=1) == 1  # the spec's own wins
+    searched = spec_of(
+        pruner={"name": "median", "over": "epochs"},
+        fixed={"batch_size": 128},
+        space={"max_epochs": {"type": "int", "low": 5, "high": 60}},
+    )
+    assert report_every(searched) == 6  # by the most epochs a trial may train
+    assert EpochSteps.of(searched, 5).step(1, 0) == 60  # every trial's fits 60 steps apart
+
+
+def test_over_epochs_the_pruners_wait_a_quarter_of_a_fit_and_hyperband_counts_epochs() -> None:
     def options(name: str, **pruner: Any) -> dict[str, Any]:
         fixed = {"max_epochs": 20, "batch_size": 128}
         return pruner_options(spec_of(pruner={"name": name, **pruner}, fixed=fixed))
 
     assert options("median")["n_warmup_steps"] == 1  # over folds: after the second fold
-    assert options("median", over="epochs")["n_warmup_steps"] == 5
-    assert options("percentile", over="both", report_every=2)["n_warmup_steps"] == 2
-    assert options("patient", over="epochs")["patience"] == 5
+    assert options("median", over="epochs")["n_warmup_steps"] == 5  # epochs
+    assert options("percentile", over="both", report_every=2)["n_warmup_steps"] == 5
+    assert options("patient", over="epochs")["patience"] == 2  # reports: 10 of every 2 epochs
+    assert options("patient", over="epochs", report_every=1)["patience"] == 5
     assert options("hyperband")["max_resource"] == 2  # the folds
     assert options("hyperband", over="epochs")["max_resource"] == "auto"
     chosen = options("median", over="epochs", options={"n_warmup_steps": 3})

@@ -50,7 +50,7 @@ from hpo.engine.folds.fold import (
 from hpo.engine.folds.stacked_layers import StackedFolds
 from hpo.engine.folds.vmapped import VmappedFolds
 from hpo.engine.models import CNN, MLP
-from hpo.engine.nets import lr_scheduler, seeded_fit
+from hpo.engine.nets import EVAL_BATCH_ROWS, lr_scheduler, seeded_fit
 from hpo.engine.preprocess import Scaling, fit_scaling
 from hpo.engine.threads import torch_threads
 
@@ -79,6 +79,10 @@ class StackedFit:
     def stopped(self) -> bool:
         """Every fold has stopped early: the fit trains no further epoch."""
         return self._stopping is not None and all(fold.stopped for fold in self._stopping)
+
+    def fold_stopped(self, fold: int) -> bool:
+        """Fold k has stopped early (it trains on, unused, until every fold has)."""
+        return self._stopping is not None and self._stopping[fold].stopped
 
     def epochs(self, fold: int) -> int:
         """The epochs fold k trained, as its own fit's ``len(history)``."""
@@ -109,8 +113,7 @@ class StackedFit:
 
 class _FoldNets:
     """Each fold's skorch net of a stacked fit, made once (``StackedFit.fold_net``) and given
-    the fold's current weights whenever it is asked for again: scoring the folds after an
-    epoch costs their predictions, not a net's construction."""
+    the fold's current weights whenever it is asked for again."""
 
     def __init__(self) -> None:
         self._nets: dict[int, Any] = {}
@@ -124,6 +127,83 @@ class _FoldNets:
                 self._nets[fold] = fit.fold_net(fold)
             return self._nets[fold]
         return fit.load_fold(self._nets[fold], fold)
+
+
+class _HeldOutScores:
+    """Every fold's score on its held-out rows after an epoch of a stacked fit, at the cost
+    of one forward of the stacked module and K scorer calls.
+
+    The folds' held-out rows go through the stacked module at once, in eval mode, in
+    batches of ``EVAL_BATCH_ROWS``, each fold's rows repeated up to the longest fold's count
+    (so they stay stacked: in eval mode a row's output does not depend on the others) and
+    scaled once per fit as the fold's own net scales them. Each fold's outputs are then
+    scored by the spec's scorer through a copy of the fold's net whose module passes its
+    input through (``nn.Identity``): skorch's own ``predict``/``predict_proba`` turn them
+    into predictions. A fold that has stopped early trains on unused until the fit ends; it
+    is scored once, as its fold ends (its best epoch's weights), and keeps that score.
+    A fold still training is scored with its weights of that epoch, as a fold fitted on its
+    own reports them (``fold.EpochScores``: skorch restores the best epoch's at the end).
+    """
+
+    def __init__(
+        self,
+        scoring: str | Sequence[str],
+        held_out: list[tuple[torch.Tensor, np.ndarray]],
+        fold_nets: _FoldNets,
+    ) -> None:
+        self.scoring = scoring
+        self.held_out = held_out
+        self.fold_nets = fold_nets
+        self._inputs: list[torch.Tensor] | None = None
+        self._output_nets: list[Any] = []
+        self._stopped: dict[int, float] = {}
+
+    def scores(self, fit: StackedFit) -> list[float]:
+        """Each fold's held-out score now, in ``fit``'s fold order."""
+        if self._inputs is None:
+            with torch.random.fork_rng(devices=[]):
+                self._prepare(fit)
+        assert self._inputs is not None
+        training = [index for index in range(len(self.held_out)) if not fit.fold_stopped(index)]
+        for index in set(range(len(self.held_out))) - set(training) - self._stopped.keys():
+            net = self.fold_nets.get(fit, index)
+            self._stopped[index] = held_out_score(self.scoring, net, *self.held_out[index])
+        outputs = self._outputs(fit.module) if training else []
+        scores = []
+        for index, (_, y) in enumerate(self.held_out):
+            if index in self._stopped:
+                scores.append(self._stopped[index])
+                continue
+            fold_outputs = outputs[index][: len(y)]
+            scores.append(held_out_score(self.scoring, self._output_nets[index], fold_outputs, y))
+        return scores
+
+    def _prepare(self, fit: StackedFit) -> None:
+        rows = max(len(y) for _, y in self.held_out)
+        self._inputs = []
+        for index, (X, _) in enumerate(self.held_out):
+            repeats = -(-rows // len(X))
+            padded = X.repeat(repeats, *([1] * (X.dim() - 1)))[:rows]
+            self._inputs.append(_scaled(padded, fit.scalings[index]))
+            net = clone(fit.net).initialize()
+            net.check_data(fit.data[0][index], fit.data[1][index])
+            net.module_ = nn.Identity()
+            self._output_nets.append(net)
+
+    def _outputs(self, module: StackedFolds | VmappedFolds) -> list[torch.Tensor]:
+        assert self._inputs is not None
+        rows = len(self._inputs[0])
+        module.eval()
+        try:
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                chunks = [
+                    module([X[start : start + EVAL_BATCH_ROWS] for X in self._inputs])
+                    for start in range(0, rows, EVAL_BATCH_ROWS)
+                ]
+        finally:
+            module.train()
+        folds = range(len(self._inputs))
+        return [torch.cat([chunk[index] for chunk in chunks]) for index in folds]
 
 
 class _FoldEarlyStopping:
@@ -331,16 +411,14 @@ def fit_and_score_stacked(
         for fold in folds
     ]
     fold_nets = _FoldNets()
+    held_out_scores = _HeldOutScores(scoring, held_out, fold_nets)
 
     def epoch_scores(epoch: int, fit: StackedFit) -> None:
         if on_epoch is None or not on_epoch.reports_at(epoch):
             return
         if not all(math.isfinite(fit.losses(index)[-1]) for index in range(len(folds))):
             return
-        scores = {
-            fold: held_out_score(scoring, fold_nets.get(fit, index), *held_out[index])
-            for index, fold in enumerate(folds)
-        }
+        scores = dict(zip(folds, held_out_scores.scores(fit), strict=True))
         on_epoch.epoch_scored(epoch, scores, ended=fit.stopped)
 
     def stop_check() -> None:
