@@ -265,6 +265,26 @@ def _optimizer(name: str) -> Any:
     return {"adam": torch.optim.Adam, "adamax": torch.optim.Adamax, "sgd": torch.optim.SGD}[name]
 
 
+def named_optimizer_classifier() -> Any:
+    """skorch's ``NeuralNetClassifier`` whose ``optimizer`` may also be a name (``adam``,
+    ``adamax``, ``sgd``), resolved when the optimizer is built: what a user adds so that
+    ``OptunaSearchCV`` can search the optimizer as a categorical of names."""
+    from skorch import NeuralNetClassifier
+
+    class NamedOptimizerClassifier(NeuralNetClassifier):  # type: ignore[misc]
+        def initialize_optimizer(self, *args: Any, **kwargs: Any) -> Any:
+            named = self.optimizer
+            if not isinstance(named, str):
+                return super().initialize_optimizer(*args, **kwargs)
+            self.optimizer = _optimizer(named)
+            try:
+                return super().initialize_optimizer(*args, **kwargs)
+            finally:
+                self.optimizer = named
+
+    return NamedOptimizerClassifier
+
+
 def make_net(
     model: str,
     fixed: dict[str, Any],
@@ -277,7 +297,6 @@ def make_net(
     ``lr_schedule: cosine`` as skorch's ``LRScheduler``; ``validation``: that split is its
     ``train_split`` even without early stopping (skorch then scores ``valid_acc`` every
     epoch); ``callbacks`` are added to the others."""
-    from skorch import NeuralNetClassifier
     from skorch.callbacks import EarlyStopping, LRScheduler
     from skorch.dataset import Dataset
     from skorch.helper import predefined_split
@@ -302,7 +321,7 @@ def make_net(
     if schedule == "cosine":  # the spec's lr_schedule, as a skorch user writes it
         epochs = fixed.get("max_epochs", 10)
         extra["callbacks"].append(LRScheduler(CosineAnnealingLR, T_max=epochs))
-    return NeuralNetClassifier(
+    return named_optimizer_classifier()(
         MLP if model == "mlp" else CNN,
         criterion=nn.CrossEntropyLoss,  # the modules return logits; skorch's default is NLL
         module__input_shape=(1, 8, 8),
@@ -344,9 +363,8 @@ def suggest(trial: Any, model: str) -> dict[str, Any]:
 def distributions(model: str) -> dict[str, Any]:
     """The spec's space as ``optuna.distributions`` for ``OptunaSearchCV``: no bound can depend
     on another parameter there, so the MLP's ``hidden2`` ranges over 16..256 whatever
-    ``hidden1`` is. Optimizers are torch classes (skorch takes no names), which Optuna warns
-    about for persistent storage only."""
-    import torch
+    ``hidden1`` is. Optimizers are names (``NamedOptimizerClassifier``): Optuna 5's TPE
+    writes the parameters as JSON after its start-up trials, which a torch class is not."""
     from optuna.distributions import CategoricalDistribution as Categorical
     from optuna.distributions import FloatDistribution as Float
     from optuna.distributions import IntDistribution as Int
@@ -357,7 +375,7 @@ def distributions(model: str) -> dict[str, Any]:
             "module__hidden2": Int(16, 256, log=True),
             "module__dropout": Float(0.0, 0.5),
             "lr": Float(5e-4, 5e-2, log=True),
-            "optimizer": Categorical([torch.optim.Adam, torch.optim.Adamax, torch.optim.SGD]),
+            "optimizer": Categorical(["adam", "adamax", "sgd"]),
             "optimizer__weight_decay": Float(1e-6, 1e-3, log=True),
             "batch_size": Categorical([32, 64, 128]),
         }
@@ -368,7 +386,7 @@ def distributions(model: str) -> dict[str, Any]:
         "module__dropout": Float(0.0, 0.5),
         "module__batch_norm": Categorical([True, False]),
         "lr": Float(1e-3, 3e-2, log=True),
-        "optimizer": Categorical([torch.optim.Adam, torch.optim.Adamax]),
+        "optimizer": Categorical(["adam", "adamax"]),
         "batch_size": Categorical([32, 64]),
     }
 

@@ -53,9 +53,10 @@ from hpo.results.refit import (
     PREDICTIONS_FILE,
 )
 from hpo.results.report_refit import refit_sections
-from hpo.results.report_search import search_sections
+from hpo.results.report_search import SEARCH_TITLES, search_sections
 from hpo.results.report_section import Section, sections_html
 from hpo.results.report_tables import summary_html, timing_section
+from hpo.service.notes import save_curves_figure
 from hpo.service.study import load_study
 from hpo.spec.objectives import metric_name
 
@@ -155,6 +156,9 @@ def write_report(
                 *refit_sections(name, refit_files, missing, refit),
             ]
         summary = summary_html(study, spec, metric, refit)
+    curves = [s.figure for s in sections if s.title == SEARCH_TITLES[-1] and s.figure]
+    if curves:  # the dashboard's own plot of them cannot be named (hpo.service.notes)
+        save_curves_figure(study, curves[0])
 
     path.parent.mkdir(parents=True, exist_ok=True)
     write_output(

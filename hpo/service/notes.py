@@ -15,6 +15,12 @@ score, and the refit trial's own note says the same next to its parameters::
 
 Only that first line is hpo's to replace: whatever else the note holds (the spec, or what
 someone wrote in the dashboard) stays below it.
+
+``hpo report`` also saves its figure of every trial's reports (``CURVES_FIGURE_ID``: the mean
+score after each fold or each epoch, its axes named by the metric and by folds or epochs) to
+the study with optuna-dashboard's public ``save_plotly_graph_object``, which the dashboard
+draws on the study's page. Its own intermediate-value plot stays as Optuna draws it ("step",
+"intermediate value"): optuna-dashboard has no public way to name that plot's axes.
 """
 
 from __future__ import annotations
@@ -208,6 +214,19 @@ def write_refit_notes(
     # (optimize and ask do), and here it only reads the trial.
     save_note(optuna.Trial(study, trial_id), trial_refit_note(scores))
     return scores
+
+
+#: The id under which ``hpo report`` saves its curves figure for the dashboard; each report
+#: replaces the one before.
+CURVES_FIGURE_ID = "hpo-report-curves"
+
+
+def save_curves_figure(study: optuna.Study, figure: Any) -> None:
+    """Show ``figure`` (a plotly figure of the trials' reports) on the study's dashboard page,
+    in place of the one saved before."""
+    from optuna_dashboard import save_plotly_graph_object
+
+    save_plotly_graph_object(study, figure, graph_object_id=CURVES_FIGURE_ID)
 
 
 def record_end(study: optuna.Study, spec: StudySpec, reason: str) -> None:

@@ -8,13 +8,16 @@ blank.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 from pathlib import Path
 from typing import Any
+from wsgiref.util import setup_testing_defaults
 
 import optuna
+import optuna_dashboard
 import pytest
 from conftest import run_hpo, tiny_spec
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
@@ -27,6 +30,7 @@ from hpo.results.gap import gap_sentence, large_gap
 from hpo.results.refit import refit_study
 from hpo.results.report import write_report
 from hpo.results.report_search import fold_figure, log_ticks, slice_figure, varying_params
+from hpo.service.notes import CURVES_FIGURE_ID
 from hpo.service.storage import open_storage
 from hpo.service.study import SPEC_ATTR, register_study
 from hpo.service.worker import run_worker
@@ -451,6 +455,30 @@ def test_epoch_reports_are_drawn_against_epochs(sqlite_url: str) -> None:
     assert figure.layout.xaxis.title.text == "epoch (a trial's fits one after another)"
     assert figure.layout.yaxis.title.text == "mean held-out accuracy of the folds"
     assert "after epoch %{x}" in figure.data[0].hovertemplate
+
+
+def test_report_saves_its_curves_for_the_dashboard_named_by_the_metric(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    study, _ = made_up_study(sqlite_url)
+
+    write_report(
+        open_storage(sqlite_url), study.study_name, results_dir=tmp_path, artifacts=tmp_path
+    )
+
+    # What the dashboard's page reads: its own JSON API, through its public WSGI app.
+    app = optuna_dashboard.wsgi(open_storage(sqlite_url))
+    environ: dict[str, Any] = {}
+    setup_testing_defaults(environ)
+    environ["PATH_INFO"] = f"/api/studies/{study._study_id}"
+    answer: list[str] = []
+    body = b"".join(app(environ, lambda status, headers, *_: answer.append(status)))
+    assert answer == ["200 OK"]
+    [saved] = json.loads(body)["plotly_graph_objects"]
+    assert saved["id"] == CURVES_FIGURE_ID
+    figure = json.loads(saved["graph_object"])
+    assert figure["layout"]["yaxis"]["title"]["text"] == "mean accuracy of the folds so far"
+    assert [trace["name"] for trace in figure["data"]][1] == "trial 1 (best)"
 
 
 def test_report_tables_the_time_of_every_trial_and_fold(sqlite_url: str, tmp_path: Path) -> None:
