@@ -91,6 +91,7 @@ def spec_budget(model: str) -> int:
     TPE's and the median pruner's start-up trials (10 and 5)."""
     return int(yaml.safe_load(STUDIES[model].read_text())["budget"]["trials"])
 
+
 METHODS = (
     "hpo",
     "hpo_epochs",

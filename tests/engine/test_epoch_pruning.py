@@ -92,6 +92,29 @@ def test_reporting_epochs_leaves_every_fold_as_cross_val_score_scores_it(
 
 
 @pytest.mark.slow
+def test_with_early_stopping_a_stacked_trial_reports_its_folds_final_scores_last() -> None:
+    # Folds that stop early keep their best epoch's score; the others report their weights
+    # of each epoch until the last, where every fold counts with its final score.
+    spec = parse_spec(
+        tiny_spec(
+            cv={"folds": 3},
+            fixed={"max_epochs": 8, "batch_size": 64, "early_stopping_patience": 2},
+            pruner={"name": "none", "over": "epochs", "report_every": 1},
+        )
+    )
+    data = load_dataset("digits")
+    study = optuna.create_study(direction="maximize")
+    for params in (GOOD, HOPELESS):
+        study.enqueue_trial(params)
+    study.optimize(lambda t: evaluate(t, spec, data, "cpu", options=STACKED), n_trials=2)
+    for trial in study.trials:
+        steps = intermediate(study, trial.number)
+        assert trial.value is not None
+        assert steps[max(steps)] == pytest.approx(trial.value, rel=1e-9)
+        assert trial.user_attrs["folds_plan"].startswith("folds stacked")
+
+
+@pytest.mark.slow
 def test_over_both_the_first_two_folds_report_their_epochs_then_the_rest() -> None:
     spec = epoch_spec("both", pruner="none", folds=4, epochs=3)
     study = optuna.create_study(direction="maximize")

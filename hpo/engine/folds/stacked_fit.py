@@ -140,9 +140,11 @@ class _HeldOutScores:
     scored by the spec's scorer through a copy of the fold's net whose module passes its
     input through (``nn.Identity``): skorch's own ``predict``/``predict_proba`` turn them
     into predictions. A fold that has stopped early trains on unused until the fit ends; it
-    is scored once, as its fold ends (its best epoch's weights), and keeps that score.
-    A fold still training is scored with its weights of that epoch, as a fold fitted on its
-    own reports them (``fold.EpochScores``: skorch restores the best epoch's at the end).
+    is scored once, as its fold ends (its best epoch's weights), and keeps that score; after
+    the fit's last epoch every fold is scored so, by its own net, so the last report is the
+    folds' final scores. A fold still training is scored with its weights of that epoch, as a
+    fold fitted on its own reports them (``fold.EpochScores``: skorch restores the best
+    epoch's at the end).
     """
 
     def __init__(
@@ -158,14 +160,16 @@ class _HeldOutScores:
         self._output_nets: list[Any] = []
         self._stopped: dict[int, float] = {}
 
-    def scores(self, fit: StackedFit) -> list[float]:
-        """Each fold's held-out score now, in ``fit``'s fold order."""
+    def scores(self, fit: StackedFit, last: bool = False) -> list[float]:
+        """Each fold's held-out score now, in ``fit``'s fold order; ``last``: after the fit's
+        last epoch."""
         if self._inputs is None:
             with torch.random.fork_rng(devices=[]):
                 self._prepare(fit)
         assert self._inputs is not None
-        training = [index for index in range(len(self.held_out)) if not fit.fold_stopped(index)]
-        for index in set(range(len(self.held_out))) - set(training) - self._stopped.keys():
+        folds = range(len(self.held_out))
+        training = [] if last else [index for index in folds if not fit.fold_stopped(index)]
+        for index in set(folds) - set(training) - self._stopped.keys():
             net = self.fold_nets.get(fit, index)
             self._stopped[index] = held_out_score(self.scoring, net, *self.held_out[index])
         outputs = self._outputs(fit.module) if training else []
@@ -418,7 +422,8 @@ def fit_and_score_stacked(
             return
         if not all(math.isfinite(fit.losses(index)[-1]) for index in range(len(folds))):
             return
-        scores = dict(zip(folds, held_out_scores.scores(fit), strict=True))
+        last = epoch + 1 == net.max_epochs
+        scores = dict(zip(folds, held_out_scores.scores(fit, last), strict=True))
         on_epoch.epoch_scored(epoch, scores, ended=fit.stopped)
 
     def stop_check() -> None:
