@@ -160,6 +160,8 @@ def test_the_digits_mlp_trains_on_shifted_copies_and_refits_on_the_validation_di
     spec = study("digits-mlp-tpe")
     assert spec.augment == "shifts" and spec.fixed["lr_schedule"] == "cosine"
     assert spec.refit.include_validation and "early_stopping_patience" not in spec.fixed
+    # Measured the better axis for it (docs/search.md, "Which axis"): its epochs are reported.
+    assert spec.pruner.name == "median" and spec.pruner.over == "epochs"
 
 
 # --- the downloaded datasets, offline -------------------------------------------------------
