@@ -103,6 +103,8 @@ METHODS = (
 #: What runs without --methods: issue 28's comparison (the Wilcoxon baseline is the earlier
 #: table's, and slow: a plain skorch fit per fold and no pruning at 3 folds).
 DEFAULT_METHODS = METHODS[:-1]
+#: The methods that need optuna-integration (the ``[bench]`` extra).
+NEEDS_INTEGRATION = ("optuna_search_cv", "optuna_skorch_pruning")
 #: hpo's variants: ``pruner.over`` of the catalogue's median pruner.
 HPO_OVER = {"hpo": "folds", "hpo_epochs": "epochs", "hpo_both": "both"}
 LABELS = {
@@ -713,7 +715,7 @@ def main() -> None:
         args.seeds, args.trials, args.epochs = 1, args.trials or 3, args.epochs or 5
     skipped = ""
     if not integration_installed():
-        if args.methods and {"optuna_search_cv", "optuna_skorch_pruning"} & set(args.methods):
+        if args.methods and set(NEEDS_INTEGRATION) & set(args.methods):
             parser.error(
                 "--methods optuna_search_cv and optuna_skorch_pruning need optuna-integration: "
                 "pip install -e '.[bench]'"
@@ -722,9 +724,8 @@ def main() -> None:
             "OptunaSearchCV and SkorchPruningCallback skipped: optuna-integration is not "
             "installed (pip install -e '.[bench]' adds it)"
         )
-    needs_integration = ("optuna_search_cv", "optuna_skorch_pruning")
     methods = args.methods or [
-        m for m in DEFAULT_METHODS if m not in needs_integration or not skipped
+        m for m in DEFAULT_METHODS if m not in NEEDS_INTEGRATION or not skipped
     ]
     targets = {**TARGETS, **{m: float(t) for m, t in (x.split("=") for x in args.targets)}}
     budgets = {model: args.trials or spec_budget(model) for model in args.models}

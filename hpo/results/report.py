@@ -156,7 +156,7 @@ def write_report(
                 *refit_sections(name, refit_files, missing, refit),
             ]
         summary = summary_html(study, spec, metric, refit)
-    curves = [s.figure for s in sections if s.title == SEARCH_TITLES[-1] and s.figure]
+    curves = [s.figure for s in sections if s.title == SEARCH_TITLES[-1] and s.figure is not None]
     if curves:  # the dashboard's own plot of them cannot be named (hpo.service.notes)
         save_curves_figure(study, curves[0])
 
