@@ -30,6 +30,13 @@ repository root, as ``model: package.module:Class``): both ways build the same c
 workers start with ``--allow-module benchmarks``, and hpo stacks its folds through
 ``torch.func`` (``hpo.engine.folds.vmapped``).
 
+The MNIST-shaped cases (``mnist-mlp``: the MNIST reports' 784-256-128-10 MLP;
+``mnist-mlp-wide``: 784-512-256-10; ``mnist-cnn``; random rows of MNIST's shape, 3 folds of 2
+epochs) are also set against their FLOP floor (``benchmarks/flop_floor.py``: the trial's
+products and convolutions timed alone at its net's shapes), plain skorch with
+``train_split=None`` (the same rows train as in hpo) and, for the MLPs, scikit-learn's
+``MLPClassifier``, each on the threads of hpo's one worker and measured in the same run.
+
 ``--pruning`` adds the search that users care about: the time until a trial's mean CV score
 reaches each ``--target``, for the usual loop (no pruning), hpo without pruning (a control that
 shows what speed alone gives) and hpo with the median pruner across folds, over ``--seeds`` TPE
@@ -39,10 +46,12 @@ seeds; hpo runs ``--pruning-workers`` workers (2, as ``hpo run --workers 2`` on 
     python benchmarks/trial_speed.py --cases digits-mlp --repeats 5
     python benchmarks/trial_speed.py --cases user-mlp,user-cnn      # a user's own modules
     python benchmarks/trial_speed.py --cases none --pruning --seeds 5
+    python benchmarks/trial_speed.py --cases mnist-mlp,mnist-mlp-wide,mnist-cnn --repeats 2
     python benchmarks/trial_speed.py --cases mnist-mlp,mnist-cnn --device cpu,cuda
     python benchmarks/trial_speed.py --cases mnist-mlp,mnist-cnn --device cuda --mixed-precision
-    python benchmarks/trial_speed.py --quick    # a smoke run: digits-mlp and the pruning search,
-                                                # 1 repeat / seed, 3-4 trials of 1 epoch
+    python benchmarks/trial_speed.py --quick    # a smoke run: digits-mlp, mnist-mlp and the
+                                                # pruning search, 1 repeat / seed, 3-4 trials of
+                                                # 1 epoch
 """
 
 from __future__ import annotations
@@ -65,7 +74,7 @@ import traceback
 import uuid
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -74,7 +83,9 @@ import numpy as np
 import optuna
 import sklearn
 import skorch
+import threadpoolctl
 import torch
+from flop_floor import measure_floor, peak_matmul_gflops  # benchmarks/flop_floor.py, beside it
 from optuna.trial import TrialState
 from sklearn.model_selection import cross_val_score
 from skorch import NeuralNetClassifier, NeuralNetRegressor
@@ -149,6 +160,8 @@ class Case:
     name: str
     spec: dict[str, Any]
     trials: int
+    #: Also time it against its FLOP floor, plain skorch and ``MLPClassifier`` (``floor_row``).
+    floor: bool = False
 
 
 def _case_spec(
@@ -230,22 +243,23 @@ def make_cases(data_dir: Path) -> dict[str, Case]:
             ),
             trials=6,
         ),
-        "mnist-mlp": Case(
-            "mnist-mlp",
-            _case_spec(
-                "mlp",
-                mnist,
-                "accuracy",
-                mnist_fixed,
-                {
-                    "module__hidden1": {"type": "categorical", "choices": [256, 512]},
-                    "module__hidden2": {"type": "categorical", "choices": [128, 256]},
-                    "lr": {"type": "float", "low": 1.0e-3, "high": 1.0e-2, "log": True},
-                },
-                folds=3,
-            ),
-            trials=4,
-        ),
+        # the MNIST reports' MLP, 784-256-128-10, and one twice as wide
+        **{
+            name: Case(
+                name,
+                _case_spec(
+                    "mlp",
+                    mnist,
+                    "accuracy",
+                    {**mnist_fixed, "module__hidden1": hidden1, "module__hidden2": hidden1 // 2},
+                    {"lr": {"type": "float", "low": 1.0e-3, "high": 1.0e-2, "log": True}},
+                    folds=3,
+                ),
+                trials=4,
+                floor=True,
+            )
+            for name, hidden1 in (("mnist-mlp", 256), ("mnist-mlp-wide", 512))
+        },
         "mnist-cnn": Case(
             "mnist-cnn",
             _case_spec(
@@ -261,6 +275,7 @@ def make_cases(data_dir: Path) -> dict[str, Case]:
                 folds=3,
             ),
             trials=4,
+            floor=True,
         ),
     }
 
@@ -288,9 +303,11 @@ def draw_configs(spec: StudySpec, n: int) -> list[dict[str, Any]]:
 # ----------------------------------------------------------------------------- the usual loop
 
 
-def usual_objective(trial: optuna.Trial, spec: StudySpec, data: DataSplits, device: str) -> float:
-    """What a user writes today: skorch defaults, scored by ``cross_val_score``."""
-    params = spec.configuration(suggest(trial, spec.space))
+def usual_net(
+    spec: StudySpec, data: DataSplits, params: dict[str, Any], device: str, way: str = "usual"
+) -> Any:
+    """The skorch net a user builds for ``params``: skorch's defaults (``way`` "usual"), or
+    with ``train_split=None`` ("plain": every row of a fold trains, as in hpo)."""
     regression = data.task == "regression"
     net_class = NeuralNetRegressor if regression else NeuralNetClassifier
     routed = {k: v for k, v in params.items() if k.startswith(("module__", "optimizer__"))}
@@ -299,7 +316,7 @@ def usual_objective(trial: optuna.Trial, spec: StudySpec, data: DataSplits, devi
         "input_shape": tuple(data.input_shape),
         "n_outputs": 1 if regression else data.n_classes,
     }
-    net = net_class(
+    return net_class(
         module,
         criterion=nn.MSELoss if regression else nn.CrossEntropyLoss,
         optimizer=OPTIMIZERS[params.get("optimizer", "adam")],
@@ -308,13 +325,59 @@ def usual_objective(trial: optuna.Trial, spec: StudySpec, data: DataSplits, devi
         max_epochs=params["max_epochs"],
         device=device,
         verbose=0,
+        **({"train_split": None} if way == "plain" else {}),
         **{f"module__{name}": given[name] for name in data_arguments(module)},
         **routed,
     )
-    torch.manual_seed(SEED)
-    scores = cross_val_score(
-        net, data.X_train, data.y_train, cv=make_folds(spec), scoring=spec.scoring
+
+
+def mlp_classifier(params: dict[str, Any]) -> Any:
+    """scikit-learn's ``MLPClassifier`` with the same layers, optimizer and epochs as an hpo
+    ``mlp`` (Adam, no weight decay, every epoch run), or None where it has no equal."""
+    from sklearn.neural_network import MLPClassifier
+
+    hidden = [
+        params[f"module__hidden{i}"] for i in range(1, 7) if params.get(f"module__hidden{i}")
+    ]
+    activations = {"relu": "relu", "tanh": "tanh", "sigmoid": "logistic"}
+    activation = params.get("module__activation", "relu")
+    if (
+        params.get("optimizer", "adam") != "adam"
+        or activation not in activations
+        or params.get("module__dropout", 0)
+        or params.get("module__batch_norm")
+        or params.get("optimizer__weight_decay")
+        or not hidden
+    ):
+        return None
+    return MLPClassifier(
+        tuple(hidden),
+        activation=activations[activation],
+        solver="adam",
+        alpha=0.0,
+        batch_size=params.get("batch_size", 128),
+        learning_rate_init=params["lr"],
+        max_iter=params["max_epochs"],
+        tol=0.0,
+        n_iter_no_change=params["max_epochs"] + 1,
+        random_state=SEED,
     )
+
+
+def usual_objective(
+    trial: optuna.Trial, spec: StudySpec, data: DataSplits, device: str, way: str = "usual"
+) -> float:
+    """What a user writes today, scored by ``cross_val_score``: a skorch net (``usual_net``)
+    or, with ``way`` "sklearn", scikit-learn's ``MLPClassifier`` on the flattened rows."""
+    params = spec.configuration(suggest(trial, spec.space))
+    X = data.X_train
+    if way == "sklearn":
+        net = mlp_classifier(params)
+        X = X.reshape(len(X), -1)
+    else:
+        net = usual_net(spec, data, params, device, way)
+    torch.manual_seed(SEED)
+    scores = cross_val_score(net, X, data.y_train, cv=make_folds(spec), scoring=spec.scoring)
     trial.set_user_attr("fold_scores", scores.tolist())
     return float(scores.mean())
 
@@ -386,15 +449,18 @@ def run_usual(
     configs: list[dict[str, Any]],
     device: str,
     target: float | None = None,
+    way: str = "usual",
+    threads: int | None = None,
 ) -> Run:
     """The usual loop in a fresh process of its own, as a user's script runs (hpo's workers
     start fresh too, so both pay their one-time warm-up once per study); with ``target``, it
-    stops at the first trial that reaches it. Without ``configs`` the sampler draws them."""
+    stops at the first trial that reaches it. Without ``configs`` the sampler draws them.
+    ``way`` is what it fits (``usual_objective``), on ``threads`` threads (default: torch's)."""
     context = multiprocessing.get_context("spawn")
     receiver, sender = context.Pipe(duplex=False)
     machine_before = cpu_seconds()
     process = context.Process(
-        target=_usual_process, args=(spec_dict, configs, device, target, sender)
+        target=_usual_process, args=(spec_dict, configs, device, target, way, threads, sender)
     )
     process.start()
     sender.close()
@@ -415,10 +481,16 @@ def _usual_process(
     configs: list[dict[str, Any]],
     device: str,
     target: float | None,
+    way: str,
+    threads: int | None,
     sender: Any,
 ) -> None:
     try:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+        if threads:
+            torch.set_num_threads(threads)
+            # MLPClassifier's products run in numpy's BLAS, whose threads torch does not set
+            threadpoolctl.threadpool_limits(threads)
         spec = parse_spec(spec_dict)
         data = load_dataset(spec.dataset.name, **spec.dataset.options)
         study = optuna.create_study(direction=spec.direction, sampler=_sampler(spec))
@@ -429,7 +501,7 @@ def _usual_process(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # sklearn's and Optuna's about diverged trials
             study.optimize(
-                lambda trial: usual_objective(trial, spec, data, device),
+                lambda trial: usual_objective(trial, spec, data, device, way),
                 n_trials=len(configs) or spec.n_trials,
                 callbacks=callbacks,
             )
@@ -680,6 +752,8 @@ def measure_case(
             "others_cpu": max(run.others_cpu for run in (usual, one, many)),
             "hpo_plans": one.plans,
         }
+        if case.floor and device == "cpu":
+            row.update(floor_row(spec_dict, configs, one, quiet))
         row["per_trial_ratio"] = row["usual_s_per_trial"] / row["hpo_s_per_trial"]
         row["per_trial_ratio_1thread"] = row["usual_s_per_trial"] / row["hpo_1thread_s_per_trial"]
         row["throughput_ratio"] = row["hpo_workers_trials_per_min"] / row["usual_trials_per_min"]
@@ -704,6 +778,71 @@ def measure_case(
             flush=True,
         )
     return result
+
+
+def floor_row(
+    spec_dict: dict[str, Any], configs: list[dict[str, Any]], hpo: Run, quiet: Callable[[], Any]
+) -> dict[str, Any]:
+    """hpo's one worker (``hpo``) against the trial's FLOP floor, plain skorch
+    (``train_split=None``, so the same rows train) and, for an MLP, ``MLPClassifier``: each
+    on the worker's threads, in a process of its own; the floor measured here."""
+    threads = hpo.threads
+    spec = parse_spec(spec_dict)
+    data = load_dataset(spec.dataset.name, **spec.dataset.options)
+    folds = list(make_folds(spec).split(data.X_train))
+    steady = configs[1:] or configs  # the trials that the steady-state rates count
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        quiet()
+        floors = []
+        for config in steady:
+            params = spec.configuration(config)
+            net = usual_net(spec, data, params, "cpu")
+            floors.append(
+                measure_floor(
+                    net.module(**net.get_params_for("module")),
+                    tuple(data.input_shape),
+                    params.get("batch_size", 128),
+                    [len(train) for train, _ in folds],
+                    [len(held_out) for _, held_out in folds],
+                    params["max_epochs"],
+                )
+            )
+        peak = peak_matmul_gflops()
+    finally:
+        torch.set_num_threads(before)
+    quiet()
+    plain = run_usual(spec_dict, configs, "cpu", way="plain", threads=threads)
+    sklearn_applies = all(mlp_classifier(spec.configuration(c)) for c in configs)
+    if sklearn_applies:
+        quiet()
+        sklearn_run = run_usual(spec_dict, configs, "cpu", way="sklearn", threads=threads)
+    flops = sum(f.flops for f in floors)
+    floor_s = sum(f.seconds for f in floors) / len(floors)
+    row = {
+        "floor_threads": threads,
+        "floor_gflop_per_trial": flops / len(floors) / 1e9,
+        "floor_gflops": flops / sum(f.seconds for f in floors) / 1e9,
+        "peak_matmul_gflops": peak,
+        "floor_s_per_trial": floor_s,
+        "hpo_over_floor": 1 / hpo.steady_rate / floor_s,
+        "plain_s_per_trial": 1 / plain.steady_rate,
+        "plain_cv": _mean(plain.scores.values()),
+        "plain_over_hpo": hpo.steady_rate / plain.steady_rate,
+        "sklearn_s_per_trial": 1 / sklearn_run.steady_rate if sklearn_applies else math.nan,
+        "sklearn_cv": _mean(sklearn_run.scores.values()) if sklearn_applies else math.nan,
+    }
+    print(
+        f"  floor on {threads} thread(s): {row['floor_gflop_per_trial']:.1f} GFLOP per trial "
+        f"at {row['floor_gflops']:.0f} GFLOP/s = {floor_s:.2f} s; hpo "
+        f"{row['hpo_over_floor']:.2f}x the floor; plain skorch {row['plain_s_per_trial']:.2f} "
+        f"s/trial ({row['plain_over_hpo']:.2f}x hpo's); MLPClassifier "
+        f"{row['sklearn_s_per_trial']:.2f} s/trial",
+        file=sys.stderr,
+        flush=True,
+    )
+    return row
 
 
 def _mean(values: Any) -> float:
@@ -745,6 +884,42 @@ def print_cases(results: list[CaseResult]) -> None:
             f"{first['hpo_threads']} / {first['hpo_workers_threads']} | "
             f"{r.median('others_cpu'):.0%} | {r.median('per_trial_ratio_whole'):.2f}x | "
             f"{r.median('throughput_ratio_whole'):.2f}x |"
+        )
+
+
+def print_floors(results: list[CaseResult]) -> None:
+    """The cases timed against their FLOP floor (``floor_row``), medians over the repeats."""
+    floored = [r for r in results if r.repeats and "floor_s_per_trial" in r.repeats[0]]
+    if not floored:
+        return
+    print(
+        "\n## Against the FLOP floor\n\n"
+        "Seconds per trial (steady state), each on hpo's one worker's threads: the floor is the "
+        "trial's products and convolutions (forward and backward, and one forward over each "
+        "fold's held-out rows) timed alone at its net's shapes; plain skorch is "
+        "`cross_val_score` of a `NeuralNetClassifier` with `train_split=None`, so that the "
+        "same rows train; `MLPClassifier` is scikit-learn's, where a net has its equal.\n\n"
+        "| case | threads | GFLOP per trial | layers' GFLOP/s (1024² product) | floor s | "
+        "hpo s (× floor) | plain skorch s (× floor) | hpo vs plain skorch | "
+        "MLPClassifier s (× floor) | CV hpo / plain skorch / MLPClassifier |"
+    )
+    print("| --- |" + " ---: |" * 9)
+    for r in floored:
+        floor = r.median("floor_s_per_trial")
+        plain_s = r.median("plain_s_per_trial")
+        sklearn_s = r.median("sklearn_s_per_trial")
+        sklearn_cell = (
+            "n/a" if math.isnan(sklearn_s) else f"{sklearn_s:.2f} ({sklearn_s / floor:.1f}×)"
+        )
+        print(
+            f"| {r.case} | {r.repeats[0]['floor_threads']} | "
+            f"{r.median('floor_gflop_per_trial'):.1f} | {r.median('floor_gflops'):.0f} "
+            f"({r.median('peak_matmul_gflops'):.0f}) | {floor:.2f} | "
+            f"{r.median('hpo_s_per_trial'):.2f} (**{r.median('hpo_over_floor'):.2f}×**) | "
+            f"{plain_s:.2f} ({plain_s / floor:.1f}×) | "
+            f"**{r.median('plain_over_hpo'):.2f}×** | {sklearn_cell} | "
+            f"{r.median('hpo_cv'):.4f} / {r.median('plain_cv'):.4f} / "
+            f"{r.median('sklearn_cv'):.4f} |"
         )
 
 
@@ -902,6 +1077,7 @@ def machine() -> str:
 
 DEFAULTS: dict[str, Any] = {
     "cases": "digits-mlp,digits-cnn,regression",
+    "mnist_rows": MNIST_SHAPE_ROWS,
     "repeats": 3,
     "seeds": 5,
     "target": "0.96,0.97",
@@ -910,7 +1086,8 @@ DEFAULTS: dict[str, Any] = {
 }
 #: ``--quick`` (with ``--pruning``): every way and arm once, at its smallest.
 QUICK: dict[str, Any] = {
-    "cases": "digits-mlp",
+    "cases": "digits-mlp,mnist-mlp",
+    "mnist_rows": 3000,
     "repeats": 1,
     "seeds": 1,
     "target": "0.3",  # one epoch reaches it: the stop at a target runs too
@@ -926,9 +1103,15 @@ def main() -> None:
     parser.add_argument(
         "--cases",
         help="comma-separated: digits-mlp, digits-cnn, regression, user-mlp, user-cnn, "
-        "mnist-mlp, mnist-cnn; 'none' for none (default digits-mlp,digits-cnn,regression)",
+        "mnist-mlp, mnist-mlp-wide, mnist-cnn; 'none' for none "
+        "(default digits-mlp,digits-cnn,regression)",
     )
     parser.add_argument("--mnist-shape", action="store_true", help="add mnist-mlp, mnist-cnn")
+    parser.add_argument(
+        "--mnist-rows",
+        type=int,
+        help=f"rows of the MNIST-shaped data (default {MNIST_SHAPE_ROWS})",
+    )
     parser.add_argument("--repeats", type=int, help="default 3")
     parser.add_argument("--trials", type=int, help="configurations per case (default: the case's)")
     parser.add_argument(
@@ -964,7 +1147,8 @@ def main() -> None:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="a smoke run: the digits-mlp case (unless --cases), 1 repeat of 4 trials, and "
+        help="a smoke run: the digits-mlp and mnist-mlp cases (unless --cases; 3,000 "
+        "MNIST-shaped rows), 1 repeat of 4 trials, and "
         "the pruning search, 1 seed of at most 3 trials on 1 worker to a target of 0.3; 1 "
         "epoch; the options above still apply",
     )
@@ -990,29 +1174,25 @@ def main() -> None:
         if unknown:
             parser.error(f"unknown case(s) {unknown}; choose from {', '.join(cases)}")
         if any(n.startswith("mnist") for n in names):
-            write_mnist_shape(folder / "mnist_shape.npz")
+            write_mnist_shape(folder / "mnist_shape.npz", args.mnist_rows)
 
         def quiet() -> float:
             return wait_for_quiet(args.quiet, args.max_wait)
 
         if args.trials:
-            cases = {n: Case(c.name, c.spec, args.trials) for n, c in cases.items()}
+            cases = {n: replace(c, trials=args.trials) for n, c in cases.items()}
         if args.epochs:
             cases = {
-                n: Case(
-                    c.name,
-                    {**c.spec, "fixed": {**c.spec["fixed"], "max_epochs": args.epochs}},
-                    c.trials,
+                n: replace(
+                    c, spec={**c.spec, "fixed": {**c.spec["fixed"], "max_epochs": args.epochs}}
                 )
                 for n, c in cases.items()
             }
         if args.mixed_precision:
             print("hpo's nets: mixed_precision (bfloat16 forward pass)")
             cases = {
-                n: Case(
-                    c.name,
-                    {**c.spec, "fixed": {**c.spec["fixed"], "mixed_precision": True}},
-                    c.trials,
+                n: replace(
+                    c, spec={**c.spec, "fixed": {**c.spec["fixed"], "mixed_precision": True}}
                 )
                 for n, c in cases.items()
             }
@@ -1034,6 +1214,7 @@ def main() -> None:
                 )
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print_cases(results)
+    print_floors(results)
     print_pruning(pruning, args.pruning_workers, args.epochs or 20)
     if args.json:
         args.json.write_text(

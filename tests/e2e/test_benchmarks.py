@@ -14,12 +14,14 @@ from conftest import REPO
 #: Each script, and a line that its results always print.
 FIGURES = {
     "chaos.py": "all passed: budgets exact, every grid point once",
+    "flop_floor.py": "| net | threads | MFLOP per training batch | layers' GFLOP/s |",
     "epoch_reports.py": "| case | trials | over folds s/trial | over epochs s/trial |",
     "optimizer_step.py": "| case | after s | after loss |",
     "search_baselines.py": "| method | reached target | median to target s |",
     "stacked_folds.py": "| net | MFLOP per batch | one by one s | stacked s |",
     "storage_scaling.py": "| plain Optuna ms/trial | hpo / Optuna (range) |",
-    "trial_speed.py": "| case | device | trials | usual s/trial |",
+    # the FLOP floor's table, which comes after every case's own
+    "trial_speed.py": "| case | threads | GFLOP per trial |",
     "user_nets.py": "| user net | MFLOP per batch | one by one |",
 }
 

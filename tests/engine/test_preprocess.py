@@ -395,3 +395,56 @@ def test_a_users_module_stacked_through_vmap_is_scaled_by_each_folds_rows_too() 
         scoring=spec.scoring,
     )
     np.testing.assert_allclose(frozen.user_attrs["fold_scores"], expected, rtol=ROUNDING)
+
+
+class _Recording(MLP):
+    """An MLP that keeps every batch its forward pass is given."""
+
+    seen: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _Recording.seen.append(x.detach().clone())
+        return super().forward(x)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["standard", "minmax"])
+def test_the_module_sees_every_batch_scaled_exactly_once(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A fit scales its training rows once, not every epoch (``TensorBatches``' transform), and
+    # predict scales per batch: either way the module's input is scaling(raw rows), never the
+    # raw rows and never scaled twice, in every epoch.
+    rng = np.random.default_rng(0)
+    X = (rng.standard_normal((40, 5)) * 7 + 3).astype(np.float32)
+    y = rng.integers(0, 2, 40)
+    net = TunedClassifier(
+        _Recording,
+        module__input_shape=(5,),
+        module__n_outputs=2,
+        module__hidden1=4,
+        preprocess=kind,
+        batch_size=16,
+        max_epochs=3,
+        iterator_train__shuffle=False,
+    )
+    calls: list[int] = []
+    own_call = Scaling.__call__
+
+    def counted(self: Scaling, x: torch.Tensor) -> torch.Tensor:
+        calls.append(len(x))
+        return own_call(self, x)
+
+    monkeypatch.setattr(Scaling, "__call__", counted)
+    _Recording.seen.clear()
+    net.fit(X, y)
+    assert calls == [40], "the training rows are scaled once per fit, not per batch or epoch"
+    scaled = net.scaling_(torch.as_tensor(X))
+    expected = [scaled[i : i + 16] for i in range(0, 40, 16)] * 3
+    assert len(_Recording.seen) == len(expected)
+    for batch, rows in zip(_Recording.seen, expected, strict=True):
+        assert torch.equal(batch, rows)
+
+    _Recording.seen.clear()
+    net.predict(X)
+    assert torch.equal(torch.cat(_Recording.seen), scaled)
