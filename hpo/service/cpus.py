@@ -11,17 +11,25 @@ process may use are the fewest of every limit placed on it:
 - SLURM's ``SLURM_CPUS_PER_TASK`` (``--cpus-per-task``), which a cluster without cgroups
   does not enforce;
 
-and of those, a worker takes only the ones other processes leave idle (the 1-minute load
-average, at least one), so a single worker on a busy machine does not take threads it cannot
-get. ``threads_per_worker`` shares them among a run's workers. ``HPO_CPUS=N`` says how many
-CPUs hpo may use instead of all this; ``--threads`` (or ``HPO_THREADS``) on ``hpo worker`` and
-``hpo run`` sets each worker's threads outright.
+and of those, a worker takes only the ones other processes leave idle (at least one), so a
+single worker on a busy machine does not take threads it cannot get. Busy is counted now, not
+as the 1-minute load average, which lags by a minute both ways: after a job ends it still
+counts the job (one worker started then got one thread of two idle cores and ran a CNN trial
+1.3× slower than the plain loop on two, docs/benchmarks.md), and a job just started it does
+not count yet. Linux's ``procs_running`` (``/proc/stat``) is sampled a few times and the
+median kept, so a blip (a shell, a daemon's tick) is outvoted; the load average stands in
+where there is no ``/proc/stat``. ``threads_per_worker`` shares them among a run's workers.
+``HPO_CPUS=N`` says how many CPUs hpo may use instead of all this; ``--threads`` (or
+``HPO_THREADS``) on ``hpo worker`` and ``hpo run`` sets each worker's threads outright.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
+import statistics
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +40,12 @@ CPUS_ENV = "HPO_CPUS"
 #: Where the cgroup file systems are mounted.
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
+#: Where Linux says how many tasks are running now (``procs_running``).
+PROC_STAT = Path("/proc/stat")
+#: Samples of ``procs_running`` ``busy_cpus`` takes, and the seconds between them.
+BUSY_SAMPLES = 5
+BUSY_INTERVAL_S = 0.02
+
 
 @dataclass(frozen=True)
 class CpuLimits:
@@ -41,7 +55,8 @@ class CpuLimits:
         affinity: CPUs in the process's affinity mask.
         quota: CPUs' worth of time its cgroups allow (fractional: ``--cpus 1.5``).
         slurm: ``SLURM_CPUS_PER_TASK``.
-        load: the machine's 1-minute load average: runnable processes competing for its CPUs.
+        load: the machine's CPUs that other processes keep busy (``busy_cpus``, or the
+            1-minute load average where it cannot be read).
         machine: the machine's CPUs (``os.cpu_count()``), which the load is counted against.
         declared: ``HPO_CPUS``: the CPUs a user says hpo may use, instead of all the above.
     """
@@ -63,9 +78,8 @@ class CpuLimits:
         if self.quota is not None:
             cpus = min(cpus, max(1, math.floor(self.quota)))  # 1.5 CPUs: one thread, not two
         if self.load is not None:
-            # The load average counts the whole machine's runnable processes (a container's
-            # or a SLURM task's too), so it is held against the machine's CPUs; a shell's or
-            # a daemon's blips round away.
+            # Busy CPUs are counted over the whole machine (a container's or a SLURM task's
+            # too), so they are held against the machine's CPUs; half a CPU rounds away.
             idle = machine - int(self.load + 0.5)
             cpus = min(cpus, max(1, idle))
         return max(1, cpus)
@@ -84,9 +98,12 @@ def read_cpu_limits(
         environ: the environment to read SLURM's variable from. Default: ``os.environ``.
         cgroup_root: where the cgroup file systems are mounted (a test passes its own).
         proc_cgroup: the file naming this process's cgroups.
-        load: the load average to count. Default: ``os.getloadavg()``'s 1-minute figure.
+        load: the CPUs other processes keep busy. Default: ``busy_cpus()``, or where there
+            is no ``/proc/stat`` ``os.getloadavg()``'s 1-minute figure.
     """
     environ = os.environ if environ is None else environ
+    if load is None:
+        load = busy_cpus()
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     slurm = _positive_int(environ.get("SLURM_CPUS_PER_TASK"))
     declared = _positive_int(environ.get(CPUS_ENV))
@@ -94,6 +111,26 @@ def read_cpu_limits(
         load = os.getloadavg()[0]
     quota = cgroup_quota(cgroup_root, proc_cgroup)
     return CpuLimits(affinity, quota, slurm, load, os.cpu_count(), declared)
+
+
+def busy_cpus(
+    proc_stat: Path = PROC_STAT, samples: int = BUSY_SAMPLES, interval: float = BUSY_INTERVAL_S
+) -> float | None:
+    """The CPUs other processes keep busy now: the median over ``samples`` readings, every
+    ``interval`` seconds, of the tasks Linux has running (``procs_running``, threads
+    included), less this one, which is running as it reads; None where it cannot be read."""
+    counts = []
+    for sample in range(samples):
+        if sample:
+            time.sleep(interval)
+        try:
+            found = re.search(r"^procs_running (\d+)$", proc_stat.read_text(), re.MULTILINE)
+        except OSError:
+            return None
+        if found is None:
+            return None
+        counts.append(max(0, int(found[1]) - 1))
+    return float(statistics.median(counts))
 
 
 def threads_per_worker(workers: int = 1, limits: CpuLimits | None = None) -> int:

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from hpo.service.cpus import CpuLimits, cgroup_quota, read_cpu_limits, threads_per_worker
+from hpo.service.cpus import (
+    CpuLimits,
+    busy_cpus,
+    cgroup_quota,
+    read_cpu_limits,
+    threads_per_worker,
+)
 
 
 def cgroups(tmp_path: Path, proc: str, files: dict[str, str]) -> tuple[Path, Path]:
@@ -98,6 +107,57 @@ def test_a_busy_machine_leaves_a_worker_only_the_idle_cpus() -> None:
     assert CpuLimits(affinity=2, machine=2, load=0.4).usable() == 2  # a shell's blip
     # a SLURM task of 4 CPUs on a 64-core node that other jobs keep 40 cores busy on
     assert CpuLimits(affinity=64, slurm=4, machine=64, load=40.0).usable() == 4
+
+
+def proc_stat(tmp_path: Path, running: int) -> Path:
+    """A /proc/stat as Linux writes it, with ``running`` tasks running."""
+    path = tmp_path / "stat"
+    path.write_text(
+        "cpu  2255 34 2290 22625563 6290 127 456 0 0 0\n"
+        "intr 114930548 113199788 3 0 5 263 0 4 [...]\nctxt 1990473\nbtime 1062191376\n"
+        f"processes 2915\nprocs_running {running}\nprocs_blocked 0\n"
+    )
+    return path
+
+
+def test_busy_cpus_are_the_running_tasks_but_the_one_reading(tmp_path: Path) -> None:
+    # two `yes > /dev/null` and this process: two busy
+    assert busy_cpus(proc_stat(tmp_path, 3), samples=3, interval=0) == 2.0
+    assert busy_cpus(proc_stat(tmp_path, 1), samples=3, interval=0) == 0.0
+
+
+def test_busy_cpus_take_the_median_so_a_blip_is_outvoted(tmp_path: Path) -> None:
+    path, readings = tmp_path / "stat", iter([1, 4, 1, 1, 2])
+    real_read = Path.read_text
+
+    def read(self: Path, *args: object, **kwargs: object) -> str:
+        if self == path:
+            return f"procs_running {next(readings)}\n"
+        return real_read(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Path, "read_text", read)
+        assert busy_cpus(path, samples=5, interval=0) == 0.0
+
+
+def test_no_proc_stat_falls_back_to_the_load_average(tmp_path: Path) -> None:
+    assert busy_cpus(tmp_path / "missing") is None
+    (tmp_path / "odd").write_text("cpu 1 2 3\n")
+    assert busy_cpus(tmp_path / "odd") is None
+
+
+@pytest.mark.slow
+def test_a_process_busy_now_is_counted_at_once() -> None:
+    # The 1-minute load average takes about a minute to count a job that just started;
+    # the running tasks count it at once.
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.2)
+        assert (busy_cpus() or 0) >= 1
+        assert read_cpu_limits(environ={}).load is not None
+    finally:
+        busy.kill()
+        busy.wait()
 
 
 def test_hpo_cpus_says_it_outright() -> None:
