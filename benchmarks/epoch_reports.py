@@ -11,10 +11,15 @@ their folds and epochs as on disk), one process scores it over folds and over ep
 ``hpo run --workers 2`` on two cores). It prints each case's median seconds per trial both
 ways (each the median of ``--repeats`` alternating timings) and the share reporting adds
 (issue 28's target: under 15 %), and checks that both ways give the same CV score.
+``--storage sqlite`` keeps every trial in a SQLite file opened as a worker opens it
+(``hpo.service.storage.open_storage``: WAL, no fsync per commit) instead of Optuna's memory,
+so the share includes writing each report (``trial.report``) and asking the pruner.
 
     python benchmarks/epoch_reports.py
     python benchmarks/epoch_reports.py --trials 6 --report-every 1    # every epoch
-    python benchmarks/epoch_reports.py --quick    # a smoke run: 1 trial of 2 epochs per case
+    python benchmarks/epoch_reports.py --report-every 1 --storage sqlite
+    python benchmarks/epoch_reports.py --quick    # a smoke run: 1 trial of 2 epochs per case,
+                                                  # on SQLite
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -33,6 +39,7 @@ import yaml
 
 from hpo.engine.data import load_dataset
 from hpo.engine.objective import evaluate
+from hpo.service.storage import open_storage
 from hpo.spec.spaces import suggest
 from hpo.spec.study_spec import StudySpec, parse_spec
 
@@ -65,10 +72,11 @@ def configurations(spec: StudySpec, n: int, seed: int) -> list[dict[str, Any]]:
 
 
 def timed_trial(
-    spec: StudySpec, data: Any, params: dict[str, Any], threads: int
+    spec: StudySpec, data: Any, params: dict[str, Any], threads: int, storage: Any = None
 ) -> tuple[float, float, int]:
-    """Seconds, CV score and reports of one trial of ``params``."""
-    study = optuna.create_study(direction="maximize")
+    """Seconds, CV score and reports of one trial of ``params``, in a new study of
+    ``storage`` (default: Optuna's memory)."""
+    study = optuna.create_study(direction="maximize", storage=storage)
     study.enqueue_trial(params)
     trial = study.ask()
     started = time.perf_counter()
@@ -87,7 +95,7 @@ def measure(name: str, args: argparse.Namespace) -> dict[str, Any]:
     reports = {"folds": 0, "epochs": 0}
     points = configurations(folds_spec, args.trials + 1, args.seed)
     for spec in (folds_spec, epochs_spec):  # torch's one-time start-up, left out
-        timed_trial(spec, data, points[0], args.threads)
+        timed_trial(spec, data, points[0], args.threads, args.opened_storage)
     for index, params in enumerate(points[1:]):
         # Each way --repeats times, alternating, and its median: single trials of the same
         # configuration vary by a quarter on a shared VM, and the later of two often loses.
@@ -98,7 +106,7 @@ def measure(name: str, args: argparse.Namespace) -> dict[str, Any]:
             for over in order:
                 spec = folds_spec if over == "folds" else epochs_spec
                 seconds_once, scores[over], reports[over] = timed_trial(
-                    spec, data, params, args.threads
+                    spec, data, params, args.threads, args.opened_storage
                 )
                 took[over].append(seconds_once)
         for over in ("folds", "epochs"):
@@ -138,18 +146,28 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timings of each way per trial")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--storage",
+        choices=["memory", "sqlite"],
+        help="where trials report (default memory; sqlite with --quick, so it runs too)",
+    )
     parser.add_argument("--quick", action="store_true", help="1 trial of 2 epochs per case")
     args = parser.parse_args()
     if args.quick:
         args.trials, args.epochs, args.repeats = 1, 2, 1
+    args.storage = args.storage or ("sqlite" if args.quick else "memory")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     torch.set_num_threads(args.threads)
     print(
         f"# Epoch reports: {os.cpu_count()} CPUs, torch {torch.__version__}, "
-        f"{args.threads} thread(s), report_every {args.report_every or 'unset'}; load at start "
-        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+        f"{args.threads} thread(s), report_every {args.report_every or 'unset'}, storage "
+        f"{args.storage}; load at start {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
     )
-    rows = [measure(name, args) for name in args.cases.split(",")]
+    with tempfile.TemporaryDirectory(prefix="hpo-epoch-reports-") as folder:
+        args.opened_storage = (
+            open_storage(f"sqlite:///{folder}/reports.db") if args.storage == "sqlite" else None
+        )
+        rows = [measure(name, args) for name in args.cases.split(",")]
     print(f"load at end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(
         "| case | trials | over folds s/trial | over epochs s/trial | reports per trial | "
