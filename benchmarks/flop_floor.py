@@ -47,7 +47,6 @@ class Floor:
     flops: float
     #: Those operations per second, timed alone at the net's shapes on this process's threads.
     flops_per_second: float
-    threads: int
 
     @property
     def seconds(self) -> float:
@@ -138,7 +137,7 @@ def measure_floor(
     flops = sum(epochs * rows * per_train_row for rows in train_rows) + sum(
         rows * per_predicted_row for rows in held_out_rows
     )
-    return Floor(float(flops), train_flops / seconds, torch.get_num_threads())
+    return Floor(float(flops), train_flops / seconds)
 
 
 def peak_matmul_gflops(size: int = 1024) -> float:

@@ -102,11 +102,11 @@ def read_cpu_limits(
             is no ``/proc/stat`` ``os.getloadavg()``'s 1-minute figure.
     """
     environ = os.environ if environ is None else environ
-    if load is None:
-        load = busy_cpus()
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     slurm = _positive_int(environ.get("SLURM_CPUS_PER_TASK"))
     declared = _positive_int(environ.get(CPUS_ENV))
+    if load is None and declared is None:  # HPO_CPUS wins: no readings to wait for
+        load = busy_cpus()
     if load is None and hasattr(os, "getloadavg"):
         load = os.getloadavg()[0]
     quota = cgroup_quota(cgroup_root, proc_cgroup)
